@@ -1,0 +1,164 @@
+"""Running the network once for all requested heads: whole volume or tiled, with OOM fallback.
+
+The backbone runs under autocast when a reduced precision is chosen; the 1x1x1 heads are always
+applied in fp32 to the (cast back) final feature. Only the requested head outputs, plus the
+64-channel feature when ``want_feat``, are kept; everything else is freed as soon as possible.
+
+Segmentation is blended as **logits** (softmax is applied after blending, in post-processing).
+
+>>> import numpy as np, torch
+>>> from brainfm.inference.forward import run_network
+>>> class Toy(torch.nn.Module):
+...     def forward(self, x, *, heads=None):
+...         return {"feat": x.repeat(1, 2, 1, 1, 1), "T1": 2 * x}
+>>> out = run_network(Toy(), np.ones((8, 8, 8), np.float32), heads=["T1"], want_feat=False,
+...                   device=torch.device("cpu"))
+>>> float(out["T1"].max())
+2.0
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brainfm.errors import ResourceError
+from brainfm.inference.device import autocast
+from brainfm.inference.tiling import TileAccumulator, plan_tiles
+from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
+
+OOM_HINT = "try --device cpu or a smaller --tile-size / fast mode"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU out-of-memory errors raised by torch."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, (RuntimeError, MemoryError)):
+        msg = str(exc).lower()
+        return isinstance(exc, MemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+    return False
+
+
+def _head_conv(net: torch.nn.Module, name: str) -> torch.nn.Module:
+    head = getattr(net, "head", None)
+    conv = getattr(head, f"final_conv_{name}", None) if head is not None else None
+    if conv is None:
+        raise KeyError(f"the model has no head {name!r}")
+    return conv
+
+
+def forward_tile(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    heads: Sequence[str],
+    want_feat: bool,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> Dict[str, torch.Tensor]:
+    """One forward of ``x`` (1, 1, X, Y, Z): requested raw head outputs (+ ``feat``), fp32."""
+    heads = list(heads)
+    with torch.inference_mode():
+        if amp_dtype is None:
+            out = net(x, heads=heads)
+            res = {h: out[h].float() for h in heads}
+            if want_feat:
+                res["feat"] = out["feat"].float()
+            del out
+            return res
+        with autocast(x.device, amp_dtype):
+            out = net(x, heads=[])
+        feat = out["feat"].float()
+        del out
+        res = {}
+        for h in heads:
+            conv = _head_conv(net, h)
+            res[h] = F.conv3d(feat, conv.weight.float(), None if conv.bias is None else conv.bias.float())
+        if want_feat:
+            res["feat"] = feat
+        return res
+
+
+def run_network(
+    net: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    heads: Sequence[str],
+    want_feat: bool,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    tile_size: Optional[int] = None,
+    tile_overlap: float = 0.25,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Dict[str, np.ndarray]:
+    """Raw outputs ``name -> (C, X, Y, Z)`` float32 for the normalised network-frame ``image``.
+
+    ``tile_size=None`` runs the whole volume at once; otherwise cubic tiles of that edge with
+    ``tile_overlap`` and cosine blending. ``cancel`` is checked between tiles.
+    """
+    cb = ensure_callback(progress)
+    shape = tuple(int(s) for s in image.shape[:3])
+    tiles = [tuple(slice(0, n) for n in shape)] if tile_size is None else plan_tiles(shape, tile_size, tile_overlap)
+    acc = TileAccumulator(shape)
+    src = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    n = len(tiles)
+    for i, sl in enumerate(tiles):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        cb(i / n, f"network forward, tile {i + 1}/{n}" if n > 1 else "network forward")
+        x = src[sl][None, None].contiguous().to(device)
+        out = forward_tile(net, x, heads, want_feat, amp_dtype)
+        del x
+        acc.add(sl, out)  # type: ignore[arg-type]
+        del out
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+    cb(1.0, "network forward done")
+    return acc.result()
+
+
+def run_with_fallback(
+    net: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    tile_size: Optional[int],
+    fallback_tile_size: int,
+    **kw,
+) -> "tuple[Dict[str, np.ndarray], Optional[int]]":
+    """:func:`run_network`, retried once with ``fallback_tile_size`` tiles after an out-of-memory.
+
+    Returns ``(outputs, tile size actually used or None for whole volume)``; a second OOM raises
+    :class:`ResourceError`.
+    """
+    device: torch.device = kw["device"]
+    try:
+        return run_network(net, image, tile_size=tile_size, **kw), tile_size
+    except Exception as exc:  # noqa: BLE001 - filtered by is_oom
+        if not is_oom(exc):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    _empty_cache(device)
+    retry = fallback_tile_size if tile_size is None else max(16, (tile_size // 2 // 16) * 16 or 16)
+    try:
+        return run_network(net, image, tile_size=retry, **kw), retry
+    except Exception as exc:  # noqa: BLE001
+        if not is_oom(exc):
+            raise
+        _empty_cache(device)
+        raise ResourceError(
+            f"out of memory on {device} even with {retry}^3 tiles ({first}); {OOM_HINT}"
+        ) from None
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        try:
+            torch.mps.empty_cache()
+        except Exception:  # pragma: no cover - best effort
+            pass
+

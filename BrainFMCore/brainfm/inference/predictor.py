@@ -1,0 +1,304 @@
+"""The :class:`Predictor`: load a model once, predict many volumes.
+
+>>> import numpy as np, torch
+>>> from brainfm.models import BrainFMNet, ModelConfig
+>>> from brainfm.volume import Volume
+>>> from brainfm.inference import Predictor
+>>> torch.manual_seed(0) and None
+>>> net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads={"CT": 1, "distance": 4}))
+>>> p = Predictor(net, device="cpu")
+>>> p.available_tasks
+['ct', 'dist', 'feat']
+>>> img = Volume(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), np.eye(4))
+>>> out = p.predict(img, tasks=["dist"])
+>>> sorted(out.outputs), out["dist_lp"].shape, float(np.abs(out["dist_lp"].data).max()) <= 3
+(['dist_lp', 'dist_lw', 'dist_rp', 'dist_rw'], (16, 16, 16), True)
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from brainfm.errors import BrainFMError, InputError
+from brainfm.inference import device as devmod
+from brainfm.inference.forward import run_with_fallback
+from brainfm.inference.prediction import TILING_NOTE, Prediction
+from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
+from brainfm.inference.tiling import MIN_TILE, choose_tile_size
+from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
+from brainfm.tasks.context import TaskContext
+from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
+from brainfm.volume import Volume
+
+OUTPUT_FRAMES = ("input", "1mm")
+
+
+class _Monotone:
+    """Progress wrapper that never goes backwards and ends at exactly 1."""
+
+    def __init__(self, cb: Optional[ProgressCallback]) -> None:
+        self.cb = ensure_callback(cb)
+        self.last = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.last = max(self.last, min(max(float(fraction), 0.0), 1.0))
+        self.cb(self.last, message)
+
+
+class Predictor:
+    """Run a BrainFM model on volumes: pre-processing, forward (whole or tiled), post-processing.
+
+    ``loaded_model`` is a :class:`brainfm.models.LoadedModel` (``net`` + ``info``) or a bare
+    :class:`brainfm.models.BrainFMNet`. Options: ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``/
+    ``mps``), ``precision`` (``fp32``/``bf16``/``fp16``; fp16 on CUDA only; heads and
+    post-processing always fp32), ``memory_budget_gb`` (default: 60 % of the available RAM or free
+    GPU memory), ``tile_size`` (force tiling with cubes of that edge, >= 16), ``tile_overlap``
+    (fraction in [0, 1)), ``threads`` (torch CPU threads).
+    """
+
+    def __init__(
+        self,
+        loaded_model: Any,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        memory_budget_gb: Optional[float] = None,
+        tile_size: Optional[int] = None,
+        tile_overlap: float = 0.25,
+        threads: Optional[int] = None,
+    ) -> None:
+        net = getattr(loaded_model, "net", loaded_model)
+        if not isinstance(net, torch.nn.Module) or not hasattr(net, "head"):
+            raise InputError("Predictor needs a LoadedModel or a BrainFMNet (with task heads)")
+        self.info = getattr(loaded_model, "info", None)
+        self.device = devmod.select_device(device)
+        self.precision = str(precision).lower()
+        self.amp_dtype = devmod.autocast_dtype(self.precision, self.device)
+        if memory_budget_gb is not None and not float(memory_budget_gb) > 0:
+            raise InputError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
+        if tile_size is not None and int(tile_size) < MIN_TILE:
+            raise InputError(f"tile_size must be >= {MIN_TILE} voxels, got {tile_size}")
+        if not 0.0 <= float(tile_overlap) < 1.0:
+            raise InputError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
+        self.memory_budget_gb = None if memory_budget_gb is None else float(memory_budget_gb)
+        self.tile_size = None if tile_size is None else int(tile_size)
+        self.tile_overlap = float(tile_overlap)
+        devmod.set_threads(threads)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.net = net.eval().to(self.device)
+        self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
+        self.available_tasks: List[str] = available_tasks(self.head_names)
+        self._atlas_cache: Dict[str, Optional[Volume]] = {}
+
+    @classmethod
+    def from_pretrained(cls, spec: str = "default", *, expected_sha256: Optional[str] = None, **kw: Any) -> "Predictor":
+        """Resolve ``spec`` (``default``, a registry id or a path), load it and build a Predictor."""
+        from brainfm.models import load_model
+        from brainfm.models.registry import resolve_model
+
+        path = resolve_model(spec)
+        return cls(load_model(path, expected_sha256=expected_sha256, map_location="cpu"), **kw)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def f_maps(self) -> int:
+        cfg = getattr(self.net, "config", None)
+        return int(getattr(cfg, "f_maps", 64))
+
+    def _model_meta(self) -> Dict[str, Any]:
+        info = self.info
+        if info is None:
+            return {"name": "unnamed", "heads": list(self.head_names)}
+        meta = {k: getattr(info, k, None) for k in ("name", "version", "format", "sha256", "label_scheme")}
+        meta["heads"] = list(self.head_names)
+        return meta
+
+    def _scheme(self) -> Any:
+        name = getattr(self.info, "label_scheme", None) if self.info is not None else None
+        try:
+            from brainfm.labels import get_scheme, scheme_for_channels
+
+            if name:
+                return get_scheme(name)
+            if "segmentation" in self.head_names:
+                return scheme_for_channels(self.net.head.channels()["segmentation"])
+        except BrainFMError:
+            return None
+        return None
+
+    def _atlas(self, atlas: Any, warnings: List[str]) -> Optional[Volume]:
+        if isinstance(atlas, Volume):
+            return atlas
+        key = str(atlas)
+        if key in self._atlas_cache:  # loaded once per Predictor (a failed default lookup too)
+            vol = self._atlas_cache[key]
+            if vol is None:
+                warnings.append("atlas template not available (see the first prediction's warning)")
+            return vol
+        from brainfm.models.registry import resolve_atlas
+
+        try:
+            path = atlas if atlas is not None and _is_existing_file(atlas) else resolve_atlas(atlas)
+            vol: Optional[Volume] = load_image(path)
+        except BrainFMError as exc:
+            if atlas is not None:
+                raise
+            warnings.append(f"atlas template not available ({exc})")
+            vol = None
+        self._atlas_cache[key] = vol  # type: ignore[assignment]
+        return vol
+
+    def plan(self, net_shape: Sequence[int], raw_channels: int) -> Dict[str, Any]:
+        """Whole volume or tiles for a network-frame shape: ``{"tile_size", "fallback_tile", "budget_bytes"}``."""
+        budget = (self.memory_budget_gb * 1e9 if self.memory_budget_gb is not None
+                  else devmod.default_budget_bytes(self.device))
+        bpv = devmod.forward_bytes_per_voxel(self.f_maps, autocast_dtype_=self.amp_dtype)
+        voxels = float(np.prod([int(s) for s in net_shape]))
+        accum = voxels * 4.0 * (raw_channels + 1)  # blended outputs + weights (CPU)
+        fallback = choose_tile_size(net_shape, max(budget - accum, 0.0) / 2, bpv)
+        if self.tile_size is not None:
+            tile = self.tile_size if self.tile_size < max(net_shape) else None
+        elif voxels * bpv + accum <= budget:
+            tile = None
+        else:
+            tile = choose_tile_size(net_shape, max(budget - accum, 0.0), bpv)
+            tile = None if tile >= max(net_shape) else tile
+        return {"tile_size": tile, "fallback_tile": fallback, "budget_bytes": budget, "bytes_per_voxel": bpv}
+
+    # -- prediction -----------------------------------------------------------------------------
+    def predict(
+        self,
+        image: ImageLike,
+        *,
+        tasks: Union[str, Iterable[str]] = ("all",),
+        output_frame: str = "input",
+        atlas: Any = None,
+        crop_foreground: bool = True,
+        return_probabilities: bool = False,
+        mask_background: bool = True,
+        keep_raw: bool = False,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Prediction:
+        """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
+
+        ``output_frame``: ``"input"`` (outputs on the input grid) or ``"1mm"`` (the RAS 1 mm
+        network frame). ``atlas``: Volume, path or registry id of the atlas template for ``reg``
+        (default: :func:`brainfm.models.registry.resolve_atlas`). ``mask_background``: zero outputs
+        outside the input foreground like the reference demo. ``keep_raw``: also return the raw
+        head outputs on the network grid (``Prediction.raw``).
+        """
+        t_start = time.perf_counter()
+        timings: Dict[str, float] = {}
+        cb = _Monotone(progress)
+        check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
+        task_list = resolve_tasks(tasks, self.head_names)
+        if output_frame not in OUTPUT_FRAMES:
+            raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
+        check()
+        cb(0.0, "preprocessing")
+        t0 = time.perf_counter()
+        prep = prepare(image, crop_foreground=crop_foreground)
+        warnings = list(prep.warnings)
+        timings["preprocess"] = time.perf_counter() - t0
+        check()
+        atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
+        heads = head_map(task_list, self.head_names)
+        raw_heads = [h for t, h in heads.items() if t != FEAT]
+        channels = self.net.head.channels()
+        plan = self.plan(prep.net.shape, sum(channels[h] for h in raw_heads) + (self.f_maps if FEAT in heads else 0))
+        cb(0.1, "preprocessing done")
+        t0 = time.perf_counter()
+        raw, used_tile = run_with_fallback(
+            self.net, np.asarray(prep.net.data, np.float32), tile_size=plan["tile_size"],
+            fallback_tile_size=plan["fallback_tile"], heads=raw_heads, want_feat=FEAT in heads,
+            device=self.device, amp_dtype=self.amp_dtype, tile_overlap=self.tile_overlap,
+            progress=scaled(cb, 0.1, 0.8), cancel=cancel,
+        )
+        timings["forward"] = time.perf_counter() - t0
+        check()
+        t0 = time.perf_counter()
+        ctx = self._context(prep, raw, heads, output_frame, atlas_vol, return_probabilities, mask_background)
+        outputs: Dict[str, Volume] = {}
+        n = len(task_list)
+        for i, task in enumerate(task_list):
+            check()
+            cb(0.8 + 0.18 * i / n, f"post-processing {task}" + (", back to input grid" if output_frame == "input" else ""))
+            outputs.update(TASKS[task].run(ctx))
+        timings["postprocess"] = time.perf_counter() - t0
+        check()
+        warnings += ctx.warnings
+        timings["total"] = time.perf_counter() - t_start
+        metadata = {
+            "model": self._model_meta(),
+            "device": str(self.device),
+            "precision": self.precision,
+            "tasks": task_list,
+            "heads": heads,
+            "output_frame": output_frame,
+            "tiled": used_tile is not None,
+            "tile_size": used_tile,
+            "tile_overlap": self.tile_overlap if used_tile is not None else None,
+            "tiling_note": TILING_NOTE,
+            "segmentation_blending": "logits (softmax after blending)",
+            "memory_budget_gb": round(plan["budget_bytes"] / 1e9, 3),
+            "network_shape": list(prep.net.shape),
+            "network_affine": prep.net.affine.tolist(),
+            "crop_foreground": bool(crop_foreground),
+            "intensity_normalisation": {"method": "min-max", "min": prep.norm_range[0], "max": prep.norm_range[1],
+                                        "ct_window_hu": [0.0, 80.0] if prep.ct_window else None},
+            "input_shape": list(prep.image.shape),
+            "input_affine": prep.image.affine.tolist(),
+            "input_path": prep.image.meta.get("source_path"),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "warnings": warnings,
+        }
+        result = Prediction(outputs=outputs, tables=dict(ctx.tables), metadata=metadata)
+        if keep_raw:
+            result.raw, result.raw_affine = raw, prep.net.affine.copy()
+        cb(1.0, "done")
+        return result
+
+    def _context(self, prep: Prepared, raw: Dict[str, np.ndarray], heads: Dict[str, str], output_frame: str,
+                 atlas: Optional[Volume], return_probabilities: bool, mask_background: bool) -> TaskContext:
+        net_aff = prep.net.affine
+        frame = prep.frame
+
+        def to_input(arr: np.ndarray, order: str, fill: float) -> np.ndarray:
+            return np.asarray(frame.to_input(Volume(arr, net_aff), order=order, fill=fill).data)
+
+        net_image = np.asarray(prep.net.data, np.float32)
+        lo, hi = prep.norm_range
+        if output_frame == "input":
+            out_aff, out_shape, to_out = prep.image.affine, prep.image.shape, to_input
+            image_out = np.asarray(prep.image.data, np.float32)
+            if prep.ct_window:
+                image_out = np.clip(image_out, 0.0, 80.0)
+            fg_out = prep.foreground_in
+        else:
+            out_aff, out_shape = net_aff, prep.net.shape
+            to_out = lambda arr, order, fill: arr  # noqa: E731
+            image_out = (net_image * (hi - lo) + lo).astype(np.float32)
+            fg_out = net_image > 0
+        return TaskContext(
+            raw=raw, heads=heads, net_image=net_image, net_affine=net_aff, norm_range=(lo, hi),
+            out_affine=np.asarray(out_aff, float), out_shape=tuple(out_shape), image_out=image_out,  # type: ignore[arg-type]
+            foreground_out=fg_out, to_output=to_out, to_input=to_input,
+            input_affine=prep.image.affine, input_shape=prep.image.shape, foreground_in=prep.foreground_in,
+            scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
+            return_probabilities=return_probabilities, mask_background=mask_background,
+            meta={"model": self._model_meta().get("name"), "frame": output_frame},
+        )
+
+
+def _is_existing_file(x: Any) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(x).is_file()
+    except TypeError:
+        return False

@@ -1,0 +1,106 @@
+"""Pre-processing shared by every prediction (reference ``prepare_image`` semantics):
+
+read (if a path) -> validate -> CT window (inputs that look like CT in HU, min < -500 and
+max > 1000, are clamped to [0, 80] HU like the reference's ``is_CT``) -> min-max normalisation to
+[0, 1] on the input grid -> :func:`brainfm.geometry.to_network_frame` (RAS, 1 mm, optional
+foreground crop). The input Volume is never modified.
+
+>>> import numpy as np
+>>> from brainfm.volume import Volume
+>>> from brainfm.inference.preprocess import normalise
+>>> v = Volume(np.array([[[-2.0, 0.0], [2.0, 6.0]]] * 2, np.float32), np.eye(4))
+>>> n, (lo, hi), ct = normalise(v)
+>>> float(n.data.min()), float(n.data.max()), lo, hi, ct
+(0.0, 1.0, -2.0, 6.0, False)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Tuple, Union
+
+import numpy as np
+
+from brainfm.errors import InputError
+from brainfm.volume import Volume
+
+CT_DETECT_MIN = -500.0
+CT_DETECT_MAX = 1000.0
+CT_WINDOW = (0.0, 80.0)
+
+ImageLike = Union[Volume, str, "os.PathLike[str]"]
+
+
+@dataclass
+class Prepared:
+    """Everything the forward and the post-processors need from the input."""
+
+    image: Volume  # the input as given (never modified)
+    net: Volume  # normalised [0, 1] image on the network frame
+    frame: Any  # brainfm.geometry.FrameTransform
+    norm_range: Tuple[float, float]
+    ct_window: bool
+    foreground_in: np.ndarray  # normalised input > 0 on the input grid
+    warnings: List[str] = field(default_factory=list)
+
+
+def load_image(image: ImageLike) -> Volume:
+    """A Volume from a Volume or a file path (:func:`brainfm.io.read_volume`)."""
+    if isinstance(image, Volume):
+        return image
+    if isinstance(image, (str, Path)) or hasattr(image, "__fspath__"):
+        from brainfm.io import read_volume
+
+        return read_volume(image)
+    raise InputError(f"image must be a brainfm Volume or a file path, got {type(image).__name__}")
+
+
+def looks_like_ct(data: np.ndarray) -> bool:
+    """True when intensities look like CT Hounsfield units (min < -500 and max > 1000)."""
+    return bool(float(np.min(data)) < CT_DETECT_MIN and float(np.max(data)) > CT_DETECT_MAX)
+
+
+def normalise(image: Volume) -> Tuple[Volume, Tuple[float, float], bool]:
+    """(min-max normalised copy in [0, 1], (lo, hi) removed, CT window applied?)."""
+    data = np.asarray(image.data, np.float32)
+    ct = looks_like_ct(data)
+    if ct:
+        data = np.clip(data, *CT_WINDOW)
+    lo, hi = float(data.min()), float(data.max())
+    if not hi > lo:
+        raise InputError(
+            "the image is constant after the CT window [0, 80] HU" if ct else "the image is constant"
+        )
+    norm = ((data - lo) / (hi - lo)).astype(np.float32)
+    return image.with_data(norm), (lo, hi), ct
+
+
+def prepare(image: ImageLike, *, crop_foreground: bool = True) -> Prepared:
+    """Read, validate, normalise and move ``image`` to the network frame."""
+    from brainfm.geometry import to_network_frame
+    from brainfm.io import validate_image
+
+    vol = load_image(image)
+    if vol.data.ndim != 3:
+        raise InputError(
+            f"the image has {vol.data.shape[3]} channels per voxel; BrainFM needs a scalar 3D image "
+            "(pick one frame or channel first)"
+        )
+    warnings = list(validate_image(vol, role="image"))
+    norm, rng, ct = normalise(vol)
+    if ct:
+        warnings.append(
+            f"the input looks like CT in Hounsfield units (min {float(np.min(vol.data)):.0f}, "
+            f"max {float(np.max(vol.data)):.0f}); clamped to [0, 80] HU before normalising, like the reference"
+        )
+    net, frame = to_network_frame(norm, spacing=1.0, crop_foreground=crop_foreground)
+    return Prepared(
+        image=vol,
+        net=net,
+        frame=frame,
+        norm_range=rng,
+        ct_window=ct,
+        foreground_in=np.asarray(norm.data) > 0,
+        warnings=warnings,
+    )

@@ -1,0 +1,107 @@
+"""Checks run on every input volume before inference: clear errors for unusable data,
+warnings for suspicious data.
+
+>>> import numpy as np
+>>> from brainfm.volume import Volume
+>>> img = Volume(np.random.default_rng(0).random((16, 16, 16)).astype("float32"), np.eye(4))
+>>> validate_image(img)
+[]
+>>> lab = img.with_data((img.data > 0.5).astype("int16") * 17)
+>>> validate_image(lab)[0].startswith("the image looks like a label map")
+True
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from brainfm.errors import InputError
+from brainfm.volume import Volume
+
+MIN_SIZE = 8
+_SAMPLE = 2_000_000  # voxels examined by the label-map heuristic
+
+
+def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optional[float] = 8.0,
+                   min_size: int = MIN_SIZE) -> List[str]:
+    """Return warnings about ``volume``; raise :class:`InputError` when it cannot be used.
+
+    Errors: NaN/Inf voxels (with their count), an empty (all-zero) volume, a constant image,
+    fewer than ``min_size`` voxels along an axis, voxel anisotropy (largest / smallest voxel
+    size) above ``max_anisotropy`` (pass ``None`` to allow any). ``role`` is ``"image"`` (an
+    intensity image; warns when it looks like a label map) or ``"label"`` (a label map; must
+    hold integer values).
+    """
+    if role not in ("image", "label"):
+        raise InputError(f"role must be 'image' or 'label', got {role!r}")
+    warnings: List[str] = []
+    data = np.asarray(volume.data)
+    shape = volume.shape
+    if min(shape) < min_size:
+        raise InputError(f"the volume is too small ({'x'.join(map(str, shape))} voxels): BrainFM needs at least "
+                         f"{min_size} voxels along every axis")
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise InputError(f"the volume contains {bad} NaN/Inf voxels ({100.0 * bad / data.size:.3g}% of "
+                             f"{data.size}); replace them (e.g. with 0) before running BrainFM")
+    elif data.dtype.kind not in "iub":
+        raise InputError(f"unsupported voxel type {data.dtype}")
+    lo, hi = data.min(), data.max()
+    if lo == 0 and hi == 0:
+        raise InputError("the volume is empty: every voxel is zero")
+    if role == "image" and lo == hi:
+        raise InputError(f"the image is constant (every voxel = {lo}); it holds no anatomy to analyse")
+    sp = np.asarray(volume.spacing)
+    ratio = float(sp.max() / sp.min())
+    sp_txt = " x ".join(f"{s:.3g}" for s in sp)
+    if max_anisotropy is not None and ratio > max_anisotropy:
+        raise InputError(
+            f"voxel size {sp_txt} mm is extremely anisotropic (ratio {ratio:.1f} > {max_anisotropy:g}): "
+            "results on such thick slices will be unreliable; to run anyway pass max_anisotropy=None "
+            "(command line: --allow-anisotropic)")
+    if ratio > 3.0:
+        warnings.append(f"voxel size {sp_txt} mm is anisotropic (ratio {ratio:.1f}); "
+                        "details between the thick slices are interpolated")
+    if max(sp) > 4.0 or min(sp) < 0.2:
+        warnings.append(f"unusual voxel size {sp_txt} mm; check the file's header (units must be mm)")
+    sample = _sample(data)
+    if role == "image" and _looks_like_labels(sample, data):
+        warnings.append("the image looks like a label map (few distinct integer values in uniform regions); "
+                        "BrainFM expects an intensity image (MRI or CT); pass label maps as labels")
+    if role == "label":
+        if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
+            raise InputError("the label map holds non-integer values; it looks like an intensity image")
+        n = np.unique(sample).size
+        if n > 1000:
+            warnings.append(f"the label map has {n} distinct values; it may be an intensity image")
+    return warnings
+
+
+def _sample(data: np.ndarray) -> np.ndarray:
+    flat = data.reshape(-1)
+    step = max(1, flat.size // _SAMPLE)
+    return flat[::step]
+
+
+def _looks_like_labels(sample: np.ndarray, data: np.ndarray) -> bool:
+    """Integral values, at most 256 distinct ones, and either few values (<= 64) spread sparsely
+    over their range (FreeSurfer numbers skip most integers; an 8-bit image uses most grey
+    levels) or piecewise constant: inside the foreground most neighbouring voxels are equal
+    (> 70 %), unlike a real image, whose noise and gradients make neighbours differ."""
+    if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
+        return False
+    values = np.unique(sample)
+    n = values.size
+    if n > 256 or n < 2:
+        return False
+    if n <= 64 and n / (float(values[-1]) - float(values[0]) + 1.0) < 0.5:
+        return True
+    step = max(1, int(round((data.size / _SAMPLE) ** 0.5)))
+    sub = data[:, ::step, ::step]
+    a, b = sub[:-1], sub[1:]
+    fg = (a != 0) | (b != 0)
+    if not fg.any():
+        return False
+    return float(np.mean(a[fg] == b[fg])) > 0.7

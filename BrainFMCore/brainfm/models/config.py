@@ -1,0 +1,148 @@
+"""Architecture description of a BrainFM network (backbone + 1x1x1 task heads).
+
+A :class:`ModelConfig` is all that is needed to rebuild a network with the right tensor shapes; it is
+stored in native checkpoints (``architecture`` in the JSON sidecar) and inferred from the keys and
+shapes of official checkpoints by :func:`brainfm.models.checkpoint_official.infer_config`.
+
+>>> from brainfm.models.config import ModelConfig
+>>> cfg = ModelConfig(f_maps=8, num_levels=3, heads={"T1": 1, "segmentation": 56})
+>>> cfg.feature_channels, cfg.level_channels
+(8, [8, 16, 32])
+>>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from brainfm.errors import CheckpointError
+
+#: Heads of the official BrainFM model, in the order the reference builds them.
+OFFICIAL_HEADS: Dict[str, int] = {
+    "T1": 1,
+    "T2": 1,
+    "FLAIR": 1,
+    "CT": 1,
+    "bias_field_log": 1,
+    "segmentation": 56,
+    "distance": 4,
+    "registration": 3,
+    "high_res_residual": 1,
+}
+
+
+def group_count(channels: int, num_groups: int) -> int:
+    """GroupNorm group count of the reference (``create_conv``): 1 if ``channels < num_groups``.
+
+    >>> group_count(1, 8), group_count(64, 8)
+    (1, 8)
+    """
+    return 1 if channels < num_groups else num_groups
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters that determine every tensor shape of :class:`~brainfm.models.net.BrainFMNet`.
+
+    ``heads`` maps a head name (``T1``, ``segmentation``, ...) to its output channel count.
+    ``head_in_channels`` is the input width of the heads (defaults to ``f_maps``: the heads read the
+    last, full-resolution decoder feature).
+    """
+
+    in_channels: int = 1
+    f_maps: int = 64
+    num_levels: int = 6
+    num_groups: int = 8
+    unit_feat: bool = True
+    heads: Dict[str, int] = field(default_factory=dict)
+    head_in_channels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.heads = {str(k): int(v) for k, v in dict(self.heads).items()}
+        if self.head_in_channels is None:
+            self.head_in_channels = int(self.f_maps)
+        self.validate()
+
+    @property
+    def level_channels(self) -> List[int]:
+        """Output channels of each encoder level: ``f_maps * 2**k``."""
+        return [int(self.f_maps) * 2**k for k in range(int(self.num_levels))]
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the final (full-resolution) feature map."""
+        return int(self.f_maps)
+
+    def validate(self) -> None:
+        """Raise :class:`CheckpointError` when the numbers cannot form the reference network."""
+        problems = []
+        for name in ("in_channels", "f_maps", "num_levels", "num_groups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} must be a positive integer (got {v!r})")
+        if problems:
+            raise CheckpointError("invalid model architecture: " + "; ".join(problems))
+        if self.num_levels < 2:
+            problems.append("num_levels must be at least 2")
+        for name, ch in self.heads.items():
+            if ch < 1:
+                problems.append(f"head {name!r} has {ch} output channels")
+            if not name.isidentifier():
+                problems.append(f"head name {name!r} is not a valid identifier")
+        if self.head_in_channels != self.f_maps:
+            problems.append(
+                f"heads take {self.head_in_channels} input channels but the feature has {self.f_maps}"
+                + (" (a Brain-ID DepHead that concatenates the image; not supported)"
+                   if self.head_in_channels == self.f_maps + 1 else "")
+            )
+        for ch in self.groupnorm_channels():
+            g = group_count(ch, self.num_groups)
+            if ch % g:
+                problems.append(f"GroupNorm over {ch} channels is not divisible into {g} groups")
+        if problems:
+            raise CheckpointError("invalid model architecture: " + "; ".join(sorted(set(problems))))
+
+    def groupnorm_channels(self) -> List[int]:
+        """Input channels of every GroupNorm of the backbone (encoders, then decoders)."""
+        f = self.level_channels
+        out = []
+        prev = self.in_channels
+        for k, ch in enumerate(f):
+            mid = max(ch // 2, prev)
+            out += [prev, mid]
+            prev = ch
+        for j in range(self.num_levels - 1):
+            skip, up = f[-2 - j], f[-1 - j]
+            out += [skip + up, skip]
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-serialisable dictionary (inverse of :meth:`from_dict`)."""
+        return {
+            "in_channels": int(self.in_channels),
+            "f_maps": int(self.f_maps),
+            "num_levels": int(self.num_levels),
+            "num_groups": int(self.num_groups),
+            "unit_feat": bool(self.unit_feat),
+            "heads": dict(self.heads),
+            "head_in_channels": int(self.head_in_channels or self.f_maps),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Build from :meth:`to_dict` output; unknown keys are rejected with a clear message."""
+        known = {"in_channels", "f_maps", "num_levels", "num_groups", "unit_feat", "heads", "head_in_channels"}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise CheckpointError(f"unknown architecture fields {extra}; known fields are {sorted(known)}")
+        try:
+            kw = {k: data[k] for k in known if k in data}
+            for k in ("in_channels", "f_maps", "num_levels", "num_groups", "head_in_channels"):
+                if kw.get(k) is not None:
+                    kw[k] = int(kw[k])
+            if "unit_feat" in kw:
+                kw["unit_feat"] = bool(kw["unit_feat"])
+            return cls(**kw)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"invalid architecture description {dict(data)!r}: {e}") from e

@@ -1,0 +1,237 @@
+"""Model and atlas registry: where weights and the registration atlas come from.
+
+Torch-free on purpose (the Slicer side imports it). ``registry.json`` next to this file lists
+versioned entries ``{id, version, kind, filename, sha256, url, bundled, description}``.
+Downloads go to the cache (env ``BRAINFM_HOME``, else ``~/.cache/brainfm``; created with mode 0o700),
+are written atomically and verified against their SHA-256.
+
+>>> import os, tempfile
+>>> from pathlib import Path
+>>> from brainfm.models import registry
+>>> [e["id"] for e in registry.list_entries()][:2]
+['brainfm-compact', 'brainfm-official']
+>>> d = Path(tempfile.mkdtemp()); src = d / "w.bin"; _ = src.write_bytes(b"weights")
+>>> digest = registry.sha256_file(src)
+>>> registry.download(src.as_uri(), d / "copy.bin", sha256=digest).read_bytes()
+b'weights'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from brainfm.errors import CheckpointError, InputError, ModelNotAvailableError
+
+PathLike = Union[str, "os.PathLike[str]"]
+Entries = Optional[Union[PathLike, Sequence[Dict[str, Any]]]]
+
+REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+DEFAULT_MODEL_ID = "brainfm-compact"
+DEFAULT_ATLAS_ID = "gca"
+
+BUNDLED_MISSING_MESSAGE = (
+    "The bundled BrainFM model is not included in this version yet (it is trained in a GPU run, "
+    "see the model card). Run with --model PATH/TO/brainfm_pretrained.pth (official BrainFM weights) "
+    "or a fine-tuned model."
+)
+
+
+def sha256_file(path: PathLike, *, chunk_size: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
+    >>> sha256_file(p)[:16]
+    'ba7816bf8f01cfea'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Cache root (env ``BRAINFM_HOME`` else ``~/.cache/brainfm``), created private (0o700)."""
+    env = os.environ.get("BRAINFM_HOME")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "brainfm"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def load_registry(path: Optional[PathLike] = None) -> List[Dict[str, Any]]:
+    """Entries of ``registry.json`` (or of another registry file ``path``)."""
+    p = Path(path) if path is not None else REGISTRY_FILE
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(f"cannot read the model registry {p}: {e}") from e
+    entries = data["entries"] if isinstance(data, dict) else data
+    return [dict(e) for e in entries]
+
+
+def list_entries(*, kind: Optional[str] = None, registry: Entries = None) -> List[Dict[str, Any]]:
+    """Registry entries, optionally only ``kind`` ``"model"`` or ``"atlas"``."""
+    entries = _entries(registry)
+    return [e for e in entries if kind is None or e.get("kind") == kind]
+
+
+def get_entry(entry_id: str, *, registry: Entries = None) -> Dict[str, Any]:
+    """The entry with ``id == entry_id`` (:class:`ModelNotAvailableError` listing the ids otherwise)."""
+    entries = _entries(registry)
+    for e in entries:
+        if e.get("id") == entry_id:
+            return e
+    raise ModelNotAvailableError(
+        f"unknown model or atlas {entry_id!r}; known ids: {[e.get('id') for e in entries]} "
+        "(or pass the path of a weights file)"
+    )
+
+
+def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
+    """Path of the weights for ``spec``: ``default``/``bundled``, a registry id, or a file path.
+
+    Registry entries are looked up in the cache (``<cache>/models/<filename>``) and downloaded
+    there (SHA-256 verified) when they have a URL.
+    """
+    spec = str(spec)
+    entries = _entries(registry)
+    if spec in ("default", "bundled"):
+        entry = next((e for e in entries if e.get("id") == DEFAULT_MODEL_ID), None)
+        path = BUNDLED_DIR / (entry["filename"] if entry else "brainfm-compact.safetensors")
+        if not path.is_file():
+            raise ModelNotAvailableError(BUNDLED_MISSING_MESSAGE)
+        return path
+    ids = [e.get("id") for e in entries if e.get("kind") == "model"]
+    if spec in ids:
+        entry = get_entry(spec, registry=entries)
+        if entry.get("bundled"):
+            path = BUNDLED_DIR / entry["filename"]
+            if not path.is_file():
+                raise ModelNotAvailableError(BUNDLED_MISSING_MESSAGE)
+            return path
+        return _cached_or_download(entry, cache_dir() / "models", _manual_model_hint(entry))
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p
+    raise ModelNotAvailableError(
+        f"model {spec!r} is neither a file that exists nor a registry id; known ids: {ids} "
+        "(or 'default' for the bundled model)"
+    )
+
+
+def resolve_atlas(spec: Optional[str] = None, *, registry: Entries = None) -> Path:
+    """Path of the registration atlas (``gca.mgz``).
+
+    Order: explicit ``spec`` (a path or an atlas id), env ``BRAINFM_ATLAS``, the cached file, else a
+    download from the registry URL with SHA-256 check.
+    """
+    entries = _entries(registry)
+    atlas_ids = [e.get("id") for e in entries if e.get("kind") == "atlas"]
+    if spec is not None and str(spec) not in atlas_ids:
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise InputError(f"atlas file not found: {p} (known atlas ids: {atlas_ids})")
+        return p
+    env = os.environ.get("BRAINFM_ATLAS")
+    if spec is None and env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise InputError(f"BRAINFM_ATLAS points to {p}, which is not a file")
+        return p
+    entry = get_entry(str(spec) if spec is not None else DEFAULT_ATLAS_ID, registry=entries)
+    hint = (
+        f"The registration atlas {entry['filename']} is not available and could not be downloaded"
+        f"{' from ' + entry['url'] if entry.get('url') else ''}. Download it yourself, then set the "
+        f"environment variable BRAINFM_ATLAS=/path/to/{entry['filename']} or pass --atlas PATH."
+    )
+    return _cached_or_download(entry, cache_dir() / "atlases", hint)
+
+
+def download(url: str, dest: PathLike, *, sha256: str, progress: Optional[Callable[[float, str], None]] = None,
+             timeout: float = 60.0) -> Path:
+    """Download ``url`` (http, https or file) to ``dest`` atomically, verifying its SHA-256.
+
+    A partial or corrupt download never replaces ``dest``. Raises :class:`ModelNotAvailableError`
+    when the URL cannot be read and :class:`CheckpointError` on a checksum mismatch.
+    """
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in ("http", "https", "file"):
+        raise InputError(f"refusing to download from {url!r}: only http, https and file URLs are allowed")
+    if not sha256:
+        raise InputError("download() needs the expected sha256 of the file")
+    dest = Path(dest)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(dest.parent), prefix="." + dest.name + ".", suffix=".part")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
+                    total = int(resp.headers.get("Content-Length") or 0)
+                    done = 0
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(block)
+                        h.update(block)
+                        done += len(block)
+                        if progress is not None and total:
+                            progress(min(done / total, 1.0), f"downloading {dest.name}")
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                raise ModelNotAvailableError(f"cannot download {url}: {e}") from e
+            out.flush()
+            os.fsync(out.fileno())
+        got = h.hexdigest()
+        if got.lower() != sha256.lower():
+            raise CheckpointError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
+                "the file may be corrupt or tampered with (nothing was saved)"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if progress is not None:
+        progress(1.0, f"downloaded {dest.name}")
+    return dest
+
+
+def _entries(registry: Entries) -> List[Dict[str, Any]]:
+    if registry is None or isinstance(registry, (str, os.PathLike)):
+        return load_registry(registry)
+    return [dict(e) for e in registry]
+
+
+def _manual_model_hint(entry: Dict[str, Any]) -> str:
+    return (
+        f"The model {entry['id']!r} is not in the cache and has no download link (the public release is a "
+        f"personal cloud link). Download {entry['filename']} yourself (see the project README) and run with "
+        f"--model PATH/TO/{entry['filename']}, or copy it to {cache_dir() / 'models' / entry['filename']}."
+    )
+
+
+def _cached_or_download(entry: Dict[str, Any], folder: Path, hint: str) -> Path:
+    path = folder / entry["filename"]
+    expected = entry.get("sha256")
+    if path.is_file():
+        if expected and sha256_file(path) != expected:
+            raise CheckpointError(
+                f"checksum mismatch for cached {path}: the file may be corrupt or tampered with; delete it "
+                "and run again to download a fresh copy"
+            )
+        return path
+    if not entry.get("url"):
+        raise ModelNotAvailableError(hint)
+    if not expected:
+        raise ModelNotAvailableError(f"registry entry {entry['id']!r} has a URL but no sha256; refusing to download")
+    try:
+        return download(entry["url"], path, sha256=expected)
+    except ModelNotAvailableError as e:
+        raise ModelNotAvailableError(f"{hint} ({e})") from e

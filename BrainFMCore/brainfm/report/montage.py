@@ -1,0 +1,207 @@
+"""PNG montage of a case: one row per volume, three orthogonal slices through the foreground centre.
+
+Every volume is first reoriented to RAS (exact axis permutation/flip, nibabel's closest
+canonical), so the slices are anatomically oriented whatever the file's voxel order:
+axial and coronal views put the subject's left on the image left (letters ``L``/``R`` are
+drawn), the sagittal view has anterior on the right (``P``/``A``), superior is up. Slices are
+resized to their physical aspect ratio (thick slices look thick). Label maps are drawn in
+FreeSurfer colours over the input (when on the input grid), vector fields as their magnitude.
+Only Pillow is used (its built-in bitmap font).
+
+>>> import tempfile, pathlib, numpy as np
+>>> from brainfm.volume import Volume
+>>> img = Volume(np.random.default_rng(0).random((20, 24, 16)).astype(np.float32), np.eye(4))
+>>> p = write_montage(img, {}, pathlib.Path(tempfile.mkdtemp()) / "m.png", cell=64)
+>>> from PIL import Image; Image.open(p).size == montage_size(1, cell=64)
+True
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from brainfm.errors import InputError
+from brainfm.io.atomic import atomic_output
+from brainfm.labels.freesurfer import fs_color
+from brainfm.volume import Volume
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CAPTION_H = 14  #: caption band above each row (pixels)
+TITLE_H = 18  #: title band at the top when a title is given
+VIEWS = ("axial", "coronal", "sagittal")
+_RESAMPLING = getattr(Image, "Resampling", Image)  # Pillow >= 9.1 has Image.Resampling
+_NEAREST, _BILINEAR = _RESAMPLING.NEAREST, _RESAMPLING.BILINEAR
+
+
+def montage_size(n_rows: int, *, cell: int = 160, title: bool = False) -> Tuple[int, int]:
+    """(width, height) in pixels of a montage with ``n_rows`` rows of ``cell``-pixel views."""
+    return 3 * cell, (TITLE_H if title else 0) + n_rows * (CAPTION_H + cell)
+
+
+def _canonical(vol: Volume) -> Tuple[np.ndarray, np.ndarray]:
+    """Data and affine reoriented to RAS voxel order (exact, no resampling)."""
+    ornt = nib.orientations.io_orientation(vol.affine)
+    ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    tr = nib.orientations.ornt_transform(ornt, ras)
+    data = nib.orientations.apply_orientation(np.asarray(vol.data), tr)
+    aff = vol.affine @ nib.orientations.inv_ornt_aff(tr, vol.shape)
+    return np.ascontiguousarray(data), aff
+
+
+def _kind(key: str, vol: Volume) -> str:
+    if vol.data.ndim == 4:
+        return "vector" if vol.data.shape[3] == 3 else "multichannel"
+    if np.issubdtype(vol.data.dtype, np.integer) or vol.meta.get("kind") == "labelmap":
+        return "labelmap"
+    return "image"
+
+
+def _foreground_centre(vol: Volume) -> np.ndarray:
+    """World (RAS mm) centre of the bounding box of voxels above 10 % of the 99th percentile."""
+    data = np.asarray(vol.data, np.float32)
+    if data.ndim == 4:
+        data = np.linalg.norm(data, axis=3)
+    data = np.nan_to_num(data)
+    hi = np.percentile(data, 99) if data.size else 0.0
+    fg = data > (0.1 * hi if hi > 0 else data.min())
+    if not fg.any():
+        idx = (np.asarray(vol.shape) - 1) / 2.0
+    else:
+        nz = np.nonzero(fg)
+        idx = np.array([(a.min() + a.max()) / 2.0 for a in nz])
+    return vol.world_of(idx)
+
+
+def _window(data: np.ndarray) -> np.ndarray:
+    """Map to uint8 with a robust 1-99 percentile window."""
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(data.shape, np.uint8)
+    lo, hi = np.percentile(finite, [1, 99])
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return np.zeros(data.shape, np.uint8)
+    return (np.clip((np.nan_to_num(data) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _slices(data: np.ndarray, ijk: Sequence[int]) -> List[np.ndarray]:
+    """Axial, coronal, sagittal 2D arrays of a RAS-ordered volume, rows top->bottom."""
+    i, j, k = ijk
+    ax = data[:, :, k][:, ::-1].T  # x: R to the right, up: anterior
+    co = data[:, j, :][:, ::-1].T  # x: R to the right, up: superior
+    sa = data[i, :, :][:, ::-1].T  # x: anterior to the right, up: superior
+    return [ax, co, sa]
+
+
+def _aspects(spacing: Sequence[float]) -> List[Tuple[float, float]]:
+    """(pixel width mm, pixel height mm) of each view."""
+    sx, sy, sz = spacing
+    return [(sx, sy), (sx, sz), (sy, sz)]
+
+
+def _colorize_labels(lab: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """RGB image and a boolean mask of labelled pixels."""
+    rgb = np.zeros(lab.shape + (3,), np.uint8)
+    for v in np.unique(lab):
+        if v == 0:
+            continue
+        rgb[lab == v] = fs_color(int(v))[:3]
+    return rgb, lab != 0
+
+
+def _fit(img: Image.Image, aspect: Tuple[float, float], cell: int, resample) -> Image.Image:
+    w_mm, h_mm = img.width * aspect[0], img.height * aspect[1]
+    scale = cell / max(w_mm, h_mm)
+    size = (max(1, int(round(w_mm * scale))), max(1, int(round(h_mm * scale))))
+    return img.resize(size, resample)
+
+
+def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
+                under: Optional[Volume]) -> Tuple[List[Image.Image], str]:
+    data, aff = _canonical(vol)
+    if kind == "vector":
+        data = np.linalg.norm(np.asarray(data, np.float32), axis=3)
+    ijk = np.rint(np.linalg.inv(aff)[:3, :3] @ centre_world + np.linalg.inv(aff)[:3, 3]).astype(int)
+    ijk = np.clip(ijk, 0, np.asarray(data.shape[:3]) - 1)
+    spacing = tuple(float(s) for s in np.linalg.norm(aff[:3, :3], axis=0))
+    cells: List[Image.Image] = []
+    if kind == "labelmap":
+        views = _slices(data, ijk)
+        base = None
+        if under is not None and under.same_grid(vol):
+            udata, _ = _canonical(under)
+            base = _slices(_window(np.asarray(udata, np.float32)), ijk)
+        for n, (view, aspect) in enumerate(zip(views, _aspects(spacing))):
+            rgb, mask = _colorize_labels(np.asarray(view))
+            grey = base[n] if base is not None else np.zeros(view.shape, np.uint8)
+            out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+            out[mask] = 0.45 * out[mask] + 0.55 * rgb[mask]
+            cells.append(_fit(Image.fromarray(out.astype(np.uint8)), aspect, cell, _NEAREST))
+        n_labels = len(np.unique(np.asarray(vol.data))) - 1
+        return cells, f"{n_labels} labels"
+    values = np.asarray(data, np.float32)
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    # window the whole volume so the three views share one grey scale
+    wviews = _slices(_window(values), ijk)
+    cells = [_fit(Image.fromarray(np.ascontiguousarray(v)).convert("RGB"), a, cell, _BILINEAR)
+             for v, a in zip(wviews, _aspects(spacing))]
+    return cells, f"range {lo:.3g}..{hi:.3g}"
+
+
+def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, cell: int, view: int, font) -> None:
+    left, right = ("L", "R") if view < 2 else ("P", "A")
+    draw.text((x0 + 2, y0 + cell // 2 - 5), left, fill=(255, 255, 0), font=font)
+    draw.text((x0 + cell - 9, y0 + cell // 2 - 5), right, fill=(255, 255, 0), font=font)
+
+
+def write_montage(input_volume: Optional[Volume], outputs: Mapping[str, Volume], path: PathLike, *,
+                  title: Optional[str] = None, cell: int = 160,
+                  units: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a PNG montage: the input (if given) and each scalar/vector output, one row each.
+
+    Multi-channel outputs that are not 3-vectors (probabilities, features) are skipped.
+    ``units`` (key -> unit string) is added to the captions. Written atomically; returns the path.
+    """
+    rows: List[Tuple[str, Volume, str]] = []
+    if input_volume is not None:
+        rows.append(("input", input_volume, "image"))
+    for key, vol in outputs.items():
+        kind = _kind(key, vol)
+        if kind != "multichannel":
+            rows.append((key, vol, kind))
+    if not rows:
+        raise InputError("nothing to draw: no input volume and no scalar output")
+    ref = input_volume if input_volume is not None else rows[0][1]
+    centre = _foreground_centre(ref)
+    width, height = montage_size(len(rows), cell=cell, title=bool(title))
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    y = 0
+    if title:
+        draw.text((4, 3), title, fill=(255, 255, 255), font=font)
+        y = TITLE_H
+    for name, vol, kind in rows:
+        under = input_volume if kind == "labelmap" else None
+        cells, info = _render_row(vol, kind, centre, cell, under)
+        unit = (units or {}).get(name) or vol.meta.get("units") or ""
+        caption = f"{name} ({kind}{', ' + unit if unit else ''}; {info})"
+        draw.text((4, y + 1), caption, fill=(220, 220, 220), font=font)
+        y += CAPTION_H
+        for n, im in enumerate(cells):
+            x0 = n * cell
+            canvas.paste(im, (x0 + (cell - im.width) // 2, y + (cell - im.height) // 2))
+            _letters(draw, x0, y, cell, n, font)
+        y += cell
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target) as tmp:
+        canvas.save(tmp, format="PNG")
+    return target

@@ -1,0 +1,168 @@
+"""Write a :class:`~brainfm.inference.prediction.Prediction` as a case folder.
+
+Layout of ``out_dir``::
+
+    <key>.nii.gz        one per output (labels int16/int32, images float32, fields as NIfTI vectors)
+    seg_volumes.csv     structure volumes (value, name, voxels, volume_mm3), when segmented
+    <table>.csv         any other table of the prediction
+    montage.png         input + outputs, three orthogonal slices (optional)
+    summary.json        input, model, device, precision, tiled, timings, warnings, outputs
+                        {key: {path, kind (image|labelmap|vector|table), units, shape}},
+                        tables, structure_volumes, montage (file name or null), metadata
+
+Everything is written into a private temporary folder beside ``out_dir`` that is renamed to
+``out_dir`` at the end; a failure or cancellation removes it, so a case folder is either complete
+or absent. With ``overwrite=True`` an existing case folder is replaced only after the new one is
+complete.
+
+>>> import tempfile, pathlib, json, numpy as np
+>>> from brainfm.volume import Volume
+>>> from brainfm.inference.prediction import Prediction
+>>> img = Volume(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), np.eye(4))
+>>> pred = Prediction(outputs={"synth_t1": img}, metadata={"device": "cpu"})
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "case1"
+>>> s = save_prediction(pred, out, input_volume=img, png=False)
+>>> sorted(p.name for p in out.iterdir()), s["outputs"]["synth_t1"]["kind"]
+(['summary.json', 'synth_t1.nii.gz'], 'image')
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from brainfm.errors import InputError
+from brainfm.io.atomic import same_path
+from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
+from brainfm.report.summary import DEFAULT_UNITS, build_summary, output_kind, write_json
+from brainfm.volume import Volume
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SUMMARY_NAME = "summary.json"
+MONTAGE_NAME = "montage.png"
+
+
+def write_table_csv(rows: List[Mapping[str, Any]], path: PathLike) -> Path:
+    """Write a list of dict rows as CSV (columns in first-seen order)."""
+    from brainfm.io.atomic import atomic_output
+
+    columns: List[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in columns})
+    return target
+
+
+def _check_target(out: Path, overwrite: bool, forbid: Iterable[Optional[PathLike]]) -> None:
+    for f in forbid:
+        if f is None:
+            continue
+        fp = Path(f)
+        if same_path(out, fp):
+            raise InputError(f"the case folder {out} is the input path; choose another output folder")
+        try:
+            Path(os.path.realpath(fp)).relative_to(os.path.realpath(out))
+            inside = True
+        except ValueError:
+            inside = False
+        if inside:
+            raise InputError(f"the case folder {out} contains the input {fp}; writing it would replace the "
+                             "input; choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise InputError(f"case folder {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
+
+
+def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optional[Volume] = None,
+                    input_path: Optional[PathLike] = None, overwrite: bool = False,
+                    forbid: Iterable[Optional[PathLike]] = (), png: bool = True,
+                    title: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
+                    progress: Optional[ProgressCallback] = None,
+                    cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+    """Write every output, table, the montage and ``summary.json`` of ``prediction`` to ``out_dir``.
+
+    ``prediction`` has ``outputs`` (key -> Volume), ``tables`` and ``metadata`` (a
+    :class:`~brainfm.inference.prediction.Prediction`). ``input_path`` (also added to ``forbid``)
+    is recorded in the summary and may never be overwritten; ``extra`` is merged into the summary.
+    Returns the summary (``outputs[key]["path"]`` relative to the case folder, plus ``"folder"``).
+    """
+    from brainfm.io import write_volume
+
+    cb = ensure_callback(progress)
+    out = Path(out_dir).expanduser()
+    forbid = list(forbid) + ([input_path] if input_path is not None else [])
+    _check_target(out, overwrite, forbid)
+    outputs: Mapping[str, Volume] = dict(getattr(prediction, "outputs", {}) or {})
+    tables: Mapping[str, List[Dict[str, Any]]] = dict(getattr(prediction, "tables", {}) or {})
+    metadata: Mapping[str, Any] = dict(getattr(prediction, "metadata", {}) or {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=str(out.parent)))
+    try:
+        described: Dict[str, Dict[str, Any]] = {}
+        n_steps = len(outputs) + len(tables) + 2
+        for n, (key, vol) in enumerate(outputs.items()):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            cb(n / n_steps, f"writing {key}")
+            name = f"{key}.nii.gz"
+            write_volume(vol, tmp / name, forbid=forbid)
+            described[key] = {
+                "path": name,
+                "kind": output_kind(key, vol.data),
+                "units": vol.meta.get("units") or DEFAULT_UNITS.get(key, "a.u."),
+                "shape": list(vol.data.shape),
+            }
+        table_files: Dict[str, str] = {}
+        for key, rows in tables.items():
+            if rows:
+                table_files[key] = write_table_csv(list(rows), tmp / f"{key}.csv").name
+                described.setdefault(key, {"path": table_files[key], "kind": "table", "units": ""})
+        if png and (outputs or input_volume is not None):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            cb((n_steps - 2) / n_steps, "drawing the montage")
+            from brainfm.report.montage import write_montage
+
+            units = {k: d["units"] for k, d in described.items()}
+            write_montage(input_volume, outputs, tmp / MONTAGE_NAME, title=title or out.name, units=units)
+        summary = build_summary(metadata, outputs=described, tables=table_files,
+                                structure_volumes=tables.get("seg_volumes"), input_path=input_path,
+                                input_volume=input_volume, extra=extra)
+        summary["montage"] = MONTAGE_NAME if (tmp / MONTAGE_NAME).is_file() else None
+        write_json(summary, tmp / SUMMARY_NAME)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        _commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cb(1.0, f"saved {out}")
+    summary["folder"] = str(out)
+    return summary
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder to ``out`` (replacing an old case folder last)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=str(out.parent)))
+    os.rmdir(old)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

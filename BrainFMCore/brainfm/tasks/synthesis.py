@@ -1,0 +1,64 @@
+"""Contrast synthesis post-processing: ``t1``, ``t2``, ``flair`` (and Brain-ID's ``image``) and ``ct``.
+
+Units (reference semantics): T1/T2/FLAIR heads predict images in the scale of the training targets,
+i.e. each target min-max normalised to [0, 1]; the outputs **keep that [0, 1] scale** (they are not
+mapped to the input's intensity range, which belongs to another contrast). The CT head predicts
+HU/1000; ``synth_ct`` is in Hounsfield units. Like the reference demo, outputs are masked by the
+input foreground (the reference's ``input != 0``) unless ``mask_background=False``; the CT
+background is set to -1000 HU (air) instead of the reference's 0.
+
+>>> import numpy as np
+>>> ct_to_hu(np.array([0.04, -1.0], np.float32)).tolist()
+[40.0, -1000.0]
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from brainfm.tasks.context import TaskContext
+from brainfm.volume import Volume
+
+CT_SCALE = 1000.0
+CT_BACKGROUND_HU = -1000.0
+IMAGE_UNITS = "a.u. in [0, 1] (min-max scale of the training targets)"
+BRAINID_IMAGE_UNITS = "T1-like a.u., white matter ~ 1 (Brain-ID image head)"
+
+_KEYS = {"t1": "synth_t1", "t2": "synth_t2", "flair": "synth_flair"}
+
+
+def ct_to_hu(raw: np.ndarray) -> np.ndarray:
+    """Raw CT head output (HU/1000) -> Hounsfield units."""
+    return (np.asarray(raw, np.float32) * CT_SCALE).astype(np.float32)
+
+
+def _image(ctx: TaskContext, task: str) -> Dict[str, Volume]:
+    raw = ctx.task_head(task)[0]
+    data = np.asarray(ctx.to_output(raw, "linear", 0.0), np.float32)
+    data = ctx.mask(data, 0.0)
+    units = BRAINID_IMAGE_UNITS if ctx.heads.get(task) == "image" else IMAGE_UNITS
+    return {_KEYS[task]: ctx.volume(data, task=task, kind="image", units=units)}
+
+
+def run_t1(ctx: TaskContext) -> Dict[str, Volume]:
+    """``synth_t1`` in [0, 1] (from the ``T1`` head, or Brain-ID's ``image`` head)."""
+    return _image(ctx, "t1")
+
+
+def run_t2(ctx: TaskContext) -> Dict[str, Volume]:
+    """``synth_t2`` in [0, 1]."""
+    return _image(ctx, "t2")
+
+
+def run_flair(ctx: TaskContext) -> Dict[str, Volume]:
+    """``synth_flair`` in [0, 1]."""
+    return _image(ctx, "flair")
+
+
+def run_ct(ctx: TaskContext) -> Dict[str, Volume]:
+    """``synth_ct`` in HU (raw x 1000), background -1000 HU."""
+    hu = ct_to_hu(ctx.task_head("ct")[0])
+    data = np.asarray(ctx.to_output(hu, "linear", CT_BACKGROUND_HU), np.float32)
+    data = ctx.mask(data, CT_BACKGROUND_HU)
+    return {"synth_ct": ctx.volume(data, task="ct", kind="image", units="HU")}

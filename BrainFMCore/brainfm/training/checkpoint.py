@@ -1,0 +1,271 @@
+"""Training checkpoints with exact resume, written atomically, without pickle.
+
+A checkpoint is a folder ``<run>/checkpoints/step_<NNNNNNNN>/`` holding
+``model-NN.safetensors`` (fp32 weights, sharded under ``max_file_mb``), ``optim-NN.safetensors``
+(AdamW moments and step counters; fp32 for exact resume or bf16 for half the size) and ``meta.json``
+(step, config, architecture, optimizer param groups, scheduler state, RNG states of python/numpy/torch
+CPU/CUDA and of the data generator, SHA-256 of every file). ``<run>/checkpoints/latest`` names the newest.
+Nothing is unpickled on load, so a checkpoint from an untrusted source cannot run code.
+
+>>> import torch, tempfile
+>>> from brainfm.training.checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint
+>>> net = torch.nn.Linear(3, 2); opt = torch.optim.AdamW(net.parameters())
+>>> d = tempfile.mkdtemp()
+>>> p = save_checkpoint(d, model=net, optimizer=opt, step=7)
+>>> latest_checkpoint(d) == p
+True
+>>> load_checkpoint(p, model=torch.nn.Linear(3, 2))["step"]
+7
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from brainfm.errors import CheckpointError
+
+FORMAT = "brainfm-train-ckpt-1"
+PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------------------- RNG states
+def capture_rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+    """JSON-serialisable RNG states of python, numpy (legacy global), torch CPU/CUDA and ``generator``."""
+    py = random.getstate()
+    npst = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state().tolist()
+        state["generator_device"] = str(generator.device)
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator] = None) -> None:
+    """Inverse of :func:`capture_rng_state` (missing entries are left alone)."""
+    if "python" in state:
+        v, s, g = state["python"]
+        random.setstate((v, tuple(s), g))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "torch" in state:
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    if generator is not None and "generator" in state:
+        generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_shards(tensors: Dict[str, torch.Tensor], folder: Path, stem: str, max_bytes: int) -> List[str]:
+    from safetensors.torch import save_file
+
+    shards: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in tensors.items():
+        nb = v.numel() * v.element_size()
+        if shards[-1] and size + nb > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nb
+    names = []
+    for i, sh in enumerate(shards):
+        name = f"{stem}-{i:02d}.safetensors"
+        save_file(sh, str(folder / name), metadata={"format": FORMAT})
+        names.append(name)
+    return names
+
+
+def _read_shards(folder: Path, names: List[str], device: Union[str, torch.device]) -> Dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    out: Dict[str, torch.Tensor] = {}
+    for n in names:
+        try:
+            out.update(load_file(str(folder / n), device=str(device)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint file {folder / n} is unreadable or truncated: {e}") from None
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DataParallel wrappers."""
+    return getattr(model, "module", model)
+
+
+# --------------------------------------------------------------------------------------- save
+def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Any = None, step: int, config: Optional[Dict[str, Any]] = None,
+                    architecture: Optional[Dict[str, Any]] = None, generator: Optional[torch.Generator] = None,
+                    extra: Optional[Dict[str, Any]] = None, optim_dtype: str = "fp32",
+                    max_file_mb: float = 16.0, keep_last: int = 2) -> Path:
+    """Write ``<run_dir>/checkpoints/step_<step>/`` atomically and point ``latest`` at it.
+
+    Keeps the newest ``keep_last`` checkpoints (0 keeps all). Returns the checkpoint folder.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{int(step):08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        max_bytes = max(1, int(max_file_mb * 1024 * 1024) - 65536)  # leave room for headers
+        net = unwrap(model)
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+        files = {"model": _write_shards(weights, tmp, "model", max_bytes)}
+        meta: Dict[str, Any] = {
+            "format": FORMAT, "step": int(step), "time": time.time(), "config": config or {},
+            "architecture": architecture or {}, "param_names": list(weights),
+            "rng": capture_rng_state(generator), "extra": extra or {}, "optim_dtype": optim_dtype,
+        }
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            odt = torch.bfloat16 if optim_dtype == "bf16" else None
+            flat = {}
+            for pid, st in sd["state"].items():
+                for name, t in st.items():
+                    if not torch.is_tensor(t):
+                        t = torch.tensor(t)
+                    t = t.detach().to("cpu", copy=True).contiguous()
+                    if odt is not None and t.is_floating_point() and t.dim() > 0:
+                        t = t.to(odt)
+                    flat[f"{pid}.{name}"] = t
+            files["optim"] = _write_shards(flat, tmp, "optim", max_bytes) if flat else []
+            meta["optimizer"] = {"param_groups": sd["param_groups"], "class": type(optimizer).__name__}
+        if scheduler is not None:
+            meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        meta["files"] = {n: _sha256(tmp / n) for group in files.values() for n in group}
+        meta["groups"] = files
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest(root, final.name)
+    if keep_last > 0:
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_latest(root: Path, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(name + "\n")
+    os.replace(tmp, root / "latest")
+
+
+def latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
+    """Newest complete checkpoint folder of a run (or a ``checkpoints`` folder), None if there is none."""
+    d = Path(run_dir)
+    root = d if (d / "latest").exists() or d.name == "checkpoints" else d / "checkpoints"
+    if (root / "latest").is_file():
+        cand = root / (root / "latest").read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    found = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------------------- load
+def read_meta(path: PathLike) -> Dict[str, Any]:
+    """``meta.json`` of a checkpoint folder, with a clear error when it is missing or corrupt."""
+    p = Path(path)
+    if not (p / "meta.json").is_file():
+        raise CheckpointError(f"{p} is not a BrainFM training checkpoint (no meta.json)")
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{p / 'meta.json'} is corrupt: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Any = None, generator: Optional[torch.Generator] = None,
+                    architecture: Optional[Dict[str, Any]] = None, restore_rng: bool = True,
+                    verify: bool = True) -> Dict[str, Any]:
+    """Restore model (strict), optimizer, scheduler and RNG states; returns the checkpoint's meta.
+
+    Raises :class:`CheckpointError` naming every mismatch when the checkpoint was written for another
+    architecture (``architecture`` dict or tensor names/shapes) or a file fails its SHA-256 check.
+    """
+    p = Path(path)
+    meta = read_meta(p)
+    if verify:
+        for name, digest in meta.get("files", {}).items():
+            if not (p / name).is_file():
+                raise CheckpointError(f"checkpoint {p} is incomplete: {name} is missing")
+            if _sha256(p / name) != digest:
+                raise CheckpointError(f"checkpoint file {p / name} is corrupt (SHA-256 mismatch)")
+    if architecture is not None and meta.get("architecture"):
+        diffs = [f"{k}: checkpoint {meta['architecture'].get(k)!r} vs model {v!r}"
+                 for k, v in architecture.items() if meta["architecture"].get(k) != v]
+        if diffs:
+            raise CheckpointError(f"checkpoint {p} was trained with another architecture: " + "; ".join(diffs))
+    net = unwrap(model)
+    dev = next(iter(net.state_dict().values())).device if net.state_dict() else "cpu"
+    weights = _read_shards(p, meta["groups"]["model"], "cpu")
+    own = net.state_dict()
+    problems = [f"missing {k}" for k in own if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in own]
+    problems += [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    if problems:
+        more = f" (+{len(problems) - 12} more)" if len(problems) > 12 else ""
+        raise CheckpointError(f"checkpoint {p} does not match the model architecture: "
+                              + "; ".join(problems[:12]) + more)
+    net.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=True)
+    if optimizer is not None and "optimizer" in meta:
+        flat = _read_shards(p, meta["groups"].get("optim", []), "cpu")
+        state: Dict[int, Dict[str, torch.Tensor]] = {}
+        for key, t in flat.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = t
+        groups = meta["optimizer"]["param_groups"]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        own_groups = optimizer.state_dict()["param_groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in own_groups]:
+            raise CheckpointError(f"optimizer state in {p} covers another set of parameters "
+                                  "(different trainable layers or architecture)")
+        optimizer.load_state_dict({"state": state, "param_groups": groups})  # casts to the param dtype/device
+        for st in optimizer.state.values():  # keep the 'step' counters on CPU as torch does by default
+            for name, t in list(st.items()):
+                if name == "step" and torch.is_tensor(t):
+                    st[name] = t.to("cpu", torch.float32)
+    if scheduler is not None and "scheduler" in meta:
+        sd = dict(meta["scheduler"])
+        sd["lr_lambdas"] = [None] * len(getattr(scheduler, "lr_lambdas", [None]))
+        scheduler.load_state_dict(sd)
+    if restore_rng and meta.get("rng"):
+        restore_rng_state(meta["rng"], generator)
+    return meta

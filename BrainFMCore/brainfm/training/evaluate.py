@@ -1,0 +1,88 @@
+"""Validation metrics (Dice, PSNR, L1) of a network on generator batches of held-out subjects.
+
+>>> import torch
+>>> from brainfm.training.evaluate import dice_scores, psnr
+>>> t = torch.zeros(6, 6, 6, dtype=torch.long); t[:3] = 1
+>>> dice_scores(t, t, n_classes=2)
+{1: 1.0}
+>>> round(psnr(torch.zeros(4), torch.full((4,), 0.1)), 1)
+20.0
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import torch
+
+from brainfm.training.objectives import IMAGE_HEADS, target_of
+
+
+def dice_scores(pred: torch.Tensor, target: torch.Tensor, *, n_classes: int,
+                ignore_background: bool = True) -> Dict[int, float]:
+    """Hard Dice per class present in ``target`` (class maps of equal shape)."""
+    out: Dict[int, float] = {}
+    for c in range(1 if ignore_background else 0, n_classes):
+        t = target == c
+        nt = int(t.sum())
+        if nt == 0:
+            continue
+        p = pred == c
+        out[c] = float(2.0 * (p & t).sum() / (int(p.sum()) + nt))
+    return out
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB (``inf`` for identical inputs)."""
+    mse = float(((pred.float() - target.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[Any], *,
+                     autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """Mean metrics over ``batches``: ``dice`` (mean over classes, excl. background), ``psnr_<T1..>``,
+    ``l1_distance``, ``l1_registration``, ``l1_bias_field_log``, plus ``n_batches``."""
+    was_training = model.training
+    model.eval()
+    acc: Dict[str, List[float]] = {}
+    try:
+        for batch in batches:
+            x = batch.inputs
+            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = model(x)
+            n = int(x.shape[0])
+            seg_t = target_of(batch, "segmentation", n)
+            if "segmentation" in out and seg_t is not None:
+                pred = out["segmentation"].float().argmax(1)
+                for i in range(n):
+                    d = dice_scores(pred[i], seg_t[i, 0].long(), n_classes=out["segmentation"].shape[1])
+                    if d:
+                        acc.setdefault("dice", []).append(sum(d.values()) / len(d))
+            for name in IMAGE_HEADS + ("image",):
+                tgt = target_of(batch, name if name != "image" else "T1", n)
+                if name in out and tgt is not None and tgt.shape[1:] == out[name].shape[1:]:
+                    rng = 1.0 if name != "CT" else float(tgt.max() - tgt.min()) or 1.0
+                    for i in range(n):
+                        acc.setdefault(f"psnr_{name}", []).append(
+                            psnr(out[name][i].clamp(0, 1) if name != "CT" else out[name][i], tgt[i],
+                                 data_range=rng))
+            for name in ("distance", "registration", "bias_field_log"):
+                tgt = target_of(batch, name, n)
+                if name in out and tgt is not None and tgt.shape == out[name].shape:
+                    acc.setdefault(f"l1_{name}", []).append(float((out[name].float() - tgt.float()).abs().mean()))
+            acc.setdefault("n_batches", []).append(1.0)
+    finally:
+        model.train(was_training)
+    res = {k: (sum(v) / len(v) if k != "n_batches" else float(len(v))) for k, v in acc.items()}
+    return {k: v for k, v in res.items() if math.isfinite(v) or k.startswith("psnr")}
+
+
+def summarize(metrics: Mapping[str, float]) -> str:
+    """One-line human summary, e.g. ``dice 0.812, psnr_T1 24.1 dB``."""
+    parts = []
+    for k, v in metrics.items():
+        if k == "n_batches":
+            continue
+        parts.append(f"{k} {v:.3f}" + (" dB" if k.startswith("psnr") else ""))
+    return ", ".join(parts) or "no metrics"

@@ -1,0 +1,47 @@
+"""Write a trained network in the native model format (``brainfm.models.save_native``) so the engine,
+the CLI and the Slicer modules can load it like any other model.
+
+>>> from brainfm.training.export import export_native  # doctest: +SKIP
+>>> export_native(net, "runs/x/model", cfg=cfg, step=1000)  # doctest: +SKIP
+PosixPath('runs/x/model/brainfm-compact.safetensors')
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch  # noqa: F401
+
+from brainfm.training.checkpoint import unwrap
+
+
+def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any = None, step: int = 0,
+                  name: Optional[str] = None, label_scheme: Optional[str] = None, dtype: str = "fp32",
+                  provenance: Optional[Dict[str, Any]] = None, output_units: Optional[Dict[str, Any]] = None,
+                  ) -> Path:
+    """Save ``model`` (a BrainFMNet, possibly DDP-wrapped) as ``<out_dir>/<name>.safetensors + .json``.
+
+    ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load).
+    Returns the weights path.
+    """
+    from brainfm.models import save_native
+    from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo, label_scheme_for
+
+    net = unwrap(model)
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"export dtype must be fp32 or fp16, got {dtype!r}")
+    name = name or (cfg.model.name if cfg is not None else "brainfm-native")
+    scheme = label_scheme or (cfg.model.label_scheme if cfg is not None else None) or label_scheme_for(net.config.heads)
+    prov: Dict[str, Any] = {"trained_by": "brainfm.training", "step": int(step),
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if cfg is not None:
+        prov["train_config"] = cfg.to_dict()
+    prov.update(provenance or {})
+    info = ModelInfo(name=name, version=f"step{int(step)}", format="native", sha256="", config=net.config,
+                     label_scheme=scheme, atlas=None, provenance=prov,
+                     output_units=dict(output_units or BRAINFM_OUTPUT_UNITS))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights, _json = save_native(net, out / name, info=info, fp16=dtype == "fp16")
+    return Path(weights)

@@ -1,0 +1,238 @@
+"""Fine-tuning a pretrained BrainFM / Brain-ID model on real images with labels or target images.
+
+Modes: ``head`` (one-layer adaptation: frozen backbone, new 1x1x1 head; the model keeps its other
+heads), ``encoder`` (frozen encoder, decoder + new head trained), ``full`` (everything trained; the
+other heads are dropped because the features change). The result is a native model
+(``<out>/model/<name>.safetensors + .json``) with its label scheme, usable by ``brainfm run`` and the
+Slicer modules.
+
+Data folder layout: ``<folder>/images/*`` with ``<folder>/labels/*`` (task ``seg``, FreeSurfer label
+numbers, mapped to the classes of ``label_scheme``) or ``<folder>/targets/*`` (task ``image``),
+paired by file name.
+
+>>> from brainfm.training.finetune import build_finetune_model
+>>> from brainfm.models import BrainFMNet, ModelConfig
+>>> base = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, heads={"image": 1}))
+>>> net = build_finetune_model(base, head="segmentation", channels=33, mode="head")
+>>> sorted(net.config.heads.items()), [n for n, p in net.named_parameters() if p.requires_grad]
+([('image', 1), ('segmentation', 33)], ['head.final_conv_segmentation.weight', 'head.final_conv_segmentation.bias'])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from brainfm.errors import InputError
+from brainfm.training.data import step_seed
+
+PathLike = Union[str, Path]
+MODES = ("head", "encoder", "full")
+IMAGE_EXTS = (".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _stem(p: Path) -> str:
+    n = p.name
+    for e in IMAGE_EXTS:
+        if n.endswith(e):
+            return n[: -len(e)]
+    return p.stem
+
+
+def pair_folder(folder: PathLike, *, task: str = "seg") -> List[Tuple[Path, Path]]:
+    """``(image, target)`` pairs of ``folder/images`` and ``folder/labels`` (seg) or ``folder/targets``
+    (image), matched by file name without extension; clear errors for empty or unmatched folders."""
+    root = Path(folder)
+    sub = "labels" if task == "seg" else "targets"
+    img_dir, tgt_dir = root / "images", root / sub
+    for d in (img_dir, tgt_dir):
+        if not d.is_dir():
+            raise InputError(f"fine-tuning data needs {d} (layout: {root}/images/ and {root}/{sub}/, "
+                             "files paired by name)")
+    imgs = {_stem(p): p for p in sorted(img_dir.iterdir()) if p.name.endswith(IMAGE_EXTS)}
+    tgts = {_stem(p): p for p in sorted(tgt_dir.iterdir()) if p.name.endswith(IMAGE_EXTS)}
+    if not imgs:
+        raise InputError(f"no images in {img_dir} (supported: {', '.join(IMAGE_EXTS)})")
+    missing = sorted(set(imgs) - set(tgts))
+    if missing:
+        raise InputError(f"no {sub[:-1]} for image(s) {missing[:5]} in {tgt_dir}")
+    return [(imgs[k], tgts[k]) for k in sorted(imgs)]
+
+
+def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mode: str = "head") -> torch.nn.Module:
+    """A copy of ``base`` (BrainFMNet) with a new 1x1x1 head ``head`` and the right parts frozen."""
+    from brainfm.models import BrainFMNet, ModelConfig
+
+    if mode not in MODES:
+        raise InputError(f"unknown fine-tuning mode {mode!r}; use one of {MODES}")
+    bc = base.config
+    heads = dict(bc.heads) if mode == "head" else {}
+    heads[head] = int(channels)
+    cfg = ModelConfig(in_channels=bc.in_channels, f_maps=bc.f_maps, num_levels=bc.num_levels,
+                      num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads)
+    net = BrainFMNet(cfg)
+    own = net.state_dict()
+    keep = {k: v for k, v in base.state_dict().items()
+            if k in own and own[k].shape == v.shape and not k.startswith(f"head.final_conv_{head}.")}
+    net.load_state_dict({**own, **keep})
+    for name, p in net.named_parameters():
+        if mode == "head":
+            p.requires_grad = name.startswith(f"head.final_conv_{head}.")
+        elif mode == "encoder":
+            p.requires_grad = not name.startswith("backbone.encoders.")
+        else:
+            p.requires_grad = True
+    return net
+
+
+def _load_pair(image: Path, target: Path, task: str, scheme: Any) -> Tuple[np.ndarray, np.ndarray]:
+    from brainfm.geometry import resample_to_grid, to_network_frame
+    from brainfm.io import read_volume
+
+    img = read_volume(image)
+    net, _ = to_network_frame(img, crop_foreground=True)
+    tv = read_volume(target)
+    if task == "seg":
+        lab = resample_to_grid(tv, net.affine, net.shape, order="nearest").data
+        values = np.asarray(scheme.fs_values)
+        lut = {int(v): c for c, v in enumerate(values)}
+        uniq = np.unique(lab.astype(np.int64))
+        known = [u for u in uniq if int(u) in lut]
+        if len(known) <= 1:
+            raise InputError(f"label map {target} has no label of the {scheme.name} scheme "
+                             f"(values found: {uniq[:12].tolist()})")
+        out = np.zeros(lab.shape, np.int64)
+        for u in known:
+            out[lab == u] = lut[int(u)]
+        tgt = out
+    else:
+        t = resample_to_grid(tv, net.affine, net.shape, order="linear").data.astype(np.float32)
+        lo, hi = float(t.min()), float(t.max())
+        if hi <= lo:
+            raise InputError(f"target image {target} is constant")
+        tgt = (t - lo) / (hi - lo)
+    x = net.data.astype(np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        raise InputError(f"image {image} is constant")
+    return (x - lo) / (hi - lo), tgt
+
+
+class PairedSource:
+    """Random crops of real image/target pairs (network frame, 1 mm RAS), with a random gamma."""
+
+    def __init__(self, pairs: Sequence[Tuple[Path, Path]], *, task: str = "seg", target_key: str = "segmentation",
+                 label_scheme: str = "fs33", size: int = 96, n_samples: int = 2, device: Union[str, torch.device] = "cpu",
+                 seed: int = 0, n_val: int = 0) -> None:
+        from brainfm.labels import get_scheme
+
+        if not pairs:
+            raise InputError("no fine-tuning pairs")
+        self.task, self.key, self.size, self.n, self.seed = task, target_key, int(size), int(n_samples), int(seed)
+        self.device = torch.device(device)
+        scheme = get_scheme(label_scheme) if task == "seg" else None
+        data = [_load_pair(a, b, task, scheme) for a, b in pairs]
+        n_val = min(int(n_val), len(data) - 1)
+        self._train = data[: len(data) - n_val]
+        self._val = data[len(data) - n_val:] if n_val else []
+
+    def _crop(self, arr: np.ndarray, origin: Sequence[int]) -> np.ndarray:
+        s = self.size
+        out = np.zeros((s, s, s), arr.dtype)
+        src = tuple(slice(o, o + s) for o in origin)
+        part = arr[src]
+        out[tuple(slice(0, n) for n in part.shape)] = part
+        return out
+
+    def _make(self, items: List[Tuple[np.ndarray, np.ndarray, Sequence[int], float]]) -> Any:
+        xs, ts = [], []
+        for x, t, origin, gam in items:
+            xs.append(self._crop(x, origin) ** gam)
+            ts.append(self._crop(t, origin))
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(self.device)
+        t = torch.from_numpy(np.stack(ts)).to(self.device)
+        t = t.long() if self.task == "seg" else t[:, None].float()
+        return SimpleNamespace(inputs=x, targets={self.key: t})
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Any:
+        g = np.random.default_rng(step_seed(self.seed, step, rank))
+        x, t = self._train[int(g.integers(len(self._train)))]
+        items = []
+        for _ in range(self.n):
+            origin = [int(g.integers(0, max(1, d - self.size + 1))) for d in x.shape]
+            items.append((x, t, origin, float(np.exp(g.normal(0, 0.25)))))
+        return self._make(items)
+
+    def val_batches(self):
+        for x, t in self._val:
+            origin = [max(0, (d - self.size) // 2) for d in x.shape]
+            yield self._make([(x, t, origin, 1.0)])
+
+
+@dataclass
+class FinetuneResult:
+    """Where the fine-tuned model went and how training ended."""
+
+    native_model: Optional[Path]
+    checkpoint: Optional[Path]
+    step: int
+    val: Dict[str, float]
+    losses: List[float]
+
+
+def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: PathLike, out_dir: PathLike, *,
+             task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: str = "fs33",
+             steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
+             n_val: int = 1, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
+             resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None
+             ) -> FinetuneResult:
+    """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
+
+    ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
+    1-channel image head (``head``, default ``T1``) regressing min-max normalised target images.
+    """
+    from brainfm.labels import get_scheme
+    from brainfm.training.config import TrainConfig, apply_overrides
+    from brainfm.training.trainer import Trainer
+
+    if task not in ("seg", "image"):
+        raise InputError(f"unknown fine-tuning task {task!r} (seg or image)")
+    if isinstance(base_model, torch.nn.Module):
+        base = base_model
+    else:
+        from brainfm.models import load_model
+        from brainfm.models.registry import resolve_model
+
+        base = load_model(resolve_model(str(base_model))).net
+    head = head or ("segmentation" if task == "seg" else "T1")
+    channels = get_scheme(label_scheme).n_channels if task == "seg" else 1
+    net = build_finetune_model(base, head=head, channels=channels, mode=mode)
+    pairs = pair_folder(data_folder, task=task)
+    c = net.config
+    heads_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in c.heads.items()) + "}"
+    cfg = apply_overrides(TrainConfig(), [
+        f"model.f_maps={c.f_maps}", f"model.num_levels={c.num_levels}", f"model.num_groups={c.num_groups}",
+        f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
+        f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
+        f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
+        "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",
+        f"run.device={device}", f"run.seed={seed}", "run.ckpt_every=100", "run.log_every=5",
+        f"loss.objective={'brainfm' if head in ('T1', 'T2', 'FLAIR', 'CT', 'segmentation') else 'brainid'}",
+    ] + list(overrides))
+    if task == "seg" and head != "segmentation":
+        raise InputError("segmentation fine-tuning writes the 'segmentation' head (omit --head)")
+    from brainfm.training.dist import DistInfo, select_device
+
+    dev = select_device(device, DistInfo.from_env())
+    key = "segmentation" if task == "seg" else (head if cfg.loss.objective == "brainfm" else "T1")
+    source = PairedSource(pairs, task=task, target_key=key, label_scheme=label_scheme, size=size,
+                          n_samples=n_samples, device=dev, seed=seed, n_val=n_val if len(pairs) > 1 else 0)
+    if cfg.loss.objective == "brainid" and head != "image":
+        raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
+    trainer = Trainer(cfg, source=source, model=net, resume=resume, progress=progress, cancel=cancel)
+    res = trainer.fit()
+    return FinetuneResult(res.native_model, res.checkpoint, res.step, res.val, res.losses)

@@ -1,0 +1,369 @@
+"""BrainFMCommon: hidden module with what the four BrainFM task modules share.
+
+- the checks (input volume, output nodes, model choice; ``BrainFMModuleLib.checks``), the
+  acknowledgement/help texts and the names of the common widgets and parameters,
+- :class:`BrainFMLogicBase` (``BrainFMModuleLib``): dependency setup, then one
+  :class:`BrainFMRun` per Apply: export of the input, the ``brainfm run`` child process and the
+  import of its result files into nodes (``BrainFMLib``),
+- :class:`BrainFMWidgetBase`: the common widget section (device, quality, model, Apply/Cancel,
+  progress bar, log, diagnostics) on top of the Slicer scripted-module template.
+
+Torch and ``brainfm`` are never imported here at module level: the engine runs in a child
+``PythonSlicer`` process. The parameter-node classes live in the task modules; annotations are
+evaluated eagerly there (no ``from __future__ import annotations``) because ``parameterNodeWrapper``
+reads them with ``typing.get_type_hints``.
+"""
+from typing import Dict, Optional
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from BrainFMLib._errors import BrainFMError, InputError
+from BrainFMModuleLib import BrainFMLogicBase, BrainFMRun  # noqa: F401 (re-exported)
+from BrainFMModuleLib.checks import (  # noqa: F401 (re-exported for the task modules)
+    MODEL_CHOICES,
+    MODEL_CUSTOM,
+    MODEL_DEFAULT,
+    MODEL_OFFICIAL,
+    QUALITY_CHOICES,
+    checkInputVolume,
+    checkOutputNodes,
+    modelSpec,
+)
+
+#: Widgets every task module's .ui provides (name -> class); the base widget uses only these.
+COMMON_WIDGETS = {
+    "inputVolumeSelector": "qMRMLNodeComboBox",
+    "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "deviceComboBox": "QComboBox",
+    "qualityComboBox": "QComboBox",
+    "modelComboBox": "QComboBox",
+    "modelPathLineEdit": "ctkPathLineEdit",
+    "diagnosticsTextEdit": "QPlainTextEdit",
+    "refreshDiagnosticsButton": "QPushButton",
+    "copyDiagnosticsButton": "QPushButton",
+    "installButton": "QPushButton",
+    "applyButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "logTextEdit": "QPlainTextEdit",
+}
+#: Parameters every task module's parameter node has (name -> type name).
+COMMON_PARAMETERS = {
+    "inputVolume": "vtkMRMLScalarVolumeNode",
+    "device": "str",
+    "quality": "str",
+    "modelChoice": "str",
+    "modelPath": "Path",
+}
+
+CONTRIBUTORS = ["BrainFM for 3D Slicer developers"]
+ACKNOWLEDGEMENT = """
+<p>BrainFM for 3D Slicer runs the BrainFM brain foundation model. If you use it, please cite:</p>
+<ul>
+<li>P. Liu, O. Puonti, X. Hu, K. Gopinath, A. Sorby-Adams, D. C. Alexander, W. T. Kimberly,
+J. E. Iglesias. <i>A Modality-agnostic Multi-task Foundation Model for Human Brain Imaging</i>
+(BrainFM), arXiv:2509.00549, 2025.</li>
+<li>P. Liu, O. Puonti, X. Hu, D. C. Alexander, J. E. Iglesias. <i>Brain-ID: Learning
+Contrast-agnostic Anatomical Representations for Brain Imaging</i>, ECCV 2024.</li>
+<li>P. Liu, O. Puonti, A. Sorby-Adams, W. T. Kimberly, J. E. Iglesias. <i>PEPSI:
+Pathology-Enhanced Pulse-Sequence-Invariant Representations for Brain MRI</i>, MICCAI 2024.</li>
+<li>Related work on contrast-invariant representations: Y. Zhi Chua, A. V. Dalca, <i>Contrast
+Invariant Feature Representations for Segmentation and Registration of Medical Images</i>
+(CIFL), MIDL 2023; L. Chalcroft, J. Crinion, C. J. Price, J. Ashburner, <i>Unified 3D MRI
+Representations via Sequence-Invariant Contrastive Learning</i>, MIDL 2025.</li>
+</ul>
+<p>Label names and colours follow the FreeSurfer lookup table.</p>
+"""
+
+
+def helpText(summary: str) -> str:
+    """Module help: ``summary`` plus the common usage notes and a link to the documentation."""
+    return _(summary) + _("""
+<p>Select the input volume and the outputs ("(none)" creates new nodes), then click Apply.
+The computation runs in a separate process: Slicer stays responsive and Apply turns into Cancel.
+Advanced: device (Auto / CPU / CUDA), quality (Fast needs less GPU memory), model (bundled default,
+the official BrainFM checkpoint or another weights file) and diagnostics to copy into bug reports.</p>
+<p>See the <a href="https://github.com/brainfm/SlicerBrainFM#readme">documentation</a>.</p>""")
+
+
+class BrainFMCommon(ScriptedLoadableModule):
+    """Hidden module: shared code and the ``BrainFMLib`` package of the BrainFM extension."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainFM Common")
+        self.parent.categories = [_("BrainFM")]
+        self.parent.dependencies = []
+        self.parent.contributors = CONTRIBUTORS
+        self.parent.helpText = _("Code shared by the BrainFM modules (not shown in the module list).")
+        self.parent.acknowledgementText = ACKNOWLEDGEMENT
+        self.parent.hidden = True
+
+
+# ------------------------------------------------------------------------------------ widget
+class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Template widget + the common section. Subclasses set ``logicClass`` and implement
+    :meth:`outputNodes` (role -> node, for the checks) and :meth:`startRun` (returns a BrainFMRun)."""
+
+    logicClass = None
+    pollIntervalMs = 200
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run: Optional[BrainFMRun] = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.pollIntervalMs)
+        self._timer.connect("timeout()", self._onPoll)
+
+    # -- template plumbing -------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.logicClass()
+        self.logic.logCallback = self.appendLog
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.copyDiagnosticsButton.connect("clicked(bool)", self.onCopyDiagnostics)
+        self.ui.refreshDiagnosticsButton.connect("clicked(bool)", self.onRefreshDiagnostics)
+        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onDeviceChanged)
+        self._fillDeviceComboBox()
+        self.ui.progressBar.setValue(0)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._run is not None and self._run.running:
+            self._run.cancel()
+        self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._showEmptyPaths()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._selectDevice(self._parameterNode.device)
+            self._checkCanApply()
+
+    def _showEmptyPaths(self) -> None:
+        """An unset ``pathlib.Path`` parameter reads ``"."``: show it as an empty path field."""
+        for widget in self.ui.__dict__.values():
+            if getattr(widget, "className", lambda: "")() == "ctkPathLineEdit" and widget.currentPath in (".", "./"):
+                widget.currentPath = ""
+
+    # -- state ---------------------------------------------------------------------------------
+    def outputNodes(self, p) -> Dict[str, object]:
+        """Role -> selected output node (may be None). Overridden by every task module."""
+        return {}
+
+    def startRun(self, p) -> BrainFMRun:
+        """Start the module's logic with ``waitForCompletion=False``; overridden by every task module."""
+        raise NotImplementedError
+
+    def showResults(self, run: BrainFMRun) -> None:
+        """Write created nodes back into the parameter node (extended by the modules to show them).
+
+        Uses the logic's parameter node: the user may have left the module while the run went on.
+        """
+        p = self._parameterNode or self.logic.getParameterNode()
+        for role, node in run.outputs.items():
+            if node is not None and role in p.allParameters:
+                setattr(p, role, node)
+
+    def updateWidgets(self, p) -> None:
+        """Enable/disable module-specific widgets from the parameter node (optional override)."""
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        running = self._run is not None and self._run.running
+        self.ui.modelPathLineEdit.enabled = bool(p) and p.modelChoice != MODEL_DEFAULT and not running
+        if p is not None:
+            self.updateWidgets(p)
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the running computation (new output nodes are removed).")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Apply")
+        reason = ""
+        try:
+            if p is None:
+                reason = _("No parameter node.")
+            else:
+                checkInputVolume(p.inputVolume)
+                checkOutputNodes(p.inputVolume, self.outputNodes(p))
+                modelSpec(p.modelChoice, p.modelPath)
+        except BrainFMError as e:
+            reason = str(e)
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Run BrainFM on the input volume.")
+
+    # -- device combo (filled at runtime; not bound through SlicerParameterName) -----------------
+    def _fillDeviceComboBox(self) -> None:
+        combo = self.ui.deviceComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for label, value in self.logic.deviceChoices():
+            combo.addItem(label, value)
+        combo.blockSignals(False)
+
+    def _selectDevice(self, device: str) -> None:
+        combo = self.ui.deviceComboBox
+        index = combo.findData(device or "auto")
+        if index < 0:  # e.g. a scene saved on a machine with more GPUs
+            combo.addItem(device, device)
+            index = combo.count - 1
+        combo.blockSignals(True)
+        combo.currentIndex = index
+        combo.blockSignals(False)
+
+    def _onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.device = str(self.ui.deviceComboBox.itemData(index))
+
+    # -- run -------------------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        if self._run is not None and self._run.running:
+            self.appendLog(_("Cancelling..."))
+            self._run.cancel()
+            return
+        self.ui.logTextEdit.clear()
+        self._setProgress(0.0, _("Starting"))
+        with slicer.util.tryWithErrorDisplay(_("BrainFM could not start.")):  # shows the error, no re-raise
+            self.logic.setupPythonRequirements(interactive=True)
+            self._run = self.startRun(self._parameterNode)
+            self._timer.start()
+        if self._run is None:
+            self._setProgress(0.0, _("Not started"))
+        self._checkCanApply()
+
+    def _onPoll(self) -> None:
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        if run.poll():
+            return
+        self._timer.stop()
+        self._run = None
+        if run.status == "completed":
+            self._setProgress(1.0, _("Done in {seconds:.1f} s").format(seconds=run.elapsedSeconds))
+            self.showResults(run)
+        elif run.status == "cancelled":
+            self._setProgress(0.0, _("Cancelled"))
+        else:
+            self._setProgress(0.0, _("Failed"))
+            slicer.util.errorDisplay(str(run.error), detailedText=run.logText())
+        self._checkCanApply()
+
+    def _setProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.setValue(int(round(100 * max(0.0, min(1.0, fraction)))))
+        self.ui.progressBar.setFormat(f"%p%  {message}" if message else "%p%")
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        """Progress callback given to the logic (called on the main thread by ``run.poll``)."""
+        self._setProgress(fraction, message)
+
+    def appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(str(text))
+
+    # -- diagnostics / install ---------------------------------------------------------------------
+    def onRefreshDiagnostics(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Collecting diagnostics failed."), waitCursor=True):
+            self.ui.diagnosticsTextEdit.setPlainText(self.logic.diagnosticsText(modelPath=self._modelPathOrNone()))
+
+    def onCopyDiagnostics(self) -> None:
+        if not self.ui.diagnosticsTextEdit.toPlainText():
+            self.onRefreshDiagnostics()
+        qt.QApplication.clipboard().setText(self.ui.diagnosticsTextEdit.toPlainText())
+        slicer.util.showStatusMessage(_("BrainFM diagnostics copied to the clipboard."), 3000)
+
+    def onInstall(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the BrainFM dependencies failed.")):
+            self.logic.setupPythonRequirements(interactive=True, force=True)
+            self._fillDeviceComboBox()
+            if self._parameterNode:
+                self._selectDevice(self._parameterNode.device)
+
+    def _modelPathOrNone(self) -> Optional[str]:
+        p = self._parameterNode
+        if p is None or p.modelChoice == MODEL_DEFAULT or str(p.modelPath) in ("", "."):
+            return None
+        return str(p.modelPath)
+
+
+# -------------------------------------------------------------------------------------- test
+class BrainFMCommonTest(ScriptedLoadableModuleTest):
+    """Checks of the shared input/output validation on real MRML nodes (no torch needed)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_checks()
+
+    def test_checks(self):
+        import numpy as np
+
+        scalar = slicer.util.addVolumeFromArray(np.ones((4, 5, 6), np.float32), name="scalar")
+        checkInputVolume(scalar)
+        label = slicer.util.addVolumeFromArray(np.ones((4, 5, 6), np.int16), name="label",
+                                               nodeClassName="vtkMRMLLabelMapVolumeNode")
+        rgb = slicer.util.addVolumeFromArray(np.ones((4, 5, 6, 3), np.uint8), name="rgb",
+                                             nodeClassName="vtkMRMLVectorVolumeNode")
+        for bad, words in ((None, "No input"), (label, "label map"), (rgb, "components")):
+            with self.assertRaises(InputError) as ctx:
+                checkInputVolume(bad)
+            self.assertIn(words, str(ctx.exception))
+        with self.assertRaises(InputError):
+            checkOutputNodes(scalar, {"output": scalar})
+        other = slicer.util.addVolumeFromArray(np.ones((4, 5, 6), np.float32), name="other")
+        with self.assertRaises(InputError):
+            checkOutputNodes(scalar, {"a": other, "b": other})
+        checkOutputNodes(scalar, {"a": other, "b": None})
+        self.assertEqual(modelSpec(MODEL_DEFAULT), "default")
+        with self.assertRaises(InputError):
+            modelSpec(MODEL_CUSTOM, "/nonexistent/weights.pth")
+        self.delayDisplay("BrainFMCommon checks passed")

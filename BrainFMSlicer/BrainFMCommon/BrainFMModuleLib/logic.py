@@ -1,0 +1,294 @@
+"""Base logic of the BrainFM task modules (Slicer application layer).
+
+Every task module's ``process()`` calls :meth:`BrainFMLogicBase.run`, which
+
+1. checks the input and output nodes (clear ``brainfm.errors.InputError`` messages),
+2. makes sure torch and ``brainfm`` are installed (``BrainFMLib.install``; one confirmation when
+   interactive, nothing asked from scripts),
+3. checks the device (CPU-only torch with CUDA chosen, GPU index out of range),
+4. writes the input into a private temporary folder and starts ``PythonSlicer -m brainfm run``,
+5. imports the result files into the requested nodes (``BrainFMLib.job`` / ``results``) when it ends.
+
+Console example::
+
+    logic = slicer.util.getModuleLogic("BrainFMBiasField")
+    logic.logCallback = print
+    run = logic.process(volume, device="cpu")   # blocks; raises on failure
+"""
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from BrainFMLib._errors import InputError, ResourceError
+from BrainFMLib.parameters import RunParameters
+from BrainFMLib.job import BrainFMJob
+
+from BrainFMModuleLib.checks import checkInputVolume, checkOutputNodes
+from BrainFMModuleLib.run import BrainFMRun, ProgressCallback
+
+QUALITY_SETTINGS = {
+    # Full: whole volume at 1 mm, float32. Fast: half precision on GPUs and 96-voxel tiles,
+    # which needs a fraction of the GPU memory (results differ slightly; see the README).
+    "full": {"precision": "fp32", "tile_size": None},
+    "fast": {"precision": "fp16", "tile_size": 96},
+}
+#: output keys that are not files of their own (the labelmap comes with ``seg``)
+LINKED_KEYS = ("seg_labelmap",)
+
+
+def runParameters(*, tasks: Sequence[str], device: str = "auto", quality: str = "full",
+                  model: str = "default", atlas: Optional[str] = None, **extra: Any) -> RunParameters:
+    """:class:`RunParameters` for a module run; raises :class:`InputError` with the reason if invalid.
+
+    >>> runParameters(tasks=("seg",), quality="Fast", device="cpu").precision
+    'fp32'
+    """
+    q = str(quality or "full").strip().lower()
+    if q not in QUALITY_SETTINGS:
+        raise InputError(f"Unknown quality {quality!r}; use 'full' or 'fast'.")
+    settings = dict(QUALITY_SETTINGS[q])
+    dev = str(device or "auto").strip().lower()
+    if dev == "cpu":  # half precision is slow or unsupported on CPUs
+        settings["precision"] = "fp32"
+    params = RunParameters(tasks=tuple(tasks), model=str(model or "default"), device=dev,
+                           atlas=str(atlas) if atlas else None, **settings, **extra)
+    ok, reason = params.is_valid()
+    if not ok:
+        raise InputError(reason)
+    return params
+
+
+class BrainFMLogicBase(ScriptedLoadableModuleLogic):
+    """Shared logic; subclasses define ``OUTPUTS`` (role -> output key of ``brainfm run``) and ``process()``.
+
+    Attributes scripts may set: ``logCallback`` (``print``), ``keepTemporaryFiles`` (debugging),
+    ``pythonExecutable`` (default: ``PythonSlicer``).
+    """
+
+    OUTPUTS: Dict[str, str] = {}
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.logCallback: Optional[Callable[[str], None]] = None
+        self.keepTemporaryFiles = False
+        self.pythonExecutable: Optional[str] = None
+        self._requirementsOk = False
+        self._torchInfo: Optional[Dict[str, Any]] = None
+
+    def log(self, text: str) -> None:
+        logging.info(text)
+        if self.logCallback is not None:
+            self.logCallback(text)
+
+    # -- dependencies ----------------------------------------------------------------------------
+    def setupPythonRequirements(self, *, interactive: bool = False, force: bool = False) -> None:
+        """Install torch (PyTorch extension) and ``brainfm`` if missing (``BrainFMLib.install``).
+
+        :param interactive: ask one confirmation listing the packages, and offer a restart when an
+            already imported package was replaced. Scripts (False) install without asking.
+        :param force: check again even if a previous check succeeded in this session.
+        Raises ``InstallError`` (a ``BrainFMError``) when declined, failed or a restart is needed.
+        """
+        if self._requirementsOk and not force:
+            return
+        from BrainFMLib.install import InstallError, InstallLogic
+
+        installer = InstallLogic(pip_runner=_pipInstall, torch_installer=_installTorch, log=self.log)
+        if not installer.is_ready():
+            self._torchInfo = None
+            with _WaitCursorAfterConfirmation(interactive) as confirm:
+                report = installer.setup(confirm=confirm)
+            if report.needs_restart:
+                message = "BrainFM replaced Python packages that Slicer had already loaded: restart Slicer to use them."
+                if interactive and slicer.util.confirmOkCancelDisplay(message + " Restart now?", windowTitle="BrainFM"):
+                    slicer.util.restart()
+                raise InstallError(message, restart_required=True)
+        self._requirementsOk = True
+
+    # -- devices -----------------------------------------------------------------------------------
+    def deviceChoices(self) -> List[Tuple[str, str]]:
+        """``[(label, value)]`` for the device combo: Auto, CPU, then one entry per NVIDIA GPU."""
+        return [("Auto", "auto"), ("CPU", "cpu")] + [
+            (f"CUDA {i}: {name}", f"cuda:{i}") for i, name in enumerate(listNvidiaGpus())]
+
+    def torchInfo(self) -> Dict[str, Any]:
+        """Torch version, CUDA build and GPUs as seen by the child interpreter (cached per session)."""
+        if self._torchInfo is None:
+            from BrainFMLib.diagnostics import probe_torch
+
+            self._torchInfo = probe_torch(self.pythonExecutable)
+        return self._torchInfo
+
+    def checkDevice(self, device: str) -> None:
+        """Raise :class:`ResourceError` when a CUDA device is chosen that torch cannot use."""
+        if not str(device).startswith("cuda"):
+            return
+        info = self.torchInfo()
+        version = info.get("torch")
+        if not version:
+            raise ResourceError(f"PyTorch is not usable ({info.get('torch_error', 'not installed')}); "
+                                "install it with the PyTorch Utils module or Advanced > Install.")
+        if not info.get("cuda_build"):
+            raise ResourceError(
+                f"Device {device} was chosen but the installed PyTorch {version} is a CPU-only build. "
+                "Choose Device: CPU, or reinstall PyTorch with CUDA support in the PyTorch Utils module.")
+        if not info.get("cuda_available"):
+            raise ResourceError(
+                f"Device {device} was chosen but PyTorch (CUDA {info.get('cuda_build')}) sees no usable GPU "
+                "(NVIDIA driver missing or too old?). Choose Device: CPU, or update the driver.")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        count = len(info.get("gpus") or [])
+        if index >= count:
+            raise ResourceError(f"Device {device} does not exist: PyTorch sees {count} GPU(s).")
+
+    # -- models and diagnostics -------------------------------------------------------------------
+    def expectedSha256(self, model: str) -> Optional[str]:
+        """Recorded SHA-256 of a weights file known to the registry (official or custom entry)."""
+        if not model or not os.path.isfile(model):
+            return None
+        from BrainFMLib.registry import ModelRegistry
+
+        target = os.path.realpath(model)
+        for choice in ModelRegistry(official_path=model).choices():
+            if choice.path and choice.sha256 and os.path.realpath(choice.path) == target:
+                return choice.sha256
+        return None
+
+    def diagnosticsText(self, *, modelPath: Optional[str] = None) -> str:
+        """Environment report (Python, torch/CUDA, GPUs, brainfm, cache, model file) as text."""
+        from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
+        from BrainFMLib.registry import ModelChoice, ModelRegistry
+
+        registry = ModelRegistry(official_path=modelPath)
+        choice = registry.bundled_choice()
+        if modelPath:
+            available = os.path.isfile(modelPath)
+            choice = ModelChoice("selected", os.path.basename(modelPath), "custom", modelPath, path=modelPath,
+                                 sha256=self.expectedSha256(modelPath), available=available,
+                                 message="" if available else f"File not found: {modelPath}")
+        info = collect_diagnostics(registry=registry, model_choice=choice, python=self.pythonExecutable)
+        self._torchInfo = {k: info.get(k) for k in ("torch", "cuda_build", "cuda_available", "gpus", "torch_error")}
+        slicerVersion = getattr(slicer.app, "applicationVersion", "?") if hasattr(slicer, "app") else "?"
+        return f"3D Slicer: {slicerVersion}\n" + format_diagnostics(info)
+
+    # -- run ---------------------------------------------------------------------------------------
+    def run(self, inputVolume, *, tasks: Sequence[str], outputs: Dict[str, Any], create: Sequence[str] = (),
+            keys: Optional[Dict[str, str]] = None, device: str = "auto", quality: str = "full",
+            model: str = "default", atlas: Optional[str] = None, waitForCompletion: bool = True,
+            progressCallback: Optional[ProgressCallback] = None,
+            finishedCallback: Optional[Callable[[BrainFMRun], None]] = None) -> BrainFMRun:
+        """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
+
+        :param outputs: role -> existing node to fill in place, or None.
+        :param create: roles for which a new node is created when ``outputs[role]`` is None (the
+            other roles left at None are not produced).
+        :param keys: role -> output key of ``brainfm run`` (default: the class's ``OUTPUTS``).
+        :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
+        """
+        checkInputVolume(inputVolume)
+        checkOutputNodes(inputVolume, outputs)
+        self.setupPythonRequirements(interactive=False)
+        params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
+                               model_sha256=self.expectedSha256(model))
+        self.checkDevice(params.device)
+        keys = dict(self.OUTPUTS if keys is None else keys)
+        wanted = [role for role, node in outputs.items() if node is not None or role in create]
+        job = BrainFMJob(
+            inputVolume.GetScene(), inputVolume, params, python=self.pythonExecutable,
+            keep_temp=self.keepTemporaryFiles, base_env=self._childEnvironment(),
+            output_nodes={keys[role]: node for role, node in outputs.items() if node is not None},
+            import_keys=[keys[role] for role in wanted if keys[role] not in LINKED_KEYS])
+        run = BrainFMRun(job, {role: keys[role] for role in wanted}, progressCallback=progressCallback,
+                         logCallback=self.log, finishedCallback=finishedCallback)
+        self.log(f"BrainFM: tasks {','.join(params.tasks)} on '{inputVolume.GetName()}' ({params.device}, {quality})")
+        run.start()
+        if waitForCompletion:
+            run.wait().raiseIfFailed()
+        return run
+
+    @staticmethod
+    def _childEnvironment() -> Optional[Dict[str, str]]:
+        """Slicer's startup environment for ``PythonSlicer`` (None outside the application).
+
+        GPUs are numbered in PCI bus order, as ``nvidia-smi`` (and so the device combo) lists them.
+        """
+        try:
+            env = dict(slicer.util.startupEnvironment())
+        except Exception:  # noqa: BLE001 - e.g. no application (tests on slicer-core)
+            return None
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        return env
+
+    @staticmethod
+    def brainfmInstalled() -> bool:
+        """Whether the ``brainfm`` package is importable in Slicer's Python (checked without importing it)."""
+        return importlib.util.find_spec("brainfm") is not None
+
+
+def listNvidiaGpus(*, timeout: float = 5.0) -> List[str]:
+    """Names of the NVIDIA GPUs (PCI bus order) from ``nvidia-smi``; empty when there is none.
+
+    Uses no torch, so the device combo can be filled before PyTorch is installed.
+    """
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=timeout, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _pipInstall(args: List[str]) -> None:
+    """pip runner for ``InstallLogic``: Slicer's own pip (``slicer.util.pip_install``)."""
+    args = list(args)
+    if args and args[0] == "install":
+        args = args[1:]
+    slicer.util.pip_install(args)
+
+
+def _installTorch(requirement: str) -> None:
+    """torch installer for ``InstallLogic``: the PyTorch extension picks the CUDA build."""
+    from BrainFMLib.install import InstallError
+
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise InstallError("The PyTorch extension is missing: install 'PyTorch' from the Extensions Manager "
+                           "and restart Slicer.", restart_required=True) from None
+    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+
+
+class _WaitCursorAfterConfirmation:
+    """Context giving ``InstallLogic.setup`` its ``confirm`` callable: one dialog when interactive
+    (None from scripts), then a wait cursor for the installation, restored on exit."""
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self._cursor = False
+
+    def _confirm(self, text: str) -> bool:
+        ok = bool(slicer.util.confirmOkCancelDisplay(text, windowTitle="BrainFM"))
+        if ok:
+            import qt
+
+            qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+            self._cursor = True
+        return ok
+
+    def __enter__(self) -> Optional[Callable[[str], bool]]:
+        return self._confirm if self.interactive else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cursor:
+            import qt
+
+            qt.QApplication.restoreOverrideCursor()

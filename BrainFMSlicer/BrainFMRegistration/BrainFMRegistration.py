@@ -1,0 +1,154 @@
+"""BrainFM Registration: dense registration of a brain scan of any contrast to the atlas.
+
+Console example (Slicer Python console)::
+
+    volume = slicer.util.loadVolume("/data/t1.nii.gz")
+    logic = slicer.util.getModuleLogic("BrainFMRegistration")
+    run = logic.process(volume, atlasPath="/data/gca.mgz", outputAtlasVolume=None, device="auto")
+    transform = run.outputs["outputTransform"]   # grid transform, subject point -> atlas point (RAS mm)
+"""
+import pathlib
+from typing import Annotated, Callable, Optional
+
+import numpy as np
+import slicer
+import vtk
+from slicer import vtkMRMLGridTransformNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+import BrainFMCommon
+import BrainFMModuleLib.testing
+from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
+from BrainFMLib.volume_files import export_volume_node
+
+
+def atlasOrNone(path) -> Optional[str]:
+    """``None`` for an empty path (``pathlib.Path()`` is ``"."``), else the path as text."""
+    text = str(path or "").strip()
+    return None if text in ("", ".") else text
+
+
+class BrainFMRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainFM Registration")
+        self.parent.categories = [_("BrainFM")]
+        self.parent.dependencies = ["BrainFMCommon"]
+        self.parent.contributors = BrainFMCommon.CONTRIBUTORS
+        self.parent.helpText = BrainFMCommon.helpText(
+            "Registers a brain MRI of any contrast (or a CT) to the atlas in one network pass: the network "
+            "predicts, for every voxel, its atlas coordinates. Outputs a dense grid transform (RAS mm), the "
+            "atlas warped onto the input and the input resampled into the atlas.")
+        self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
+
+
+@parameterNodeWrapper
+class BrainFMRegistrationParameterNode:
+    """GUI state of the module; saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    atlasPath: pathlib.Path
+    outputTransform: vtkMRMLGridTransformNode
+    outputAtlasVolume: vtkMRMLScalarVolumeNode
+    outputResampledVolume: vtkMRMLScalarVolumeNode
+    device: str = "auto"
+    quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
+    modelPath: pathlib.Path
+
+
+class BrainFMRegistrationLogic(BrainFMLogicBase):
+    """Atlas registration without the GUI (Python console, ``Slicer --python-script``).
+
+    >>> run = BrainFMRegistrationLogic().process(volume, atlasPath="gca.mgz")  # doctest: +SKIP
+    >>> run.outputs["outputTransform"].GetTransformFromParent().TransformPoint((0, 0, 0))  # doctest: +SKIP
+    """
+
+    OUTPUTS = {"outputTransform": "reg_displacement", "outputAtlasVolume": "atlas_warped",
+               "outputResampledVolume": "subject_in_atlas"}
+
+    def getParameterNode(self):
+        return BrainFMRegistrationParameterNode(super().getParameterNode())
+
+    def process(self, inputVolume, *, outputTransform=None, outputAtlasVolume=None, outputResampledVolume=None,
+                atlasPath=None, device: str = "auto", quality: str = "full", model: str = "default",
+                waitForCompletion: bool = True,
+                progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
+        """Register ``inputVolume`` to the atlas.
+
+        :param inputVolume: ``vtkMRMLScalarVolumeNode`` (3D, single component). Never modified.
+        :param outputTransform: grid transform node (FromParent: subject point -> atlas point, RAS mm);
+            None creates one. Put the atlas volume under it to see the atlas on the subject.
+        :param outputAtlasVolume: volume node for the atlas warped onto the input grid; None: not produced.
+        :param outputResampledVolume: volume node for the input on the atlas grid; None: not produced.
+        :param atlasPath: atlas image file; None uses the model's atlas (``BRAINFM_ATLAS`` or the registry).
+        :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
+        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
+        :param progressCallback: ``callback(fraction, message)``.
+        :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
+        """
+        return self.run(inputVolume, tasks=("reg",),
+                        outputs={"outputTransform": outputTransform, "outputAtlasVolume": outputAtlasVolume,
+                                 "outputResampledVolume": outputResampledVolume},
+                        create=("outputTransform",), atlas=atlasOrNone(atlasPath), device=device, quality=quality,
+                        model=model, waitForCompletion=waitForCompletion, progressCallback=progressCallback)
+
+
+class BrainFMRegistrationWidget(BrainFMWidgetBase):
+    logicClass = BrainFMRegistrationLogic
+
+    def outputNodes(self, p):
+        return {"outputTransform": p.outputTransform, "outputAtlasVolume": p.outputAtlasVolume,
+                "outputResampledVolume": p.outputResampledVolume}
+
+    def startRun(self, p) -> BrainFMRun:
+        return self.logic.process(
+            p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
+            outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
+            quality=p.quality, model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            waitForCompletion=False, progressCallback=self.onProgress)
+
+    def showResults(self, run: BrainFMRun) -> None:
+        BrainFMWidgetBase.showResults(self, run)
+        atlas = run.outputs.get("outputAtlasVolume")
+        slicer.util.setSliceViewerLayers(background=run.inputVolume, foreground=atlas,
+                                         foregroundOpacity=0.5 if atlas else 0.0, fit=True)
+
+
+class BrainFMRegistrationTest(BrainFMModuleLib.testing.BrainFMTestBase):
+    """Whole path on CPU with a tiny random-weight model and a synthetic atlas file."""
+
+    heads = {"registration": 3}
+
+    def runTest(self):
+        self.setUp()
+        self.test_registration()
+        self.test_bad_inputs_leave_scene_unchanged()
+
+    def test_registration(self):
+        volume = self.makeInputVolume()
+        atlasNode = self.makeInputVolume("testAtlas")
+        atlasPath = export_volume_node(atlasNode, pathlib.Path(self.tinyModel()).parent / "atlas.nrrd")
+        slicer.mrmlScene.RemoveNode(atlasNode)
+        run = BrainFMRegistrationLogic().process(
+            volume, outputAtlasVolume=slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warpedAtlas"),
+            atlasPath=atlasPath, device="cpu", model=self.tinyModel())
+        self.assertEqual(run.status, "completed", run.error)
+        transform = run.outputs["outputTransform"]
+        self.assertTrue(transform.IsA("vtkMRMLGridTransformNode"))
+        self.assertSameGeometry(run.outputs["outputAtlasVolume"], volume)
+        center = np.array(volume.GetImageData().GetDimensions()) / 2.0
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        point = np.array(ijkToRas.MultiplyPoint([*center, 1.0])[:3])
+        moved = np.array(transform.GetTransformFromParent().TransformPoint(point))
+        self.assertTrue(np.isfinite(moved).all())
+        self.assertGreater(float(np.linalg.norm(moved - point)), 1e-3, "the transform does not move the point")
+        self.delayDisplay(f"Registration moved {point.round(1)} to {moved.round(1)}")
+
+    def test_bad_inputs_leave_scene_unchanged(self):
+        self.checkBadInputs(BrainFMRegistrationLogic(), "outputTransform")

@@ -1,0 +1,145 @@
+"""BrainFM Segmentation: whole-brain anatomical segmentation of any brain MRI or CT.
+
+Console example (Slicer Python console)::
+
+    volume = slicer.util.loadVolume("/data/t2.nii.gz")
+    logic = slicer.util.getModuleLogic("BrainFMSegmentation")
+    result = logic.process(volume, device="auto", quality="full")
+    print(result.outputs["outputSegmentation"].GetName(), result.elapsedSeconds)
+"""
+import pathlib
+from typing import Annotated, Callable, Optional
+
+import slicer
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+import BrainFMCommon
+from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase
+import BrainFMModuleLib.testing
+
+
+class BrainFMSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainFM Segmentation")
+        self.parent.categories = [_("BrainFM")]
+        self.parent.dependencies = ["BrainFMCommon"]
+        self.parent.contributors = BrainFMCommon.CONTRIBUTORS
+        self.parent.helpText = BrainFMCommon.helpText(
+            "Segments the brain anatomy (FreeSurfer structures: cortex, white matter, deep grey matter, "
+            "ventricles, cerebellum, brainstem, CSF) of an MRI of any contrast or a CT, and measures "
+            "the structure volumes.")
+        self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
+
+
+@parameterNodeWrapper
+class BrainFMSegmentationParameterNode:
+    """GUI state of the module; saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputLabelmap: vtkMRMLLabelMapVolumeNode
+    outputTable: vtkMRMLTableNode
+    device: str = "auto"
+    quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
+    modelPath: pathlib.Path
+
+
+class BrainFMSegmentationLogic(BrainFMLogicBase):
+    """Segmentation without the GUI (Python console, ``Slicer --python-script``).
+
+    >>> logic = BrainFMSegmentationLogic()  # doctest: +SKIP
+    >>> result = logic.process(volume, outputLabelmap=labelNode)  # doctest: +SKIP
+    >>> result.outputs["outputSegmentation"].GetSegmentation().GetNumberOfSegments() > 0  # doctest: +SKIP
+    True
+    """
+
+    #: output role -> output key of ``brainfm run`` (see BrainFMLib.results)
+    OUTPUTS = {"outputSegmentation": "seg", "outputLabelmap": "seg_labelmap", "outputTable": "seg_volumes"}
+
+    def getParameterNode(self):
+        return BrainFMSegmentationParameterNode(super().getParameterNode())
+
+    def process(self, inputVolume, *, outputSegmentation=None, outputLabelmap=None, outputTable=None,
+                device: str = "auto", quality: str = "full", model: str = "default",
+                waitForCompletion: bool = True,
+                progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
+        """Segment ``inputVolume`` (an MRI of any contrast, or a CT) into FreeSurfer structures.
+
+        :param inputVolume: ``vtkMRMLScalarVolumeNode`` (3D, single component). Never modified.
+        :param outputSegmentation: segmentation node to fill; None creates a new one.
+        :param outputLabelmap: label map node to fill with FreeSurfer numbers; None: not produced.
+        :param outputTable: table node for the structure volumes (mm3); None: not produced.
+        :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
+        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
+        :param progressCallback: ``callback(fraction, message)``.
+        :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
+        """
+        return self.run(inputVolume, tasks=("seg",),
+                        outputs={"outputSegmentation": outputSegmentation, "outputLabelmap": outputLabelmap,
+                                 "outputTable": outputTable},
+                        create=("outputSegmentation",), device=device, quality=quality, model=model,
+                        waitForCompletion=waitForCompletion, progressCallback=progressCallback)
+
+
+class BrainFMSegmentationWidget(BrainFMWidgetBase):
+    logicClass = BrainFMSegmentationLogic
+
+    def outputNodes(self, p):
+        return {"outputSegmentation": p.outputSegmentation, "outputLabelmap": p.outputLabelmap,
+                "outputTable": p.outputTable}
+
+    def startRun(self, p) -> BrainFMRun:
+        return self.logic.process(
+            p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
+            outputTable=p.outputTable, device=p.device, quality=p.quality,
+            model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            waitForCompletion=False, progressCallback=self.onProgress)
+
+    def showResults(self, run: BrainFMRun) -> None:
+        BrainFMWidgetBase.showResults(self, run)
+        segmentation = run.outputs.get("outputSegmentation")
+        self.ui.segmentationShow3DButton.setSegmentationNode(segmentation)
+        slicer.util.setSliceViewerLayers(background=run.inputVolume, fit=True)
+
+
+class BrainFMSegmentationTest(BrainFMModuleLib.testing.BrainFMTestBase):
+    """Whole path on CPU with a tiny random-weight model: export, child process, import."""
+
+    heads = {"segmentation": 33}
+
+    def runTest(self):
+        self.setUp()
+        self.test_segmentation()
+        self.test_bad_inputs_leave_scene_unchanged()
+        self.test_cancel_leaves_scene_unchanged()
+
+    def test_segmentation(self):
+        volume = self.makeInputVolume()
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "existingLabels")
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "existingTable")
+        run = BrainFMSegmentationLogic().process(volume, outputLabelmap=labelmap, outputTable=table,
+                                                 device="cpu", model=self.tinyModel())
+        self.assertEqual(run.status, "completed", run.error)
+        segmentation = run.outputs["outputSegmentation"]
+        self.assertIsNotNone(segmentation)
+        self.assertIs(run.outputs["outputLabelmap"], labelmap)  # existing node filled, not replaced
+        self.assertSameGeometry(labelmap, volume)
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+        self.assertTrue(names, "no segment was created")
+        self.assertTrue(all(not n.startswith("Segment_") for n in names), names)  # names from the label table
+        self.assertGreater(table.GetNumberOfRows(), 0)
+        self.delayDisplay(f"Segmentation: {len(names)} segments, e.g. {names[:3]}")
+
+    def test_bad_inputs_leave_scene_unchanged(self):
+        self.checkBadInputs(BrainFMSegmentationLogic(), "outputSegmentation")
+
+    def test_cancel_leaves_scene_unchanged(self):
+        self.checkCancel(BrainFMSegmentationLogic())

@@ -1,0 +1,154 @@
+"""BrainFM Synthesis: synthesize a T1w, T2w, FLAIR or CT image from a brain scan of any contrast.
+
+Console example (Slicer Python console)::
+
+    volume = slicer.util.loadVolume("/data/flair.nii.gz")
+    logic = slicer.util.getModuleLogic("BrainFMSynthesis")
+    run = logic.process(volume, contrast="T1w", superResolution=True, device="auto")
+    slicer.util.setSliceViewerLayers(background=run.outputs["outputVolume"])
+"""
+import pathlib
+from typing import Annotated, Callable, Optional
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+import BrainFMCommon
+import BrainFMModuleLib.testing
+from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
+from BrainFMLib._errors import InputError
+
+#: contrast choice -> (task name of ``brainfm run``, output key)
+CONTRASTS = {"T1w": ("t1", "synth_t1"), "T2w": ("t2", "synth_t2"), "FLAIR": ("flair", "synth_flair"),
+             "CT": ("ct", "synth_ct")}
+CONTRAST_CHOICES = list(CONTRASTS)
+
+
+class BrainFMSynthesis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainFM Synthesis")
+        self.parent.categories = [_("BrainFM")]
+        self.parent.dependencies = ["BrainFMCommon"]
+        self.parent.contributors = BrainFMCommon.CONTRIBUTORS
+        self.parent.helpText = BrainFMCommon.helpText(
+            "Synthesizes a T1-weighted, T2-weighted, FLAIR or CT image (Hounsfield units) of the same head "
+            "from an MRI of any contrast or a CT, on the input grid; optionally a 1 mm super-resolved "
+            "version of thick-slice inputs.")
+        self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
+
+
+@parameterNodeWrapper
+class BrainFMSynthesisParameterNode:
+    """GUI state of the module; saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    contrast: Annotated[str, Choice(CONTRAST_CHOICES)] = CONTRAST_CHOICES[0]
+    superResolution: bool = False
+    outputVolume: vtkMRMLScalarVolumeNode
+    outputSuperResolution: vtkMRMLScalarVolumeNode
+    device: str = "auto"
+    quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
+    modelPath: pathlib.Path
+
+
+class BrainFMSynthesisLogic(BrainFMLogicBase):
+    """Contrast synthesis without the GUI (Python console, ``Slicer --python-script``).
+
+    >>> run = BrainFMSynthesisLogic().process(volume, contrast="CT")  # doctest: +SKIP
+    >>> run.outputs["outputVolume"].GetAttribute("BrainFM.Units")  # doctest: +SKIP
+    'HU'
+    """
+
+    OUTPUTS = {"outputVolume": "synth_t1", "outputSuperResolution": "superres"}
+
+    def getParameterNode(self):
+        return BrainFMSynthesisParameterNode(super().getParameterNode())
+
+    def process(self, inputVolume, *, contrast: str = "T1w", superResolution: bool = False, outputVolume=None,
+                outputSuperResolution=None, device: str = "auto", quality: str = "full", model: str = "default",
+                waitForCompletion: bool = True,
+                progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
+        """Synthesize ``contrast`` from ``inputVolume`` on the input grid.
+
+        :param inputVolume: ``vtkMRMLScalarVolumeNode`` (3D, single component). Never modified.
+        :param contrast: ``"T1w"``, ``"T2w"``, ``"FLAIR"`` (intensities in [0, 1]) or ``"CT"`` (HU).
+        :param superResolution: also compute the super-resolved input (``outputSuperResolution``).
+        :param outputVolume: volume node to fill; None creates a new one.
+        :param outputSuperResolution: volume node for the super-resolved input; None creates one
+            when ``superResolution`` is True.
+        :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
+        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
+        :param progressCallback: ``callback(fraction, message)``.
+        :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
+        """
+        if contrast not in CONTRASTS:
+            raise InputError(f"Unknown contrast {contrast!r}; choose one of {', '.join(CONTRAST_CHOICES)}.")
+        task, key = CONTRASTS[contrast]
+        outputs = {"outputVolume": outputVolume}
+        if superResolution:
+            outputs["outputSuperResolution"] = outputSuperResolution
+        return self.run(inputVolume, tasks=(task, "sr") if superResolution else (task,), outputs=outputs,
+                        create=("outputVolume", "outputSuperResolution"),
+                        keys={"outputVolume": key, "outputSuperResolution": "superres"},
+                        device=device, quality=quality, model=model,
+                        waitForCompletion=waitForCompletion, progressCallback=progressCallback)
+
+
+class BrainFMSynthesisWidget(BrainFMWidgetBase):
+    logicClass = BrainFMSynthesisLogic
+
+    def outputNodes(self, p):
+        return {"outputVolume": p.outputVolume,
+                "outputSuperResolution": p.outputSuperResolution if p.superResolution else None}
+
+    def updateWidgets(self, p) -> None:
+        self.ui.outputSuperResolutionSelector.enabled = p.superResolution
+
+    def startRun(self, p) -> BrainFMRun:
+        return self.logic.process(
+            p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
+            outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
+            model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            waitForCompletion=False, progressCallback=self.onProgress)
+
+    def showResults(self, run: BrainFMRun) -> None:
+        BrainFMWidgetBase.showResults(self, run)
+        slicer.util.setSliceViewerLayers(background=run.outputs.get("outputVolume"),
+                                         foreground=run.inputVolume, foregroundOpacity=0.0,
+                                         fit=True)
+
+
+class BrainFMSynthesisTest(BrainFMModuleLib.testing.BrainFMTestBase):
+    """Whole path on CPU with a tiny random-weight model: export, child process, import."""
+
+    heads = {"T1": 1, "T2": 1, "FLAIR": 1, "CT": 1, "high_res_residual": 1}
+
+    def runTest(self):
+        self.setUp()
+        self.test_synthesis()
+        self.test_bad_inputs_leave_scene_unchanged()
+
+    def test_synthesis(self):
+        volume = self.makeInputVolume()
+        existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "existingOutput")
+        run = BrainFMSynthesisLogic().process(volume, contrast="T2w", superResolution=True, outputVolume=existing,
+                                              device="cpu", model=self.tinyModel())
+        self.assertEqual(run.status, "completed", run.error)
+        self.assertIs(run.outputs["outputVolume"], existing)  # filled in place, not replaced
+        self.assertSameGeometry(existing, volume)
+        self.assertSameGeometry(run.outputs["outputSuperResolution"], volume)
+        values = slicer.util.arrayFromVolume(existing)
+        self.assertTrue((values == values).all(), "NaN in the synthesized image")
+        self.assertGreater(float(values.max() - values.min()), 0.0)
+        with self.assertRaises(InputError):
+            BrainFMSynthesisLogic().process(volume, contrast="PD")
+
+    def test_bad_inputs_leave_scene_unchanged(self):
+        self.checkBadInputs(BrainFMSynthesisLogic(), "outputVolume")

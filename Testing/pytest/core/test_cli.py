@@ -1,0 +1,242 @@
+"""The ``brainfm`` command end to end on a small generated scan with a tiny random-weight model."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainfm.cli import main
+from brainfm.cli.progress import parse_progress_line
+from brainfm.io import read_volume, write_volume
+from brainfm.labels import get_scheme
+from fixtures import GEOMETRY_CASES, blob_head
+
+ckpt_factory = pytest.importorskip("ckpt_factory")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "cache"))
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "BRAINFM_ATLAS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    _net, weights, _json = ckpt_factory.write_native(d / "tiny", heads={"T1": 1, "segmentation": 33})
+    return weights
+
+
+@pytest.fixture()
+def scans(tmp_path):
+    d = tmp_path / "in"
+    write_volume(blob_head((28, 32, 24), GEOMETRY_CASES["oblique"], seed=1), d / "a.nii.gz")
+    write_volume(blob_head((24, 28, 20), GEOMETRY_CASES["lps_stored"], seed=2), d / "b.mgz")
+    return d
+
+
+def _progress(out: str):
+    lines = [parse_progress_line(x) for x in out.splitlines()]
+    return [p for p in lines if p is not None]
+
+
+def _run(args, capsys):
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_run_skip_overwrite_and_machine_progress(tmp_path, model, scans, capsys):
+    out = tmp_path / "out"
+    base = ["run", str(scans / "a.nii.gz"), "-o", str(out), "--model", str(model), "--device", "cpu",
+            "--tasks", "t1,seg", "--progress", "machine"]
+    code, stdout, err = _run(base, capsys)
+    assert code == 0, err
+    prog = _progress(stdout)
+    fractions = [f for f, _ in prog]
+    assert len(prog) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert all(len(line.split(" ")[1]) == 6 for line in stdout.splitlines() if line.startswith("BRAINFM_PROGRESS"))
+    case = out / "a"
+    assert sorted(p.name for p in case.iterdir()) == ["montage.png", "seg.nii.gz", "seg_volumes.csv",
+                                                      "summary.json", "synth_t1.nii.gz"]
+    src = read_volume(scans / "a.nii.gz")
+    seg = read_volume(case / "seg.nii.gz")
+    assert np.allclose(seg.affine, src.affine, atol=1e-5) and seg.shape == src.shape
+    assert set(np.unique(seg.data).tolist()) <= set(get_scheme("fs33").fs_values)
+    summary = json.loads((case / "summary.json").read_text())
+    assert summary["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert summary["outputs"]["seg"]["kind"] == "labelmap" and summary["case"] == "a"
+    run = json.loads((out / "run_summary.json").read_text())
+    assert [c["status"] for c in run["cases"]] == ["done"] and run["argv"] == base
+    mtime = (case / "summary.json").stat().st_mtime_ns
+
+    code, stdout, err = _run(base, capsys)  # second run: skipped, nothing rewritten
+    assert code == 0
+    assert (case / "summary.json").stat().st_mtime_ns == mtime
+    assert json.loads((out / "run_summary.json").read_text())["cases"][0]["status"] == "skipped"
+
+    code, stdout, err = _run(base + ["--overwrite", "--no-png"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "run_summary.json").read_text())["cases"][0]["status"] == "done"
+    assert not (case / "montage.png").exists()  # the case folder was replaced as a whole
+    assert sorted(p.name for p in out.iterdir()) == ["a", "run_summary.json"]
+
+
+def test_folder_input_with_torchrun_sharding(tmp_path, model, scans, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    out = tmp_path / "out"
+    code, _, err = _run(["run", str(scans), "-o", str(out), "--model", str(model), "--device", "auto",
+                         "--tasks", "t1", "--progress", "none", "--no-png"], capsys)
+    assert code == 0, err
+    # files sorted: a.nii.gz (rank 0), b.mgz (rank 1)
+    assert sorted(p.name for p in out.iterdir()) == ["b", "run_summary.rank1.json"]
+    t1 = read_volume(out / "b" / "synth_t1.nii.gz")
+    assert np.allclose(t1.affine, read_volume(scans / "b.mgz").affine, atol=1e-5)
+
+
+def test_bad_input_exits_2_without_case_folder(tmp_path, model, capsys):
+    bad = tmp_path / "flat.nii.gz"
+    write_volume(blob_head((16, 16, 12)).with_data(np.full((16, 16, 12), 7.0, np.float32)), bad)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["run", str(bad), "-o", str(out), "--model", str(model), "--device", "cpu",
+                              "--progress", "machine"], capsys)
+    assert code == 2
+    err_lines = [x for x in stdout.splitlines() if x.startswith("BRAINFM_ERROR ")]
+    assert len(err_lines) == 1
+    payload = json.loads(err_lines[0][len("BRAINFM_ERROR "):])
+    assert payload["type"] == "InputError" and payload["exit_code"] == 2 and payload["message"]
+    assert "brainfm: error:" in err and "Traceback" not in err
+    assert not (out / "flat").exists()
+    run = json.loads((out / "run_summary.json").read_text())
+    assert run["cases"][0]["status"] == "failed"
+
+    code, _, err = _run(["run", str(tmp_path / "missing.nii.gz"), "-o", str(out), "--progress", "none"], capsys)
+    assert code == 2 and "input not found" in err and "Traceback" not in err
+    code, _, err = _run(["--debug", "run", str(tmp_path / "missing.nii.gz"), "-o", str(out)], capsys)
+    assert code == 2 and "Traceback" in err  # --debug shows where it failed
+
+
+def test_output_equal_to_input_is_refused(tmp_path, model, scans, capsys):
+    src = scans / "a.nii.gz"
+    before = src.read_bytes()
+    code, _, err = _run(["run", str(src), "-o", str(src), "--model", str(model), "--progress", "none"], capsys)
+    assert code == 2 and "input file" in err
+    assert src.read_bytes() == before
+
+
+def test_missing_bundled_model_exits_3(tmp_path, scans, capsys):
+    from brainfm.errors import ModelNotAvailableError
+    from brainfm.models.registry import BUNDLED_MISSING_MESSAGE, resolve_model
+
+    try:
+        resolve_model("default")
+        pytest.skip("a bundled model is installed")
+    except ModelNotAvailableError:
+        pass
+    out = tmp_path / "out"
+    code, stdout, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(out), "--progress", "machine"], capsys)
+    assert code == 3 and BUNDLED_MISSING_MESSAGE in err
+    assert json.loads(stdout.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "ModelNotAvailableError"
+    assert not (out / "a").exists()
+
+
+def test_demo_without_bundled_model_writes_only_the_sample_scan(tmp_path, capsys):
+    pytest.importorskip("nilearn", reason="the demo needs the optional nilearn extra")
+    from brainfm.errors import ModelNotAvailableError
+    from brainfm.models.registry import resolve_model
+
+    try:
+        resolve_model("default")
+        pytest.skip("a bundled model is installed")
+    except ModelNotAvailableError:
+        pass
+    out = tmp_path / "demo"
+    code, _, err = _run(["demo", "-o", str(out), "--progress", "none"], capsys)
+    assert code == 3 and "bundled BrainFM model is not included" in err
+    assert sorted(p.name for p in out.iterdir()) == ["sample_scan.nii.gz"]
+    scan = read_volume(out / "sample_scan.nii.gz")
+    assert [round(s, 3) for s in scan.spacing] == [1.0, 1.0, 5.0]
+    assert scan.shape == (197, 233, 38) and float(scan.data.min()) >= 0.0
+    # degraded: Rician noise in the background, intensities still template-like
+    assert 0.5 < float(scan.data[:10, :10, :].mean()) < 20 and 200 < float(scan.data.max()) < 320
+
+
+def test_sigterm_cancels_and_leaves_no_case_folder(tmp_path, model, scans, capsys, monkeypatch):
+    import brainfm.cli.run as run_mod
+
+    real = run_mod.make_predictor
+
+    def make_predictor(args, device):
+        predictor = real(args, device)
+        predict = predictor.predict
+
+        def predict_then_signal(*a, **kw):
+            os.kill(os.getpid(), signal.SIGTERM)  # as the Slicer Cancel button does
+            return predict(*a, **kw)
+
+        predictor.predict = predict_then_signal
+        return predictor
+
+    monkeypatch.setattr(run_mod, "make_predictor", make_predictor)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(out), "--model", str(model),
+                              "--device", "cpu", "--progress", "machine"], capsys)
+    assert code == 130
+    assert json.loads(stdout.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "CancelledError"
+    assert "cancelled" in err
+    assert list(out.iterdir()) == []  # no case folder, no temporary folder, no run summary
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers restored
+
+
+def test_info_json(tmp_path, model, capsys):
+    code, stdout, _ = _run(["info", "--json", "--model", str(model),
+                            "--sha256", hashlib.sha256(model.read_bytes()).hexdigest()], capsys)
+    assert code == 0
+    info = json.loads(stdout)
+    assert info["brainfm"] and info["torch"]["version"] and isinstance(info["torch"]["cuda_available"], bool)
+    assert info["model"]["available"] is True and info["model"]["verification"] == "verified"
+    assert info["model"]["size_bytes"] > model.stat().st_size  # weights + json sidecar
+    assert info["cache_dir"] == str(tmp_path / "cache")
+    code, stdout, _ = _run(["info", "--json", "--model", str(model), "--sha256", "0" * 64], capsys)
+    assert json.loads(stdout)["model"]["verification"] == "MISMATCH"
+    code, stdout, _ = _run(["info", "--json", "--model", str(tmp_path / "nope.pth")], capsys)
+    assert code == 0 and json.loads(stdout)["model"]["available"] is False
+
+
+def test_labels_export_and_unavailable_subcommand(tmp_path, capsys):
+    from brainfm.labels import get_scheme, read_freesurfer_lut
+
+    code, _, _ = _run(["labels", "--format", "fs-lut", "-o", str(tmp_path / "l.txt"), "--scheme", "fs33"], capsys)
+    assert code == 0
+    assert sorted(read_freesurfer_lut(tmp_path / "l.txt")) == sorted(get_scheme("fs33").fs_values)
+    code, _, _ = _run(["labels", "-o", str(tmp_path / "c.csv")], capsys)
+    assert code == 0 and (tmp_path / "c.csv").read_text().startswith("LabelValue,Name,")
+    import importlib.util
+
+    if importlib.util.find_spec("brainfm.training.cli_evaluate") is None:
+        code, _, err = _run(["evaluate"], capsys)
+        assert code == 1 and "not available in this installation" in err
+
+
+def test_python_m_brainfm_help():
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3] / "BrainFMCore"))
+    res = subprocess.run([sys.executable, "-m", "brainfm", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for cmd in ("run", "demo", "info", "labels", "train"):
+        assert cmd in res.stdout
+    res = subprocess.run([sys.executable, "-m", "brainfm", "run", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0 and "--output-frame" in res.stdout and "--tile-size" in res.stdout

@@ -1,0 +1,252 @@
+"""brainfm.io: exact-geometry round trips for every format and clear errors for bad files."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from brainfm.errors import InputError
+from brainfm.io import read_volume, write_volume
+from brainfm.volume import Volume
+from fixtures import GEOMETRY_CASES
+
+FORMATS = [".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd"]
+LPS = np.diag([-1.0, -1.0, 1.0])
+MARKER = (5, 7, 9)
+
+
+def marker_volume(affine: np.ndarray, shape=(14, 16, 12)) -> Volume:
+    rng = np.random.default_rng(7)
+    data = rng.uniform(0, 10, shape).astype(np.float32)
+    data[MARKER] = 1000.0
+    return Volume(data, affine)
+
+
+def files_in(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("case", sorted(GEOMETRY_CASES))
+@pytest.mark.parametrize("ext", FORMATS)
+def test_round_trip_keeps_world_geometry_and_values(tmp_path, case, ext):
+    v = marker_volume(GEOMETRY_CASES[case])
+    out = write_volume(v, tmp_path / f"img{ext}")
+    w = read_volume(out)
+    assert w.shape == v.shape and w.data.dtype == np.float32
+    np.testing.assert_array_equal(w.data, v.data)
+    found = np.unravel_index(np.argmax(w.data), w.shape)
+    err_mm = np.linalg.norm(w.world_of(found) - v.world_of(MARKER))
+    assert err_mm < 0.5 * min(v.spacing)
+    np.testing.assert_allclose(w.affine, v.affine, atol=1e-4)
+    assert w.meta["source_path"] == str(out.resolve())
+    assert w.meta["original_dtype"] == "float32"
+    # nothing but the output (and a detached data file) is left in the folder
+    assert all(not n.startswith(".") for n in files_in(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["lps_stored", "oblique"])
+def test_itk_world_coordinates_match_simpleitk(tmp_path, case):
+    """Independent check of the LPS<->RAS conversion: SimpleITK's own physical point of the
+    marker (LPS) equals our RAS world position with x and y negated, for files both ways."""
+    v = marker_volume(GEOMETRY_CASES[case])
+    p = write_volume(v, tmp_path / "a.nii.gz")
+    img = sitk.ReadImage(str(p))
+    itk_point = np.array(img.TransformIndexToPhysicalPoint([int(i) for i in MARKER]))
+    np.testing.assert_allclose(itk_point, LPS @ v.world_of(MARKER), atol=1e-3)
+    # an .mha made by SimpleITK itself, read by brainfm
+    arr = np.zeros((12, 11, 10), np.float32)  # z, y, x
+    arr[4, 3, 2] = 5
+    s = sitk.GetImageFromArray(arr)
+    s.SetSpacing((0.7, 1.2, 2.0))
+    s.SetOrigin((12.0, -3.0, 40.0))
+    rot = GEOMETRY_CASES["oblique"][:3, :3] / np.linalg.norm(GEOMETRY_CASES["oblique"][:3, :3], axis=0)
+    s.SetDirection(rot.ravel().tolist())
+    sitk.WriteImage(s, str(tmp_path / "itk.mha"))
+    w = read_volume(tmp_path / "itk.mha")
+    assert w.shape == (10, 11, 12) and w.data[2, 3, 4] == 5
+    np.testing.assert_allclose(w.world_of([2, 3, 4]), LPS @ np.array(s.TransformIndexToPhysicalPoint((2, 3, 4))),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".mgz", ".nrrd", ".mha"])
+def test_label_maps_stay_integer(tmp_path, ext):
+    lab = np.zeros((10, 10, 10), np.int64)
+    lab[2:5, 3:6, 4:8] = 17
+    lab[6, 6, 6] = 2035
+    out = write_volume(Volume(lab, GEOMETRY_CASES["lps_stored"]), tmp_path / f"lab{ext}")
+    w = read_volume(out)
+    assert w.data.dtype == np.int16
+    np.testing.assert_array_equal(w.data, lab)
+    big = lab.copy()
+    big[0, 0, 0] = 70000
+    w2 = read_volume(write_volume(Volume(big, np.eye(4)), tmp_path / f"big{ext}"))
+    assert w2.data.dtype == np.int32 and w2.data[0, 0, 0] == 70000
+
+
+def test_read_kinds(tmp_path):
+    lab = np.zeros((9, 9, 9), np.float32)
+    lab[3:6, 3:6, 3:6] = 41
+    p = write_volume(Volume(lab, np.eye(4)), tmp_path / "float_labels.nii.gz")
+    assert read_volume(p).data.dtype == np.float32
+    as_lab = read_volume(p, kind="label")
+    assert as_lab.data.dtype == np.int32 and set(np.unique(as_lab.data)) == {0, 41}
+    q = write_volume(Volume(lab + 0.5, np.eye(4)), tmp_path / "image.nii.gz")
+    with pytest.raises(InputError, match="not a label map"):
+        read_volume(q, kind="label")
+    r = write_volume(Volume(lab.astype(np.int16), np.eye(4)), tmp_path / "int.nii.gz")
+    assert read_volume(r, kind="image").data.dtype == np.float32
+
+
+def test_vector_volume_nifti_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    disp = rng.normal(0, 2, (10, 11, 12, 3)).astype(np.float32)
+    v = Volume(disp, GEOMETRY_CASES["oblique"], {"intent": "displacement"})
+    p = write_volume(v, tmp_path / "disp.nii.gz")
+    hdr = nib.load(str(p)).header
+    assert hdr["dim"][0] == 5 and tuple(hdr["dim"][1:6]) == (10, 11, 12, 1, 3)
+    assert int(hdr["intent_code"]) == 1006
+    w = read_volume(p)
+    assert w.data.shape == (10, 11, 12, 3) and w.meta["intent"] == "displacement"
+    np.testing.assert_array_equal(w.data, disp)
+    np.testing.assert_allclose(w.affine, v.affine, atol=1e-5)
+    p2 = write_volume(Volume(disp, np.eye(4)), tmp_path / "vec.nii")
+    assert int(nib.load(str(p2)).header["intent_code"]) == 1007
+    assert read_volume(p2).meta["intent"] == "vector"
+    assert read_volume(p2, frame=2).data.shape == (10, 11, 12)
+    with pytest.raises(InputError, match="only be written as NIfTI"):
+        write_volume(v, tmp_path / "disp.mha")
+    assert not (tmp_path / "disp.mha").exists()
+
+
+def test_4d_needs_frame(tmp_path):
+    data = np.stack([np.full((9, 9, 9), t, np.float32) for t in range(4)], axis=-1)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "bold.nii.gz"))
+    with pytest.raises(InputError, match=r"4D with 4 frames.*frame=N.*--frame N"):
+        read_volume(tmp_path / "bold.nii.gz")
+    assert read_volume(tmp_path / "bold.nii.gz", frame=2).data.max() == 2
+    with pytest.raises(InputError, match="out of range"):
+        read_volume(tmp_path / "bold.nii.gz", frame=4)
+    nib.save(nib.Nifti1Image(data[..., :1], np.eye(4)), str(tmp_path / "one.nii.gz"))
+    assert read_volume(tmp_path / "one.nii.gz").data.shape == (9, 9, 9)  # size-1 4th dim squeezed
+    # multi-component ITK image
+    comp = sitk.GetImageFromArray(np.zeros((9, 9, 9, 3), np.float32), isVector=True)
+    sitk.WriteImage(comp, str(tmp_path / "rgb.mha"))
+    with pytest.raises(InputError, match="frame=N"):
+        read_volume(tmp_path / "rgb.mha")
+    assert read_volume(tmp_path / "rgb.mha", frame=1).shape == (9, 9, 9)
+
+
+def test_2d_images_rejected(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((20, 20), np.float32), np.eye(4)), str(tmp_path / "flat.nii"))
+    with pytest.raises(InputError, match="2D"):
+        read_volume(tmp_path / "flat.nii")
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 1), np.float32), np.eye(4)), str(tmp_path / "slice.nii.gz"))
+    with pytest.raises(InputError, match="2D"):
+        read_volume(tmp_path / "slice.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((20, 20), np.float32)), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(InputError, match="2D"):
+        read_volume(tmp_path / "flat.nrrd")
+
+
+def test_missing_unknown_and_truncated_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_volume(tmp_path / "nothing.nii.gz")
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_volume(tmp_path / "a.png")
+    v = marker_volume(np.eye(4), shape=(30, 30, 30))
+    for ext in (".nii.gz", ".nii", ".mgz", ".nrrd", ".mha"):
+        p = write_volume(v, tmp_path / f"full{ext}")
+        blob = p.read_bytes()
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(blob[: len(blob) // 2])
+        with pytest.raises(InputError, match="unreadable, corrupt or truncated"):
+            read_volume(cut)
+    (tmp_path / "garbage.nii.gz").write_bytes(gzip.compress(b"not an image at all" * 10))
+    with pytest.raises(InputError, match="unreadable"):
+        read_volume(tmp_path / "garbage.nii.gz")
+
+
+def test_refuses_input_path_and_existing_files(tmp_path):
+    v = marker_volume(np.eye(4))
+    src = write_volume(v, tmp_path / "in.nii.gz")
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="output path equals the input path"):
+        write_volume(v.with_data(v.data * 0), tmp_path / "sub" / ".." / "in.nii.gz", forbid=[src])
+    with pytest.raises(InputError, match="output path equals the input path"):
+        write_volume(v, str(src), refuse=[str(src)])
+    with pytest.raises(InputError, match="already exists"):
+        write_volume(v, src, overwrite=False)
+    assert src.read_bytes() == before
+    (tmp_path / "dir.nii.gz").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        write_volume(v, tmp_path / "dir.nii.gz")
+
+
+def test_failed_writes_leave_nothing_and_keep_old_file(tmp_path, monkeypatch):
+    v = marker_volume(np.eye(4))
+    target = write_volume(v, tmp_path / "out.nii.gz")
+    before = target.read_bytes()
+
+    def broken_save(img, filename):  # writes half a file, then fails (disk full, crash...)
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", broken_save)
+    with pytest.raises(InputError, match="disk full"):
+        write_volume(v.with_data(v.data + 1), target)
+    assert target.read_bytes() == before and files_in(tmp_path) == ["out.nii.gz"]
+    monkeypatch.undo()
+
+    def broken_sitk(*a, **k):
+        raise RuntimeError("ITK writer failed")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_sitk)
+    with pytest.raises(InputError, match="ITK writer failed"):
+        write_volume(v, tmp_path / "out.nhdr")
+    monkeypatch.undo()
+    assert files_in(tmp_path) == ["out.nii.gz"]
+    with pytest.raises(InputError, match="cannot write voxels"):
+        write_volume(v.with_data(v.data.astype(np.complex64)), tmp_path / "c.nii.gz")
+    with pytest.raises(InputError, match="do not fit in uint8"):
+        write_volume(v, tmp_path / "u8.nii.gz", dtype=np.uint8)
+    assert files_in(tmp_path) == ["out.nii.gz"]
+
+
+def test_detached_headers_write_two_files(tmp_path):
+    v = marker_volume(GEOMETRY_CASES["anisotropic"])
+    write_volume(v, tmp_path / "a.nhdr")
+    write_volume(v, tmp_path / "b.mhd")
+    names = files_in(tmp_path)
+    assert "a.nhdr" in names and "b.mhd" in names and len(names) == 4, names
+    for n in ("a.nhdr", "b.mhd"):
+        np.testing.assert_array_equal(read_volume(tmp_path / n).data, v.data)
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    v = marker_volume(GEOMETRY_CASES["left_handed"])
+    p = write_volume(v, tmp_path / "x.nii.gz")
+    assert os.stat(p).st_mode & 0o044 == 0o044  # not left private (0600) by the temp file
+    img = nib.load(str(p))
+    assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+    np.testing.assert_allclose(img.get_qform(), v.affine, atol=1e-5)
+
+
+def test_atomic_output_commits_only_on_success(tmp_path):
+    from brainfm.io import atomic_output
+
+    target = tmp_path / "new" / "deeper" / "table.csv"
+    with atomic_output(target) as tmp:
+        assert tmp.parent.parent == target.parent and tmp.name == "table.csv"
+        tmp.write_text("a,b\n")
+    assert target.read_text() == "a,b\n" and files_in(target.parent) == ["table.csv"]
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            1 / 0
+    assert target.read_text() == "a,b\n" and files_in(target.parent) == ["table.csv"]

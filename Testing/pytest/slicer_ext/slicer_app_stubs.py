@@ -1,0 +1,104 @@
+"""Minimal stand-ins for the Qt-only parts of Slicer, so the module files import on slicer-core.
+
+The slicer-core wheel has the MRML scene and ``slicer.util`` but not ``qt``,
+``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper`` or ``slicer.i18n``. These stubs
+provide just enough of them (base classes, the ``parameterNodeWrapper`` decorator, ``Choice``,
+``tr``) to import the BrainFM module files and drive their *logic* classes against a real scene,
+the real ``BrainFMLib`` and a real ``brainfm run`` child process. Widgets are not exercised.
+"""
+from __future__ import annotations
+
+import sys
+import types
+import unittest
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]
+MODULE_DIRS = [REPO / "BrainFMSlicer" / m for m in
+               ("BrainFMCommon", "BrainFMSegmentation", "BrainFMSynthesis", "BrainFMBiasField", "BrainFMRegistration")]
+
+
+class _Stub:
+    """Accepts any constructor call / attribute (only used for Qt classes the logic never touches)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return _Stub()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stub()
+
+
+class ScriptedLoadableModule:
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+        self.moduleName = type(self).__name__
+
+
+class ScriptedLoadableModuleWidget:
+    def __init__(self, parent: Any = None) -> None:
+        self.parent = parent
+        self.moduleName = type(self).__name__[: -len("Widget")]
+
+
+class ScriptedLoadableModuleLogic:
+    def __init__(self, parent: Any = None) -> None:
+        name = type(self).__name__
+        self.moduleName = name[: -len("Logic")] if name.endswith("Logic") else name
+
+    def getParameterNode(self):
+        import slicer
+
+        return slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+
+
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    def delayDisplay(self, message: str, *args: Any, **kwargs: Any) -> None:
+        print(message)
+
+
+class Choice:
+    def __init__(self, choices: Any) -> None:
+        self.choices = list(choices)
+
+
+def parameterNodeWrapper(cls: Any = None):
+    """Stand-in decorator: evaluates the annotations like the real one does, returns the class."""
+    import typing
+
+    def wrap(c: Any) -> Any:
+        typing.get_type_hints(c, include_extras=True)
+        c._is_parameter_node_wrapper = True
+        return c
+
+    return wrap if cls is None else wrap(cls)
+
+
+def install() -> None:
+    """Register the stubs (idempotent) and put the module folders on ``sys.path``."""
+    import slicer
+    import slicer.util
+
+    if "slicer.ScriptedLoadableModule" not in sys.modules:
+        sl = types.ModuleType("slicer.ScriptedLoadableModule")
+        for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                    ScriptedLoadableModuleTest):
+            setattr(sl, cls.__name__, cls)
+        sys.modules["slicer.ScriptedLoadableModule"] = slicer.ScriptedLoadableModule = sl
+        i18n = types.ModuleType("slicer.i18n")
+        i18n.tr = lambda text: text
+        sys.modules["slicer.i18n"] = slicer.i18n = i18n
+        pnw = types.ModuleType("slicer.parameterNodeWrapper")
+        pnw.parameterNodeWrapper, pnw.Choice = parameterNodeWrapper, Choice
+        sys.modules["slicer.parameterNodeWrapper"] = slicer.parameterNodeWrapper = pnw
+    if "qt" not in sys.modules:
+        qt = types.ModuleType("qt")
+        for name in ("QTimer", "QApplication", "QSettings"):
+            setattr(qt, name, _Stub)
+        sys.modules["qt"] = qt
+    for d in MODULE_DIRS:
+        if str(d) not in sys.path:
+            sys.path.insert(0, str(d))

@@ -1,0 +1,168 @@
+"""The common widget logic (``BrainFMWidgetBase``) with fake Qt widgets and a real run.
+
+The widgets are stand-ins named and typed after the module's .ui file (so a renamed widget
+fails here too); the logic, scene, child process and import are real. Checks the Apply-button
+state machine: why Apply is disabled, Apply -> Cancel while running, results written back into
+the parameter node and shown, errors shown, cancel leaving the scene unchanged.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+torch = pytest.importorskip("torch")
+
+import slicer_app_stubs  # noqa: E402
+
+slicer_app_stubs.install()
+
+import BrainFMBiasField  # noqa: E402
+import BrainFMCommon  # noqa: E402
+from BrainFMLib.volume_nodes import add_volume  # noqa: E402
+from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
+from slicer_static_helpers import UiFile, module_ui  # noqa: E402
+
+
+class FakeWidget:
+    """Records what the code sets; answers the few getters the widget base uses."""
+
+    def __init__(self, cls: str) -> None:
+        self.cls, self.text, self.toolTip, self.enabled = cls, "", "", True
+        self.value, self.format, self.lines, self.items, self.currentIndex = 0, "", [], [], -1
+        self.currentPath = ""
+
+    def className(self):
+        return self.cls
+
+    def setValue(self, v):
+        self.value = v
+
+    def setFormat(self, f):
+        self.format = f
+
+    def appendPlainText(self, t):
+        self.lines.append(t)
+
+    def clear(self):
+        self.lines, self.items = [], []
+
+    def addItem(self, label, data=None):
+        self.items.append((label, data))
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def itemData(self, i):
+        return self.items[i][1]
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def blockSignals(self, flag):
+        return False
+
+    def connect(self, *args):
+        pass
+
+
+class FakeParameters(SimpleNamespace):
+    """The parameter-node wrapper's attribute interface (``allParameters`` lists the fields)."""
+
+    @property
+    def allParameters(self):
+        return dict(vars(self))
+
+
+@pytest.fixture()
+def widget(scene, tmp_path, monkeypatch):
+    from brainfm.models import BrainFMNet, ModelConfig, save_native
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads={"bias_field_log": 1}))
+    weights, _ = save_native(net, tmp_path / "m" / "tiny.safetensors", info={"name": "tiny", "version": "0"})
+    vol = blob_head((22, 24, 20), GEOMETRY_CASES["ras"])
+    volume = add_volume(scene, vol.data, vol.affine, "head")
+    shown, errors = [], []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: shown.append(kw))
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text), raising=False)
+    w = BrainFMBiasField.BrainFMBiasFieldWidget()
+    ui = UiFile(module_ui("BrainFMBiasField"))
+    w.ui = SimpleNamespace(**{name: FakeWidget(u.cls) for name, u in ui.widgets.items()})
+    w.logic = BrainFMBiasField.BrainFMBiasFieldLogic()
+    w.logic.logCallback = w.appendLog  # as setup() does
+    w._parameterNode = FakeParameters(inputVolume=volume, outputCorrectedVolume=None, outputFieldVolume=None,
+                                      device="cpu", quality="Full", modelChoice=BrainFMCommon.MODEL_CUSTOM,
+                                      modelPath=Path(weights))
+    w.shown, w.errors, w.weights = shown, errors, Path(weights)
+    return w
+
+
+def finish(w, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while w._run is not None:
+        assert time.monotonic() < deadline, "run did not finish"
+        w._onPoll()
+        time.sleep(0.05)
+
+
+def test_apply_state_explains_why_it_is_disabled(widget):
+    p = widget._parameterNode
+    widget._checkCanApply()
+    assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
+    assert widget.ui.modelPathLineEdit.enabled  # a weights file is needed for the custom model
+    p.outputFieldVolume = p.inputVolume
+    widget._checkCanApply()
+    assert not widget.ui.applyButton.enabled and "never overwrites" in widget.ui.applyButton.toolTip
+    p.outputFieldVolume, p.modelPath = None, Path(".")
+    widget._checkCanApply()
+    assert not widget.ui.applyButton.enabled and "needs a weights file" in widget.ui.applyButton.toolTip
+    p.modelChoice = BrainFMCommon.MODEL_DEFAULT
+    widget._checkCanApply()
+    assert widget.ui.applyButton.enabled and not widget.ui.modelPathLineEdit.enabled
+    p.inputVolume = None
+    widget._checkCanApply()
+    assert not widget.ui.applyButton.enabled and "No input volume" in widget.ui.applyButton.toolTip
+
+
+def test_device_combo_round_trip(widget):
+    widget._fillDeviceComboBox()
+    labels = [label for label, _ in widget.ui.deviceComboBox.items]
+    assert labels[:2] == ["Auto", "CPU"]
+    widget._selectDevice("cuda:7")  # a scene saved on a bigger machine keeps its setting
+    assert widget.ui.deviceComboBox.itemData(widget.ui.deviceComboBox.currentIndex) == "cuda:7"
+    widget._onDeviceChanged(1)
+    assert widget._parameterNode.device == "cpu"
+
+
+@pytest.mark.slow
+def test_apply_runs_shows_results_then_cancel_and_failure(widget):
+    scene = widget._parameterNode.inputVolume.GetScene()
+    widget.onApplyButton()
+    assert widget._run is not None and widget.ui.applyButton.text == "Cancel" and widget.ui.applyButton.enabled
+    finish(widget)
+    p = widget._parameterNode
+    assert widget.ui.progressBar.value == 100 and "Done" in widget.ui.progressBar.format
+    assert widget.ui.applyButton.text == "Apply" and not widget.errors
+    assert p.outputCorrectedVolume is not None and p.outputCorrectedVolume.GetScene() is scene  # written back
+    assert widget.shown and widget.shown[-1]["background"] is p.outputCorrectedVolume
+    assert any("bias" in line for line in widget.ui.logTextEdit.lines)
+
+    count = scene.GetNumberOfNodes()
+    p.outputCorrectedVolume = p.outputFieldVolume = None
+    widget.onApplyButton()
+    widget.onApplyButton()  # the same button now cancels
+    finish(widget)
+    assert "Cancelled" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
+
+    broken = widget.weights.parent / "broken.safetensors"
+    broken.write_bytes(b"garbage")
+    p.modelPath = broken
+    widget.onApplyButton()
+    finish(widget)
+    assert "Failed" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
+    assert widget.errors and "broken" in widget.errors[-1]  # the engine says what is wrong with the file

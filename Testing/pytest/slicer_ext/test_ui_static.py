@@ -1,0 +1,154 @@
+"""Static checks of the module .ui files against the module code (no Slicer needed).
+
+Slicer is not available in CI, so these checks stand in for "open the module and click": every
+widget the code touches exists with the class the code expects, every parameter binding names a
+field of the module's ``@parameterNodeWrapper`` class with a widget that can represent its type,
+and the selectors are set up the way the modules rely on (create-new outputs, scene connections).
+"""
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from slicer_static_helpers import (
+    COMMON,
+    TASK_MODULES,
+    UiFile,
+    base_type_name,
+    literal_assignment,
+    module_py,
+    module_ui,
+    parameter_fields,
+    parse_py,
+    ui_attributes_used,
+)
+
+#: widget classes that the parameterNodeWrapper GUI connectors accept for a field type
+#: (Slicer Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; exact class match).
+CONNECTABLE = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QComboBox", "QLineEdit", "QTextEdit"},
+    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+}
+#: object-name suffix -> classes a widget with that name may have (the naming convention the code uses)
+NAME_CLASSES = {
+    "Selector": {"qMRMLNodeComboBox"},
+    "ComboBox": {"QComboBox"},
+    "PathLineEdit": {"ctkPathLineEdit"},
+    "CheckBox": {"QCheckBox"},
+    "TextEdit": {"QPlainTextEdit", "QTextEdit"},
+    "ProgressBar": {"QProgressBar"},
+    "CollapsibleButton": {"ctkCollapsibleButton"},
+    "Show3DButton": {"qMRMLSegmentationShow3DButton"},
+    "Button": {"QPushButton"},
+}
+
+
+def expected_classes(name: str) -> set:
+    lowered = name[0].upper() + name[1:]
+    for suffix, classes in NAME_CLASSES.items():
+        if lowered.endswith(suffix):
+            return classes
+    raise AssertionError(f"widget name {name!r} follows no naming convention of {sorted(NAME_CLASSES)}")
+
+
+@pytest.fixture(scope="module")
+def common_tree():
+    return parse_py(module_py(COMMON))
+
+
+@pytest.fixture(scope="module", params=TASK_MODULES)
+def module(request):
+    name = request.param
+    return name, UiFile(module_ui(name)), parse_py(module_py(name))
+
+
+def test_top_level_is_qmrmlwidget_with_three_sections(module):
+    name, ui, _ = module
+    assert ui.top.cls == "qMRMLWidget" and ui.top.name == name
+    sections = {w.props.get("text"): w for w in ui.widgets.values() if w.cls == "ctkCollapsibleButton"}
+    for title in ("Inputs", "Outputs", "Advanced"):
+        assert title in sections, f"{name}.ui has no {title} section"
+    assert sections["Advanced"].props.get("collapsed") is True, "Advanced must start collapsed"
+    for cls, extends in ui.custom_widgets.items():
+        assert extends, f"{name}.ui: custom widget {cls} without <extends>"
+    used = {w.cls for w in ui.widgets.values()}
+    assert {c for c in used if c.startswith(("ctk", "qMRML"))} <= set(ui.custom_widgets)
+
+
+def test_every_ui_attribute_used_by_code_exists_with_expected_class(module, common_tree):
+    name, ui, tree = module
+    used = ui_attributes_used(tree) | ui_attributes_used(common_tree)
+    assert "applyButton" in used
+    for attr in sorted(used):
+        assert attr in ui.widgets, f"{name}.py (or BrainFMCommon.py) uses self.ui.{attr}, missing in {name}.ui"
+        assert ui.widgets[attr].cls in expected_classes(attr), (
+            f"{name}.ui: {attr} is a {ui.widgets[attr].cls}, expected {sorted(expected_classes(attr))}")
+
+
+def test_common_widgets_present(module, common_tree):
+    name, ui, _ = module
+    common = literal_assignment(common_tree, "COMMON_WIDGETS")
+    assert set(ui_attributes_used(common_tree)) <= set(common), "BrainFMCommon uses a widget not in COMMON_WIDGETS"
+    for attr, cls in common.items():
+        assert attr in ui.widgets, f"{name}.ui lacks the common widget {attr}"
+        assert ui.widgets[attr].cls == cls, f"{name}.ui: {attr} is {ui.widgets[attr].cls}, expected {cls}"
+    assert ui.widgets["applyButton"].props.get("text") == "Apply"
+    for box in ("logTextEdit", "diagnosticsTextEdit"):
+        assert ui.widgets[box].props.get("readOnly") is True, f"{name}.ui: {box} must be read-only"
+
+
+def test_parameter_bindings_match_parameter_node_fields(module, common_tree):
+    name, ui, tree = module
+    fields = parameter_fields(tree, f"{name}ParameterNode")
+    bindings = ui.parameter_bindings()
+    assert bindings, f"{name}.ui binds no widget to the parameter node"
+    for param, widget in bindings.items():
+        assert param in fields, (f"{name}.ui: {widget.name} has SlicerParameterName={param!r}, "
+                                 f"not a field of {name}ParameterNode ({sorted(fields)})")
+        type_name = base_type_name(fields[param])
+        if type_name.startswith("vtkMRML"):
+            assert widget.cls == "qMRMLNodeComboBox", f"{name}.ui: node parameter {param} bound to {widget.cls}"
+            assert widget.props.get("nodeTypes") == [type_name], (
+                f"{name}.ui: {widget.name} nodeTypes {widget.props.get('nodeTypes')} != field type {type_name}")
+        else:
+            assert widget.cls in CONNECTABLE.get(type_name, set()), (
+                f"{name}.ui: {widget.name} ({widget.cls}) cannot be bound to a {type_name} parameter")
+        if widget.cls == "QComboBox" and type_name == "str":
+            assert "Choice(" in ast.unparse(fields[param]), (
+                f"{name}: combo-box parameter {param} needs a Choice annotation (connectGui requires it)")
+    common = literal_assignment(common_tree, "COMMON_PARAMETERS")
+    for param, type_name in common.items():
+        assert param in fields and base_type_name(fields[param]) == type_name, (
+            f"{name}ParameterNode lacks the common parameter {param}: {type_name}")
+
+
+def test_node_selectors(module):
+    name, ui, _ = module
+    selectors = [w for w in ui.widgets.values() if w.cls == "qMRMLNodeComboBox"]
+    connected = {rcv for snd, sig, rcv, slot in ui.connections
+                 if snd == name and sig == "mrmlSceneChanged(vtkMRMLScene*)" and slot == "setMRMLScene(vtkMRMLScene*)"}
+    for w in selectors:
+        assert w.props.get("nodeTypes"), f"{name}.ui: {w.name} has no nodeTypes"
+        assert w.name in connected, f"{name}.ui: {w.name} is not connected to mrmlSceneChanged"
+        if w.name.startswith("output"):
+            for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
+                assert w.props.get(flag) is True, f"{name}.ui: output selector {w.name} needs {flag}"
+        else:
+            assert w.props.get("addEnabled") is False and w.props.get("showChildNodeTypes") is False, (
+                f"{name}.ui: input selector {w.name} must not create nodes nor list label maps")
+    assert any(w.name.startswith("output") for w in selectors), f"{name}.ui has no output selector"
+
+
+def test_ui_is_designer_compatible(module):
+    name, ui, _ = module
+    text = module_ui(name).read_text(encoding="utf-8")
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>')
+    assert ui.root.tag == "ui" and ui.root.get("version") == "4.0"
+    assert ui.root.findtext("class") == name
+    for w in ui.widgets.values():
+        assert re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", w.name), f"{name}.ui: bad object name {w.name!r}"

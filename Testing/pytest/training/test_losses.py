@@ -1,0 +1,144 @@
+"""Losses, objectives, schedule and config: values checked against hand computations."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainfm.errors import InputError
+from brainfm.training import losses as L
+from brainfm.training.config import LossSection, TrainConfig, apply_overrides, load_config
+from brainfm.training.objectives import BrainFMObjective, ContrastiveTerm, build_objective
+from brainfm.training.optim import build_optimizer, lr_factor
+
+
+def test_image_and_gradient_losses():
+    x = torch.zeros(1, 1, 3, 4, 5)
+    ramp = torch.arange(3.0).view(1, 1, 3, 1, 1).expand(1, 1, 3, 4, 5)
+    assert float(L.l1_loss(ramp, x)) == pytest.approx(1.0)
+    # only axis 0 varies, by 1 per voxel: the valid-difference gradient loss is exactly 1 (the
+    # reference's zeroed last slice would give 2/3)
+    assert float(L.gradient_l1_loss(ramp, x)) == pytest.approx(1.0)
+    assert float(L.gradient_l1_loss(ramp + 5.0, ramp)) == 0.0  # offsets do not matter
+    w = torch.zeros_like(x)
+    w[..., :2, :, :] = 1
+    assert float(L.l1_loss(ramp, x, w)) == pytest.approx(0.5)  # mean of 0 and 1 over the weighted voxels
+
+
+def test_masked_mse_averages_over_the_mask():
+    p, t = torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+    p[0, 0, 0] = 2.0
+    m = torch.zeros_like(p, dtype=torch.bool)
+    m[0, 0, 0] = True
+    assert float(L.masked_mse(p, t, m)) == pytest.approx(4.0)
+    assert float(L.masked_mse(p, t, None)) == pytest.approx(2.0)
+
+
+def test_dice_and_cross_entropy():
+    t = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    t[:, :2] = 1
+    t[:, 3] = 2
+    logits = F.one_hot(t, 4).movedim(-1, 1).float() * 100
+    assert float(L.soft_dice_loss(logits, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.cross_entropy_loss(logits, t)) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(2, 4, 4, 4, 4)
+    assert float(L.cross_entropy_loss(uniform, t)) == pytest.approx(math.log(4))
+    # uniform prediction: class c with n_c voxels gets dice 2*(n_c/4)/(n_c/4*... ) -> hand value
+    n = torch.tensor([16.0, 32.0, 16.0])  # voxels of classes 0, 1, 2 per sample
+    dice = 2 * (n / 4) / (64 / 4 + n)
+    assert float(L.soft_dice_loss(uniform, t)) == pytest.approx(float((1 - dice).mean()), rel=1e-5)
+
+
+def test_contrastive_losses_prefer_matching_views():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 16, generator=g)
+    other = torch.randn(32, 16, generator=g)
+    assert float(L.nt_xent_loss(z, z + 0.01 * other)) < float(L.nt_xent_loss(z, other))
+    # chance level of NT-Xent with 2K-1 candidates is log(2K-1)
+    big = torch.randn(512, 64, generator=g)
+    assert float(L.nt_xent_loss(big, torch.randn(512, 64, generator=g))) == pytest.approx(math.log(1023), rel=0.05)
+    f = torch.randn(8, 400, generator=g)
+    assert float(L.cifl_loss(f, f)) < float(L.cifl_loss(f, torch.randn(8, 400, generator=g)))
+    feat = torch.randn(2, 8, 6, 6, 6, generator=g)
+    for kind in ("simclr", "cifl"):
+        term = ContrastiveTerm(kind, n_voxels=100)
+        same = torch.stack([feat[0], feat[0]])
+        assert float(term(same, generator=torch.Generator().manual_seed(1))) < float(
+            term(feat, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="n_samples >= 2"):
+        ContrastiveTerm("simclr")(feat[:1])
+
+
+def test_brainfm_objective_broadcasts_and_skips_missing_targets():
+    n, s = 2, 6
+    batch = SimpleNamespace(inputs=torch.rand(n, 1, s, s, s), targets={
+        "T1": torch.rand(1, 1, s, s, s), "segmentation": torch.randint(0, 33, (1, s, s, s)),
+        "bias_field_log": torch.rand(n, 1, s, s, s), "brain_mask": torch.ones(1, 1, s, s, s, dtype=torch.bool)})
+    out = {"T1": torch.zeros(n, 1, s, s, s), "CT": torch.zeros(n, 1, s, s, s),
+           "segmentation": torch.zeros(n, 33, s, s, s), "bias_field_log": torch.zeros(n, 1, s, s, s)}
+    obj = BrainFMObjective({"seg_ce": 2.0})
+    total, parts = obj(out, batch)
+    assert set(parts) == {"T1", "T1_grad", "seg_ce", "seg_dice", "bias_field_log"}  # no CT target
+    assert float(parts["T1"]) == pytest.approx(float(batch.targets["T1"].mean()), rel=1e-6)
+    assert float(parts["seg_ce"]) == pytest.approx(math.log(33), rel=1e-6)
+    expected = sum(float(v) for k, v in parts.items()) + float(parts["seg_ce"])  # seg_ce weighted 2
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    bad = dict(out, segmentation=torch.zeros(n, 4, s, s, s))
+    with pytest.raises(ValueError, match="label scheme mismatch"):
+        obj(bad, batch)
+    comb = build_objective(LossSection(contrastive="simclr", contrast_voxels=50))
+    out["feat"] = torch.randn(n, 4, s, s, s)
+    t2, p2 = comb(out, batch, generator=torch.Generator().manual_seed(0))
+    assert "contrastive" in p2 and float(t2) > float(total) - float(parts["seg_ce"])
+
+
+def test_brainid_objective_uses_the_anatomy_head():
+    s = 6
+    t1 = torch.rand(1, 1, s, s, s)
+    batch = SimpleNamespace(inputs=torch.rand(2, 1, s, s, s), targets={"T1": t1})
+    obj = build_objective(LossSection(objective="brainid"))
+    total, parts = obj({"image": t1.expand(2, -1, -1, -1, -1) + 0.5, "feat": torch.rand(2, 4, s, s, s)}, batch)
+    assert set(parts) == {"anat", "anat_grad"}
+    assert float(parts["anat"]) == pytest.approx(0.5) and float(parts["anat_grad"]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="needs head"):
+        obj({"segmentation": torch.zeros(2, 33, s, s, s)}, batch)
+
+
+def test_schedule_and_optimizer():
+    assert [lr_factor(s, warmup_steps=3, lr_drops=[5, 8], drop_factor=0.5) for s in (0, 1, 2, 4, 5, 8)] == \
+        pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.5, 0.25])
+    net = torch.nn.Linear(2, 1)
+    net.bias.requires_grad = False
+    opt, sched = build_optimizer(net.parameters(), lr=0.1, warmup_steps=2)
+    assert len(opt.param_groups[0]["params"]) == 1  # frozen parameters are not optimised
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05, 0.1, 0.1])
+
+
+def test_config_files_and_overrides(tmp_path):
+    from pathlib import Path
+
+    train_dir = Path(__file__).resolve().parents[3] / "Training" / "configs"
+    pre = load_config(train_dir / "pretrain.yaml")
+    assert (pre.model.f_maps, pre.model.num_levels, pre.model.heads["segmentation"]) == (16, 5, 33)
+    cont = load_config(train_dir / "continue.yaml", ["optim.lr=3e-5"])
+    assert cont.model == pre.model and cont.optim.lr == 3e-5 and cont.optim.warmup_steps == 50
+    smoke = load_config(train_dir / "smoke.yaml")
+    assert smoke.generator.size == 24 and smoke.run.max_steps == 4
+    with pytest.raises(InputError, match="unknown config key 'optim.learning_rate'"):
+        apply_overrides(TrainConfig(), ["optim.learning_rate=1"])
+    with pytest.raises(InputError, match="must be int"):
+        apply_overrides(TrainConfig(), ["generator.size=big"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
