@@ -9,7 +9,7 @@ Exit codes: 0 success, the :mod:`brainfm.errors` code of a failure (2 bad input,
 checkpoint, 4 resources, 130 cancelled), 1 otherwise.
 
 >>> sorted(COMMANDS)[:4]
-['demo', 'evaluate', 'finetune', 'info']
+['demo', 'eval-table', 'evaluate', 'finetune']
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("brainfm.training.cli_train", "train a model with the synthetic generator (training extension)"),
     "finetune": ("brainfm.training.cli_finetune", "fine-tune a model (training extension)"),
     "evaluate": ("brainfm.training.cli_evaluate", "evaluate a model (training extension)"),
+    "eval-table": ("brainfm.evaluation.cli_eval_table", "compute the model-card evaluation table (training extension)"),
 }
 
 

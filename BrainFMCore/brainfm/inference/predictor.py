@@ -25,6 +25,7 @@ import torch
 from brainfm.errors import BrainFMError, InputError
 from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
+from brainfm.inference.outgrid import GridMapper
 from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
 from brainfm.inference.tiling import MIN_TILE, choose_tile_size
@@ -192,8 +193,10 @@ class Predictor:
         outside the input foreground like the reference demo. ``keep_raw``: also return the raw
         head outputs on the network grid (``Prediction.raw``).
         """
-        t_start = time.perf_counter()
+        t_start, c_start = time.perf_counter(), time.process_time()
         timings: Dict[str, float] = {}
+        cpu: Dict[str, float] = {}  # process CPU seconds (all threads) per stage
+        task_times: Dict[str, float] = {}
         cb = _Monotone(progress)
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
         task_list = resolve_tasks(tasks, self.head_names)
@@ -201,10 +204,10 @@ class Predictor:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
         cb(0.0, "preprocessing")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prep = prepare(image, crop_foreground=crop_foreground)
         warnings = list(prep.warnings)
-        timings["preprocess"] = time.perf_counter() - t0
+        timings["preprocess"], cpu["preprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
         heads = head_map(task_list, self.head_names)
@@ -212,27 +215,29 @@ class Predictor:
         channels = self.net.head.channels()
         plan = self.plan(prep.net.shape, sum(channels[h] for h in raw_heads) + (self.f_maps if FEAT in heads else 0))
         cb(0.1, "preprocessing done")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         raw, used_tile = run_with_fallback(
             self.net, np.asarray(prep.net.data, np.float32), tile_size=plan["tile_size"],
             fallback_tile_size=plan["fallback_tile"], heads=raw_heads, want_feat=FEAT in heads,
             device=self.device, amp_dtype=self.amp_dtype, tile_overlap=self.tile_overlap,
             progress=scaled(cb, 0.1, 0.8), cancel=cancel,
         )
-        timings["forward"] = time.perf_counter() - t0
+        timings["forward"], cpu["forward"] = time.perf_counter() - t0, time.process_time() - c0
         check()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ctx = self._context(prep, raw, heads, output_frame, atlas_vol, return_probabilities, mask_background)
         outputs: Dict[str, Volume] = {}
         n = len(task_list)
         for i, task in enumerate(task_list):
             check()
             cb(0.8 + 0.18 * i / n, f"post-processing {task}" + (", back to input grid" if output_frame == "input" else ""))
+            t1 = time.perf_counter()
             outputs.update(TASKS[task].run(ctx))
-        timings["postprocess"] = time.perf_counter() - t0
+            task_times[task] = round(time.perf_counter() - t1, 4)
+        timings["postprocess"], cpu["postprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         warnings += ctx.warnings
-        timings["total"] = time.perf_counter() - t_start
+        timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
             "model": self._model_meta(),
             "device": str(self.device),
@@ -255,6 +260,8 @@ class Predictor:
             "input_affine": prep.image.affine.tolist(),
             "input_path": prep.image.meta.get("source_path"),
             "timings": {k: round(v, 4) for k, v in timings.items()},
+            "cpu_timings": {k: round(v, 4) for k, v in cpu.items()},
+            "task_timings": task_times,
             "warnings": warnings,
         }
         result = Prediction(outputs=outputs, tables=dict(ctx.tables), metadata=metadata)
@@ -266,11 +273,9 @@ class Predictor:
     def _context(self, prep: Prepared, raw: Dict[str, np.ndarray], heads: Dict[str, str], output_frame: str,
                  atlas: Optional[Volume], return_probabilities: bool, mask_background: bool) -> TaskContext:
         net_aff = prep.net.affine
-        frame = prep.frame
-
-        def to_input(arr: np.ndarray, order: str, fill: float) -> np.ndarray:
-            return np.asarray(frame.to_input(Volume(arr, net_aff), order=order, fill=fill).data)
-
+        # one mapper per grid pair, built once: identity / exact copy / cached-grid resampling
+        # (same values as prep.frame.to_input)
+        to_input = GridMapper(net_aff, prep.net.shape, prep.frame.input_affine, prep.frame.input_shape)
         net_image = np.asarray(prep.net.data, np.float32)
         lo, hi = prep.norm_range
         if output_frame == "input":
@@ -281,7 +286,7 @@ class Predictor:
             fg_out = prep.foreground_in
         else:
             out_aff, out_shape = net_aff, prep.net.shape
-            to_out = lambda arr, order, fill: arr  # noqa: E731
+            to_out = GridMapper(net_aff, prep.net.shape, net_aff, prep.net.shape)  # identity
             image_out = (net_image * (hi - lo) + lo).astype(np.float32)
             fg_out = net_image > 0
         return TaskContext(
@@ -291,6 +296,7 @@ class Predictor:
             input_affine=prep.image.affine, input_shape=prep.image.shape, foreground_in=prep.foreground_in,
             scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
             return_probabilities=return_probabilities, mask_background=mask_background,
+            output_exact=to_out.exact, output_channels=to_out.channels,
             meta={"model": self._model_meta().get("name"), "frame": output_frame},
         )
 

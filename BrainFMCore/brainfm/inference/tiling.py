@@ -96,6 +96,7 @@ class TileAccumulator:
         self._sums: Dict[str, np.ndarray] = {}
         self._weight = np.zeros(self.shape, np.float32)
         self._windows: Dict[Tuple[int, int, int], np.ndarray] = {}
+        self._whole = False
 
     def _window(self, shape: Tuple[int, int, int], whole: bool) -> np.ndarray:
         if whole:
@@ -112,6 +113,7 @@ class TileAccumulator:
             for name, t in outputs.items():
                 self._sums[name] = t.detach().to("cpu", torch.float32).numpy()[0]
             self._weight += 1.0
+            self._whole = True
             return
         w = self._window(tshape, tshape == self.shape)  # type: ignore[arg-type]
         for name, t in outputs.items():
@@ -126,8 +128,10 @@ class TileAccumulator:
         if np.any(self._weight <= 0):
             raise RuntimeError("tiling left voxels uncovered (internal error)")
         out = {}
+        whole = self._whole
         for name in list(self._sums):
             arr = self._sums.pop(name)
-            arr /= self._weight[None]
+            if not whole:  # one whole-volume piece has weight 1 everywhere: nothing to divide
+                arr /= self._weight[None]
             out[name] = arr
         return out

@@ -62,13 +62,23 @@ def _kind(key: str, vol: Volume) -> str:
     return "image"
 
 
+_SAMPLE = 1 << 21  #: at most this many voxels (a regular subsample) estimate percentiles
+
+
+def _subsample(data: np.ndarray) -> np.ndarray:
+    """A strided view of ``data`` with at most ~``_SAMPLE`` voxels (for percentile estimates)."""
+    n = int(np.prod(data.shape[:3]))
+    step = max(1, int(np.ceil((n / _SAMPLE) ** (1.0 / 3.0) - 1e-9)))
+    return data[::step, ::step, ::step]
+
+
 def _foreground_centre(vol: Volume) -> np.ndarray:
     """World (RAS mm) centre of the bounding box of voxels above 10 % of the 99th percentile."""
     data = np.asarray(vol.data, np.float32)
     if data.ndim == 4:
         data = np.linalg.norm(data, axis=3)
     data = np.nan_to_num(data)
-    hi = np.percentile(data, 99) if data.size else 0.0
+    hi = np.percentile(_subsample(data), 99) if data.size else 0.0
     fg = data > (0.1 * hi if hi > 0 else data.min())
     if not fg.any():
         idx = (np.asarray(vol.shape) - 1) / 2.0
@@ -78,17 +88,31 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     return vol.world_of(idx)
 
 
-def _window(data: np.ndarray) -> np.ndarray:
-    """Map to uint8 with a robust 1-99 percentile window."""
-    finite = data[np.isfinite(data)]
+def _window_range(data: np.ndarray) -> Optional[Tuple[float, float]]:
+    """Robust 1-99 percentile window of a volume (estimated on a regular subsample of large
+    volumes; min-max when the percentiles coincide), or None when there is nothing to show."""
+    sample = _subsample(data)
+    finite = sample[np.isfinite(sample)]
     if finite.size == 0:
-        return np.zeros(data.shape, np.uint8)
+        return None
     lo, hi = np.percentile(finite, [1, 99])
     if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
+        fin = data[np.isfinite(data)]
+        lo, hi = float(fin.min()), float(fin.max())
+    return (float(lo), float(hi)) if hi > lo else None
+
+
+def _apply_window(data: np.ndarray, rng: Optional[Tuple[float, float]]) -> np.ndarray:
+    """uint8 of ``data`` through the window ``rng`` (all zero without one)."""
+    if rng is None:
         return np.zeros(data.shape, np.uint8)
-    return (np.clip((np.nan_to_num(data) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    lo, hi = rng
+    return (np.clip((np.nan_to_num(np.asarray(data, np.float32)) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _window(data: np.ndarray) -> np.ndarray:
+    """Map to uint8 with a robust 1-99 percentile window."""
+    return _apply_window(data, _window_range(data))
 
 
 def _slices(data: np.ndarray, ijk: Sequence[int]) -> List[np.ndarray]:
@@ -137,22 +161,37 @@ def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
         base = None
         if under is not None and under.same_grid(vol):
             udata, _ = _canonical(under)
-            base = _slices(_window(np.asarray(udata, np.float32)), ijk)
+            urange = _window_range(udata)
+            base = [_apply_window(v, urange) for v in _slices(udata, ijk)]
         for n, (view, aspect) in enumerate(zip(views, _aspects(spacing))):
             rgb, mask = _colorize_labels(np.asarray(view))
             grey = base[n] if base is not None else np.zeros(view.shape, np.uint8)
             out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
             out[mask] = 0.45 * out[mask] + 0.55 * rgb[mask]
             cells.append(_fit(Image.fromarray(out.astype(np.uint8)), aspect, cell, _NEAREST))
-        n_labels = len(np.unique(np.asarray(vol.data))) - 1
+        n_labels = _n_labels(np.asarray(vol.data))
         return cells, f"{n_labels} labels"
     values = np.asarray(data, np.float32)
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    # window the whole volume so the three views share one grey scale
-    wviews = _slices(_window(values), ijk)
+    # one window for the whole volume so the three views share one grey scale; only the three
+    # slices are converted
+    wrange = _window_range(values)
+    wviews = [_apply_window(v, wrange) for v in _slices(values, ijk)]
     cells = [_fit(Image.fromarray(np.ascontiguousarray(v)).convert("RGB"), a, cell, _BILINEAR)
              for v, a in zip(wviews, _aspects(spacing))]
     return cells, f"range {lo:.3g}..{hi:.3g}"
+
+
+def _n_labels(lab: np.ndarray) -> int:
+    """Number of distinct labels, background 0 not counted (counting, not sorting, for the
+    usual non-negative label numbers)."""
+    if lab.size and lab.dtype in (np.uint8, np.int16, np.int32, np.int64) and int(lab.min()) >= 0 \
+            and int(lab.max()) < (1 << 20):
+        import torch
+
+        flat = torch.from_numpy(np.ascontiguousarray(lab).reshape(-1))
+        return int(torch.count_nonzero(torch.bincount(flat)[1:]))
+    return int(np.count_nonzero(np.unique(lab)))
 
 
 def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, cell: int, view: int, font) -> None:

@@ -49,6 +49,11 @@ class TaskContext:
         atlas: atlas template Volume or None.
         return_probabilities, mask_background: options of ``predict``.
         max_distance: distance clamp (mm), 3.0 like the reference.
+        output_exact: True when ``to_output`` copies voxel values without interpolation (same
+            grid, or an axis permutation/flip with an integer shift): post-processors may then
+            apply voxel-wise transforms after mapping instead of before (same result, less work).
+        output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
+            (e.g. :meth:`brainfm.inference.outgrid.GridMapper.channels`).
         tables, warnings: filled by the post-processors.
     """
 
@@ -71,9 +76,12 @@ class TaskContext:
     return_probabilities: bool = False
     mask_background: bool = True
     max_distance: float = 3.0
+    output_exact: bool = False
+    output_channels: Optional[Callable[..., np.ndarray]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    _bg: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def identity(cls, raw: Dict[str, np.ndarray], net_image: np.ndarray, affine: np.ndarray, **kw: Any) -> "TaskContext":
@@ -92,6 +100,7 @@ class TaskContext:
             foreground_out=kw.pop("foreground_out", net_image > 0),
             input_affine=np.asarray(affine, float),
             input_shape=shape,  # type: ignore[arg-type]
+            output_exact=kw.pop("output_exact", True),
             **kw,
         )
 
@@ -110,25 +119,80 @@ class TaskContext:
         """A Volume on the output grid."""
         return Volume(data, self.out_affine.copy(), {**self.meta, **meta})
 
-    def channels_to_output(self, arr: np.ndarray, order: str = "linear", fill: float = 0.0) -> np.ndarray:
-        """``(C, X, Y, Z)`` on the network grid -> ``(X', Y', Z', C)`` float32 on the output grid."""
-        comps = [np.asarray(self.to_output(np.ascontiguousarray(c), order, fill), np.float32) for c in arr]
-        return np.stack(comps, axis=-1)
+    def channels_to_output(self, arr: np.ndarray, order: str = "linear", fill: float = 0.0, *,
+                           dtype=np.float32) -> np.ndarray:
+        """``(C, X, Y, Z)`` on the network grid -> a new ``(X', Y', Z', C)`` array on the output grid."""
+        if self.output_channels is not None:
+            return np.asarray(self.output_channels(arr, order, fill, dtype=dtype))
+        out: Optional[np.ndarray] = None
+        for c in range(arr.shape[0]):
+            comp = np.asarray(self.to_output(np.ascontiguousarray(arr[c]), order, fill))
+            if out is None:
+                out = np.empty(comp.shape + (arr.shape[0],), dtype)
+            out[..., c] = comp
+        assert out is not None, "no channels"
+        return out
 
-    def mask(self, data: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """``data`` with voxels outside the input foreground set to ``fill`` (if masking is on)."""
+    def shares_input(self, arr: np.ndarray) -> bool:
+        """True when ``arr`` may share memory with an input of the context (raw outputs, images,
+        masks), i.e. when it must be copied before being modified in place."""
+        others = list(self.raw.values()) + [self.net_image, self.image_out, self.foreground_out]
+        if self.foreground_in is not None:
+            others.append(self.foreground_in)
+        return any(np.may_share_memory(arr, o) for o in others if isinstance(o, np.ndarray))
+
+    def private(self, arr: np.ndarray, dtype=None) -> np.ndarray:
+        """``arr`` as a writeable array of ``dtype`` that no input of the context shares (copied
+        only when needed)."""
+        arr = np.asarray(arr)
+        if dtype is not None and arr.dtype != np.dtype(dtype):
+            return arr.astype(dtype)
+        if not arr.flags.writeable or self.shares_input(arr):
+            return arr.copy()
+        return arr
+
+    @property
+    def background_out(self) -> np.ndarray:
+        """``~foreground_out``, computed once (recomputed if ``foreground_out`` is replaced)."""
+        if self._bg is None or self._bg[0] is not self.foreground_out:
+            self._bg = (self.foreground_out, ~np.asarray(self.foreground_out, bool))
+        return self._bg[1]
+
+    def mask(self, data: np.ndarray, fill: float = 0.0, *, inplace: bool = False) -> np.ndarray:
+        """``data`` with voxels outside the input foreground set to ``fill`` (if masking is on).
+
+        ``inplace=True`` modifies ``data`` itself unless it shares memory with an input of the
+        context (then a copy is masked); the default returns a new array.
+        """
         if not self.mask_background:
             return data
-        fg = self.foreground_out if data.ndim == 3 else self.foreground_out[..., None]
-        return np.where(fg, data, np.asarray(fill, data.dtype)).astype(data.dtype, copy=False)
+        out = self.private(data) if inplace else np.array(data, copy=True)
+        bg = self.background_out if out.ndim == 3 else self.background_out[..., None]
+        np.copyto(out, np.asarray(fill, out.dtype), where=bg)
+        return out
 
     def denormalise(self, arr: np.ndarray) -> np.ndarray:
         """Undo the min-max normalisation: ``arr * (hi - lo) + lo`` (input intensity units)."""
         lo, hi = self.norm_range
-        return (arr * (hi - lo) + lo).astype(np.float32)
+        out = np.multiply(arr, np.float32(hi - lo), dtype=np.float32)
+        out += np.float32(lo)
+        return out
+
+    def world_axes(self) -> Tuple[Tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+        """World RAS mm of the output grid without materialising it: for each world axis ``r`` three
+        broadcastable float64 terms of shapes ``(X,1,1)``, ``(1,Y,1)``, ``(1,1,Z)`` whose sum is
+        ``world_out()[..., r]``."""
+        a = self.out_affine
+        idx = [np.arange(n, dtype=np.float64) for n in self.out_shape]
+        return tuple(
+            ((a[r, 0] * idx[0] + a[r, 3])[:, None, None], (a[r, 1] * idx[1])[None, :, None],
+             (a[r, 2] * idx[2])[None, None, :])
+            for r in range(3)
+        )
 
     def world_out(self) -> np.ndarray:
         """World RAS mm of every output voxel, ``(X, Y, Z, 3)`` float64."""
-        idx = np.indices(self.out_shape, dtype=np.float64)
-        a = self.out_affine
-        return np.einsum("ij,jxyz->xyzi", a[:3, :3], idx) + a[:3, 3]
+        out = np.empty(tuple(self.out_shape) + (3,), np.float64)
+        for r, (pi, pj, pk) in enumerate(self.world_axes()):
+            out[..., r] = pi + pj + pk
+        return out

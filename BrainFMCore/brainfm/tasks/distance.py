@@ -28,11 +28,16 @@ def clamp_distance(raw: np.ndarray, max_distance: float = MAX_DISTANCE_MM) -> np
 
 def run_dist(ctx: TaskContext) -> Dict[str, Volume]:
     """``dist_lp``, ``dist_lw``, ``dist_rp``, ``dist_rw`` in mm."""
-    raw = clamp_distance(ctx.task_head("dist"), ctx.max_distance)
+    raw = ctx.task_head("dist")
+    m = ctx.max_distance
     out = {}
     for c in range(min(raw.shape[0], len(NAMES))):
-        data = np.asarray(ctx.to_output(raw[c], "linear", ctx.max_distance), np.float32)
-        data = clamp_distance(data, ctx.max_distance)
+        if ctx.output_exact:  # voxel copies: clamping after mapping is the same, and cheaper
+            data = ctx.private(ctx.to_output(raw[c], "linear", m), np.float32)
+        else:  # interpolation: clamp the raw values first, like the reference
+            data = np.asarray(ctx.to_output(clamp_distance(raw[c], m), "linear", m), np.float32)
+            data = ctx.private(data)
+        np.clip(data, -m, m, out=data)
         out[f"dist_{NAMES[c]}"] = ctx.volume(data, task="dist", kind="distance", units="mm",
                                              surface=NAMES[c])
     return out

@@ -21,5 +21,5 @@ from brainfm.volume import Volume
 def run_feat(ctx: TaskContext) -> Dict[str, Volume]:
     """``features`` (X, Y, Z, C) float16."""
     feat = ctx.head("feat")
-    data = ctx.channels_to_output(feat, "linear", 0.0).astype(np.float16)
+    data = ctx.channels_to_output(feat, "linear", 0.0, dtype=np.float16)
     return {"features": ctx.volume(data, task="feat", kind="features", units="unitless")}

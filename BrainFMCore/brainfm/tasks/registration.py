@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
 
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
@@ -50,11 +49,41 @@ def _to_voxels(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def sample_at(volume: Volume, points_mm: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
-    """Trilinear sample of a scalar ``volume`` at world points ``(..., 3)`` (``fill`` outside)."""
-    pts = np.asarray(points_mm, np.float64)
-    ijk = _to_voxels(pts.reshape(-1, 3), volume.affine)
-    vals = ndimage.map_coordinates(np.asarray(volume.data, np.float32), ijk.T, order=1, mode="constant", cval=fill)
-    return vals.reshape(pts.shape[:-1]).astype(np.float32)
+    """Trilinear sample of a scalar ``volume`` at world points ``(..., 3)`` (``fill`` outside).
+
+    Points outside the voxel-centre box ``[0, n - 1]`` of any axis get ``fill`` (SciPy
+    ``map_coordinates(order=1, mode="constant")`` semantics); computed with torch ``grid_sample``
+    in slabs, float32.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    pts = np.asarray(points_mm, np.float32)
+    lead = pts.shape[:-1]
+    flat = pts.reshape(-1, 3)
+    n = np.asarray(volume.shape, np.float64)
+    # world -> grid_sample coordinates (x, y, z reversed: grid_sample wants (W, H, D) order)
+    big = n > 1
+    scale = np.where(big, 2.0 / np.maximum(n - 1, 1), 2.0)  # size-1 axis: only voxel 0 is inside
+    g = np.diag(scale) @ np.linalg.inv(np.asarray(volume.affine, np.float64))[:3, :]
+    g[:, 3] -= np.where(big, 1.0, 0.0)
+    g = torch.from_numpy(np.ascontiguousarray(g[::-1])).to(torch.float32)
+    tol = 1e-3 * scale  # 1e-3 voxel beyond the end voxels still counts as inside
+    lim = torch.from_numpy(np.ascontiguousarray(np.where(big, 1.0, 0.0)[::-1] + tol[::-1]))
+    lim = lim.to(torch.float32)
+    src = torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32))[None, None]
+    out = np.empty(flat.shape[0], np.float32)
+    step = 1 << 22
+    with torch.no_grad():
+        for a in range(0, flat.shape[0], step):
+            p = torch.from_numpy(flat[a:a + step])
+            grid = p @ g[:, :3].T + g[:, 3]
+            outside = ~(grid.abs() <= lim).all(dim=-1)
+            vals = F.grid_sample(src, grid[None, :, None, None, :], mode="bilinear", padding_mode="border",
+                                 align_corners=True).reshape(-1)
+            vals.masked_fill_(outside, float(fill))
+            out[a:a + step] = vals.numpy()
+    return out.reshape(lead)
 
 
 def splat_inverse(
@@ -63,50 +92,83 @@ def splat_inverse(
     """Scatter ``values`` (N,) located at world ``points_mm`` (N, 3) onto a target grid.
 
     Returns ``(image, weight)``: the weight-normalised image (0 where weight < 1e-3) and the summed
-    trilinear weights.
+    trilinear weights. ``points_mm`` may also be given as three (N,) coordinate arrays ``(x, y, z)``.
 
     >>> img, w = splat_inverse(np.array([2.0]), np.array([[1.5, 0.0, 0.0]]), np.eye(4), (3, 1, 1))
     >>> img.ravel().tolist(), w.ravel().tolist()
     ([0.0, 2.0, 2.0], [0.0, 0.5, 0.5])
     """
     shape = tuple(int(s) for s in target_shape)
-    vox = _to_voxels(points_mm, target_affine)
-    vals = np.asarray(values, np.float64)
-    base = np.floor(vox).astype(np.int64)
-    frac = vox - base
-    inside = np.all((base >= -1) & (base < np.asarray(shape)), axis=1)
-    base, frac, vals = base[inside], frac[inside], vals[inside]
-    num = np.zeros(shape, np.float64)
-    den = np.zeros(shape, np.float64)
-    if vals.size == 0:
-        return num.astype(np.float32), den.astype(np.float32)
-    lo = np.maximum(base.min(axis=0), 0)
-    hi = np.minimum(base.max(axis=0) + 2, shape)
-    sub = tuple(int(h - l) for l, h in zip(lo, hi))
-    n_sub = int(np.prod(sub))
-    num_s = np.zeros(n_sub, np.float64)
-    den_s = np.zeros(n_sub, np.float64)
-    for corner in np.ndindex(2, 2, 2):
-        c = np.asarray(corner)
-        idx = base + c
-        w = np.prod(np.where(c == 1, frac, 1.0 - frac), axis=1)
-        ok = np.all((idx >= lo) & (idx < hi), axis=1) & (w > 0)
-        flat = np.ravel_multi_index(tuple((idx[ok] - lo).T), sub)
-        num_s += np.bincount(flat, weights=w[ok] * vals[ok], minlength=n_sub)
-        den_s += np.bincount(flat, weights=w[ok], minlength=n_sub)
-    region = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
-    num[region] = num_s.reshape(sub)
-    den[region] = den_s.reshape(sub)
-    img = np.where(den >= _MIN_WEIGHT, num / np.maximum(den, _MIN_WEIGHT), 0.0)
-    return img.astype(np.float32), den.astype(np.float32)
+    if isinstance(points_mm, np.ndarray) and points_mm.ndim == 2 and points_mm.shape[1] == 3:
+        cols = [points_mm[:, r] for r in range(3)]
+    else:
+        cols = [np.asarray(c) for c in points_mm]
+    import torch
+
+    inv = np.linalg.inv(np.asarray(target_affine, np.float64)).astype(np.float32)  # ~1e-5 voxel
+    cols = [np.asarray(c, np.float32) for c in cols]
+    vals = np.asarray(values, np.float32).reshape(-1)
+    # padded accumulation grid: target voxel i is padded voxel i + 1, so base in [-1, n - 1] fits
+    padded = tuple(n + 2 for n in shape)
+    strides = (padded[1] * padded[2], padded[2], 1)
+    vox, bases = [], []
+    keep = np.ones(vals.shape[0], bool)
+    for r in range(3):
+        v = inv[r, 0] * cols[0]
+        v += inv[r, 1] * cols[1]
+        v += inv[r, 2] * cols[2]
+        v += inv[r, 3]
+        b = np.floor(v)
+        keep &= (b >= -1) & (b < shape[r])  # False for NaN too
+        vox.append(v)
+        bases.append(b)
+    if not keep.all():
+        vox, bases, vals = [v[keep] for v in vox], [b[keep] for b in bases], vals[keep]
+    flat0 = np.zeros(vals.shape[0], np.int64)
+    w_axis = []
+    for r in range(3):
+        flat0 += (bases[r].astype(np.int64) + 1) * strides[r]
+        f = torch.from_numpy(vox[r] - bases[r])
+        w_axis.append((1.0 - f, f))
+    del vox, bases
+    size = int(np.prod(padded))
+    # float32 accumulation: a target voxel sums ~8 contributions (relative error ~1e-7)
+    num = torch.zeros(size, dtype=torch.float32)
+    den = torch.zeros(size, dtype=torch.float32)
+    base_t = torch.from_numpy(flat0)
+    vals_t = torch.from_numpy(vals)
+    for corner in np.ndindex(2, 2, 2):  # index_add_: no grid-sized temporaries per corner
+        w = w_axis[0][corner[0]] * w_axis[1][corner[1]]
+        w *= w_axis[2][corner[2]]
+        idx = base_t + int(corner[0] * strides[0] + corner[1] * strides[1] + corner[2])
+        den.index_add_(0, idx, w)
+        w *= vals_t
+        num.index_add_(0, idx, w)
+    inner = (slice(1, -1),) * 3
+    num_g = num.numpy().reshape(padded)[inner]
+    den_g = np.ascontiguousarray(den.numpy().reshape(padded)[inner])
+    img = np.zeros(shape, np.float32)
+    np.divide(num_g, den_g, out=img, where=den_g >= _MIN_WEIGHT)
+    return img, den_g
+
+
+def _displacement(ctx: TaskContext, coords: np.ndarray) -> np.ndarray:
+    """``coords - world`` of every output voxel, float32, without materialising the world grid."""
+    disp = np.empty_like(coords)
+    for r, (pi, pj, pk) in enumerate(ctx.world_axes()):
+        d = disp[..., r]
+        np.subtract(coords[..., r], (pi + pj).astype(np.float32), out=d)  # (X, Y, 1): small
+        d -= pk.astype(np.float32)
+    return disp
 
 
 def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
     """Registration outputs; ``atlas_warped``/``subject_in_atlas`` only when ``ctx.atlas`` is set."""
     raw = ctx.task_head("reg")
-    coords = ctx.channels_to_output(np.asarray(raw, np.float32) * REG_SCALE, "linear", 0.0)
-    disp = (coords.astype(np.float64) - ctx.world_out()).astype(np.float32)
-    coords, disp = ctx.mask(coords, 0.0), ctx.mask(disp, 0.0)
+    coords = ctx.channels_to_output(raw, "linear", 0.0)  # scaling commutes with the mapping
+    coords *= np.float32(REG_SCALE)
+    disp = _displacement(ctx, coords)
+    coords, disp = ctx.mask(coords, 0.0, inplace=True), ctx.mask(disp, 0.0, inplace=True)
     out = {
         "reg_atlas_coords": ctx.volume(coords, task="reg", kind="coordinates", units="atlas RAS mm"),
         "reg_displacement": ctx.volume(disp, task="reg", kind="vector", units="RAS mm", intent="displacement"),
@@ -117,12 +179,17 @@ def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
         return out
     if atlas.data.ndim != 3:
         atlas = atlas.with_data(np.asarray(atlas.data)[..., 0])
-    warped = ctx.mask(sample_at(atlas, coords), 0.0)
+    if ctx.mask_background:  # only the foreground is kept: sample only there
+        fg_out = np.asarray(ctx.foreground_out, bool)
+        warped = np.zeros(fg_out.shape, np.float32)
+        warped[fg_out] = sample_at(atlas, coords[fg_out])
+    else:
+        warped = sample_at(atlas, coords)
     out["atlas_warped"] = ctx.volume(warped, task="reg", kind="image", units="atlas intensity units")
     fg = ctx.net_image > 0
-    net_coords = coords_from_raw(raw)[fg]
+    cols = [np.asarray(raw[r][fg], np.float32) * np.float32(REG_SCALE) for r in range(3)]
     values = ctx.denormalise(ctx.net_image[fg])
-    inv_img, _w = splat_inverse(values, net_coords, atlas.affine, atlas.shape)
+    inv_img, _w = splat_inverse(values, cols, atlas.affine, atlas.shape)
     out["subject_in_atlas"] = Volume(
         inv_img, atlas.affine.copy(),
         {**ctx.meta, "task": "reg", "kind": "image", "units": "input intensity units",

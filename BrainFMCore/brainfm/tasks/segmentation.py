@@ -11,7 +11,7 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -25,13 +25,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)), dim=0).numpy()
 
 
+def channel_indices(logits: np.ndarray) -> np.ndarray:
+    """Arg-max channel of ``(C, X, Y, Z)`` logits, ties to the lowest channel, as the smallest
+    unsigned/signed type that also holds ``C`` (uint8 up to 254 channels).
+
+    >>> channel_indices(np.array([[[[0.0, 2.0]]], [[[1.0, 2.0]]]], np.float32)).ravel().tolist()
+    [1, 0]
+    """
+    t = torch.from_numpy(np.ascontiguousarray(logits, np.float32))
+    idx = torch.max(t, dim=0).indices  # first maximum, like argmax (and ~2x faster on CPU)
+    dtype = torch.uint8 if logits.shape[0] < 255 else torch.int32
+    return idx.to(dtype).numpy()
+
+
 def labels_from_logits(logits: np.ndarray, fs_values: Sequence[int]) -> np.ndarray:
     """Arg-max channel mapped to label numbers (int32); ties go to the lowest channel."""
     lut = np.asarray(list(fs_values), np.int32)
     if lut.shape[0] != logits.shape[0]:
         raise ValueError(f"label scheme has {lut.shape[0]} classes but the head has {logits.shape[0]} channels")
-    idx = torch.argmax(torch.from_numpy(np.ascontiguousarray(logits, np.float32)), dim=0).numpy()
-    return lut[idx]
+    return lut[channel_indices(logits)]
 
 
 def _scheme_values(ctx: TaskContext, n_channels: int):
@@ -50,34 +62,75 @@ def _scheme_values(ctx: TaskContext, n_channels: int):
     return scheme, list(getattr(scheme, "fs_values"))
 
 
-def _volume_table(labels: Volume, scheme: Any) -> List[Dict[str, Any]]:
-    try:
-        from brainfm.labels import structure_volumes
-    except ImportError:  # pragma: no cover - labels layer always present in the package
-        structure_volumes = None
-    if structure_volumes is not None:
-        return list(structure_volumes(labels, scheme=scheme))
-    voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
-    values, counts = np.unique(labels.data, return_counts=True)
-    return [
-        {"value": int(v), "name": str(v), "voxels": int(c), "volume_mm3": float(c) * voxel_mm3}
-        for v, c in zip(values, counts)
-        if v != 0
-    ]
+def volume_rows(counts: Dict[int, int], voxel_mm3: float, scheme: Any) -> List[Dict[str, Any]]:
+    """Rows ``{value, name, voxels, volume_mm3}`` from voxel counts per label number, in the order and
+    format of :func:`brainfm.labels.structure_volumes` (every scheme structure, then any other
+    value found; background 0 left out).
+
+    >>> volume_rows({17: 8}, 0.5, None)
+    [{'value': 17, 'name': 'Left-Hippocampus', 'voxels': 8, 'volume_mm3': 4.0}]
+    """
+    from brainfm.labels import fs_name
+
+    found = {int(v): int(c) for v, c in counts.items() if v != 0 and c > 0}
+    order: List[int] = [int(v) for v in scheme.fs_values if v != 0] if scheme is not None else []
+    order += [v for v in sorted(found) if v not in order]
+    rows = []
+    for v in order:
+        n = found.get(v, 0)
+        name = scheme.name_of_fs(v) if scheme is not None else fs_name(v)
+        rows.append({"value": v, "name": name, "voxels": n, "volume_mm3": round(n * voxel_mm3, 6)})
+    return rows
+
+
+def _count(idx: np.ndarray, lut: np.ndarray) -> Dict[int, int]:
+    """Voxels per label number of a channel-index map (index ``len(lut) - 1`` = outside/background)."""
+    flat = np.ascontiguousarray(idx).reshape(-1)
+    if flat.dtype == np.uint8:  # torch counts uint8 without widening to int64 first (~5x faster)
+        counts = torch.bincount(torch.from_numpy(flat), minlength=lut.shape[0]).numpy()
+    else:
+        counts = np.bincount(flat, minlength=lut.shape[0])
+    out: Dict[int, int] = {}
+    for ch, n in enumerate(counts[: lut.shape[0]]):
+        if n:
+            v = int(lut[ch])
+            out[v] = out.get(v, 0) + int(n)
+    return out
 
 
 def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
-    """``seg`` (int32 FreeSurfer numbers), optional ``seg_probabilities``; fills ``tables["seg_volumes"]``."""
+    """``seg`` (int32 FreeSurfer numbers), optional ``seg_probabilities``; fills ``tables["seg_volumes"]``.
+
+    Works on channel indices (uint8) until the end: arg-max on the network grid, nearest mapping
+    and masking of the indices (index ``C`` = background 0), one table lookup to label numbers, and
+    the structure volumes counted with ``bincount`` on the input grid.
+    """
     logits = ctx.task_head("seg")
-    scheme, fs_values = _scheme_values(ctx, logits.shape[0])
-    labels_net = labels_from_logits(logits, fs_values)
-    seg = np.rint(np.asarray(ctx.to_output(labels_net, "nearest", 0), np.float64)).astype(np.int32)
-    seg = ctx.mask(seg, 0)
+    n_ch = int(logits.shape[0])
+    scheme, fs_values = _scheme_values(ctx, n_ch)
+    lut = np.asarray(list(fs_values) + [0], np.int32)  # extra entry: outside / masked -> 0
+    if lut.shape[0] != n_ch + 1:
+        raise ValueError(f"label scheme has {lut.shape[0] - 1} classes but the head has {n_ch} channels")
+    idx_net = channel_indices(logits)
+    idx_out = ctx.private(ctx.to_output(idx_net, "nearest", n_ch))
+    if np.may_share_memory(idx_out, idx_net):  # same grid: idx_net is mapped again below, unmasked
+        idx_out = idx_out.copy()
+    if ctx.mask_background:
+        np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=ctx.background_out)
+    seg = lut[idx_out]
     meta = dict(task="seg", kind="label", units="FreeSurfer label number",
                 label_scheme=getattr(scheme, "name", None))
     out = {"seg": ctx.volume(seg, **meta)}
-    seg_in = _on_input_grid(ctx, labels_net, seg)
-    ctx.tables["seg_volumes"] = _volume_table(seg_in, scheme)
+    in_aff = np.asarray(ctx.input_affine if ctx.input_affine is not None else ctx.out_affine, float)
+    in_shape = ctx.input_shape
+    if in_shape is None or (tuple(in_shape) == tuple(seg.shape) and np.allclose(in_aff, ctx.out_affine)):
+        idx_in = idx_out
+    else:
+        idx_in = ctx.private(ctx.to_input(idx_net, "nearest", n_ch))
+        if ctx.mask_background and ctx.foreground_in is not None:
+            np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.foreground_in, bool))
+    voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))
+    ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
     if ctx.return_probabilities:
         probs = softmax(logits)
         data = ctx.channels_to_output(probs, "linear", 0.0)
@@ -86,15 +139,3 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
             channel_labels=[int(v) for v in fs_values],
         )
     return out
-
-
-def _on_input_grid(ctx: TaskContext, labels_net: np.ndarray, seg_out: np.ndarray) -> Volume:
-    """The segmentation on the input grid (reuses the output when the output grid is the input grid)."""
-    in_aff = ctx.input_affine if ctx.input_affine is not None else ctx.out_affine
-    in_shape: Optional[tuple] = ctx.input_shape
-    if in_shape is None or (tuple(in_shape) == tuple(seg_out.shape) and np.allclose(in_aff, ctx.out_affine)):
-        return Volume(seg_out, ctx.out_affine.copy())
-    seg_in = np.rint(np.asarray(ctx.to_input(labels_net, "nearest", 0), np.float64)).astype(np.int32)
-    if ctx.mask_background and ctx.foreground_in is not None:
-        seg_in = np.where(ctx.foreground_in, seg_in, 0).astype(np.int32)
-    return Volume(seg_in, np.asarray(in_aff, float).copy())

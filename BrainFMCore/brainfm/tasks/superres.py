@@ -17,10 +17,12 @@ from brainfm.volume import Volume
 
 
 def reconstruct(residual: np.ndarray, normalised_input: np.ndarray, norm_range: Tuple[float, float]) -> np.ndarray:
-    """``(residual + input) * (hi - lo) + lo``: the SR image in input intensity units."""
+    """``(residual + input) * (hi - lo) + lo``: the SR image in input intensity units (float32)."""
     lo, hi = norm_range
-    high = np.asarray(residual, np.float64) + np.asarray(normalised_input, np.float64)
-    return (high * (hi - lo) + lo).astype(np.float32)
+    high = np.add(residual, normalised_input, dtype=np.float32)
+    high *= np.float32(hi - lo)
+    high += np.float32(lo)
+    return high
 
 
 def run_sr(ctx: TaskContext) -> Dict[str, Volume]:
@@ -28,5 +30,5 @@ def run_sr(ctx: TaskContext) -> Dict[str, Volume]:
     lo = float(ctx.norm_range[0])
     high = reconstruct(ctx.task_head("sr")[0], ctx.net_image, ctx.norm_range)
     data = np.asarray(ctx.to_output(high, "linear", lo), np.float32)
-    data = ctx.mask(data, lo)
+    data = ctx.mask(data, lo, inplace=True)
     return {"superres": ctx.volume(data, task="sr", kind="image", units="input intensity units")}

@@ -36,7 +36,7 @@ def ct_to_hu(raw: np.ndarray) -> np.ndarray:
 def _image(ctx: TaskContext, task: str) -> Dict[str, Volume]:
     raw = ctx.task_head(task)[0]
     data = np.asarray(ctx.to_output(raw, "linear", 0.0), np.float32)
-    data = ctx.mask(data, 0.0)
+    data = ctx.mask(data, 0.0, inplace=True)
     units = BRAINID_IMAGE_UNITS if ctx.heads.get(task) == "image" else IMAGE_UNITS
     return {_KEYS[task]: ctx.volume(data, task=task, kind="image", units=units)}
 
@@ -58,7 +58,9 @@ def run_flair(ctx: TaskContext) -> Dict[str, Volume]:
 
 def run_ct(ctx: TaskContext) -> Dict[str, Volume]:
     """``synth_ct`` in HU (raw x 1000), background -1000 HU."""
-    hu = ct_to_hu(ctx.task_head("ct")[0])
-    data = np.asarray(ctx.to_output(hu, "linear", CT_BACKGROUND_HU), np.float32)
-    data = ctx.mask(data, CT_BACKGROUND_HU)
+    # scaling commutes with the (linear or exact) mapping: map the raw head, then scale in place
+    raw = ctx.task_head("ct")[0]
+    data = ctx.private(ctx.to_output(raw, "linear", CT_BACKGROUND_HU / CT_SCALE), np.float32)
+    data *= np.float32(CT_SCALE)
+    data = ctx.mask(data, CT_BACKGROUND_HU, inplace=True)
     return {"synth_ct": ctx.volume(data, task="ct", kind="image", units="HU")}

@@ -229,7 +229,8 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
         diffs = [f"{k}: checkpoint {meta['architecture'].get(k)!r} vs model {v!r}"
                  for k, v in architecture.items() if meta["architecture"].get(k) != v]
         if diffs:
-            raise CheckpointError(f"checkpoint {p} was trained with another architecture: " + "; ".join(diffs))
+            raise CheckpointError(f"checkpoint {p} was trained with another architecture: " + "; ".join(diffs)
+                                  + " (to start a new model use another --out, or --resume none)")
     net = unwrap(model)
     dev = next(iter(net.state_dict().values())).device if net.state_dict() else "cpu"
     weights = _read_shards(p, meta["groups"]["model"], "cpu")

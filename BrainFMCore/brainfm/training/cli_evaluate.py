@@ -69,15 +69,19 @@ def main(args: argparse.Namespace) -> int:
     if not val:
         val = files
     amp = torch.bfloat16 if device.type == "cuda" else None
+    from brainfm.training.evaluate import class_map_to
+
+    seg_ch = net.config.heads.get("segmentation")
+    cmap = class_map_to("fs33", int(seg_ch)) if seg_ch else None
     per_subject: Dict[str, Dict[str, float]] = {}
     for f in val:
         one = GeneratorSource([f], [f], size=args.size, n_samples=args.samples, device=device, seed=args.seed,
                               val_samples=args.samples)
-        per_subject[f.name.split(".")[0]] = evaluate_batches(net, one.val_batches(), autocast_dtype=amp)
+        per_subject[f.name.split(".")[0]] = evaluate_batches(net, one.val_batches(), autocast_dtype=amp, class_map=cmap)
     keys = sorted({k for m in per_subject.values() for k in m if k != "n_batches"})
     metrics: Dict[str, Any] = {k: sum(m[k] for m in per_subject.values() if k in m)
                                / max(1, sum(1 for m in per_subject.values() if k in m)) for k in keys}
-    report = {"model": str(args.model), "subjects": [f.name for f in val], "size": args.size,
+    report = {"model": str(args.model), "segmentation_classes": seg_ch, "subjects": [f.name for f in val], "size": args.size,
               "samples": args.samples, "seed": args.seed, "mean": metrics, "per_subject": per_subject}
     print(summarize(metrics))
     if args.output:

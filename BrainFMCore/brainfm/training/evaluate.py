@@ -38,11 +38,34 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -
     return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
 
 
+def class_map_to(target_scheme: str, n_channels: int) -> Optional[torch.Tensor]:
+    """Channel -> class index of ``target_scheme`` for a segmentation head of ``n_channels`` whose
+    scheme differs (matched by FreeSurfer number; unmatched channels -> 0). None when they agree.
+
+    >>> m = class_map_to("fs33", 56)
+    >>> int(m.shape[0]), int(m[0])
+    (56, 0)
+    """
+    from brainfm.labels import get_scheme
+    from brainfm.labels.schemes import scheme_for_channels
+
+    tgt = get_scheme(target_scheme)
+    if n_channels == tgt.n_channels:
+        return None
+    src = scheme_for_channels(n_channels)
+    index = {v: i for i, v in enumerate(tgt.fs_values)}
+    return torch.tensor([index.get(v, 0) for v in src.fs_values], dtype=torch.long)
+
+
 @torch.no_grad()
 def evaluate_batches(model: torch.nn.Module, batches: Iterable[Any], *,
-                     autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+                     autocast_dtype: Optional[torch.dtype] = None,
+                     class_map: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Mean metrics over ``batches``: ``dice`` (mean over classes, excl. background), ``psnr_<T1..>``,
-    ``l1_distance``, ``l1_registration``, ``l1_bias_field_log``, plus ``n_batches``."""
+    ``l1_distance``, ``l1_registration``, ``l1_bias_field_log``, plus ``n_batches``.
+
+    ``class_map`` maps head channels to target classes when the head uses another label scheme
+    (e.g. the official 56-class model evaluated on fs33 targets, see :func:`class_map_to`)."""
     was_training = model.training
     model.eval()
     acc: Dict[str, List[float]] = {}
@@ -55,8 +78,12 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[Any], *,
             seg_t = target_of(batch, "segmentation", n)
             if "segmentation" in out and seg_t is not None:
                 pred = out["segmentation"].float().argmax(1)
+                n_classes = out["segmentation"].shape[1]
+                if class_map is not None:
+                    pred = class_map.to(pred.device)[pred]
+                    n_classes = int(class_map.max()) + 1
                 for i in range(n):
-                    d = dice_scores(pred[i], seg_t[i, 0].long(), n_classes=out["segmentation"].shape[1])
+                    d = dice_scores(pred[i], seg_t[i, 0].long(), n_classes=max(n_classes, int(seg_t.max()) + 1))
                     if d:
                         acc.setdefault("dice", []).append(sum(d.values()) / len(d))
             for name in IMAGE_HEADS + ("image",):

@@ -118,6 +118,8 @@ def plot_loss_curve(csv_path: PathLike, png_path: PathLike, *, key: str = "loss"
         d.line([(sx(p[0]), sy(v, l_lo, l_hi)) for p, v in zip(pts, lv)], fill=(31, 119, 180), width=2)
         if ext:
             d.line([(sx(s), sy(v, 0.0, 1.0)) for s, v in ext], fill=(255, 127, 14), width=2)
+            for v in (0.0, 0.5, 1.0):
+                d.text((x1 + 6, sy(v, 0.0, 1.0) - 6), f"{v:.1f}", fill=(255, 127, 14))
         for i in range(5):
             f = i / 4
             d.text((4, sy(l_lo + f * (l_hi - l_lo), l_lo, l_hi) - 6), f"{10 ** (l_lo + f * (l_hi - l_lo)):.3g}",

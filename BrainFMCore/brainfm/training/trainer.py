@@ -131,7 +131,8 @@ class Trainer:
             meta = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                         generator=gen, architecture=architecture_of(cfg))
             start = int(meta["step"])
-            torch.manual_seed(run.seed + info.rank + 7919 * start)
+            if info.rank:  # the saved RNG states are rank 0's; other ranks get their own stream
+                torch.manual_seed(run.seed + info.rank + 7919 * start)
         elif self.init_from:
             self._load_init(model, self.init_from)
         if info.distributed:
@@ -176,7 +177,7 @@ class Trainer:
             except torch.cuda.OutOfMemoryError:
                 raise oom_error(cfg, device, f"training step {step}") from None
             except RuntimeError as e:
-                if "out of memory" in str(e).lower():
+                if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
                     raise oom_error(cfg, device, f"training step {step}") from None
                 raise
             finite = D.any_flag(not finite, device) is False

@@ -21,9 +21,10 @@ nodes created by a failed import are removed again, so the scene stays consisten
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from BrainFMLib._errors import InputError
 from BrainFMLib.scene_utils import place_next_to, remove_nodes
@@ -93,6 +94,42 @@ def read_summary(case_dir: PathLike) -> Dict[str, Any]:
     return summary
 
 
+class _FileReader:
+    """Reads result files on one worker thread, one file ahead of the importer.
+
+    Decompressing the next ``.nii.gz`` (zlib releases the GIL) then overlaps with building the
+    current node on the calling thread. ``get`` must be called in the order of ``jobs``.
+    """
+
+    def __init__(self, jobs: List[Tuple[str, Path, bool]]) -> None:
+        self._jobs = list(jobs)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="BrainFM-read")
+        self._futures: Dict[str, Future] = {}
+        self._next = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._next < len(self._jobs) and len(self._futures) < 2:  # the current file + one ahead
+            key, path, labelmap = self._jobs[self._next]
+            self._futures[key] = self._pool.submit(read_volume_file, path, labelmap=labelmap)
+            self._next += 1
+
+    def get(self, key: str) -> Tuple[Any, Any]:
+        """``(array, affine)`` of ``key``'s file (raises what ``read_volume_file`` raised)."""
+        future = self._futures.pop(key)
+        try:
+            return future.result()
+        finally:
+            self._fill()
+
+    def close(self) -> None:
+        """Drop reads not started yet and wait for the one in progress."""
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        self._pool.shutdown(wait=True)
+
+
 def _output_path(case_dir: Path, key: str, info: Mapping[str, Any]) -> Path:
     raw = info.get("path") if isinstance(info, Mapping) else None
     path = Path(raw) if raw else case_dir / f"{key}.nii.gz"
@@ -145,6 +182,13 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
         result.nodes[key] = node
         return node
 
+    reads: List[Tuple[str, Path, bool]] = []
+    for key in wanted:
+        info = outputs[key] if isinstance(outputs[key], Mapping) else {}
+        kind = info.get("kind", "image")
+        if kind != "table" and key != "seg_volumes":
+            reads.append((key, _output_path(case_dir, key, info), kind == "labelmap" or key == "seg"))
+    reader = _FileReader(reads)
     try:
         for key in wanted:
             info = outputs[key] if isinstance(outputs[key], Mapping) else {}
@@ -154,7 +198,7 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
             if kind == "table" or key == "seg_volumes":
                 continue  # after the segmentation (rows may be computed from it)
             if kind == "labelmap" or key == "seg":
-                labels, affine = read_volume_file(path, labelmap=True)
+                labels, affine = reader.get(key)
                 seg = add_segmentation_from_labels(
                     scene, labels, affine, name=name, reference_node=input_node,
                     segmentation_node=given.get(key), create_labelmap=create_labelmap,
@@ -165,14 +209,14 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
                     new_or_given("seg_labelmap", seg.labelmap_node)
                 continue
             if key == "reg_displacement":
-                field_, affine = read_volume_file(path)
+                field_, affine = reader.get(key)
                 node = displacement_to_grid_transform(scene, field_, affine, name, node=given.get(key),
                                                       reference_node=input_node)
                 new_or_given(key, node)
                 continue
             on_input_grid = key not in ATLAS_GRID_KEYS
             node = import_volume_file(scene, path, name=name, reference_node=input_node if on_input_grid else None,
-                                      node=given.get(key))
+                                      node=given.get(key), data=reader.get(key))
             _set_units(node, info.get("units"))
             place_next_to(node, input_node)
             new_or_given(key, node)
@@ -193,6 +237,8 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
     except Exception:
         remove_nodes(scene, created)
         raise
+    finally:
+        reader.close()
     return result
 
 

@@ -63,7 +63,9 @@ def _check_labels(labels_ijk: Any) -> np.ndarray:
             raise InputError("the label map holds non-integer values; is this really a segmentation?")
     if lab.size and (lab.min() < 0 or lab.max() > 2**31 - 1):
         raise InputError("label values must be in 0 .. 2^31-1")
-    return lab.astype(np.int32, copy=False)
+    if lab.dtype in (np.uint8, np.int16, np.uint16, np.int32):
+        return lab  # kept: the engine writes int16 labels, and Slicer imports them faster than int32
+    return lab.astype(np.int32)
 
 
 def set_segment_metadata(segment: Any, value: int, entry: Optional[LabelEntry]) -> None:

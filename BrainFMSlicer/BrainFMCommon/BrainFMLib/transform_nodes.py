@@ -31,13 +31,18 @@ def _grid_image(displacement_ijk3: np.ndarray, affine: np.ndarray) -> Any:
     from vtk.util import numpy_support
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    kji = np.ascontiguousarray(displacement_ijk3.transpose(2, 1, 0, 3), dtype=np.float64)
     image = vtk.vtkImageData()
     image.SetDimensions(*(int(s) for s in displacement_ijk3.shape[:3]))
     image.SetOrigin(*(float(o) for o in affine[:3, 3]))
     image.SetSpacing(*(float(s) for s in spacing))
-    scalars = numpy_support.numpy_to_vtk(kji.reshape(-1, 3), deep=True)
+    # one copy (and float64 conversion) straight into VTK memory; per component, so a field read
+    # from a NIfTI vector file (components slowest in memory) is copied in long contiguous runs
+    scalars = vtk.vtkDoubleArray()
     scalars.SetNumberOfComponents(3)
+    scalars.SetNumberOfTuples(int(np.prod(displacement_ijk3.shape[:3])))
+    view = numpy_support.vtk_to_numpy(scalars).reshape(displacement_ijk3.shape[2::-1] + (3,))
+    for c in range(3):
+        np.copyto(view[..., c], displacement_ijk3[..., c].T, casting="unsafe")
     image.GetPointData().SetScalars(scalars)
     return image
 

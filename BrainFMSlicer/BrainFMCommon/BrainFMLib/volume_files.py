@@ -2,8 +2,8 @@
 
 * :func:`export_volume_node` writes a node with a *detached* ``vtkMRMLVolumeArchetypeStorageNode``:
   the input node gets no storage node, keeps its name and its modified flags.
-* :func:`read_volume_file` reads a result file back (storage node for scalar volumes; nibabel for
-  NIfTI vector fields, whose components ITK would silently convert to LPS).
+* :func:`read_volume_file` reads a result file back (nibabel for NIfTI, the engine's format: fast,
+  and vector components stay RAS; the Slicer storage node for other formats).
 * :func:`import_volume_file` puts a result into the scene; when the file holds the input grid
   (possibly re-ordered, e.g. the K-flip of left-handed volumes after a file round trip) the voxels
   are re-indexed and the input node's geometry is copied exactly: output grid = input grid.
@@ -90,37 +90,31 @@ def export_volume_node(node: Any, path: PathLike, *, compress: bool = False) -> 
 def _read_with_nibabel(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     import nibabel as nib  # a brainfm dependency: present wherever the engine wrote the file
 
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    img = nib.load(str(path), mmap=False)  # no memory map: the temp folder is deleted after import
+    data = np.asarray(img.dataobj)  # NIfTI voxel order: an [i, j, k] array in Fortran order
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector convention (X, Y, Z, 1, C)
         data = data[:, :, :, 0, :]
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def _nifti_dims(path: Path) -> Optional[int]:
-    """Number of dimensions in a NIfTI header (None when not NIfTI or unreadable)."""
-    if _suffix(path) not in (".nii", ".nii.gz"):
-        return None
-    try:
-        import nibabel as nib
-
-        return len(nib.load(str(path)).shape)
-    except Exception:  # noqa: BLE001 - fall back to the storage node
-        return None
-
-
 def read_volume_file(path: PathLike, *, labelmap: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as ``(array[i, j, k(, c)], affine RAS)``.
 
-    Scalar files go through ``vtkMRMLVolumeArchetypeStorageNode`` (the Slicer reader); NIfTI
-    vector fields (4D/5D) through nibabel so displacement components stay RAS mm.
+    NIfTI files (what ``brainfm run`` writes) are read with nibabel: the voxels are decompressed
+    straight into an ``[i, j, k]`` array (Fortran order, which the node update copies without a
+    transposition) and vector fields keep their RAS-mm components (ITK would convert them to
+    LPS). Other formats go through ``vtkMRMLVolumeArchetypeStorageNode`` (the Slicer reader).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"result file not found: {path}")
-    ndim = _nifti_dims(path)
-    if ndim is not None and ndim > 3:
-        return _read_with_nibabel(path)
+    if _suffix(path) in (".nii", ".nii.gz"):
+        try:
+            return _read_with_nibabel(path)
+        except ImportError:  # pragma: no cover - nibabel comes with brainfm
+            pass
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file: a clear error
+            raise InputError(f"could not read {path.name}: {type(exc).__name__}: {exc}") from None
     cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     temp_node = getattr(slicer, cls)()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -132,15 +126,17 @@ def read_volume_file(path: PathLike, *, labelmap: bool = False) -> Tuple[np.ndar
 
 def import_volume_file(scene: Any, path: PathLike, *, name: str, reference_node: Any = None,
                        labelmap: bool = False, node: Any = None,
-                       color_node_id: Optional[str] = None) -> Any:
+                       color_node_id: Optional[str] = None,
+                       data: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Any:
     """Load a result file into ``node`` (updated in place) or a new node named ``name``.
 
     :param reference_node: the input volume; when the file holds the same voxel centres its
         geometry is copied exactly and the voxels re-indexed to its IJK order.
     :param labelmap: create a labelmap node (integer voxels).
     :param color_node_id: color table for a new labelmap's display node.
+    :param data: ``read_volume_file(path)`` already done (e.g. on a reader thread); not re-read.
     """
-    array, affine = read_volume_file(path, labelmap=labelmap)
+    array, affine = data if data is not None else read_volume_file(path, labelmap=labelmap)
     if reference_node is not None and reference_node.GetImageData() is not None:
         ref_aff = ijk_to_ras(reference_node)
         ref_shape = tuple(reference_node.GetImageData().GetDimensions())

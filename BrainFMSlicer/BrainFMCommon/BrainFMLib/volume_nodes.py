@@ -81,7 +81,9 @@ def volume_to_array_and_affine(node: Any) -> Tuple[np.ndarray, np.ndarray]:
     flat = numpy_support.vtk_to_numpy(scalars)
     kji = flat.reshape((dims[2], dims[1], dims[0]) + ((ncomp,) if ncomp > 1 else ()))
     axes = (2, 1, 0, 3) if ncomp > 1 else (2, 1, 0)
-    return np.ascontiguousarray(kji.transpose(axes)), ijk_to_ras(node)
+    # one plain memory copy; the [i, j, k] array is a (Fortran-ordered) transposed view of it, so
+    # putting it back into a node (kji memory order) is again a plain copy, not a transposition
+    return kji.copy().transpose(axes), ijk_to_ras(node)
 
 
 # -- array -> node ----------------------------------------------------------------------------
@@ -89,18 +91,39 @@ def _image_data(array_ijk: np.ndarray) -> Any:
     arr = np.asarray(array_ijk)
     if arr.ndim not in (3, 4):
         raise InputError(f"expected a 3D array (or 3D + components), got {arr.ndim}D")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
-    ncomp = 1 if arr.ndim == 3 else int(arr.shape[3])
-    kji = np.ascontiguousarray(arr.transpose((2, 1, 0, 3) if arr.ndim == 4 else (2, 1, 0)))
     image = vtk.vtkImageData()
     image.SetDimensions(int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2]))
-    scalars = numpy_support.numpy_to_vtk(kji.reshape(-1, ncomp) if ncomp > 1 else kji.ravel(), deep=True)
-    scalars.SetNumberOfComponents(ncomp)
-    image.GetPointData().SetScalars(scalars)
+    image.GetPointData().SetScalars(vtk_array_from_ijk(arr))
     return image
+
+
+def vtk_array_from_ijk(array_ijk: np.ndarray, *, dtype: Any = None) -> Any:
+    """A new VTK data array holding ``array_ijk[i, j, k(, c)]`` in VTK point order (i fastest).
+
+    The voxels are copied once, straight into memory owned by VTK (no intermediate numpy copy;
+    an ``[i, j, k]`` array in Fortran order, as nibabel reads NIfTI files, is a plain memory copy).
+    ``dtype`` converts the values on the way (e.g. ``np.float64``); VTK has no bool or float16
+    arrays, so those become uint8 and float32.
+
+    >>> import numpy as np
+    >>> a = vtk_array_from_ijk(np.arange(6, dtype=np.int16).reshape(3, 2, 1))
+    >>> a.GetNumberOfTuples(), a.GetValue(1), a.GetValue(3)  # VTK point 1 is (i, j) = (1, 0), 3 is (0, 1)
+    (6, 2, 1)
+    """
+    _require_slicer()
+    arr = np.asarray(array_ijk)
+    if arr.ndim not in (3, 4):
+        raise InputError(f"expected a 3D array (or 3D + components), got {arr.ndim}D")
+    ncomp = 1 if arr.ndim == 3 else int(arr.shape[3])
+    target = np.dtype(dtype) if dtype is not None else arr.dtype
+    target = {np.dtype(np.bool_): np.dtype(np.uint8), np.dtype(np.float16): np.dtype(np.float32)}.get(target, target)
+    out = numpy_support.create_vtk_array(numpy_support.get_vtk_array_type(target))
+    out.SetNumberOfComponents(ncomp)
+    out.SetNumberOfTuples(int(arr.shape[0]) * int(arr.shape[1]) * int(arr.shape[2]))
+    if out.GetNumberOfTuples():
+        view = numpy_support.vtk_to_numpy(out).reshape(arr.shape[2::-1] + arr.shape[3:])
+        np.copyto(view, arr.transpose((2, 1, 0, 3) if arr.ndim == 4 else (2, 1, 0)), casting="unsafe")
+    return out
 
 
 def update_volume_from_array(node: Any, array_ijk: np.ndarray, affine: Any) -> Any:
@@ -208,7 +231,10 @@ def grid_permutation(src_affine: Any, src_shape: Tuple[int, ...], dst_affine: An
 
 def reindex_to_grid(array_ijk: np.ndarray, affine: Any, target_affine: Any,
                     target_shape: Tuple[int, ...]) -> Optional[np.ndarray]:
-    """``array_ijk`` re-indexed onto the target grid (same voxel centres), or None if impossible."""
+    """``array_ijk`` re-indexed onto the target grid (same voxel centres), or None if impossible.
+
+    The result is a view of ``array_ijk`` (no copy: the node update copies the voxels anyway).
+    """
     arr = np.asarray(array_ijk)
     perm = grid_permutation(affine, arr.shape[:3], target_affine, target_shape)
     if perm is None:
@@ -218,4 +244,4 @@ def reindex_to_grid(array_ijk: np.ndarray, affine: Any, target_affine: Any,
     for d, f in enumerate(flips):
         if f:
             out = np.flip(out, axis=d)
-    return np.ascontiguousarray(out)
+    return out

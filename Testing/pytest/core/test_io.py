@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import brainfm.io.writers as writers
 from brainfm.errors import InputError
 from brainfm.io import read_volume, write_volume
 from brainfm.volume import Volume
@@ -193,14 +194,24 @@ def test_failed_writes_leave_nothing_and_keep_old_file(tmp_path, monkeypatch):
     target = write_volume(v, tmp_path / "out.nii.gz")
     before = target.read_bytes()
 
-    def broken_save(img, filename):  # writes half a file, then fails (disk full, crash...)
+    def broken_stream(fh, pieces, **kw):  # NIfTI streaming writer: part of the file, then a failure
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writers, "write_gzip_stream", broken_stream)
+    with pytest.raises(InputError, match="disk full"):
+        write_volume(v.with_data(v.data + 1), target)
+    assert target.read_bytes() == before and files_in(tmp_path) == ["out.nii.gz"]
+    monkeypatch.undo()
+
+    def broken_save(img, filename):  # nibabel (MGH): writes half a file, then fails (disk full, crash...)
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(nib, "save", broken_save)
     with pytest.raises(InputError, match="disk full"):
-        write_volume(v.with_data(v.data + 1), target)
-    assert target.read_bytes() == before and files_in(tmp_path) == ["out.nii.gz"]
+        write_volume(v, tmp_path / "out.mgz")
+    assert files_in(tmp_path) == ["out.nii.gz"]
     monkeypatch.undo()
 
     def broken_sitk(*a, **k):

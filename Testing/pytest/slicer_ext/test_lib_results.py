@@ -115,7 +115,7 @@ def test_failed_import_removes_new_nodes(scene, tmp_path, rng):
     (case / "seg.nii.gz").write_bytes(b"not a nifti file")
     before = {cls: scene.GetNumberOfNodesByClass(cls) for cls in
               ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLGridTransformNode")}
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="could not read seg.nii.gz"):  # on the reader thread
         import_results(scene, tmp_path / "out", node, csv_path=None)
     after = {cls: scene.GetNumberOfNodesByClass(cls) for cls in before}
     assert after == before

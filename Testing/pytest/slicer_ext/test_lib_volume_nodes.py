@@ -125,9 +125,10 @@ def test_import_result_copies_input_geometry(scene, case, tmp_path, rng):
     node = add_volume(scene, data, aff, "input")
     path = export_volume_node(node, tmp_path / "result.nii.gz")
     raw_arr, raw_aff = read_volume_file(path)
-    if case == "left_handed":  # the documented K-flip: Slicer's reader returns a right-handed grid
-        assert np.linalg.det(raw_aff[:3, :3]) > 0
-        np.testing.assert_array_equal(raw_arr, data[:, :, ::-1])
+    # NIfTI results are read with nibabel: the grid comes back as written, even a left-handed one
+    # (Slicer's reader would return it K-flipped, which import_volume_file also handles: see below)
+    np.testing.assert_allclose(raw_aff, aff, atol=1e-4)
+    np.testing.assert_array_equal(raw_arr, data)
     out = import_volume_file(scene, path, name="input result", reference_node=node)
     arr, got = volume_to_array_and_affine(out)
     np.testing.assert_array_equal(got, ijk_to_ras(node))  # geometry copied exactly
@@ -138,6 +139,26 @@ def test_import_result_copies_input_geometry(scene, case, tmp_path, rng):
     same = import_volume_file(scene, path, name="ignored", reference_node=node, node=target)
     assert same is target and target.GetName() == "target"
     np.testing.assert_array_equal(volume_to_array_and_affine(target)[0], data)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii"])
+def test_import_left_handed_result_from_slicer_reader_formats(scene, suffix, tmp_path, rng):
+    """Slicer's reader returns left-handed NRRD grids K-flipped: the import re-indexes them exactly;
+    NIfTI (read with nibabel) gives F-ordered arrays that land in the node unchanged."""
+    aff = GEOMETRY_CASES["left_handed"]
+    data = rng.normal(size=SHAPE).astype(np.float32)
+    node = add_volume(scene, data, aff, "input")
+    path = export_volume_node(node, tmp_path / f"result{suffix}")
+    raw_arr, raw_aff = read_volume_file(path)
+    if suffix == ".nrrd":
+        assert np.linalg.det(raw_aff[:3, :3]) > 0
+        np.testing.assert_array_equal(raw_arr, data[:, :, ::-1])
+    else:
+        assert raw_arr.flags["F_CONTIGUOUS"]
+    out = import_volume_file(scene, path, name="result", reference_node=node)
+    arr, got = volume_to_array_and_affine(out)
+    np.testing.assert_array_equal(got, ijk_to_ras(node))
+    np.testing.assert_array_equal(arr, data)
 
 
 def test_grid_permutation_detects_same_and_different_grids():

@@ -6,7 +6,7 @@ import socket
 
 import torch.multiprocessing as mp
 
-from helpers import ddp_worker, tiny_config
+from train_helpers import ddp_worker, tiny_config
 from brainfm.training.checkpoint import load_checkpoint
 from brainfm.training.runlog import read_csv_log
 from brainfm.training.trainer import build_model

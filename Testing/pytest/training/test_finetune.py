@@ -38,9 +38,12 @@ def _base():
 
 
 def test_head_only_adaptation_keeps_backbone_and_writes_native_model(data_dir, tmp_path):
+    from brainfm.models import save_native
+
     base = _base()
-    res = finetune(base, data_dir, tmp_path / "ft", task="seg", mode="head", steps=4, size=24, n_samples=1,
-                   lr=0.01, device="cpu", name="toy-seg")
+    weights, _ = save_native(base, tmp_path / "base" / "toy-brainid", info={"name": "toy-brainid"})
+    res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", steps=4, size=24,
+                   n_samples=1, lr=0.01, device="cpu", name="toy-seg")
     loaded = load_model(res.native_model)
     assert loaded.info.label_scheme == "fs33"
     assert loaded.info.config.heads == {"image": 1, "segmentation": 33}

@@ -142,3 +142,31 @@ def test_config_files_and_overrides(tmp_path):
         load_config(bad)
     with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_metrics_and_cross_scheme_class_map():
+    from brainfm.labels import get_scheme
+    from brainfm.training.evaluate import class_map_to, dice_scores, evaluate_batches, psnr
+
+    assert psnr(torch.zeros(8), torch.full((8,), 0.01)) == pytest.approx(40.0)
+    p = torch.tensor([0, 1, 1, 2])
+    assert dice_scores(p, torch.tensor([0, 1, 2, 2]), n_classes=3) == {1: pytest.approx(2 / 3), 2: pytest.approx(2 / 3)}
+    b56, f33 = get_scheme("brainfm56"), get_scheme("fs33")
+    m = class_map_to("fs33", 56)
+    hip = b56.fs_values.index(17)  # Left-Hippocampus
+    assert f33.fs_values[int(m[hip])] == 17
+    assert class_map_to("fs33", 33) is None
+    # a "model" that outputs the perfect fs33 segmentation through the 56-channel scheme
+    s = 6
+    tgt = torch.zeros(1, s, s, s, dtype=torch.long)
+    tgt[:, :3] = f33.fs_values.index(17)
+
+    class Perfect56(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 56, s, s, s)
+            logits[:, b56.fs_values.index(0)] = 1.0
+            logits[:, hip, :3] = 5.0
+            return {"segmentation": logits}
+
+    batch = SimpleNamespace(inputs=torch.rand(1, 1, s, s, s), targets={"segmentation": tgt})
+    assert evaluate_batches(Perfect56(), [batch], class_map=m)["dice"] == pytest.approx(1.0)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_config, tiny_source
+from train_helpers import tiny_config, tiny_source
 from brainfm.errors import CheckpointError
 from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from brainfm.training.trainer import Trainer, build_model

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import FixedSource, tiny_config, tiny_source
+from train_helpers import FixedSource, tiny_config, tiny_source
 from brainfm.errors import ResourceError
 from brainfm.progress import CancelToken
 from brainfm.training.runlog import read_csv_log

@@ -1,0 +1,176 @@
+"""Run the rows of the evaluation table for one model and write ``eval_table.json``,
+``eval_table.md`` (markdown ready for the model card, each row with the command that reproduces
+it) and the montage PNGs.
+
+A row whose data are missing is reported as ``skipped``; a row that fails is reported with its
+error (``status: "error"``) and the other rows still run.
+
+>>> ROWS[:3]
+('segmentation', 'robustness', 'synthesis')
+>>> print(markdown_table([{"row": "speed", "status": "ok", "headline": "12 s", "goal": "<= 60 s",
+...                        "passed": True, "command": "brainfm eval-table --rows speed"}]).splitlines()[2])
+| speed | 12 s | - | <= 60 s | yes | `brainfm eval-table --rows speed` |
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from brainfm.errors import BrainFMError, InputError
+from brainfm.evaluation.rows import row as make_row, skipped_row
+from brainfm.progress import ProgressCallback, ensure_callback
+
+ROWS = ("segmentation", "robustness", "synthesis", "bias", "registration", "ct", "speed")
+MONTAGES = {"segmentation": "montage_segmentation.png", "robustness": "montage_robustness.png",
+            "synthesis": "montage_synthesis.png", "ct": "montage_ct.png"}
+
+
+def _anchor_text(r: Dict[str, Any]) -> str:
+    a = r.get("anchor") or {}
+    name = r.get("row")
+    if name == "segmentation" and "mean_dice_merged17" in a:
+        return f"MeshNet {a['mean_dice_merged17']}"
+    if name == "bias field" and a:
+        full = a.get("full_resolution_seconds")
+        return (f"N4 shrink 4: {a.get('shrink4_seconds')} s, shrink 2: {a.get('shrink2_seconds')} s, "
+                f"full res: {'not measured' if full is None else f'{full} s'}")
+    if name == "registration" and "mean_dice_lr" in a:
+        return f"{a.get('method', 'SyN').split(' (')[0]} Dice {a['mean_dice_lr']} in {a.get('seconds')} s"
+    if name == "synthesis" and a.get("baseline"):
+        return "input after the fit (per pair, in the JSON)"
+    return "-"
+
+
+def markdown_table(rows: Sequence[Dict[str, Any]], *, title: Optional[str] = None) -> str:
+    """The rows as a markdown table (what, result, anchor, goal, met, command)."""
+    lines = [] if title is None else [f"### {title}", ""]
+    lines += ["| what | result | anchor | goal | met | command |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "no", None: "-"}[r.get("passed")]
+        headline = str(r.get("headline", "")).replace("|", "/")
+        lines.append(f"| {r['row']} | {headline} | {_anchor_text(r)} | {r.get('goal', '')} | {met} | "
+                     f"`{r.get('command', '')}` |")
+    return "\n".join(lines) + "\n"
+
+
+def row_command(model: str, data_root: str, out_dir: str, name: str, device: str) -> str:
+    """The command that reproduces one row."""
+    parts = ["brainfm", "eval-table", "--model", model, "--data", data_root, "-o", out_dir, "--rows", name]
+    if device != "auto":
+        parts += ["--device", device]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _runner(name: str, predictor: Any, model: Path, data: Path, out: Path, anchors: Dict[str, Any]
+            ) -> Callable[[], Dict[str, Any]]:
+    from brainfm.evaluation import biasfield, ct, registration, robustness, segmentation, speed, synthesis
+
+    m = {k: out / v for k, v in MONTAGES.items()}
+    return {
+        "segmentation": lambda: segmentation.evaluate_segmentation(predictor, data, montage_path=m["segmentation"]),
+        "robustness": lambda: robustness.evaluate_robustness(predictor, data, montage_path=m["robustness"]),
+        "synthesis": lambda: synthesis.evaluate_synthesis(predictor, data, anchors=anchors,
+                                                          montage_path=m["synthesis"]),
+        "bias": lambda: biasfield.evaluate_bias(predictor, data, anchors=anchors),
+        "registration": lambda: registration.evaluate_registration(predictor, data, anchors=anchors),
+        "ct": lambda: ct.evaluate_ct(predictor, data, montage_path=m["ct"]),
+        "speed": lambda: speed.evaluate_speed(model, data),
+    }[name]
+
+
+def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str] = ROWS, device: str = "auto",
+              anchors: Optional[Dict[str, Any]] = None, progress: Optional[ProgressCallback] = None,
+              command_model: Optional[str] = None, command_data: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate ``model`` on the rows and write the table files into ``out_dir``; returns the JSON dict.
+
+    ``command_model`` / ``command_data``: how the model and data are spelled in the per-row commands
+    (default: the paths as given).
+    """
+    from brainfm.evaluation.anchors import load_anchors
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise InputError(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    model, data_root, out_dir = Path(model), Path(data_root), Path(out_dir)
+    if not data_root.is_dir():
+        raise InputError(f"data folder not found: {data_root}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    anchors = load_anchors() if anchors is None else anchors
+    cb = ensure_callback(progress)
+    loaded = load_model(model)
+    predictor = Predictor(loaded, device=device)
+    results: List[Dict[str, Any]] = []
+    for i, name in enumerate(rows):
+        cb(i / len(rows), f"row {name}")
+        t0 = time.perf_counter()
+        try:
+            r = _runner(name, predictor, model, data_root, out_dir, anchors)()
+        except InputError as e:
+            r = skipped_row(name, str(e))
+        except (BrainFMError, RuntimeError, ValueError, OSError) as e:
+            r = make_row(name, status="error", headline=f"error: {type(e).__name__}: {e}",
+                         note=traceback.format_exc(limit=3))
+        r["seconds"] = round(time.perf_counter() - t0, 2)
+        r["command"] = row_command(command_model or str(model), command_data or str(data_root), str(out_dir),
+                                   name, device)
+        mont = MONTAGES.get(name)
+        if mont and (out_dir / mont).is_file() and r["status"] == "ok":
+            r["montage"] = mont
+        results.append(r)
+    info = loaded.info
+    doc = {"model": {"path": str(model), "name": getattr(info, "name", None), "version": getattr(info, "version", None),
+                     "sha256": getattr(info, "sha256", None), "heads": list(predictor.head_names),
+                     "label_scheme": getattr(info, "label_scheme", None)},
+           "device": str(predictor.device), "data_root": str(data_root),
+           "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": results}
+    write_outputs(doc, out_dir)
+    cb(1.0, "done")
+    return doc
+
+
+def write_outputs(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
+    """Write ``eval_table.json`` and ``eval_table.md`` atomically (existing ones are replaced)."""
+    from brainfm.io.atomic import atomic_output
+
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "eval_table.json", "md": out_dir / "eval_table.md"}
+    m = doc.get("model", {})
+    title = f"Evaluation of {m.get('name') or Path(str(m.get('path'))).name} ({doc.get('device')}, {doc.get('date_utc')} UTC)"
+    with atomic_output(paths["json"]) as tmp:
+        Path(tmp).write_text(json.dumps(finite_json(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
+    with atomic_output(paths["md"]) as tmp:
+        Path(tmp).write_text(markdown_table(doc["rows"], title=title))
+    return paths
+
+
+def finite_json(x: Any) -> Any:
+    """``x`` with every non-finite float replaced by its string (``"inf"``, ``"nan"``): strict JSON.
+
+    >>> finite_json({"a": [float("inf"), 1.5], "b": float("nan")})
+    {'a': ['inf', 1.5], 'b': 'nan'}
+    """
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_json(v) for v in x]
+    return x
+
+
+def _json_default(x: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(x)

@@ -1,0 +1,297 @@
+"""The evaluation harness (``brainfm eval-table``): metrics on hand-made arrays, every row on tiny
+generated data (tiny random model, oracle predictors with known answers), n/a and skipped rows,
+and the shared-data rows when ../shared/data is present."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+from brainfm.errors import InputError
+from brainfm.evaluation import datasets, metrics
+from brainfm.evaluation.registration import carry_labels
+from brainfm.evaluation.segmentation import dice_report, evaluate_segmentation
+from brainfm.inference.prediction import Prediction
+from brainfm.io import write_volume
+from brainfm.volume import Volume
+
+ALL_HEADS = {"T1": 1, "T2": 1, "FLAIR": 1, "CT": 1, "segmentation": 33, "bias_field_log": 1, "registration": 3}
+N = 28  # edge of the generated volumes
+
+
+# ---------------------------------------------------------------- metrics on hand-made arrays
+def test_dice_values_and_absent_labels():
+    a = np.zeros((4, 4, 4), np.int32); a[:2] = 2; a[3, 3, 3] = 41
+    b = np.zeros_like(a); b[:, :2] = 2; b[0, 0, 0] = 17
+    d = metrics.dice_per_label(a, b, labels=[2, 17, 41, 99])
+    # label 2: 32 voxels in a, 31 in b (one became 17), 15 shared; 99 absent from both: skipped
+    assert d == {2: pytest.approx(30 / 63, abs=1e-6), 17: 0.0, 41: 0.0}
+    assert metrics.mean_dice(a, a) == 1.0
+    with pytest.raises(InputError, match="shape"):
+        metrics.dice_per_label(a, b[:2])
+
+
+def test_linear_fit_psnr_ssim_correlation():
+    rng = np.random.default_rng(0)
+    t = rng.random((16, 16, 16))
+    src = 4.0 * t - 3.0
+    keep = src.copy()
+    mask = t > 0.1
+    assert np.allclose(metrics.linear_fit(src, t, mask=mask), t)
+    assert np.array_equal(src, keep)                  # inputs untouched
+    # PSNR: error 0.1 everywhere, range 1 -> 20 dB
+    tt = np.zeros((4, 4, 4)); tt[0, 0, 0] = 1.0
+    assert metrics.psnr_masked(tt + 0.1, tt) == pytest.approx(20.0, abs=1e-3)
+    assert metrics.psnr_masked(tt, tt) == float("inf")
+    noisy = t + 0.2 * rng.standard_normal(t.shape)
+    s_clean = metrics.fitted_scores(src, t, mask)
+    s_noisy = metrics.fitted_scores(noisy, t, mask)
+    assert s_clean["ssim"] == pytest.approx(1.0) and s_clean["psnr"] > 100  # float rounding only
+    assert 0.0 < s_noisy["ssim"] < 0.9 and 5.0 < s_noisy["psnr"] < 30.0
+    assert metrics.correlation(src, t) == pytest.approx(1.0)
+    assert metrics.correlation(-src, t) == pytest.approx(-1.0)
+    assert np.isnan(metrics.correlation(np.ones(5), np.arange(5.0)))
+    with pytest.raises(InputError, match="mask"):
+        metrics.linear_fit(src, t, mask=np.zeros(t.shape, bool))
+
+
+def test_dice_report_merges_hemispheres():
+    t = np.zeros((6, 6, 6), np.int32); t[:3] = 2; t[3:] = 41; t[2:4, 2:4, 2:4] = 17
+    swapped = np.where(t == 2, 41, np.where(t == 41, 2, t))
+    rep = dice_report(swapped, t)
+    assert rep["mean_merged17"] == 1.0
+    assert rep["per_label_lr"][2] == 0.0 and rep["per_label_lr"][17] == 1.0
+
+
+def test_carry_labels_through_shifted_atlas_coordinates():
+    lab = np.zeros((10, 10, 10), np.int32); lab[2:5] = 2; lab[5:8] = 41; lab[4:6, 4:6, 4:6] = 17
+    ijk = np.stack(np.meshgrid(*[np.arange(10.0)] * 3, indexing="ij"), -1)
+    # B is A shifted by 2 voxels along i; both map to atlas coordinates = A index + 50 mm
+    lab_b = np.zeros_like(lab); lab_b[2:] = lab[:-2]
+    coords_a, coords_b = ijk + 50.0, ijk + 50.0 - np.array([2.0, 0, 0])
+    moved = carry_labels(lab, coords_a, coords_b, mask_a=lab > 0, mask_b=lab_b > 0)
+    assert np.array_equal(moved, lab_b)
+    assert not np.array_equal(carry_labels(lab, coords_a, ijk + 50.0, mask_a=lab > 0, mask_b=lab_b > 0), lab_b)
+
+
+# ---------------------------------------------------------------- generated data folder
+def _labels() -> np.ndarray:
+    x, y, z = np.meshgrid(*[np.arange(N) - (N - 1) / 2.0] * 3, indexing="ij")
+    r = np.sqrt((x / 12.0) ** 2 + (y / 13.0) ** 2 + (z / 11.0) ** 2)
+    lab = np.zeros((N, N, N), np.int32)
+    left = x < 0
+    lab[r < 1.0] = 24
+    lab[r < 0.92] = np.where(left, 3, 42)[r < 0.92]
+    lab[r < 0.75] = np.where(left, 2, 41)[r < 0.75]
+    lab[(r < 0.25)] = np.where(left, 4, 43)[r < 0.25]
+    lab[(np.abs(x) > 5) & (np.abs(x) < 8) & (np.abs(y) < 2) & (np.abs(z) < 2)] = np.where(left, 17, 53)[
+        (np.abs(x) > 5) & (np.abs(x) < 8) & (np.abs(y) < 2) & (np.abs(z) < 2)]
+    lab[(np.abs(x) < 1.5) & (y < -6) & (r < 0.7)] = 16
+    return lab
+
+
+def _images(lab: np.ndarray) -> Dict[str, np.ndarray]:
+    from brainfm.generator.labels import to_compact
+    from brainfm.generator.targets import render_image_targets
+
+    comp = to_compact(torch.from_numpy(lab.astype(np.int64)))[None, None]
+    out = render_image_targets(comp)
+    return {k: v[0, 0].numpy() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shared_data")
+    lab = _labels()
+    imgs = _images(lab)
+    brain = lab > 0
+    aff = np.diag([-1.0, 1.0, 1.0, 1.0]); aff[:3, 3] = [14.0, -14.0, -14.0]
+    x = np.linspace(-1, 1, N)[:, None, None]
+
+    def put(key: str, data: np.ndarray, affine=aff) -> None:
+        p = root / datasets.DATA[key] if key in datasets.DATA else root / datasets.DATA["label_dir"] / f"{key}.nii.gz"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_volume(Volume(data, affine), p)
+
+    put("voxelmorph_vol", (imgs["T1"] * brain).astype(np.float32))
+    put("voxelmorph_seg", lab.astype(np.int16))
+    for c in ("T1", "T2", "FLAIR"):
+        put(f"stroke_{c.lower()}", np.rint(255 * imgs[c] * brain).astype(np.uint8), np.diag([1.0, 1, 1, 1]))
+    put("seg3d_mr", np.rint(200 * imgs["T1"] * np.exp(0.4 * x) * (lab > 0)).astype(np.uint8))
+    put("training_seg_19", lab)
+    put("training_seg_20", np.roll(lab, 1, axis=1))
+    ct = np.where(lab > 0, imgs["CT"] * 1000.0, -1000.0).astype(np.int16)
+    put("ct", ct, np.diag([0.9, 0.9, 2.0, 1.0]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from ckpt_factory import write_native
+
+    _, w, _ = write_native(tmp_path_factory.mktemp("model") / "tiny.safetensors", heads=ALL_HEADS)
+    return w
+
+
+class Oracle:
+    """A predictor that answers from known arrays (makes the rows' numbers predictable)."""
+
+    def __init__(self, tasks: List[str], answer) -> None:
+        self.available_tasks = tasks
+        self.answer = answer
+        self.device = "oracle"
+        self.calls = 0
+
+    def predict(self, image: Volume, *, tasks, atlas=None) -> Prediction:
+        self.calls += 1
+        return Prediction(outputs=self.answer(image, list(tasks)))
+
+
+def test_segmentation_row_oracle_scores_one_and_na_without_head(data_root, tmp_path):
+    truth = datasets.load_labels(data_root, "voxelmorph_seg")
+    perfect = Oracle(["seg"], lambda img, t: {"seg": truth})
+    r = evaluate_segmentation(perfect, data_root, montage_path=tmp_path / "m.png")
+    assert r["status"] == "ok" and r["passed"] is True
+    assert r["metrics"]["mean_dice_merged17"] == 1.0 and r["metrics"]["mean_dice_lr"] == 1.0
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    swapped = truth.with_data(np.where(truth.data == 2, 41, truth.data).astype(np.int32))
+    r2 = evaluate_segmentation(Oracle(["seg"], lambda img, t: {"seg": swapped}), data_root)
+    assert r2["metrics"]["mean_dice_merged17"] == 1.0 > r2["metrics"]["mean_dice_lr"]
+    na = evaluate_segmentation(Oracle(["t1"], None), data_root)
+    assert na["status"] == "n/a" and na["headline"] == "n/a: model has no segmentation head"
+
+
+def test_synthesis_row_oracle_beats_baseline(data_root):
+    from brainfm.evaluation.synthesis import evaluate_synthesis, load_trio
+
+    trio = load_trio(data_root)
+    names = {"t1": "T1", "t2": "T2", "flair": "FLAIR"}
+    rng = np.random.default_rng(3)
+
+    def answer(img, tasks):
+        c = names[tasks[0]]
+        real = np.asarray(trio[c].data, np.float32) / 255.0
+        return {f"synth_{tasks[0]}": img.with_data(real + 0.01 * rng.standard_normal(real.shape).astype(np.float32))}
+
+    r = evaluate_synthesis(Oracle(["t1", "t2", "flair"], answer), data_root)
+    assert set(r["metrics"]["pairs"]) == {"T1->T2", "T1->FLAIR", "T2->T1", "FLAIR->T1"}
+    for v in r["metrics"]["pairs"].values():
+        assert v["beats_baseline"] and v["ssim"] > v["baseline"]["ssim"]
+    assert r["passed"] is True
+    # only a T1 head: the pairs towards T2/FLAIR are n/a and the goal is not met
+    r2 = evaluate_synthesis(Oracle(["t1"], answer), data_root)
+    assert r2["metrics"]["pairs"]["T1->T2"]["status"] == "n/a: model has no T2 head" and r2["passed"] is False
+
+
+def test_registration_row_with_true_coordinates(data_root):
+    from brainfm.evaluation.registration import evaluate_registration, held_out_pair
+
+    def world(img, tasks):  # atlas = world space: the true map for identical anatomy
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in img.shape], indexing="ij"), -1)
+        return {"reg_atlas_coords": img.with_data((ijk @ img.affine[:3, :3].T + img.affine[:3, 3]).astype(np.float32))}
+
+    r = evaluate_registration(Oracle(["reg"], world), data_root,
+                              anchors={"registration": {"mean_dice_lr": 0.5, "seconds": 1e6}})
+    lab_a, lab_b, _, _ = held_out_pair(data_root)
+    # identity map: B receives A's labels unchanged, so the Dice is that of the two label maps
+    expected = dice_report(np.where(np.asarray(lab_b.data) > 0, lab_a.data, 0), np.asarray(lab_b.data))["mean_lr"]
+    assert r["metrics"]["mean_dice_lr"] == pytest.approx(expected, abs=0.02)
+    assert 0.3 < r["metrics"]["mean_dice_lr"] < 1.0 and r["passed"] is True
+
+
+def test_bias_row_oracle_field_correlates_with_n4(data_root):
+    from brainfm.evaluation.biasfield import evaluate_bias
+
+    def answer(img, tasks):
+        x = np.linspace(-1, 1, img.shape[0])[:, None, None] * np.ones(img.shape)
+        if tasks == ["bias"]:
+            return {"bias_field": img.with_data(np.exp(0.4 * x).astype(np.float32))}
+        return {"seg": datasets.load_labels(data_root, "voxelmorph_seg")}
+
+    r = evaluate_bias(Oracle(["bias"], answer), data_root, shrink=2)
+    assert r["metrics"]["mask"] == "head (Otsu)"
+    assert r["metrics"]["correlation_with_n4"] > 0.8
+    flat = evaluate_bias(Oracle(["bias"], lambda img, t: {"bias_field": img.with_data(
+        np.exp(0.4 * np.linspace(-1, 1, img.shape[2]))[None, None, :] * np.ones(img.shape, np.float32))}),
+        data_root, shrink=2)
+    assert flat["metrics"]["correlation_with_n4"] < 0.5 and flat["passed"] is False
+
+
+def test_eval_table_cli_tiny_model(data_root, tiny_model, tmp_path):
+    from brainfm.cli.main import main
+
+    out = tmp_path / "table"
+    rows = ["segmentation", "robustness", "synthesis", "bias", "registration", "ct"]
+    rc = main(["eval-table", "--model", str(tiny_model), "--data", str(data_root), "-o", str(out),
+               "--device", "cpu", "--progress", "none", "--rows", *rows])
+    assert rc == 0
+    doc = json.loads((out / "eval_table.json").read_text())
+    got = {r["row"]: r for r in doc["rows"]}
+    assert [r["status"] for r in doc["rows"]] == ["ok"] * 6, [r["headline"] for r in doc["rows"]]
+    assert 0.0 <= got["segmentation"]["metrics"]["mean_dice_merged17"] <= 1.0
+    assert len(got["synthesis"]["metrics"]["pairs"]) == 4
+    assert -1.0 <= got["bias field"]["metrics"]["correlation_with_n4"] <= 1.0
+    assert got["CT input"]["metrics"]["checks"]["labelled_cm3"] >= 0
+    for name in ("montage_segmentation.png", "montage_robustness.png", "montage_synthesis.png", "montage_ct.png"):
+        assert (out / name).stat().st_size > 1000
+    md = (out / "eval_table.md").read_text()
+    assert md.count("\n| ") == 7 and "`brainfm eval-table --model" in md and "--rows registration" in md
+    assert doc["model"]["heads"] and doc["model"]["sha256"]
+
+
+def test_eval_table_na_skipped_and_speed(tmp_path, data_root):
+    from ckpt_factory import write_native
+
+    from brainfm.evaluation.speed import evaluate_speed
+    from brainfm.evaluation.table import run_table
+
+    _, w, _ = write_native(tmp_path / "t1only.safetensors", heads={"T1": 1})
+    empty = tmp_path / "no_data"; empty.mkdir()
+    doc = run_table(w, empty, tmp_path / "out", device="cpu",
+                    rows=["segmentation", "bias", "registration", "synthesis", "ct"])
+    heads = {r["row"]: r["headline"] for r in doc["rows"]}
+    assert heads["segmentation"] == "n/a: model has no segmentation head"
+    assert heads["bias field"] == "n/a: model has no bias field head"
+    assert heads["registration"] == "n/a: model has no registration head"
+    assert heads["synthesis"].startswith("skipped: evaluation data missing")  # has a T1 head, no data
+    with pytest.raises(InputError, match="unknown rows"):
+        run_table(w, empty, tmp_path / "out", rows=["nonsense"])
+    img = datasets.load(data_root, "seg3d_mr")
+    r = evaluate_speed(w, None, image=img)
+    assert r["metrics"]["shape"] == list(img.shape) and r["metrics"]["tasks"] == ["t1"]
+    assert 0 < r["metrics"]["peak_rss_gb"] < 6 and r["metrics"]["predict_seconds"] > 0
+
+
+def test_anchors_file_has_the_measured_anchors():
+    from brainfm.evaluation.anchors import load_anchors
+
+    a = load_anchors()
+    assert a["n4_seg3d"]["shrink4_seconds"] > 0 and "command" in a["n4_seg3d"]
+    assert set(a["synthesis_baseline"]["pairs"]) == {"T1->T2", "T1->FLAIR", "T2->T1", "FLAIR->T1"}
+    assert 0 < a["registration"]["mean_dice_lr"] < 1 and a["registration"]["seconds"] > 0
+
+
+def test_shared_data_synthesis_baseline_matches_anchor(shared_data):
+    from brainfm.evaluation.anchors import load_anchors
+    from brainfm.evaluation.synthesis import measure_baselines
+
+    stored = load_anchors()["synthesis_baseline"]["pairs"]
+    now = measure_baselines(shared_data)
+    for k, v in now.items():
+        assert v["psnr"] == pytest.approx(stored[k]["psnr"], abs=1e-3)
+        assert v["ssim"] == pytest.approx(stored[k]["ssim"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["metrics", "rows", "segmentation", "robustness", "synthesis", "biasfield",
+                                  "registration", "ct", "speed", "table", "datasets", "sitk_util", "anchors"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"brainfm.evaluation.{name}")
+    failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0 and failed == 0, name
