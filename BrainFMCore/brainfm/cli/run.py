@@ -41,6 +41,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
     p.add_argument("--no-png", action="store_true", help="do not draw montage.png")
+    p.add_argument("--no-compress", action="store_true",
+                   help="write .nii instead of .nii.gz (faster; used by the Slicer modules)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -171,7 +173,8 @@ def process_cases(args: argparse.Namespace, files: Sequence[Path], out_root: Pat
                 summary = save_prediction(pred, out_root / name, input_volume=vol, input_path=path,
                                           overwrite=args.overwrite, png=not args.no_png, title=name,
                                           extra={"case": name, **(extra or {})},
-                                          progress=scaled(cb, 0.85, 1.0), cancel=token)
+                                          progress=scaled(cb, 0.85, 1.0), cancel=token,
+                                          compress=not getattr(args, "no_compress", False))
                 cases.append({"case": name, "input": str(path), "status": "done", "folder": summary["folder"],
                               "seconds": round(time.perf_counter() - t_case, 3),
                               "warnings": summary.get("warnings", [])})

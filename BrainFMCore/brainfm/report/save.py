@@ -89,8 +89,11 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
                     forbid: Iterable[Optional[PathLike]] = (), png: bool = True,
                     title: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
                     progress: Optional[ProgressCallback] = None,
-                    cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+                    cancel: Optional[CancelToken] = None, compress: bool = True) -> Dict[str, Any]:
     """Write every output, table, the montage and ``summary.json`` of ``prediction`` to ``out_dir``.
+
+    ``compress=False`` writes ``.nii`` instead of ``.nii.gz`` (about 5x larger, much faster to write
+    and read; used by the Slicer modules, whose results live in a temporary folder).
 
     ``prediction`` has ``outputs`` (key -> Volume), ``tables`` and ``metadata`` (a
     :class:`~brainfm.inference.prediction.Prediction`). ``input_path`` (also added to ``forbid``)
@@ -115,7 +118,7 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
             if cancel is not None:
                 cancel.raise_if_cancelled()
             cb(n / n_steps, f"writing {key}")
-            name = f"{key}.nii.gz"
+            name = f"{key}.nii.gz" if compress else f"{key}.nii"
             write_volume(vol, tmp / name, forbid=forbid)
             described[key] = {
                 "path": name,

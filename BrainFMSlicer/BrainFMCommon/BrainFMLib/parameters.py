@@ -48,6 +48,7 @@ class RunParameters:
     :param probabilities: also write segmentation probabilities.
     :param frame: frame index for 4D inputs.
     :param write_png: write the montage PNG (off in Slicer: the scene shows the results).
+    :param compress_outputs: write ``.nii.gz`` results (off in Slicer: uncompressed temp files import faster).
     """
 
     tasks: Tuple[str, ...] = ("all",)
@@ -63,6 +64,7 @@ class RunParameters:
     probabilities: bool = False
     frame: Optional[int] = None
     write_png: bool = False
+    compress_outputs: bool = False
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -136,6 +138,8 @@ class RunParameters:
         args += ["--progress", "machine"]
         if not self.write_png:
             args.append("--no-png")
+        if not self.compress_outputs:
+            args.append("--no-compress")
         return args + [str(a) for a in self.extra_args]
 
     # -- persistence (QSettings / parameter node store strings) ---------------------------------
@@ -168,7 +172,7 @@ class RunParameters:
                 kwargs[f.name] = int(text) if text else None
             elif f.name == "memory_gb":
                 kwargs[f.name] = float(text) if text else None
-            elif f.name in ("crop_foreground", "probabilities", "write_png"):
+            elif f.name in ("crop_foreground", "probabilities", "write_png", "compress_outputs"):
                 kwargs[f.name] = text.strip().lower() in ("1", "true", "yes", "on")
             else:
                 kwargs[f.name] = text

@@ -84,10 +84,14 @@ def test_run_skip_overwrite_and_machine_progress(tmp_path, model, scans, capsys)
     assert (case / "summary.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "run_summary.json").read_text())["cases"][0]["status"] == "skipped"
 
-    code, stdout, err = _run(base + ["--overwrite", "--no-png"], capsys)
+    code, stdout, err = _run(base + ["--overwrite", "--no-png", "--no-compress"], capsys)
     assert code == 0, err
     assert json.loads((out / "run_summary.json").read_text())["cases"][0]["status"] == "done"
     assert not (case / "montage.png").exists()  # the case folder was replaced as a whole
+    # --no-compress: plain .nii files, named in summary.json, same voxels as the compressed run
+    assert sorted(p.name for p in case.glob("*.nii*")) == ["seg.nii", "synth_t1.nii"]
+    assert json.loads((case / "summary.json").read_text())["outputs"]["seg"]["path"] == "seg.nii"
+    assert np.array_equal(read_volume(case / "seg.nii").data, seg.data)
     assert sorted(p.name for p in out.iterdir()) == ["a", "run_summary.json"]
 
 

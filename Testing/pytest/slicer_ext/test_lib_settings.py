@@ -32,8 +32,9 @@ def test_run_parameters_validation_and_arguments(tmp_path):
     assert p.environment_updates() == {"CUDA_VISIBLE_DEVICES": "2"}
     assert RunParameters(device="cpu").environment_updates() == {"CUDA_VISIBLE_DEVICES": "-1"}
     assert RunParameters(device="auto").environment_updates() == {}
-    assert {"--no-crop", "--no-png"} <= set(args) and args[args.index("--tile-size") + 1] == "96"
+    assert {"--no-crop", "--no-png", "--no-compress"} <= set(args) and args[args.index("--tile-size") + 1] == "96"
     assert args[args.index("--progress") + 1] == "machine"
+    assert "--no-compress" not in RunParameters(compress_outputs=True).as_arg_list()
     bad = {
         "tasks": ((), "at least one task"),
         "device": ("gpu", "Unknown device"),
