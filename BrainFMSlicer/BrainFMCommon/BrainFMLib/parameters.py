@@ -9,7 +9,7 @@ command-line options of the child process with :meth:`RunParameters.as_arg_list`
 >>> p.is_valid()
 (True, '')
 >>> p.as_arg_list()
-['--tasks', 'seg,reg', '--model', 'default', '--device', 'cuda:0', '--precision', 'fp32', '--progress', 'machine', '--no-png']
+['--tasks', 'seg,reg', '--model', 'default', '--device', 'cuda:0', '--precision', 'fp32', '--progress', 'machine', '--no-png', '--no-compress']
 >>> p.environment_updates()
 {'CUDA_VISIBLE_DEVICES': '1'}
 >>> RunParameters(tasks=("segmentation",)).is_valid()[0]
