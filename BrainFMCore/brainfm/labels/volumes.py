@@ -55,16 +55,28 @@ def structure_volumes(labels: Volume, *, scheme: Union[None, str, LabelScheme] =
     lab = _integer_labels(np.asarray(labels.data))
     voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
     values, counts = np.unique(lab, return_counts=True)
-    found = {int(v): int(c) for v, c in zip(values, counts) if v != 0}
-    sch = _as_scheme(scheme)
+    return rows_from_counts(dict(zip(values.tolist(), counts.tolist())), voxel_mm3,
+                            scheme=_as_scheme(scheme), include_absent=include_absent)
+
+
+def rows_from_counts(counts: Dict[int, int], voxel_mm3: float, *, scheme: Optional[LabelScheme] = None,
+                     include_absent: bool = True) -> List[Dict[str, Any]]:
+    """Rows ``{value, name, voxels, volume_mm3}`` from voxel counts per FreeSurfer number: every
+    structure of ``scheme`` first (in scheme order; with 0 voxels when absent and ``include_absent``),
+    then any other value found; background 0 left out.
+
+    >>> rows_from_counts({0: 5, 17: 8}, 0.5)
+    [{'value': 17, 'name': 'Left-Hippocampus', 'voxels': 8, 'volume_mm3': 4.0}]
+    """
+    found = {int(v): int(c) for v, c in counts.items() if v != 0 and c > 0}
     order: List[int] = []
-    if sch is not None:
-        order = [v for v in sch.fs_values if v != 0 and (include_absent or v in found)]
+    if scheme is not None:
+        order = [int(v) for v in scheme.fs_values if v != 0 and (include_absent or v in found)]
     order += [v for v in sorted(found) if v not in order]
     rows = []
     for v in order:
         n = found.get(v, 0)
-        name = sch.name_of_fs(v) if sch is not None else fs_name(v)
+        name = scheme.name_of_fs(v) if scheme is not None else fs_name(v)
         rows.append({"value": v, "name": name, "voxels": n, "volume_mm3": round(n * voxel_mm3, 6)})
     return rows
 

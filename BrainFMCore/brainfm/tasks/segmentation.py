@@ -70,17 +70,9 @@ def volume_rows(counts: Dict[int, int], voxel_mm3: float, scheme: Any) -> List[D
     >>> volume_rows({17: 8}, 0.5, None)
     [{'value': 17, 'name': 'Left-Hippocampus', 'voxels': 8, 'volume_mm3': 4.0}]
     """
-    from brainfm.labels import fs_name
+    from brainfm.labels.volumes import rows_from_counts
 
-    found = {int(v): int(c) for v, c in counts.items() if v != 0 and c > 0}
-    order: List[int] = [int(v) for v in scheme.fs_values if v != 0] if scheme is not None else []
-    order += [v for v in sorted(found) if v not in order]
-    rows = []
-    for v in order:
-        n = found.get(v, 0)
-        name = scheme.name_of_fs(v) if scheme is not None else fs_name(v)
-        rows.append({"value": v, "name": name, "voxels": n, "volume_mm3": round(n * voxel_mm3, 6)})
-    return rows
+    return rows_from_counts(counts, voxel_mm3, scheme=scheme)
 
 
 def _count(idx: np.ndarray, lut: np.ndarray) -> Dict[int, int]:
