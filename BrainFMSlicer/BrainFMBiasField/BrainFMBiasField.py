@@ -108,9 +108,7 @@ class BrainFMBiasFieldTest(BrainFMModuleLib.testing.BrainFMTestBase):
     heads = {"bias_field_log": 1}
 
     def runTest(self):
-        self.setUp()
-        self.test_bias_field()
-        self.test_bad_inputs_leave_scene_unchanged()
+        self.runSteps(self.test_bias_field, self.test_bad_inputs_leave_scene_unchanged)
 
     def test_bias_field(self):
         volume = self.makeInputVolume()

@@ -13,7 +13,8 @@ Torch and ``brainfm`` are never imported here at module level: the engine runs i
 evaluated eagerly there (no ``from __future__ import annotations``) because ``parameterNodeWrapper``
 reads them with ``typing.get_type_hints``.
 """
-from typing import Dict, Optional
+import logging
+from typing import Callable, Dict, Optional
 
 import qt
 import slicer
@@ -117,7 +118,7 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     pollIntervalMs = 200
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # Attributes first: without a parent, ScriptedLoadableModuleWidget.__init__ calls setup() at once.
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
@@ -126,6 +127,7 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(self.pollIntervalMs)
         self._timer.connect("timeout()", self._onPoll)
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # -- template plumbing -------------------------------------------------------------------
     def setup(self) -> None:
@@ -160,6 +162,8 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None and self._run.running:  # its results would land in the next scene
+            self._run.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -181,13 +185,13 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self._showEmptyPaths()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._selectDevice(self._parameterNode.device)
             self._checkCanApply()
 
     def _showEmptyPaths(self) -> None:
-        """An unset ``pathlib.Path`` parameter reads ``"."``: show it as an empty path field."""
+        """Show an unset ``pathlib.Path`` parameter (``"."``) as an empty field. Called from :meth:`_checkCanApply`,
+        as the wrapper's GUI update (an earlier observer of the same event) writes ``"."`` back on every change."""
         for widget in self.ui.__dict__.values():
             if getattr(widget, "className", lambda: "")() == "ctkPathLineEdit" and widget.currentPath in (".", "./"):
                 widget.currentPath = ""
@@ -217,6 +221,8 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
         running = self._run is not None and self._run.running
+        if p is not None:
+            self._showEmptyPaths()
         self.ui.modelPathLineEdit.enabled = bool(p) and p.modelChoice != MODEL_DEFAULT and not running
         if p is not None:
             self.updateWidgets(p)
@@ -270,10 +276,13 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.logTextEdit.clear()
         self._setProgress(0.0, _("Starting"))
-        with slicer.util.tryWithErrorDisplay(_("BrainFM could not start.")):  # shows the error, no re-raise
+
+        def start() -> None:
             self.logic.setupPythonRequirements(interactive=True)
             self._run = self.startRun(self._parameterNode)
             self._timer.start()
+
+        self.runWithErrorDisplay(_("BrainFM could not start."), start)
         if self._run is None:
             self._setProgress(0.0, _("Not started"))
         self._checkCanApply()
@@ -308,23 +317,42 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def appendLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(str(text))
 
+    def runWithErrorDisplay(self, message: str, func: Callable[[], None], *, waitCursor: bool = False) -> bool:
+        """Call ``func``; if it raises, show ``message`` and the error, log it and return False.
+
+        ``slicer.util.tryWithErrorDisplay`` shows the error and then *re-raises* it, so code after
+        its ``with`` block would not run; this wrapper lets the caller restore the GUI state.
+        """
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                func()
+            return True
+        except Exception as e:  # noqa: BLE001 - already shown to the user by tryWithErrorDisplay
+            logging.error(f"{message} {e}")
+            self.appendLog(f"{message} {e}")
+            return False
+
     # -- diagnostics / install ---------------------------------------------------------------------
-    def onRefreshDiagnostics(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Collecting diagnostics failed."), waitCursor=True):
-            self.ui.diagnosticsTextEdit.setPlainText(self.logic.diagnosticsText(modelPath=self._modelPathOrNone()))
+    def onRefreshDiagnostics(self) -> bool:
+        return self.runWithErrorDisplay(
+            _("Collecting diagnostics failed."), waitCursor=True,
+            func=lambda: self.ui.diagnosticsTextEdit.setPlainText(
+                self.logic.diagnosticsText(modelPath=self._modelPathOrNone())))
 
     def onCopyDiagnostics(self) -> None:
-        if not self.ui.diagnosticsTextEdit.toPlainText():
-            self.onRefreshDiagnostics()
+        if not self.ui.diagnosticsTextEdit.toPlainText() and not self.onRefreshDiagnostics():
+            return
         qt.QApplication.clipboard().setText(self.ui.diagnosticsTextEdit.toPlainText())
         slicer.util.showStatusMessage(_("BrainFM diagnostics copied to the clipboard."), 3000)
 
     def onInstall(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Installing the BrainFM dependencies failed.")):
+        def install() -> None:
             self.logic.setupPythonRequirements(interactive=True, force=True)
             self._fillDeviceComboBox()
             if self._parameterNode:
                 self._selectDevice(self._parameterNode.device)
+
+        self.runWithErrorDisplay(_("Installing the BrainFM dependencies failed."), install)
 
     def _modelPathOrNone(self) -> Optional[str]:
         p = self._parameterNode

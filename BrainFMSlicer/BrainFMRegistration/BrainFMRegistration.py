@@ -125,9 +125,7 @@ class BrainFMRegistrationTest(BrainFMModuleLib.testing.BrainFMTestBase):
     heads = {"registration": 3}
 
     def runTest(self):
-        self.setUp()
-        self.test_registration()
-        self.test_bad_inputs_leave_scene_unchanged()
+        self.runSteps(self.test_registration, self.test_bad_inputs_leave_scene_unchanged)
 
     def test_registration(self):
         volume = self.makeInputVolume()

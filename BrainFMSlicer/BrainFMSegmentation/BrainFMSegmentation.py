@@ -95,6 +95,10 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
         return {"outputSegmentation": p.outputSegmentation, "outputLabelmap": p.outputLabelmap,
                 "outputTable": p.outputTable}
 
+    def updateWidgets(self, p) -> None:
+        # keep the 3D button on the selected segmentation (the selector can change it at any time)
+        self.ui.segmentationShow3DButton.setSegmentationNode(p.outputSegmentation)
+
     def startRun(self, p) -> BrainFMRun:
         return self.logic.process(
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
@@ -104,8 +108,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
 
     def showResults(self, run: BrainFMRun) -> None:
         BrainFMWidgetBase.showResults(self, run)
-        segmentation = run.outputs.get("outputSegmentation")
-        self.ui.segmentationShow3DButton.setSegmentationNode(segmentation)
+        self.ui.segmentationShow3DButton.setSegmentationNode(run.outputs.get("outputSegmentation"))
         slicer.util.setSliceViewerLayers(background=run.inputVolume, fit=True)
 
 
@@ -115,10 +118,9 @@ class BrainFMSegmentationTest(BrainFMModuleLib.testing.BrainFMTestBase):
     heads = {"segmentation": 33}
 
     def runTest(self):
-        self.setUp()
-        self.test_segmentation()
-        self.test_bad_inputs_leave_scene_unchanged()
-        self.test_cancel_leaves_scene_unchanged()
+        self.runSteps(self.test_segmentation,
+                      self.test_bad_inputs_leave_scene_unchanged,
+                      self.test_cancel_leaves_scene_unchanged)
 
     def test_segmentation(self):
         volume = self.makeInputVolume()

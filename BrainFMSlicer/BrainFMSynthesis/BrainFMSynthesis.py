@@ -131,9 +131,7 @@ class BrainFMSynthesisTest(BrainFMModuleLib.testing.BrainFMTestBase):
     heads = {"T1": 1, "T2": 1, "FLAIR": 1, "CT": 1, "high_res_residual": 1}
 
     def runTest(self):
-        self.setUp()
-        self.test_synthesis()
-        self.test_bad_inputs_leave_scene_unchanged()
+        self.runSteps(self.test_synthesis, self.test_bad_inputs_leave_scene_unchanged)
 
     def test_synthesis(self):
         volume = self.makeInputVolume()

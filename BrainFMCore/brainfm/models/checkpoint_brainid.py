@@ -8,9 +8,16 @@ renamed ``segmentation`` (the name the rest of the engine uses); ``DepHead`` fil
 channels = features + image) are rejected with a clear message. Brain-ID features are not
 unit-normalised.
 
->>> from brainfm.models.checkpoint_brainid import HEAD_RENAMES
+Segmentation channel order: Brain-ID labels its 33 channels with ``label_list_segmentation_with_csf``
+(``[0, 14, 15, 16, 24, 77, 85, 2, 3, ...]``: neutral, then left, then right structures), so a 33-class
+Brain-ID head uses the ``brainid33`` scheme, not the sorted ``fs33`` list of our native models
+(verified against the reference post-processor ``label_list[argmax(seg)]``).
+
+>>> from brainfm.models.checkpoint_brainid import HEAD_RENAMES, brainid_label_scheme
 >>> HEAD_RENAMES
 {'seg': 'segmentation'}
+>>> brainid_label_scheme({"segmentation": 33}), brainid_label_scheme({"image": 1})
+('brainid33', None)
 """
 from __future__ import annotations
 
@@ -24,6 +31,17 @@ from brainfm.models.common import (
 )
 
 HEAD_RENAMES = {"seg": "segmentation"}
+#: Brain-ID's segmentation channel order by channel count (``label_list_segmentation_with_csf``).
+BRAINID_SCHEMES_BY_CHANNELS = {33: "brainid33"}
+
+
+def brainid_label_scheme(heads: Mapping[str, int]) -> Optional[str]:
+    """Label scheme of a Brain-ID model's segmentation head: ``brainid33`` for 33 channels (Brain-ID's
+    own channel order), otherwise the generic choice of :func:`~brainfm.models.common.label_scheme_for`."""
+    n = heads.get("segmentation", heads.get("seg"))
+    if n is not None and int(n) in BRAINID_SCHEMES_BY_CHANNELS:
+        return BRAINID_SCHEMES_BY_CHANNELS[int(n)]
+    return label_scheme_for(heads)
 
 
 def is_brainid(obj: Any) -> bool:
@@ -84,7 +102,7 @@ def load_brainid(obj: Any, path: Path, sha256: str, *, map_location: Any = "cpu"
         format="brainid",
         sha256=sha256,
         config=config,
-        label_scheme=label_scheme_for(config.heads),
+        label_scheme=brainid_label_scheme(config.heads),
         atlas=None,
         provenance={"source_file": path.name, "epoch": epoch if isinstance(epoch, int) else None,
                     "task": get_arg(args, "task") if isinstance(get_arg(args, "task"), str) else None,

@@ -40,7 +40,7 @@ BRAINFM_OUTPUT_UNITS: Dict[str, Any] = {
 #: Units of Brain-ID heads: ``image`` is the T1-like anatomy, white matter ~ 1.
 BRAINID_OUTPUT_UNITS: Dict[str, Any] = {
     "image": "T1-like anatomy divided by the white-matter median (WM ~ 1)",
-    "segmentation": "softmax logits over the fs33 classes",
+    "segmentation": "softmax logits over the brainid33 classes (Brain-ID channel order)",
 }
 LABEL_SCHEME_BY_CHANNELS = {56: "brainfm56", 18: "brainfm_left18", 33: "fs33"}
 SEGMENTATION_HEADS = ("segmentation", "seg")

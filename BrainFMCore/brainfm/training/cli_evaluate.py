@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def load_any(spec: str) -> Any:
-    """A BrainFMNet from a model file/registry id or a training checkpoint (folder)."""
+    """A BrainFMNet from a model file/registry id or a training checkpoint (folder); the name of its
+    segmentation label scheme is attached as ``net.label_scheme`` (None when unknown)."""
     from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 
     p = Path(spec)
@@ -48,11 +49,14 @@ def load_any(spec: str) -> Any:
             cfg = TrainConfig.from_dict(read_meta(found).get("config") or {})
             net = build_model(cfg)
             load_checkpoint(found, model=net, restore_rng=False)
+            net.label_scheme = getattr(cfg.model, "label_scheme", None)
             return net
     from brainfm.models import load_model
     from brainfm.models.registry import resolve_model
 
-    return load_model(resolve_model(spec)).net
+    loaded = load_model(resolve_model(spec))
+    loaded.net.label_scheme = loaded.info.label_scheme
+    return loaded.net
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from brainfm.training.evaluate import class_map_to
 
     seg_ch = net.config.heads.get("segmentation")
-    cmap = class_map_to("fs33", int(seg_ch)) if seg_ch else None
+    cmap = class_map_to("fs33", int(seg_ch), source_scheme=getattr(net, "label_scheme", None)) if seg_ch else None
     per_subject: Dict[str, Dict[str, float]] = {}
     for f in val:
         one = GeneratorSource([f], [f], size=args.size, n_samples=args.samples, device=device, seed=args.seed,

@@ -38,21 +38,30 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -
     return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
 
 
-def class_map_to(target_scheme: str, n_channels: int) -> Optional[torch.Tensor]:
+def class_map_to(target_scheme: str, n_channels: int, *,
+                 source_scheme: Optional[str] = None) -> Optional[torch.Tensor]:
     """Channel -> class index of ``target_scheme`` for a segmentation head of ``n_channels`` whose
     scheme differs (matched by FreeSurfer number; unmatched channels -> 0). None when they agree.
+    ``source_scheme`` names the head's scheme (e.g. ``brainid33``, same size as ``fs33`` but another
+    channel order); without it the scheme is guessed from the channel count.
 
     >>> m = class_map_to("fs33", 56)
     >>> int(m.shape[0]), int(m[0])
     (56, 0)
+    >>> class_map_to("fs33", 33) is None
+    True
+    >>> int(class_map_to("fs33", 33, source_scheme="brainid33")[1])  # Brain-ID channel 1 is label 14
+    11
     """
     from brainfm.labels import get_scheme
     from brainfm.labels.schemes import scheme_for_channels
 
     tgt = get_scheme(target_scheme)
-    if n_channels == tgt.n_channels:
+    src = get_scheme(source_scheme) if source_scheme else scheme_for_channels(n_channels)
+    if src.n_channels != n_channels:
+        raise ValueError(f"label scheme {src.name} has {src.n_channels} classes, the head {n_channels}")
+    if list(src.fs_values) == list(tgt.fs_values):
         return None
-    src = scheme_for_channels(n_channels)
     index = {v: i for i, v in enumerate(tgt.fs_values)}
     return torch.tensor([index.get(v, 0) for v in src.fs_values], dtype=torch.long)
 

@@ -248,11 +248,21 @@ def listNvidiaGpus(*, timeout: float = 5.0) -> List[str]:
 
 
 def _pipInstall(args: List[str]) -> None:
-    """pip runner for ``InstallLogic``: Slicer's own pip (``slicer.util.pip_install``)."""
+    """pip runner for ``InstallLogic``: Slicer's own pip (``slicer.util.pip_install``).
+
+    ``slicer.util.pip_install`` raises ``subprocess.CalledProcessError`` (pip's output went to the
+    Python console); it becomes the ``InstallError`` the ``InstallLogic`` contract promises.
+    """
+    from BrainFMLib.install import InstallError
+
     args = list(args)
     if args and args[0] == "install":
         args = args[1:]
-    slicer.util.pip_install(args)
+    try:
+        slicer.util.pip_install(args)
+    except subprocess.CalledProcessError as e:
+        raise InstallError(f"pip install {' '.join(args)} failed (exit code {e.returncode}); "
+                           "pip's messages are in the Python console (View > Python Console).") from e
 
 
 def _installTorch(requirement: str) -> None:
@@ -264,7 +274,14 @@ def _installTorch(requirement: str) -> None:
     except ImportError:
         raise InstallError("The PyTorch extension is missing: install 'PyTorch' from the Extensions Manager "
                            "and restart Slicer.", restart_required=True) from None
-    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+    try:
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+    except subprocess.CalledProcessError as e:  # light-the-torch / pip failed
+        raise InstallError(f"Installing PyTorch{requirement} failed (exit code {e.returncode}); see the Python "
+                           "console, or install it in the PyTorch Utils module.") from e
+    except (ImportError, OSError) as e:  # installed, but cannot be imported into this running Slicer
+        raise InstallError(f"PyTorch was installed but cannot be loaded yet ({e}); restart Slicer.",
+                           restart_required=True) from e
 
 
 class _WaitCursorAfterConfirmation:

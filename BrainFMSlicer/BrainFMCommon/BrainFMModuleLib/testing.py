@@ -9,8 +9,9 @@ are skipped with a message (install it from a module's Advanced > Install button
 import math
 import shutil
 import tempfile
+import unittest
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import slicer
@@ -46,6 +47,24 @@ class BrainFMTestBase(ScriptedLoadableModuleTest):
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+
+    def runSteps(self, *steps: Callable[[], None]) -> None:
+        """Run test methods as unittest would, for the ``runTest()`` entry point.
+
+        Slicer's Reload-and-Test button and ``slicer.selfTests`` call ``<Module>Test().runTest()``
+        directly, outside a unittest runner: nothing calls ``setUp`` per test or ``tearDownClass``, and a
+        ``unittest.SkipTest`` would surface as a failure. Here each step gets ``setUp``, a skip (no
+        brainfm/torch in Slicer's Python) is reported and the temporary model folder is removed.
+        """
+        try:
+            for step in steps:
+                self.setUp()
+                try:
+                    step()
+                except unittest.SkipTest as e:
+                    self.delayDisplay(f"Skipped {getattr(step, '__name__', step)}: {e}")
+        finally:
+            type(self).tearDownClass()
 
     @classmethod
     def tearDownClass(cls):

@@ -118,7 +118,7 @@ def test_brainid_features_plus_head_file(tmp_path):
     alone = load_model(fp)
     assert alone.net.head_names == [] and alone.info.format == "brainid"
     loaded = load_model(fp, head_paths=[hp])
-    assert loaded.net.head_names == ["segmentation"] and loaded.info.label_scheme == "fs33"
+    assert loaded.net.head_names == ["segmentation"] and loaded.info.label_scheme == "brainid33"
     assert loaded.info.provenance["head_renames"] == {"seg": "segmentation"}
     assert set(loaded.info.provenance["head_files_sha256"]) == {hp.name}
     out = outputs(loaded.net)

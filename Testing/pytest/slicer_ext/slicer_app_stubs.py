@@ -61,16 +61,70 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
 
 
 class Choice:
+    """Like ``slicer.parameterNodeWrapper.validators.Choice``: ``validate`` raises ValueError."""
+
     def __init__(self, choices: Any) -> None:
-        self.choices = list(choices)
+        self.choices = choices
+
+    def validate(self, value: Any) -> None:
+        if value not in self.choices:
+            raise ValueError(f"Value is {value}, but must be in one of the following: {self.choices}")
+
+
+#: names ``parameterNodeWrapper`` adds to the class (a field or method with one of them is refused)
+WRAPPER_RESERVED = ("allParameters", "default", "isCached", "dataType", "getValue", "setValue", "connectGui",
+                    "connectParametersToGui", "disconnectGui", "StartModify", "EndModify", "AddObserver",
+                    "RemoveObserver", "Modified")
+
+
+def _serializer_default(type_: Any) -> Any:
+    """Default of the serializer Slicer would pick (serializers.py) for the types BrainFM uses.
+
+    Raises for types not listed, so a new field type gets checked against serializers.py first.
+    """
+    import pathlib
+
+    import slicer
+
+    if type_ in (int, float):
+        return 0
+    if type_ is str:
+        return ""
+    if type_ is bool:
+        return False
+    if type_ in (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
+                 pathlib.PureWindowsPath):
+        return type_()
+    if isinstance(type_, type) and issubclass(type_, slicer.vtkMRMLNode):
+        return None
+    raise TypeError(f"Unable to create serializer for type: {type_} (not in the stub's checked list)")
 
 
 def parameterNodeWrapper(cls: Any = None):
-    """Stand-in decorator: evaluates the annotations like the real one does, returns the class."""
+    """Stand-in decorator doing the class-time work of the real one (wrapper._processClass).
+
+    Evaluates the annotations with ``typing.get_type_hints(include_extras=True)``, picks a
+    serializer per field, validates each default against its ``Choice`` (the real wrapper writes the
+    defaults into the parameter node through the validators when it wraps a node), refuses the
+    reserved names and sets ``allParameters``. GUI binding is not emulated.
+    """
     import typing
 
     def wrap(c: Any) -> Any:
-        typing.get_type_hints(c, include_extras=True)
+        hints = typing.get_type_hints(c, include_extras=True)
+        for name, hint in hints.items():
+            base, extras = hint, ()
+            if typing.get_origin(hint) is typing.Annotated:
+                base, *extras = typing.get_args(hint)
+            default = getattr(c, name) if hasattr(c, name) else _serializer_default(base)
+            _serializer_default(base)
+            for extra in extras:
+                if isinstance(extra, Choice):
+                    extra.validate(default)
+        for reserved in WRAPPER_RESERVED:
+            if hasattr(c, reserved):
+                raise ValueError(f"Cannot use reserved name '{reserved}' in a parameterNodeWrapper")
+        c.allParameters = dict(hints)
         c._is_parameter_node_wrapper = True
         return c
 

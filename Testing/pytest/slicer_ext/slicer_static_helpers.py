@@ -213,3 +213,94 @@ def module_files(module: str) -> Tuple[List[str], List[str]]:
         elif p.suffix == ".py":
             py.append(rel)
     return py, res
+
+
+# ------------------------------------------------------------------------- real Slicer API facts
+#: The parameterNodeWrapper GUI connectors of Slicer 5.8 - 5.11
+#: (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py). Each ``canRepresent`` compares the
+#: widget's class *exactly* (``type(widget) == qt.QComboBox``: subclasses such as ``ctkComboBox`` do
+#: not bind). Rows: (connector, widget classes, field base types, annotations the connector requires).
+#: "stringable" = int/float/str/bool; "node" = a vtkMRML*Node class (or a Union of them).
+GUI_CONNECTORS: Tuple[Tuple[str, frozenset, frozenset, Tuple[str, ...]], ...] = (
+    ("QCheckBoxToBoolConnector", frozenset({"QCheckBox"}), frozenset({"bool"}), ()),
+    ("QCheckablePushButtonToBoolConnector", frozenset({"QPushButton"}), frozenset({"bool"}), ()),
+    ("QSliderOrSpinBoxToIntConnector", frozenset({"QSpinBox"}), frozenset({"int"}), ()),
+    ("QSliderOrSpinBoxToIntConnector", frozenset({"QSlider"}), frozenset({"int"}), ("bounds",)),
+    ("QDoubleSpinBoxCtkSliderWidgetToFloatConnector", frozenset({"QDoubleSpinBox"}), frozenset({"float"}), ()),
+    ("QDoubleSpinBoxCtkSliderWidgetToFloatConnector", frozenset({"ctkSliderWidget"}), frozenset({"float"}),
+     ("bounds",)),
+    ("QComboBoxToStringableConnector", frozenset({"QComboBox"}), frozenset({"int", "float", "str", "bool"}),
+     ("Choice",)),
+    ("QComboBoxToEnumConnector", frozenset({"QComboBox"}), frozenset({"Enum"}), ()),
+    ("QLineEditToStrConnector", frozenset({"QLineEdit"}), frozenset({"str"}), ()),
+    ("QTextEditPlainTextToStrConnector", frozenset({"QTextEdit"}), frozenset({"str"}), ()),
+    ("ctkRangeWidgetToRangeConnector", frozenset({"ctkRangeWidget"}), frozenset({"FloatRange"}), ("RangeBounds",)),
+    ("ctkPathLineEditToPathConnector", frozenset({"ctkPathLineEdit"}), frozenset({"Path", "PurePath"}), ()),
+    ("ctkDirectoryButtonToPathConnector", frozenset({"ctkDirectoryButton"}), frozenset({"Path", "PurePath"}), ()),
+    ("qMRMLNodeComboBoxToNodeConnector", frozenset({"qMRMLNodeComboBox"}), frozenset({"node"}), ()),
+    ("qMRMLSubjectHierarchyTreeViewToNodeConnector", frozenset({"qMRMLSubjectHierarchyTreeView"}),
+     frozenset({"node"}), ()),
+)
+
+
+def annotation_names(annotation: ast.expr) -> Set[str]:
+    """Names of the calls/classes in ``Annotated[...]`` metadata (``Choice(...)`` -> ``Choice``)."""
+    out: Set[str] = set()
+    for n in ast.walk(annotation):
+        if isinstance(n, ast.Call):
+            f = n.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return out
+
+
+def gui_connector(widget_class: str, annotation: ast.expr) -> str:
+    """Name of the connector ``connectGui`` would create for a widget bound to a field, else raise
+    ``AssertionError`` saying why Slicer would raise ``RuntimeError`` ("Unable to create GUI connector")."""
+    base = base_type_name(annotation)
+    kind = "node" if base.startswith("vtkMRML") else base
+    names = annotation_names(annotation)
+    bounded = "WithinRange" in names or {"Minimum", "Maximum"} <= names
+    for connector, widgets, types, required in GUI_CONNECTORS:
+        if widget_class in widgets and kind in types:
+            for need in required:
+                ok = bounded if need == "bounds" else need in names
+                assert ok, f"{connector} ({widget_class} <-> {base}) needs a {need} annotation"
+            return connector
+    raise AssertionError(f"no parameterNodeWrapper GUI connector binds a {widget_class} to a {base} field")
+
+
+#: ``slicer.util`` functions the module code calls, with the parameters all of Slicer 5.8 - 5.11
+#: accept (checked against Base/Python/slicer/util.py; ``**`` = extra keywords are passed on to
+#: the message box, e.g. ``detailedText``). ``tryWithErrorDisplay`` shows the error and RE-RAISES it.
+SLICER_UTIL_API: Dict[str, Tuple[str, ...]] = {
+    "addVolumeFromArray": ("narray", "ijkToRAS", "name", "nodeClassName"),
+    "arrayFromVolume": ("volumeNode",),
+    "arrayFromVTKMatrix": ("vmatrix",),
+    "childWidgetVariables": ("widget",),
+    "confirmOkCancelDisplay": ("text", "windowTitle", "parent", "**"),
+    "errorDisplay": ("text", "windowTitle", "parent", "standardButtons", "**"),
+    "getModuleLogic": ("module",),
+    "getNode": ("pattern", "index", "scene"),
+    "loadUI": ("path",),
+    "loadVolume": ("filename", "properties", "returnNode"),
+    "pip_install": ("requirements",),
+    "restart": (),
+    "setSliceViewerLayers": ("background", "foreground", "label", "foregroundOpacity", "labelOpacity", "fit",
+                             "rotateToVolumePlane"),
+    "showStatusMessage": ("message", "duration"),
+    "startupEnvironment": (),
+    "tryWithErrorDisplay": ("message", "show", "waitCursor"),
+}
+#: PyTorchUtilsLogic.installTorch (fepegar/SlicerPyTorch): it builds ``"torch" + torchVersionRequirement``,
+#: so the requirement is a version specifier without the package name (">=2.1").
+PYTORCH_INSTALL_TORCH_PARAMS = ("askConfirmation", "forceComputationBackend", "torchVersionRequirement")
+
+
+def calls_to(tree: ast.AST, dotted_prefix: str) -> List[Tuple[str, ast.Call]]:
+    """``(function name, call)`` for every ``<dotted_prefix>.<name>(...)`` call in ``tree``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if ast.unparse(node.func.value) == dotted_prefix:
+                out.append((node.func.attr, node))
+    return out

@@ -17,9 +17,12 @@ from PIL import Image
 from slicer_static_helpers import (
     ALL_MODULES,
     COMMON,
+    PYTORCH_INSTALL_TORCH_PARAMS,
     REPO,
     SLICER_DIR,
+    SLICER_UTIL_API,
     TASK_MODULES,
+    calls_to,
     cmake_lists,
     decorator_names,
     find_class,
@@ -191,3 +194,99 @@ def test_icon_is_128_png_and_reproducible(module):
 @pytest.mark.parametrize("module", TASK_MODULES)
 def test_task_module_files_stay_thin(module):
     assert len(module_py(module).read_text().splitlines()) < 250
+
+
+# ------------------------------------------------------------------ uses of the real Slicer API
+def slicer_side_files():
+    """Module files and the Slicer-application layer (the code that runs inside Slicer's Python)."""
+    return [module_py(m) for m in ALL_MODULES] + sorted((SLICER_DIR / COMMON / "BrainFMModuleLib").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", slicer_side_files(), ids=lambda p: p.name)
+def test_slicer_util_calls_match_real_signatures(path):
+    """Every ``slicer.util.<f>(...)`` call names a function of SLICER_UTIL_API with parameters it has."""
+    for name, call in calls_to(parse_py(path), "slicer.util"):
+        assert name in SLICER_UTIL_API, f"{path.name}:{call.lineno}: slicer.util.{name} is not in the checked API table"
+        params = SLICER_UTIL_API[name]
+        named = [p for p in params if p != "**"]
+        assert len(call.args) <= len(named), f"{path.name}:{call.lineno}: too many positional arguments to {name}"
+        for kw in call.keywords:
+            assert kw.arg in named or "**" in params, (
+                f"{path.name}:{call.lineno}: slicer.util.{name}() has no parameter {kw.arg!r} (Slicer 5.8-5.11)")
+
+
+def test_slicer_util_table_matches_slicer_core():
+    """The table above agrees with the real ``slicer/util.py`` shipped in the slicer-core wheel."""
+    import inspect
+
+    util = pytest.importorskip("slicer.util", reason="slicer-core wheel not installed")
+    for name, params in SLICER_UTIL_API.items():
+        parameters = inspect.signature(getattr(util, name)).parameters.values()
+        real = [p.name if p.kind != p.VAR_KEYWORD else "**" for p in parameters]
+        named = [p for p in params if p != "**"]
+        assert real[:len(named)] == named, f"slicer.util.{name}{real} != table {params}"
+        assert "**" not in params or "**" in real
+
+
+def _enclosing_functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _try_with_error_display_blocks(stmts, inside_try=False):
+    """(with-statement, is it guarded by a try/except, is it the last statement of its block)."""
+    for i, stmt in enumerate(stmts):
+        if isinstance(stmt, ast.With) and any("tryWithErrorDisplay" in ast.unparse(item.context_expr)
+                                              for item in stmt.items):
+            yield stmt, inside_try, i == len(stmts) - 1
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        guarded = inside_try or (isinstance(stmt, ast.Try) and bool(stmt.handlers))
+        for field in ("body", "orelse", "finalbody"):
+            yield from _try_with_error_display_blocks(getattr(stmt, field, []) or [],
+                                                      guarded if field == "body" else inside_try)
+
+
+@pytest.mark.parametrize("path", slicer_side_files(), ids=lambda p: p.name)
+def test_try_with_error_display_is_last_or_guarded(path):
+    """``slicer.util.tryWithErrorDisplay`` shows the error and then re-raises it: code after its block
+    (progress reset, Apply-button update...) never runs on an error unless the block is inside a try."""
+    for func in _enclosing_functions(parse_py(path)):
+        for stmt, guarded, last in _try_with_error_display_blocks(func.body):
+            assert guarded or last, (f"{path.name}:{stmt.lineno} ({func.name}): statements after a "
+                                     "tryWithErrorDisplay block are skipped when it re-raises")
+
+
+def test_pytorch_utils_install_torch_call():
+    """PyTorchUtilsLogic.installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement)
+    builds ``"torch" + torchVersionRequirement``: keywords only, and a bare version specifier."""
+    tree = parse_py(SLICER_DIR / COMMON / "BrainFMModuleLib" / "logic.py")
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "installTorch"]
+    assert calls, "installTorch is not called"
+    for call in calls:
+        assert not call.args and {k.arg for k in call.keywords} <= set(PYTORCH_INSTALL_TORCH_PARAMS)
+    requirement = literal_assignment(parse_py(SLICER_DIR / COMMON / "BrainFMLib" / "install.py"), "TORCH_REQUIREMENT")
+    assert re.match(r"^(>=|==|~=|<=|>|<|!=)\d", requirement), f"{requirement!r} would give 'torch{requirement}'"
+
+
+def test_widget_base_initialises_before_the_template_constructor():
+    """Without a parent ``ScriptedLoadableModuleWidget.__init__`` calls ``setup()`` at once, so every
+    attribute setup() uses must exist before it: the base constructor is the last statement."""
+    cls = find_class(parse_py(module_py(COMMON)), "BrainFMWidgetBase")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert ast.unparse(init.body[-1]) == "ScriptedLoadableModuleWidget.__init__(self, parent)"
+
+
+@pytest.mark.parametrize("module", TASK_MODULES)
+def test_self_test_runs_every_test_method_through_run_steps(module):
+    """Slicer's Reload-and-Test calls ``<Module>Test().runTest()`` outside unittest: runTest must use
+    ``runSteps`` (setUp per step, skips reported, temporary model removed) and list every test_ method."""
+    cls = find_class(parse_py(module_py(module)), f"{module}Test")
+    tests = {n.name for n in cls.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    run = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    assert len(run.body) == 1 and isinstance(run.body[0], ast.Expr), "runTest must be a single runSteps(...) call"
+    call = run.body[0].value
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "self.runSteps"
+    assert {a.attr for a in call.args if isinstance(a, ast.Attribute)} == tests

@@ -166,3 +166,40 @@ def test_apply_runs_shows_results_then_cancel_and_failure(widget):
     finish(widget)
     assert "Failed" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
     assert widget.errors and "broken" in widget.errors[-1]  # the engine says what is wrong with the file
+
+
+def test_start_failure_is_shown_and_leaves_the_gui_usable(widget, monkeypatch):
+    """The real ``slicer.util.tryWithErrorDisplay`` shows the error and re-raises it: Apply must
+    still reset the progress bar and the button instead of leaving "Starting" behind."""
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: False), raising=False)
+
+    def declined(**kwargs):
+        raise BrainFMCommon.InputError("Installation declined by the user.")
+
+    monkeypatch.setattr(widget.logic, "setupPythonRequirements", declined)
+    widget.onApplyButton()  # must not raise
+    assert widget._run is None and "Not started" in widget.ui.progressBar.format
+    assert widget.errors and "could not start" in widget.errors[-1] and "declined" in widget.errors[-1]
+    assert widget.ui.applyButton.text == "Apply" and widget.ui.applyButton.enabled
+    assert any("declined" in line for line in widget.ui.logTextEdit.lines)
+
+
+def test_unset_path_field_shows_empty_after_each_parameter_change(widget):
+    """The wrapper writes ``str(pathlib.Path())`` == "." into the ctkPathLineEdit on every change of
+    the parameter node; the widget's observer (called after it) shows the field empty again."""
+    field = widget.ui.modelPathLineEdit
+    widget._parameterNode.modelPath = Path(".")
+    field.currentPath = "."  # what the ctkPathLineEdit connector just wrote
+    widget._checkCanApply()
+    assert field.currentPath == ""
+    field.currentPath = str(widget.weights)
+    widget._checkCanApply()
+    assert field.currentPath == str(widget.weights)
+
+
+def test_closing_the_scene_cancels_a_running_run(widget):
+    cancelled = []
+    widget._run = SimpleNamespace(running=True, cancel=lambda: cancelled.append(True))
+    widget._parameterNode = None  # (the fake parameters cannot disconnect a GUI)
+    widget.onSceneStartClose(None, None)
+    assert cancelled == [True]

@@ -15,8 +15,10 @@ import pytest
 from slicer_static_helpers import (
     COMMON,
     TASK_MODULES,
+    GUI_CONNECTORS,
     UiFile,
     base_type_name,
+    gui_connector,
     literal_assignment,
     module_py,
     module_ui,
@@ -25,15 +27,6 @@ from slicer_static_helpers import (
     ui_attributes_used,
 )
 
-#: widget classes that the parameterNodeWrapper GUI connectors accept for a field type
-#: (Slicer Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; exact class match).
-CONNECTABLE = {
-    "bool": {"QCheckBox", "QPushButton"},
-    "int": {"QSpinBox", "QSlider"},
-    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
-    "str": {"QComboBox", "QLineEdit", "QTextEdit"},
-    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
-}
 #: object-name suffix -> classes a widget with that name may have (the naming convention the code uses)
 NAME_CLASSES = {
     "Selector": {"qMRMLNodeComboBox"},
@@ -110,21 +103,56 @@ def test_parameter_bindings_match_parameter_node_fields(module, common_tree):
     for param, widget in bindings.items():
         assert param in fields, (f"{name}.ui: {widget.name} has SlicerParameterName={param!r}, "
                                  f"not a field of {name}ParameterNode ({sorted(fields)})")
+        connector = gui_connector(widget.cls, fields[param])  # what connectGui would pick, or why it raises
         type_name = base_type_name(fields[param])
-        if type_name.startswith("vtkMRML"):
-            assert widget.cls == "qMRMLNodeComboBox", f"{name}.ui: node parameter {param} bound to {widget.cls}"
+        if connector == "qMRMLNodeComboBoxToNodeConnector":
+            # the connector overwrites nodeTypes with the field type: keep the .ui saying the same thing
             assert widget.props.get("nodeTypes") == [type_name], (
                 f"{name}.ui: {widget.name} nodeTypes {widget.props.get('nodeTypes')} != field type {type_name}")
-        else:
-            assert widget.cls in CONNECTABLE.get(type_name, set()), (
-                f"{name}.ui: {widget.name} ({widget.cls}) cannot be bound to a {type_name} parameter")
-        if widget.cls == "QComboBox" and type_name == "str":
-            assert "Choice(" in ast.unparse(fields[param]), (
-                f"{name}: combo-box parameter {param} needs a Choice annotation (connectGui requires it)")
     common = literal_assignment(common_tree, "COMMON_PARAMETERS")
     for param, type_name in common.items():
         assert param in fields and base_type_name(fields[param]) == type_name, (
             f"{name}ParameterNode lacks the common parameter {param}: {type_name}")
+
+
+def _annotation(source: str) -> ast.expr:
+    return ast.parse(f"x: {source}").body[0].annotation
+
+
+@pytest.mark.parametrize("widget_class, annotation, expected", [
+    ("QComboBox", "Annotated[str, Choice(['a', 'b'])]", "QComboBoxToStringableConnector"),
+    ("QComboBox", "str", "Choice"),  # Slicer: "ComboBoxToStringableConnector requires the Choice annotation"
+    ("ctkComboBox", "Annotated[str, Choice(['a'])]", "no parameterNodeWrapper GUI connector"),  # exact class
+    ("QPlainTextEdit", "str", "no parameterNodeWrapper GUI connector"),  # only QTextEdit binds to str
+    ("QLineEdit", "pathlib.Path", "no parameterNodeWrapper GUI connector"),
+    ("ctkPathLineEdit", "pathlib.Path", "ctkPathLineEditToPathConnector"),
+    ("ctkPathLineEdit", "str", "no parameterNodeWrapper GUI connector"),
+    ("ctkSliderWidget", "float", "bounds"),
+    ("ctkSliderWidget", "Annotated[float, WithinRange(0, 1)]", "QDoubleSpinBoxCtkSliderWidgetToFloatConnector"),
+    ("QSpinBox", "float", "no parameterNodeWrapper GUI connector"),
+    ("QCheckBox", "bool", "QCheckBoxToBoolConnector"),
+    ("qMRMLNodeComboBox", "vtkMRMLScalarVolumeNode", "qMRMLNodeComboBoxToNodeConnector"),
+    ("qMRMLNodeComboBox", "str", "no parameterNodeWrapper GUI connector"),
+])
+def test_connector_table_matches_slicer_rules(widget_class, annotation, expected):
+    """The table behind the binding test says what guiConnectors.py does, failures included."""
+    try:
+        got = gui_connector(widget_class, _annotation(annotation))
+    except AssertionError as e:
+        got = str(e)
+    assert expected in got
+    assert len({row[0] for row in GUI_CONNECTORS}) == 13  # one row group per connector class in Slicer
+
+
+def test_unbound_combo_boxes_are_filled_by_code(module, common_tree):
+    """A QComboBox without SlicerParameterName gets no items from connectGui: the code must fill it."""
+    name, ui, tree = module
+    bound = {w.name for w in ui.parameter_bindings().values()}
+    source = ast.unparse(tree) + ast.unparse(common_tree)
+    for w in ui.widgets.values():
+        if w.cls == "QComboBox" and w.name not in bound:
+            assert re.search(rf"ui\.{w.name}\b", source) and ".addItem(" in source, (
+                f"{name}.ui: {w.name} is neither bound to a Choice parameter nor filled by the module code")
 
 
 def test_node_selectors(module):
