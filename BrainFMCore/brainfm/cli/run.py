@@ -37,6 +37,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-frame", default="input", choices=("input", "1mm"),
                    help="outputs on the input grid (default) or the 1 mm RAS network grid")
     p.add_argument("--no-crop", action="store_true", help="do not crop to the foreground before the network")
+    p.add_argument("--allow-anisotropic", action="store_true",
+                   help="accept voxels more anisotropic than 8:1 (results on very thick slices are unreliable)")
     p.add_argument("--probabilities", action="store_true", help="also write segmentation probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
@@ -169,6 +171,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Path], out_root: Pat
                 pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
                                          atlas=args.atlas, crop_foreground=not args.no_crop,
                                          return_probabilities=args.probabilities,
+                                         allow_anisotropic=getattr(args, "allow_anisotropic", False),
                                          progress=scaled(cb, 0.02, 0.85), cancel=token)
                 summary = save_prediction(pred, out_root / name, input_volume=vol, input_path=path,
                                           overwrite=args.overwrite, png=not args.no_png, title=name,

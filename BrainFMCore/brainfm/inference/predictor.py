@@ -184,6 +184,7 @@ class Predictor:
         keep_raw: bool = False,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        allow_anisotropic: bool = False,
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -191,7 +192,8 @@ class Predictor:
         network frame). ``atlas``: Volume, path or registry id of the atlas template for ``reg``
         (default: :func:`brainfm.models.registry.resolve_atlas`). ``mask_background``: zero outputs
         outside the input foreground like the reference demo. ``keep_raw``: also return the raw
-        head outputs on the network grid (``Prediction.raw``).
+        head outputs on the network grid (``Prediction.raw``). ``allow_anisotropic``: accept voxels
+        more anisotropic than 8:1 (e.g. 0.5 x 0.5 x 10 mm), refused by default as unreliable.
         """
         t_start, c_start = time.perf_counter(), time.process_time()
         timings: Dict[str, float] = {}
@@ -205,7 +207,7 @@ class Predictor:
         check()
         cb(0.0, "preprocessing")
         t0, c0 = time.perf_counter(), time.process_time()
-        prep = prepare(image, crop_foreground=crop_foreground)
+        prep = prepare(image, crop_foreground=crop_foreground, allow_anisotropic=allow_anisotropic)
         warnings = list(prep.warnings)
         timings["preprocess"], cpu["preprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()

@@ -76,8 +76,11 @@ def normalise(image: Volume) -> Tuple[Volume, Tuple[float, float], bool]:
     return image.with_data(norm), (lo, hi), ct
 
 
-def prepare(image: ImageLike, *, crop_foreground: bool = True) -> Prepared:
-    """Read, validate, normalise and move ``image`` to the network frame."""
+def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic: bool = False) -> Prepared:
+    """Read, validate, normalise and move ``image`` to the network frame.
+
+    ``allow_anisotropic`` accepts voxels more anisotropic than 8:1 (refused by default: results on
+    such thick slices are unreliable)."""
     from brainfm.geometry import to_network_frame
     from brainfm.io import validate_image
 
@@ -87,7 +90,7 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True) -> Prepared:
             f"the image has {vol.data.shape[3]} channels per voxel; BrainFM needs a scalar 3D image "
             "(pick one frame or channel first)"
         )
-    warnings = list(validate_image(vol, role="image"))
+    warnings = list(validate_image(vol, role="image", max_anisotropy=None if allow_anisotropic else 8.0))
     norm, rng, ct = normalise(vol)
     if ct:
         warnings.append(
