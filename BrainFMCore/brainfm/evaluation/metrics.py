@@ -106,6 +106,17 @@ def _data_range(target: np.ndarray, mask: np.ndarray) -> float:
     return rng if rng > 0 else 1.0
 
 
+def _masked_pair(pred, target, mask, data_range, what: str):
+    """float64 copies of ``pred``/``target``, the boolean mask (all voxels by default) and the data
+    range (target max - min inside the mask unless given); refuses shape mismatches and empty masks."""
+    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    _same_shape(p, t, what)
+    m = np.ones(p.shape, bool) if mask is None else np.asarray(mask, bool)
+    if not m.any():
+        raise InputError(f"{what}: empty mask")
+    return p, t, m, (_data_range(t, m) if data_range is None else float(data_range))
+
+
 def psnr_masked(pred: np.ndarray, target: np.ndarray, *, mask: Optional[np.ndarray] = None,
                 data_range: Optional[float] = None) -> float:
     """PSNR in dB inside ``mask``; ``data_range`` default: target max - min inside the mask.
@@ -114,12 +125,7 @@ def psnr_masked(pred: np.ndarray, target: np.ndarray, *, mask: Optional[np.ndarr
     >>> round(psnr_masked(np.zeros(4), np.array([0.0, 0.0, 0.0, 1.0])), 3)
     6.021
     """
-    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    _same_shape(p, t, "psnr")
-    m = np.ones(p.shape, bool) if mask is None else np.asarray(mask, bool)
-    if not m.any():
-        raise InputError("psnr: empty mask")
-    rng = _data_range(t, m) if data_range is None else float(data_range)
+    p, t, m, rng = _masked_pair(pred, target, mask, data_range, "psnr")
     mse = float(((p[m] - t[m]) ** 2).mean())
     return float("inf") if mse == 0 else round(10.0 * math.log10(rng ** 2 / mse), 4)
 
@@ -135,12 +141,7 @@ def ssim_masked(pred: np.ndarray, target: np.ndarray, *, mask: Optional[np.ndarr
     """
     from skimage.metrics import structural_similarity
 
-    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    _same_shape(p, t, "ssim")
-    m = np.ones(p.shape, bool) if mask is None else np.asarray(mask, bool)
-    if not m.any():
-        raise InputError("ssim: empty mask")
-    rng = _data_range(t, m) if data_range is None else float(data_range)
+    p, t, m, rng = _masked_pair(pred, target, mask, data_range, "ssim")
     _, smap = structural_similarity(p, t, data_range=rng, full=True, win_size=7)
     return round(float(smap[m].mean()), 6)
 
