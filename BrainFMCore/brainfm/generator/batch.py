@@ -148,8 +148,10 @@ class Generator:
     def sample(self, subject: SubjectData, *, n_samples: int = 4,
                size: Union[int, Sequence[int]] = (160, 160, 160), generator: Optional[torch.Generator] = None,
                seed: Optional[int] = None, device: Union[str, torch.device, None] = None,
-               one_hot: bool = False) -> Batch:
-        """Draw ``n_samples`` samples of ``subject`` on an output grid of ``size`` voxels (1 mm).
+               one_hot: bool = False, voxel_mm: float = 1.0) -> Batch:
+        """Draw ``n_samples`` samples of ``subject`` on an output grid of ``size`` voxels of
+        ``voxel_mm`` mm (the subject is on a 1 mm grid; ``voxel_mm=2`` gives a 2 mm window covering
+        8x the volume for the same number of voxels).
 
         ``generator`` (a CPU ``torch.Generator``) or ``seed`` makes the call reproducible;
         ``device`` defaults to the device of ``subject.labels``. Samples 0 .. n/2-1 use the mild
@@ -161,6 +163,9 @@ class Generator:
         size = (int(size),) * 3 if isinstance(size, int) else tuple(int(s) for s in size)
         if len(size) != 3 or min(size) < 4:
             raise InputError(f"size must be 3 integers >= 4, got {size}")
+        vox = float(voxel_mm)
+        if not 0.25 <= vox <= 8.0:
+            raise InputError(f"voxel_mm must be in [0.25, 8] mm, got {voxel_mm}")
         dev = torch.device(device) if device is not None else subject.labels.device
         if generator is None:
             generator = torch.Generator().manual_seed(int(seed) if seed is not None
@@ -172,11 +177,14 @@ class Generator:
         # ---- per-subject settings
         A, dscale = random_affine(g, rotation_deg=cfg.rotation_deg, shear=cfg.shear,
                                   scaling=cfg.scaling)
-        v = random_svf(size, g, scale=self._u(g, *cfg.svf_scale), std=self._u(g, *cfg.svf_std),
+        v = random_svf(size, g, scale=self._u(g, *cfg.svf_scale), std=self._u(g, *cfg.svf_std) / vox,
                        device=dev)
         disp = svf_to_displacement(v, steps=cfg.svf_steps, downsample=cfg.svf_downsample)
         flip = float(torch.rand((), generator=g)) < cfg.p_flip
         spacing, thickness, res_kind = sample_resolution(g, cfg=cfg)
+        # the acquisition in output voxels: nothing finer than the output grid itself
+        spacing_vox = tuple(max(1.0, s / vox) for s in spacing)
+        thickness_vox = tuple(max(1.0, t / vox) if t > 1.0 else 1.0 for t in thickness)
         rician = float(torch.rand((), generator=g)) < cfg.p_rician
         pathology = float(torch.rand((), generator=g)) < cfg.p_pathology
         les_scale, les_thr = self._u(g, *cfg.lesion_scale), self._u(g, *cfg.lesion_threshold)
@@ -185,7 +193,7 @@ class Generator:
         # ---- deform labels (nearest) and continuous maps (trilinear)
         lab = to_compact(subject.labels.to(dev))
         centre = _centroid(to_device(brain_mask_compact(), dev)[lab])
-        coords = sampling_coords(size, A, disp, centre)
+        coords = sampling_coords(size, A, disp, centre, voxel_mm=vox)
         lab = sample_voxels(lab[None, None].float(), coords, mode="nearest").round().long()
         real = {k: sample_voxels(im.to(dev, torch.float32)[None, None], coords)
                 for k, im in subject.images.items()}
@@ -240,8 +248,12 @@ class Generator:
                 img[i] = mix
                 info[i]["mixed_real"] = dict(zip(["synthetic"] + mri_real, w))
 
-        # ---- corruption: mild first half, severe second half
-        n_mild = n // 2
+        # ---- corruption: mild samples first, then severe (half each by default)
+        if cfg.severe_fraction == 0.5:
+            n_mild = n // 2
+        else:  # n * severe_fraction severe samples on average
+            n_severe = int(n * cfg.severe_fraction + float(torch.rand((), generator=g)))
+            n_mild = n - min(n, n_severe)
         sets = [cfg.mild if i < n_mild else cfg.severe for i in range(n)]
         gam = torch.tensor([float(torch.exp(s.gamma_std * torch.randn((), generator=g))) for s in sets])
         img = gamma(img, gam)
@@ -257,7 +269,7 @@ class Generator:
         noise_frac = torch.tensor([self._u(g, *s.noise_std) for s in sets])
         blur_u = torch.rand(n, generator=g)
         mx_high = high.flatten(1).amax(1)
-        x = degrade(high, spacing=spacing, thickness=thickness, blur_u=blur_u,
+        x = degrade(high, spacing=spacing_vox, thickness=thickness_vox, blur_u=blur_u,
                     noise_std=to_device(noise_frac, dev) * mx_high, rician=rician, generator=gd)
         mx = x.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
         x = (x / mx).clamp(0, 1)
@@ -267,4 +279,5 @@ class Generator:
                                         "high_res_residual": high / mx - x},
                      params={"flip": flip, "affine": A.tolist(), "distance_scale": dscale,
                              "spacing": spacing, "thickness": thickness, "resolution": res_kind,
+                             "voxel_mm": vox,
                              "rician": rician, "pathology": pathology, "samples": info})

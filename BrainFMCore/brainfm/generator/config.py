@@ -77,12 +77,13 @@ class GeneratorConfig:
     p_real_input: float = 0.5  # when real images exist: fraction of samples using one
     p_mix_real: float = 0.2
     max_distance: float = 3.0
+    severe_fraction: float = 0.5  # expected share of samples corrupted with the severe set
     mild: CorruptionParams = field(default=MILD)
     severe: CorruptionParams = field(default=SEVERE)
 
     def __post_init__(self) -> None:
         for name in ("p_gmm", "p_physics", "p_ct", "p_black_background", "p_skull_strip",
-                     "p_pathology", "p_flip", "p_rician", "p_real_input", "p_mix_real"):
+                     "p_pathology", "p_flip", "p_rician", "p_real_input", "p_mix_real", "severe_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"GeneratorConfig.{name} = {v} is not a probability in [0, 1]")

@@ -99,15 +99,20 @@ def svf_to_displacement(velocity: torch.Tensor, *, steps: int = 7,
 
 
 def sampling_coords(size: Sequence[int], affine: torch.Tensor, disp: Optional[torch.Tensor],
-                    source_centre: torch.Tensor) -> torch.Tensor:
+                    source_centre: torch.Tensor, *, voxel_mm: float = 1.0) -> torch.Tensor:
     """Source voxel coordinates (1, 3, *size) of every output voxel v:
-    ``A @ ((v - (size-1)/2) + disp(v)) + source_centre``.
+    ``A @ (voxel_mm * ((v - (size-1)/2) + disp(v))) + source_centre``.
+
+    The source is a 1 mm grid; ``voxel_mm`` is the edge of an output voxel in source voxels (mm),
+    so an output grid of ``size`` voxels covers ``size * voxel_mm`` mm.
     """
     device = source_centre.device
     grid = identity_grid(size, device=device).unsqueeze(0)
     u = torch.stack([grid[:, i] - (n - 1) / 2.0 for i, n in enumerate(size)], 1)
     if disp is not None:
         u = u + disp
+    if voxel_mm != 1.0:
+        u = u * float(voxel_mm)
     a = to_device(affine.to(torch.float32), device)
     out = torch.einsum("ij,bj...->bi...", a, u)
     return out + source_centre.to(torch.float32).view(1, 3, 1, 1, 1)

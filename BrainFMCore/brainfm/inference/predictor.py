@@ -92,6 +92,8 @@ class Predictor:
             p.requires_grad_(False)
         self.net = net.eval().to(self.device)
         self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
+        #: edge (mm) of the network frame's voxels: the model's working resolution
+        self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
         self.available_tasks: List[str] = available_tasks(self.head_names)
         self._atlas_cache: Dict[str, Optional[Volume]] = {}
 
@@ -113,9 +115,10 @@ class Predictor:
     def _model_meta(self) -> Dict[str, Any]:
         info = self.info
         if info is None:
-            return {"name": "unnamed", "heads": list(self.head_names)}
+            return {"name": "unnamed", "heads": list(self.head_names), "voxel_mm": self.voxel_mm}
         meta = {k: getattr(info, k, None) for k in ("name", "version", "format", "sha256", "label_scheme")}
         meta["heads"] = list(self.head_names)
+        meta["voxel_mm"] = self.voxel_mm
         return meta
 
     def _scheme(self) -> Any:
@@ -207,7 +210,8 @@ class Predictor:
         check()
         cb(0.0, "preprocessing")
         t0, c0 = time.perf_counter(), time.process_time()
-        prep = prepare(image, crop_foreground=crop_foreground, allow_anisotropic=allow_anisotropic)
+        prep = prepare(image, crop_foreground=crop_foreground, allow_anisotropic=allow_anisotropic,
+                       spacing=self.voxel_mm)
         warnings = list(prep.warnings)
         timings["preprocess"], cpu["preprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()

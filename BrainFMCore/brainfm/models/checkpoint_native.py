@@ -59,7 +59,8 @@ def _info_fields(info: Union[ModelInfo, Mapping[str, Any], None]) -> Dict[str, A
     if info is None:
         return {}
     if is_dataclass(info):
-        d = {k: getattr(info, k) for k in ("name", "version", "label_scheme", "atlas", "provenance", "output_units")}
+        d = {k: getattr(info, k) for k in ("name", "version", "label_scheme", "atlas", "provenance", "output_units",
+                                           "voxel_mm")}
         return d
     return dict(info)
 
@@ -110,6 +111,7 @@ def save_native(net: BrainFMNet, path: PathLike, *, info: Union[ModelInfo, Mappi
         "atlas": fields.get("atlas"),
         "provenance": fields.get("provenance") or {},
         "output_units": units,
+        "voxel_mm": float(fields.get("voxel_mm") or 1.0),
         "weights_file": weights_path.name,
         "weights_dtype": "float16" if fp16 else "float32",
         "weights_sha256": digest,
@@ -157,6 +159,18 @@ def read_native_meta(json_path: Path) -> Dict[str, Any]:
     return meta
 
 
+def _voxel_mm(meta: Mapping[str, Any], json_path: Path) -> float:
+    """The network-frame voxel size of a native model (1 mm when the sidecar predates the field)."""
+    v = meta.get("voxel_mm", 1.0)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{json_path}: voxel_mm must be a number, got {v!r}") from None
+    if not 0.25 <= v <= 8.0:
+        raise CheckpointError(f"{json_path}: voxel_mm {v} is outside [0.25, 8] mm")
+    return v
+
+
 def load_native(path: PathLike, *, expected_sha256: Optional[str] = None, map_location: Any = "cpu",
                 unit_feat: Optional[bool] = None) -> LoadedModel:
     """Load a native checkpoint (verifies the weights' SHA-256 against the JSON and ``expected_sha256``)."""
@@ -198,5 +212,6 @@ def load_native(path: PathLike, *, expected_sha256: Optional[str] = None, map_lo
         provenance=provenance,
         output_units=dict(meta.get("output_units") or BRAINFM_OUTPUT_UNITS),
         source=str(weights_path),
+        voxel_mm=_voxel_mm(meta, json_path),
     )
     return LoadedModel(net, info)

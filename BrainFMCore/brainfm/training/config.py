@@ -33,6 +33,7 @@ class ModelSection:
     heads: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HEADS))
     label_scheme: str = "fs33"
     name: str = "brainfm-compact"
+    voxel_mm: float = 1.0  # the grid the network works on (training windows and inference frame)
 
 
 @dataclass
@@ -93,11 +94,14 @@ class RunSection:
     max_steps: int = 0
     minutes: float = 0.0
     ckpt_every: int = 200
+    ckpt_minutes: float = 0.0  # also checkpoint when this many wall-clock minutes passed (0 = off)
+    max_cpu_minutes: float = 0.0  # stop when the run's total process CPU time reaches this (0 = unlimited)
     val_every: int = 0
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    channels_last: str = "auto"  # auto (on CPU) | true | false: channels_last_3d memory format
     deterministic: bool = False
     keep_last: int = 2
     optim_dtype: str = "fp32"  # fp32 (exact resume) | bf16 (half-size optimizer state)

@@ -79,7 +79,8 @@ class GeneratorSource:
     def __init__(self, train: Sequence[PathLike], val: Sequence[PathLike] = (), *, size: int = 128,
                  n_samples: int = 4, device: Union[str, torch.device] = "cpu", seed: int = 0,
                  options: Optional[Dict[str, Any]] = None, val_size: int = 0, val_samples: int = 2,
-                 cache_size: int = 64, generator: Any = None, loader: Any = None) -> None:
+                 cache_size: int = 64, generator: Any = None, loader: Any = None,
+                 voxel_mm: float = 1.0) -> None:
         if not train:
             raise InputError("no training subjects")
         if size < 16:
@@ -89,6 +90,7 @@ class GeneratorSource:
         self.train = [Path(p) for p in train]
         self.val = [Path(p) for p in val]
         self.size, self.n_samples, self.seed = int(size), int(n_samples), int(seed)
+        self.voxel_mm = float(voxel_mm)
         self.device = torch.device(device)
         self.val_size, self.val_samples = int(val_size or size), int(val_samples)
         self._cache: "OrderedDict[Path, Any]" = OrderedDict()
@@ -123,13 +125,15 @@ class GeneratorSource:
         pick = torch.Generator().manual_seed(s)
         idx = int(torch.randint(len(self.train), (1,), generator=pick))
         return self.generator.sample(self.subject(self.train[idx]), n_samples=self.n_samples, size=self.size,
-                                     generator=self._rng(s ^ 0x5DEECE66D), device=self.device)
+                                     generator=self._rng(s ^ 0x5DEECE66D), device=self.device,
+                                     voxel_mm=self.voxel_mm)
 
     def val_batches(self) -> Iterator[Any]:
         """Fixed batches (same seeds every time) of the held-out subjects."""
         for i, path in enumerate(self.val):
             yield self.generator.sample(self.subject(path), n_samples=self.val_samples, size=self.val_size,
-                                        generator=self._rng(step_seed(self.seed, -1 - i, 0)), device=self.device)
+                                        generator=self._rng(step_seed(self.seed, -1 - i, 0)), device=self.device,
+                                        voxel_mm=self.voxel_mm)
 
 
 def source_from_config(cfg: Any, device: Union[str, torch.device]) -> GeneratorSource:
@@ -140,4 +144,5 @@ def source_from_config(cfg: Any, device: Union[str, torch.device]) -> GeneratorS
     train, val = split_subjects(files, n_val=cfg.data.n_val, val_names=cfg.data.val_subjects)
     g = cfg.generator
     return GeneratorSource(train, val, size=g.size, n_samples=g.n_samples, device=device, seed=cfg.run.seed,
-                           options=g.options, val_size=cfg.data.val_size, val_samples=cfg.data.val_samples)
+                           options=g.options, val_size=cfg.data.val_size, val_samples=cfg.data.val_samples,
+                           voxel_mm=cfg.model.voxel_mm)

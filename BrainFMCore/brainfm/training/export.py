@@ -40,7 +40,8 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
     prov.update(provenance or {})
     info = ModelInfo(name=name, version=f"step{int(step)}", format="native", sha256="", config=net.config,
                      label_scheme=scheme, atlas=None, provenance=prov,
-                     output_units=dict(output_units or BRAINFM_OUTPUT_UNITS))
+                     output_units=dict(output_units or BRAINFM_OUTPUT_UNITS),
+                     voxel_mm=float(cfg.model.voxel_mm) if cfg is not None else 1.0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights, _json = save_native(net, out / name, info=info, fp16=dtype == "fp16")

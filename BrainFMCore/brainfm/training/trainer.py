@@ -101,6 +101,16 @@ class Trainer:
             return None
         raise BrainFMError(f"unknown precision {p!r} (auto, bf16, fp32)")
 
+    def _channels_last(self, device: torch.device) -> bool:
+        c = str(self.cfg.run.channels_last).lower()
+        if c == "auto":
+            return device.type == "cpu"  # measured: 1.6x per training step on CPU (fp32, 64^3 x 2)
+        if c in ("true", "1", "yes"):
+            return True
+        if c in ("false", "0", "no"):
+            return False
+        raise BrainFMError(f"unknown run.channels_last {self.cfg.run.channels_last!r} (auto, true, false)")
+
     def fit(self) -> TrainResult:
         """Train until ``run.max_steps``, the ``run.minutes`` time box, or cancellation."""
         cfg, info = self.cfg, self.info
@@ -120,17 +130,22 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(run.seed + info.rank)
         model = (self._model or build_model(cfg)).to(device)
+        cl = self._channels_last(device)
+        if cl:
+            model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
         objective = build_objective(cfg.loss)
         optimizer, scheduler = build_optim(model.parameters(), cfg.optim)
         amp = self._precision(device)
         gen = torch.Generator().manual_seed(run.seed)
         start = 0
+        self._cpu_base = 0.0  # process CPU seconds of the run before this invocation
         resume_from = self._resume_path()
         if resume_from is not None:
             meta = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                         generator=gen, architecture=architecture_of(cfg))
             start = int(meta["step"])
+            self._cpu_base = float((meta.get("extra") or {}).get("cpu_seconds", 0.0))
             if info.rank:  # the saved RNG states are rank 0's; other ranks get their own stream
                 torch.manual_seed(run.seed + info.rank + 7919 * start)
         elif self.init_from:
@@ -151,6 +166,8 @@ class Trainer:
         res.log_csv = self.out_dir / "log.csv" if main else None
         step, last_ckpt, bad = start, start, 0
         deadline = t_start + run.minutes * 60 if run.minutes > 0 else None
+        self._cpu0 = time.process_time()
+        t_ckpt = time.monotonic()
         t_log, n_log = time.monotonic(), 0
         net.train()
         while True:
@@ -159,6 +176,8 @@ class Trainer:
                 stop = "max_steps"
             elif deadline is not None and time.monotonic() >= deadline:
                 stop = "time"
+            elif run.max_cpu_minutes > 0 and self.cpu_seconds() >= run.max_cpu_minutes * 60:
+                stop = "cpu_budget"
             elif self.cancel is not None and self.cancel.cancelled:
                 stop = "cancelled"
             if D.any_flag(stop is not None, device):
@@ -166,8 +185,9 @@ class Trainer:
                 break
             try:
                 batch = self.source.batch(step, info.rank, info.world_size)
+                inputs = batch.inputs.contiguous(memory_format=torch.channels_last_3d) if cl else batch.inputs
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out = net(batch.inputs)
+                    out = net(inputs)
                     loss, parts = objective(out, batch, generator=gen)
                 # keep every head in the graph so DDP sees a gradient for all parameters
                 loss = loss + sum(v.float().mean() * 0.0 for v in out.values())
@@ -203,7 +223,8 @@ class Trainer:
                 if main:
                     dt = time.monotonic() - t_log
                     row = {"step": step, "loss": mean, "lr": lr_used,
-                           "it_per_s": n_log / dt if dt > 0 else 0.0, "elapsed_s": time.monotonic() - t_start}
+                           "it_per_s": n_log / dt if dt > 0 else 0.0, "elapsed_s": time.monotonic() - t_start,
+                           "cpu_s": round(self.cpu_seconds(), 1)}
                     row.update({k: float(v.detach()) for k, v in parts.items()})
                     log.write(row)  # type: ignore[union-attr]
                     tb.scalars(step, {k: v for k, v in row.items() if isinstance(v, float)})
@@ -213,9 +234,12 @@ class Trainer:
                 if deadline is not None:
                     frac.append((time.monotonic() - t_start) / (run.minutes * 60))
                 self.progress(min(1.0, max(frac)), f"step {step}: loss {lv:.4f}")
-            if run.ckpt_every and step % run.ckpt_every == 0:
+            due = bool(run.ckpt_every and step % run.ckpt_every == 0)
+            if run.ckpt_minutes > 0:  # every rank must agree (the save ends with a barrier)
+                due = D.any_flag(due or time.monotonic() - t_ckpt >= run.ckpt_minutes * 60, device)
+            if due:
                 res.checkpoint = self._save(model, optimizer, scheduler, gen, step)
-                last_ckpt = step
+                last_ckpt, t_ckpt = step, time.monotonic()
             if run.val_every and step % run.val_every == 0:
                 res.val = self._validate(model, amp, step, log)
         res.step = step
@@ -228,6 +252,10 @@ class Trainer:
         tb.close()
         res.seconds = time.monotonic() - t_start
         return res
+
+    def cpu_seconds(self) -> float:
+        """Process CPU seconds (all threads, generator included) spent on this run, across resumes."""
+        return getattr(self, "_cpu_base", 0.0) + (time.process_time() - getattr(self, "_cpu0", time.process_time()))
 
     # ------------------------------------------------------------------------------------------ pieces
     def _resume_path(self) -> Optional[Path]:
@@ -268,7 +296,9 @@ class Trainer:
             path = ckpt.save_checkpoint(self.out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                                         step=step, config=self.cfg.to_dict(), architecture=architecture_of(self.cfg),
                                         generator=gen, optim_dtype=r.optim_dtype, max_file_mb=r.max_file_mb,
-                                        keep_last=r.keep_last, extra={"world_size": self.info.world_size})
+                                        keep_last=r.keep_last,
+                                        extra={"world_size": self.info.world_size,
+                                               "cpu_seconds": round(self.cpu_seconds(), 1)})
         D.barrier()
         return path
 
