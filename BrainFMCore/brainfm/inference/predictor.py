@@ -117,6 +117,8 @@ class Predictor:
         if info is None:
             return {"name": "unnamed", "heads": list(self.head_names), "voxel_mm": self.voxel_mm}
         meta = {k: getattr(info, k, None) for k in ("name", "version", "format", "sha256", "label_scheme")}
+        if getattr(info, "quality", None):
+            meta["quality"] = dict(info.quality)
         meta["heads"] = list(self.head_names)
         meta["voxel_mm"] = self.voxel_mm
         return meta

@@ -2,8 +2,9 @@
 
 The JSON sidecar holds ``format`` ("brainfm-native"), ``format_version``, ``name``, ``version``,
 ``architecture`` (:meth:`ModelConfig.to_dict`), ``heads``, ``label_scheme``, ``atlas`` ``{name, sha256}``,
-``provenance`` (training runs, iterations, ...), ``output_units``, ``weights_file``, ``weights_dtype``
-and ``weights_sha256``; the weights' SHA-256 is verified on every load. Both files are written
+``provenance`` (training runs, iterations, ...), ``output_units``, ``voxel_mm`` (the working grid;
+1 when absent), ``quality`` (measured level and Dice, see :mod:`brainfm.evaluation.quality`; may be
+empty), ``weights_file``, ``weights_dtype`` and ``weights_sha256``; the weights' SHA-256 is verified on every load. Both files are written
 atomically (temporary file in the same folder + ``os.replace``); safetensors cannot run code.
 
 >>> import tempfile, pathlib, torch
@@ -60,7 +61,7 @@ def _info_fields(info: Union[ModelInfo, Mapping[str, Any], None]) -> Dict[str, A
         return {}
     if is_dataclass(info):
         d = {k: getattr(info, k) for k in ("name", "version", "label_scheme", "atlas", "provenance", "output_units",
-                                           "voxel_mm")}
+                                           "voxel_mm", "quality")}
         return d
     return dict(info)
 
@@ -112,6 +113,7 @@ def save_native(net: BrainFMNet, path: PathLike, *, info: Union[ModelInfo, Mappi
         "provenance": fields.get("provenance") or {},
         "output_units": units,
         "voxel_mm": float(fields.get("voxel_mm") or 1.0),
+        "quality": dict(fields.get("quality") or {}),
         "weights_file": weights_path.name,
         "weights_dtype": "float16" if fp16 else "float32",
         "weights_sha256": digest,
@@ -213,5 +215,6 @@ def load_native(path: PathLike, *, expected_sha256: Optional[str] = None, map_lo
         output_units=dict(meta.get("output_units") or BRAINFM_OUTPUT_UNITS),
         source=str(weights_path),
         voxel_mm=_voxel_mm(meta, json_path),
+        quality=dict(meta.get("quality") or {}) if isinstance(meta.get("quality"), dict) else {},
     )
     return LoadedModel(net, info)

@@ -61,6 +61,8 @@ class ModelInfo:
     output_units: Dict[str, Any] = field(default_factory=dict)
     source: Optional[str] = None  # path of the main weights file
     voxel_mm: float = 1.0  # edge of the network frame's voxels: inputs are resampled to this grid
+    #: measured quality (``brainfm.evaluation.quality``): ``{"level", "real_t1_dice17", ...}``; empty if unknown
+    quality: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-serialisable summary (used in prediction metadata and the native JSON sidecar)."""
@@ -68,7 +70,7 @@ class ModelInfo:
             "name": self.name, "version": self.version, "format": self.format, "sha256": self.sha256,
             "config": self.config.to_dict(), "label_scheme": self.label_scheme, "atlas": self.atlas,
             "provenance": self.provenance, "output_units": self.output_units, "source": self.source,
-            "voxel_mm": self.voxel_mm,
+            "voxel_mm": self.voxel_mm, "quality": dict(self.quality),
         }
 
 
