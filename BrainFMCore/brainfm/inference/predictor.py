@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch
 from brainfm.errors import BrainFMError, InputError
 from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
+from brainfm.geometry import resample_to_grid
 from brainfm.inference.outgrid import GridMapper
 from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
@@ -35,6 +36,8 @@ from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resol
 from brainfm.volume import Volume
 
 OUTPUT_FRAMES = ("input", "1mm")
+#: heads whose task needs a 1 mm working grid (hidden for models with ``voxel_mm > 1``)
+COARSE_GRID_HIDDEN_HEADS = ("high_res_residual",)
 
 
 class _Monotone:
@@ -94,7 +97,10 @@ class Predictor:
         self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
         #: edge (mm) of the network frame's voxels: the model's working resolution
         self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
-        self.available_tasks: List[str] = available_tasks(self.head_names)
+        #: heads that serve tasks: a model working on a grid coarser than 1 mm offers no 1 mm super-resolution
+        self.task_heads: List[str] = [h for h in self.head_names
+                                      if not (h in COARSE_GRID_HIDDEN_HEADS and self.voxel_mm > 1.0 + 1e-6)]
+        self.available_tasks: List[str] = available_tasks(self.task_heads)
         self._atlas_cache: Dict[str, Optional[Volume]] = {}
 
     @classmethod
@@ -206,7 +212,7 @@ class Predictor:
         task_times: Dict[str, float] = {}
         cb = _Monotone(progress)
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
-        task_list = resolve_tasks(tasks, self.head_names)
+        task_list = resolve_tasks(tasks, self.task_heads)
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -218,7 +224,7 @@ class Predictor:
         timings["preprocess"], cpu["preprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
-        heads = head_map(task_list, self.head_names)
+        heads = head_map(task_list, self.task_heads)
         raw_heads = [h for t, h in heads.items() if t != FEAT]
         channels = self.net.head.channels()
         plan = self.plan(prep.net.shape, sum(channels[h] for h in raw_heads) + (self.f_maps if FEAT in heads else 0))
@@ -292,11 +298,17 @@ class Predictor:
             if prep.ct_window:
                 image_out = np.clip(image_out, 0.0, 80.0)
             fg_out = prep.foreground_in
-        else:
+        elif self.voxel_mm == 1.0:
             out_aff, out_shape = net_aff, prep.net.shape
             to_out = GridMapper(net_aff, prep.net.shape, net_aff, prep.net.shape)  # identity
             image_out = (net_image * (hi - lo) + lo).astype(np.float32)
             fg_out = net_image > 0
+        else:  # a coarser network grid: the 1 mm RAS grid over the same box
+            out_aff, out_shape = one_mm_grid(net_aff, prep.net.shape, self.voxel_mm)
+            to_out = GridMapper(net_aff, prep.net.shape, out_aff, out_shape)
+            src = prep.image if not prep.ct_window else prep.image.with_data(np.clip(prep.image.data, 0.0, 80.0))
+            image_out = np.asarray(resample_to_grid(src, out_aff, out_shape, order="linear").data, np.float32)
+            fg_out = image_out > lo
         return TaskContext(
             raw=raw, heads=heads, net_image=net_image, net_affine=net_aff, norm_range=(lo, hi),
             out_affine=np.asarray(out_aff, float), out_shape=tuple(out_shape), image_out=image_out,  # type: ignore[arg-type]
@@ -307,6 +319,21 @@ class Predictor:
             output_exact=to_out.exact, output_channels=to_out.channels,
             meta={"model": self._model_meta().get("name"), "frame": output_frame},
         )
+
+
+def one_mm_grid(affine: np.ndarray, shape: Sequence[int], voxel_mm: float) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """The 1 mm grid covering the same box as an axis-aligned grid of ``voxel_mm`` voxels.
+
+    >>> aff, shp = one_mm_grid(np.diag([2.0, 2.0, 2.0, 1.0]), (3, 4, 5), 2.0)
+    >>> shp, float(aff[0, 0]), float(aff[0, 3])
+    ((6, 8, 10), 1.0, -0.5)
+    """
+    a = np.asarray(affine, np.float64)
+    f = float(voxel_mm)
+    out = a.copy()
+    out[:3, :3] = a[:3, :3] / f
+    out[:3, 3] = a[:3, 3] - a[:3, :3] @ np.full(3, (f - 1.0) / (2.0 * f))
+    return out, tuple(int(round(s * f)) for s in shape)  # type: ignore[return-value]
 
 
 def _is_existing_file(x: Any) -> bool:

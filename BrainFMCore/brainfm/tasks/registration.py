@@ -186,9 +186,10 @@ def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
     else:
         warped = sample_at(atlas, coords)
     out["atlas_warped"] = ctx.volume(warped, task="reg", kind="image", units="atlas intensity units")
-    fg = ctx.net_image > 0
-    cols = [np.asarray(raw[r][fg], np.float32) * np.float32(REG_SCALE) for r in range(3)]
-    values = ctx.denormalise(ctx.net_image[fg])
+    src_raw, src_img = _splat_sources(raw, ctx.net_image, ctx.net_affine)
+    fg = src_img > 0
+    cols = [np.asarray(src_raw[r][fg], np.float32) * np.float32(REG_SCALE) for r in range(3)]
+    values = ctx.denormalise(src_img[fg])
     inv_img, _w = splat_inverse(values, cols, atlas.affine, atlas.shape)
     out["subject_in_atlas"] = Volume(
         inv_img, atlas.affine.copy(),
@@ -196,3 +197,23 @@ def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
          "method": "trilinear splatting of the 1 mm subject image through the predicted map"},
     )
     return out
+
+
+def _splat_sources(raw: np.ndarray, image: np.ndarray, affine: np.ndarray):
+    """(3, X, Y, Z) coordinates and the image on a grid of at most 1 mm: a coarser network grid is
+    trilinearly refined first (same box), so that splatting into the 1 mm atlas leaves no holes.
+
+    >>> r, im = _splat_sources(np.zeros((3, 2, 2, 2), np.float32), np.ones((2, 2, 2), np.float32),
+    ...                        np.diag([2.0, 2.0, 2.0, 1.0]))
+    >>> r.shape, im.shape
+    ((3, 4, 4, 4), (4, 4, 4))
+    """
+    factor = int(round(float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).max())))
+    if factor <= 1:
+        return raw, image
+    import torch
+
+    stack = torch.from_numpy(np.concatenate([np.asarray(raw[:3], np.float32),
+                                             np.asarray(image, np.float32)[None]], 0))[None]
+    fine = torch.nn.functional.interpolate(stack, scale_factor=factor, mode="trilinear", align_corners=False)[0]
+    return fine[:3].numpy(), fine[3].numpy()

@@ -1,0 +1,144 @@
+"""Models that work on a grid coarser than 1 mm (``voxel_mm``, the compact model's 2 mm): the native
+file records it, the Predictor resamples to it and back, hides 1 mm super-resolution, and the ``1mm``
+output frame really is 1 mm; the generator draws windows of ``size`` voxels of ``voxel_mm``."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brainfm.errors import CheckpointError, InputError
+from brainfm.generator import Generator, GeneratorConfig, SubjectData
+from brainfm.inference import Predictor
+from brainfm.models import BrainFMNet, ModelConfig, load_model, save_native
+from brainfm.models.common import ModelInfo
+from brainfm.volume import Volume
+from fixtures import GEOMETRY_CASES, blob_head
+
+HEADS = {"T1": 1, "segmentation": 33, "registration": 3, "high_res_residual": 1, "distance": 4}
+
+
+def tiny(voxel_mm: float, *, seed: int = 0) -> Predictor:
+    torch.manual_seed(seed)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads=dict(HEADS)))
+    info = ModelInfo(name="tiny", version="1", format="native", sha256="", config=net.config,
+                     label_scheme="fs33", voxel_mm=voxel_mm)
+    from brainfm.models.common import LoadedModel
+
+    return Predictor(LoadedModel(net, info), device="cpu")
+
+
+def test_native_file_keeps_voxel_size_and_quality(tmp_path):
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads={"segmentation": 33}))
+    q = {"level": "preview", "real_t1_dice17": 0.71}
+    w, j = save_native(net, tmp_path / "m", info={"name": "m", "voxel_mm": 2.0, "quality": q})
+    loaded = load_model(w)
+    assert loaded.info.voxel_mm == 2.0 and loaded.info.quality == q
+    meta = json.loads(j.read_text())
+    del meta["voxel_mm"], meta["quality"]  # files written before these fields: 1 mm, unknown quality
+    j.write_text(json.dumps(meta))
+    old = load_model(w)
+    assert old.info.voxel_mm == 1.0 and old.info.quality == {}
+    meta["voxel_mm"] = 0.0
+    j.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="voxel_mm"):
+        load_model(w)
+
+
+def test_predictor_runs_on_the_model_grid_and_returns_the_input_grid():
+    head = blob_head((44, 52, 40))
+    p1, p2 = tiny(1.0), tiny(2.0)
+    r1 = p1.predict(head, tasks=["seg", "t1"])
+    r2 = p2.predict(head, tasks=["seg", "t1"])
+    s1, s2 = r1.metadata["network_shape"], r2.metadata["network_shape"]
+    assert all(abs(b - a / 2) <= 1.5 for a, b in zip(s1, s2)), (s1, s2)
+    assert abs(np.linalg.norm(np.asarray(r2.metadata["network_affine"])[:3, :3], axis=0) - 2.0).max() < 1e-9
+    assert r2.metadata["model"]["voxel_mm"] == 2.0
+    for key in ("seg", "synth_t1"):
+        assert r2[key].shape == head.shape and np.allclose(r2[key].affine, head.affine)
+
+
+@pytest.mark.parametrize("case", ["oblique", "lps_stored", "left_handed"])
+def test_coarse_model_outputs_land_on_oblique_lps_and_left_handed_inputs(case):
+    vol = blob_head((40, 44, 36), GEOMETRY_CASES[case])
+    out = tiny(2.0).predict(vol, tasks=["t1"])["synth_t1"]
+    assert out.shape == vol.shape and np.allclose(out.affine, vol.affine)
+    # outputs are zero outside the input's foreground and non-zero inside it
+    fg = np.asarray(vol.data) > np.asarray(vol.data).min()
+    assert not np.any(np.asarray(out.data)[~fg])
+
+
+def test_super_resolution_needs_a_1mm_model():
+    p = tiny(2.0)
+    assert "sr" not in p.available_tasks and "sr" in tiny(1.0).available_tasks
+    with pytest.raises(InputError, match="sr"):
+        p.predict(blob_head((32, 32, 32)), tasks=["sr"])
+    assert "superres" not in p.predict(blob_head((32, 32, 32)), tasks=["all"]).outputs
+
+
+def test_1mm_output_frame_of_a_2mm_model_is_1mm_over_the_same_box():
+    head = blob_head((44, 52, 40))
+    r = tiny(2.0).predict(head, tasks=["seg", "t1"], output_frame="1mm")
+    net_aff, net_shape = np.asarray(r.metadata["network_affine"]), r.metadata["network_shape"]
+    seg = r["seg"]
+    assert np.allclose(np.linalg.norm(seg.affine[:3, :3], axis=0), 1.0)
+    assert seg.shape == tuple(2 * s for s in net_shape)
+    # first and last voxel corners of both grids coincide (same world box)
+    lo_net = net_aff[:3, 3] - net_aff[:3, :3] @ np.full(3, 0.5)
+    lo_1mm = seg.affine[:3, 3] - seg.affine[:3, :3] @ np.full(3, 0.5)
+    assert np.allclose(lo_net, lo_1mm)
+    # the synthetic T1 is non-zero only where the input (resampled to 1 mm) is foreground
+    assert np.count_nonzero(r["synth_t1"].data) > 0
+
+
+def test_registration_of_a_2mm_model_fills_the_atlas_without_holes():
+    head = blob_head((40, 44, 36))
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads={"registration": 3}))
+    with torch.no_grad():  # identity-like map: atlas coordinate = world coordinate / 100 (raw units)
+        net.head.final_conv_registration.weight.zero_()
+        net.head.final_conv_registration.bias.zero_()
+    from brainfm.models.common import LoadedModel
+
+    info = ModelInfo(name="t", version="1", format="native", sha256="", config=net.config, voxel_mm=2.0)
+    p = Predictor(LoadedModel(net, info), device="cpu")
+    atlas = Volume(np.ones((9, 9, 9), np.float32), np.diag([1.0, 1.0, 1.0, 1.0]) @ _shift(-4))
+    out = p.predict(head, tasks=["reg"], atlas=atlas)
+    inv = np.asarray(out["subject_in_atlas"].data)
+    # every subject point maps to the atlas origin: the splat lands around voxel (4, 4, 4) only
+    assert inv[4, 4, 4] > 0 and np.count_nonzero(inv) <= 8
+
+
+def _shift(t: float) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, 3] = t
+    return a
+
+
+def test_generator_window_covers_size_times_voxel_mm():
+    lab = torch.zeros(64, 64, 64, dtype=torch.long)
+    lab[24:40, 24:40, 24:40] = 2  # a 16 mm cube of cerebral white matter
+    still = GeneratorConfig(rotation_deg=0.0, shear=0.0, scaling=0.0, svf_std=(0.0, 0.0), p_flip=0.0,
+                            p_pathology=0.0)
+    gen = Generator(still)
+    b1 = gen.sample(SubjectData(lab), n_samples=2, size=32, seed=1, voxel_mm=1.0)
+    b2 = gen.sample(SubjectData(lab), n_samples=2, size=32, seed=1, voxel_mm=2.0)
+    n1 = int((b1.targets["segmentation"] > 0).sum())
+    n2 = int((b2.targets["segmentation"] > 0).sum())
+    assert n1 == 16 ** 3 and n2 == 8 ** 3
+    assert b2.params["voxel_mm"] == 2.0 and tuple(b2.inputs.shape) == (2, 1, 32, 32, 32)
+    with pytest.raises(InputError, match="voxel_mm"):
+        gen.sample(SubjectData(lab), n_samples=1, size=16, seed=0, voxel_mm=0.0)
+
+
+def test_severe_fraction_sets_the_share_of_severe_samples():
+    lab = torch.zeros(24, 24, 24, dtype=torch.long)
+    lab[6:18, 6:18, 6:18] = 2
+    for frac, want in ((0.0, 0), (1.0, 4)):
+        b = Generator(GeneratorConfig(severe_fraction=frac)).sample(SubjectData(lab), n_samples=4, size=16, seed=3)
+        assert sum(s["severity"] == "severe" for s in b.params["samples"]) == want
+    counts = [sum(s["severity"] == "severe" for s in Generator(GeneratorConfig(severe_fraction=0.25)).sample(
+        SubjectData(lab), n_samples=2, size=16, seed=k).params["samples"]) for k in range(40)]
+    assert 0.2 < np.mean(counts) / 2 < 0.4  # 0.25 on average

@@ -1,0 +1,178 @@
+"""Finish a training run: export, evaluate, write the model card's history row, and bundle the weights
+into the package (and commit them) only when the evaluation improves on the bundled model.
+
+    python Training/bundle_model.py --run runs/cpu --data ../shared/data [--no-commit] [--device-note TEXT]
+
+Called by `bash Training/cpu_train.sh finish` (after a clean stop) and after a GPU window. Steps:
+1. the newest checkpoint of --run -> fp16 native model in <run>/export/ (provenance: steps, CPU-hours,
+   GPU-minutes, totals carried over from the weights the run started from);
+2. quality on the development data (brainfm.evaluation.quality: merged-17 Dice on the real T1 and on
+   the held-out label maps) -> <run>/export/quality.json;
+3. better than the bundled model (real-T1 Dice, then held-out Dice)? -> write it to
+   BrainFMCore/brainfm/models/bundled/ with its quality, record its SHA-256 in registry.json;
+4. a row in the model card's "Training history" table (shipped or not);
+5. one git commit of exactly those files (weights only when they improved), unless --no-commit.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "BrainFMCore" / "brainfm"
+BUNDLED = PKG / "models" / "bundled"
+CARD = BUNDLED / "MODEL_CARD.md"
+REGISTRY = PKG / "models" / "registry.json"
+NAME = "brainfm-compact"
+HISTORY_HEADING = "## Training history"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_totals(run: Path, meta: Dict[str, Any]) -> Dict[str, float]:
+    """Steps / CPU-hours / GPU-minutes of this run plus those of the weights it started from."""
+    origin = run / "origin.json"
+    before = json.loads(origin.read_text()).get("totals", {}) if origin.is_file() else {}
+    extra = meta.get("extra") or {}
+    cpu_h = float(extra.get("cpu_seconds", 0.0)) / 3600.0
+    gpu_min = float(extra.get("gpu_minutes", 0.0))
+    return {"steps": int(before.get("steps", 0)) + int(meta["step"]),
+            "cpu_hours": round(float(before.get("cpu_hours", 0.0)) + cpu_h, 2),
+            "gpu_minutes": round(float(before.get("gpu_minutes", 0.0)) + gpu_min, 1),
+            "run_steps": int(meta["step"]), "run_cpu_hours": round(cpu_h, 2)}
+
+
+def recent_losses(run: Path, n: int = 50) -> Dict[str, float]:
+    p = run / "log.csv"
+    if not p.is_file():
+        return {}
+    rows = [r for r in csv.DictReader(open(p, newline="")) if r.get("loss")][-n:]
+    mean = lambda k: round(sum(float(r[k]) for r in rows if r.get(k)) / max(1, sum(1 for r in rows if r.get(k))), 3)  # noqa: E731
+    return {"loss": mean("loss"), "seg_ce": mean("seg_ce"), "seg_dice": mean("seg_dice")} if rows else {}
+
+
+def bundled_quality() -> Optional[Dict[str, Any]]:
+    j = BUNDLED / f"{NAME}.json"
+    if not j.is_file():
+        return None
+    return json.loads(j.read_text()).get("quality") or {}
+
+
+def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
+    if old is None:
+        return True
+    a, b = float(new.get("real_t1_dice17") or 0), float(old.get("real_t1_dice17") or 0)
+    if abs(a - b) > 0.002:
+        return a > b
+    return float(new.get("heldout_dice17") or 0) > float(old.get("heldout_dice17") or 0)
+
+
+def append_history_row(row: List[str]) -> None:
+    text = CARD.read_text()
+    lines = text.splitlines()
+    i = next(k for k, l in enumerate(lines) if l.startswith(HISTORY_HEADING))
+    j = next(k for k in range(i + 1, len(lines)) if lines[k].startswith("|"))  # table header
+    k = j
+    while k + 1 < len(lines) and lines[k + 1].startswith("|"):
+        k += 1
+    lines.insert(k + 1, "| " + " | ".join(row) + " |")
+    tmp = CARD.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, CARD)
+
+
+def set_registry_sha(sha: str) -> None:
+    data = json.loads(REGISTRY.read_text())
+    for e in data["entries"]:
+        if e.get("id") == NAME:
+            e["sha256"] = sha
+    tmp = REGISTRY.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, REGISTRY)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(REPO / "runs" / "cpu"))
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--no-commit", action="store_true")
+    ap.add_argument("--hardware", default=None, help="text for the history row (default: this CPU)")
+    args = ap.parse_args(argv)
+
+    from brainfm.evaluation.quality import measure_quality
+    from brainfm.models import save_native
+    from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo
+    from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+    from brainfm.training.config import TrainConfig
+    from brainfm.training.trainer import build_model
+
+    run = Path(args.run)
+    ck = latest_checkpoint(run)
+    if ck is None:
+        print(f"bundle_model: no checkpoint in {run}", file=sys.stderr)
+        return 2
+    meta = read_meta(ck)
+    cfg = TrainConfig.from_dict(meta.get("config") or {})
+    net = build_model(cfg)
+    load_checkpoint(ck, model=net, restore_rng=False)
+    totals = run_totals(run, meta)
+    losses = recent_losses(run)
+    today = datetime.date.today().isoformat()
+    hardware = args.hardware or f"{cpu_name()}, {os.cpu_count()} cores"
+    provenance = {"trained_by": "brainfm.training", "step": int(meta["step"]), "totals": totals,
+                  "recipe": cfg.to_dict(), "recent_losses": losses, "date": today, "hardware": hardware}
+
+    def info(quality: Dict[str, Any]) -> ModelInfo:
+        return ModelInfo(name=NAME, version=f"{today}-step{totals['steps']}", format="native", sha256="",
+                         config=net.config, label_scheme=cfg.model.label_scheme, atlas={"name": "gca"},
+                         provenance=provenance, output_units=dict(BRAINFM_OUTPUT_UNITS),
+                         voxel_mm=float(cfg.model.voxel_mm), quality=quality)
+
+    export = run / "export"
+    weights, _ = save_native(net, export / NAME, info=info({}), fp16=True)
+    q = measure_quality(weights, args.data)
+    (export / "quality.json").write_text(json.dumps(q, indent=1))
+    old = bundled_quality()
+    ship = better(q, old)
+    print(json.dumps({"checkpoint": str(ck), "totals": totals, "losses": losses, "quality": q,
+                      "bundled_quality": old, "ship": ship}))
+    files = [CARD]
+    if ship:
+        w, j = save_native(net, BUNDLED / NAME, info=info(q), fp16=True)
+        from brainfm.models.registry import sha256_file
+
+        set_registry_sha(sha256_file(w))
+        files += [w, j, REGISTRY]
+    compute = f"{totals['run_cpu_hours']:.2f} CPU-h" + (f" (total {totals['cpu_hours']:.2f} CPU-h" +
+                                                        (f", {totals['gpu_minutes']:.0f} GPU-min" if totals['gpu_minutes'] else "") + ")")
+    append_history_row([today, hardware, compute, f"{totals['run_steps']} (total {totals['steps']})",
+                        f"{losses.get('loss', float('nan')):.3f} / {losses.get('seg_ce', float('nan')):.3f}",
+                        f"{q.get('heldout_dice17', float('nan')):.3f}", f"{q['real_t1_dice17']:.3f}",
+                        ("yes, " + q["level"]) if ship else "no (not better)"])
+    if not args.no_commit:
+        rel = [str(Path(f).resolve().relative_to(REPO)) for f in files]
+        subprocess.run(["git", "-C", str(REPO), "add", "--", *rel], check=True)
+        msg = (f"Bundled model: {totals['steps']} steps, real-T1 merged-17 Dice {q['real_t1_dice17']:.3f}"
+               if ship else f"Model card: training history row ({today}, Dice {q['real_t1_dice17']:.3f}, not shipped)")
+        subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--", *rel], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
