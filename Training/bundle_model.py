@@ -51,11 +51,11 @@ def run_totals(run: Path, meta: Dict[str, Any]) -> Dict[str, float]:
     before = json.loads(origin.read_text()).get("totals", {}) if origin.is_file() else {}
     extra = meta.get("extra") or {}
     cpu_h = float(extra.get("cpu_seconds", 0.0)) / 3600.0
-    gpu_min = float(extra.get("gpu_minutes", 0.0))
+    gpu_min = float(extra.get("gpu_seconds", 0.0)) / 60.0
     return {"steps": int(before.get("steps", 0)) + int(meta["step"]),
             "cpu_hours": round(float(before.get("cpu_hours", 0.0)) + cpu_h, 2),
             "gpu_minutes": round(float(before.get("gpu_minutes", 0.0)) + gpu_min, 1),
-            "run_steps": int(meta["step"]), "run_cpu_hours": round(cpu_h, 2)}
+            "run_steps": int(meta["step"])}
 
 
 def recent_losses(run: Path, n: int = 50) -> Dict[str, float]:
@@ -159,9 +159,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         set_registry_sha(sha256_file(w))
         files += [w, j, REGISTRY]
-    compute = f"{totals['run_cpu_hours']:.2f} CPU-h" + (f" (total {totals['cpu_hours']:.2f} CPU-h" +
-                                                        (f", {totals['gpu_minutes']:.0f} GPU-min" if totals['gpu_minutes'] else "") + ")")
-    append_history_row([today, hardware, compute, f"{totals['run_steps']} (total {totals['steps']})",
+    compute = (f"{totals['cpu_hours']:.2f} CPU-h" + (f" + {totals['gpu_minutes']:.0f} GPU-min" if totals["gpu_minutes"] else "")
+               + " in all")
+    append_history_row([today, hardware, compute, str(totals["steps"]),
                         f"{losses.get('loss', float('nan')):.3f} / {losses.get('seg_ce', float('nan')):.3f}",
                         f"{q.get('heldout_dice17', float('nan')):.3f}", f"{q['real_t1_dice17']:.3f}",
                         ("yes, " + q["level"]) if ship else "no (not better)"])

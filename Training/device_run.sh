@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# The one command for a GPU window (<= 10 min; results only through $OUT: <= 8 files of <= 16 MiB).
+# The one command for a GPU window. A session has 15 minutes of device time in all, the machine's start
+# (minutes) included, so this is one command of <= 9 minutes with evaluation and copying; results come
+# back only through $OUT (<= 8 files of <= 16 MiB).
 #
-#   bash Training/device_run.sh [--minutes 8] [--config FILE] [--set key=value ...] [--smoke] [--steps N]
+#   bash Training/device_run.sh [--minutes 7] [--config FILE] [--set key=value ...] [--smoke] [--steps N]
+#
+# Before the window, on the CPU machine: `python Training/gpu_handoff.py stage` puts the newest state of
+# the CPU run (runs/cpu) into .devdata/ckpt; carry .devdata and .whl. After it: `python
+# Training/gpu_handoff.py adopt DIR` (DIR = the returned $OUT), then `bash Training/cpu_train.sh start`
+# continues on the CPU, or `bash Training/cpu_train.sh finish` evaluates and bundles.
 #
 # 1. installs the wheels of .whl/ into /tmp/site (the machine has torch but not nibabel/safetensors/...);
 # 2. prepares .devdata/labels -> .devdata/prepared if needed (16 workers; atlas .devdata/gca.mgz);
-# 3. trains for --minutes (clipped to the window), resuming from .devdata/ckpt when it holds a checkpoint
-#    (and appending to .devdata/ckpt/log.csv when present);
-# 4. evaluates on the 2 held-out subjects (Dice, PSNR) -> eval.json;
-# 5. copies into $OUT, most important first: ckpt/meta.json, ckpt/model-*.safetensors,
-#    ckpt/optim-*.safetensors, log.csv, eval.json, loss_curve.png, then the native model and, if
-#    prepared here and small, prepared.tar. Put $OUT/ckpt/* (and log.csv) into .devdata/ckpt/ for the
-#    next window. Every step tolerates the failure of the previous ones; the exit code is training's.
+# 3. measures training throughput (samples/s at 128^3 and 160^3, peak GPU memory; <= 75 s) -> bench.jsonl;
+# 4. trains for the rest of the window (Training/configs/gpu_window.yaml: the CPU recipe's model and grid,
+#    bigger batches, bf16), resuming from .devdata/ckpt when it holds a checkpoint;
+# 5. evaluates on the 2 held-out subjects (Dice, PSNR) -> eval.json;
+# 6. copies into $OUT, most important first: ckpt/meta.json, ckpt/model-*.safetensors,
+#    ckpt/optim-*.safetensors, log.csv, eval.json, loss_curve.png, bench.jsonl, then the native model
+#    and, if prepared here and small, prepared.tar. Every step tolerates the failure of the previous
+#    ones; the exit code is training's.
 # Environment: OUT (default outputs/device_run), DEVDATA (default .devdata), PYTHON (default python3),
-# BUDGET_MIN (whole window, default 9.5).
+# BUDGET_MIN (the whole command, default 9).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 T0=$(date +%s)
-MINUTES=8; SMOKE=0; STEPS=""; CONFIG="Training/configs/pretrain.yaml"; EXTRA=()
+MINUTES=7; SMOKE=0; STEPS=""; CONFIG="Training/configs/gpu_window.yaml"; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES="$2"; shift 2 ;;
@@ -26,14 +34,14 @@ while [ $# -gt 0 ]; do
     --config) CONFIG="$2"; shift 2 ;;
     --set) EXTRA+=(--set "$2"); shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "device_run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 OUT="${OUT:-$REPO/outputs/device_run}"
 DEVDATA="${DEVDATA:-$REPO/.devdata}"
 PY="${PYTHON:-python3}"
-BUDGET_MIN="${BUDGET_MIN:-9.5}"
+BUDGET_MIN="${BUDGET_MIN:-9}"
 mkdir -p "$OUT"
 RUN="$(mktemp -d "${TMPDIR:-/tmp}/brainfm_run.XXXXXX")"
 log() { echo "[device_run $(( $(date +%s) - T0 ))s] $*"; }
@@ -61,7 +69,14 @@ if [ "$NPREP" -lt "$NLAB" ] || [ "$NPREP" -eq 0 ]; then
     && PREPARED_HERE=1 || log "WARNING: prepare failed"
 fi
 
-# ---- 3. train (resume from .devdata/ckpt)
+# ---- 3. throughput of the compact model on this GPU (samples/s, peak memory)
+if [ "$SMOKE" = 0 ] && "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  log "measuring training throughput"
+  timeout 75 "$PY" Testing/benchmarks/bench_training.py --sizes 128 160 --steps 8 > "$RUN/bench.jsonl" 2>/dev/null \
+    || log "WARNING: throughput measurement incomplete"
+fi
+
+# ---- 4. train (resume from .devdata/ckpt)
 mkdir -p "$RUN/train/checkpoints"
 RESUME=(--resume auto)
 if [ -f "$DEVDATA/ckpt/meta.json" ]; then
@@ -75,7 +90,7 @@ ELAPSED=$(( $(date +%s) - T0 ))
 TRAIN_MIN=$("$PY" -c "import sys; m,b,e=map(float,sys.argv[1:]); print(max(0.5, min(m, b - e/60 - 1.5)))" "$MINUTES" "$BUDGET_MIN" "$ELAPSED")
 OPTS=(--config "$CONFIG" --prepared "$PREP" --out "$RUN/train" --minutes "$TRAIN_MIN" --progress none
       --set run.optim_dtype=bf16 --set run.export_dtype=fp16 --set run.log_every=10)
-EVAL_OPTS=(--size 128 --samples 2)
+EVAL_OPTS=(--samples 2)
 if [ "$SMOKE" = 1 ]; then
   OPTS=(--config Training/configs/smoke.yaml --prepared "$PREP" --out "$RUN/train" --minutes 1 --progress none)
   EVAL_OPTS=(--size 24 --samples 1)
@@ -86,7 +101,7 @@ log "training for at most $TRAIN_MIN min"
 RC=$?
 log "training exit code $RC"
 
-# ---- 4. evaluate on the held-out subjects
+# ---- 5. evaluate on the held-out subjects
 CK="$RUN/train/checkpoints/$(cat "$RUN/train/checkpoints/latest" 2>/dev/null)"
 if [ -f "$CK/meta.json" ]; then
   "$PY" -m brainfm evaluate --model "$CK" --prepared "$PREP" --n-val 2 "${EVAL_OPTS[@]}" -o "$RUN/eval.json" \
@@ -94,7 +109,7 @@ if [ -f "$CK/meta.json" ]; then
 fi
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader; fi
 
-# ---- 5. copy results (at most 8 files of <= 16 MiB)
+# ---- 6. copy results (at most 8 files of <= 16 MiB)
 "$PY" - "$RUN" "$OUT" "$CK" "$PREPARED_HERE" "$PREP" <<'PYEOF'
 import glob, os, shutil, sys, tarfile
 run, out, ck, prepared_here, prep = sys.argv[1:6]
@@ -104,7 +119,7 @@ if os.path.isfile(os.path.join(ck, "meta.json")):
     items.append((os.path.join(ck, "meta.json"), "ckpt/meta.json"))
     items += [(p, "ckpt/" + os.path.basename(p)) for p in sorted(glob.glob(os.path.join(ck, "model-*.safetensors")))]
     items += [(p, "ckpt/" + os.path.basename(p)) for p in sorted(glob.glob(os.path.join(ck, "optim-*.safetensors")))]
-for name in ("train/log.csv", "eval.json", "train/loss_curve.png"):
+for name in ("train/log.csv", "eval.json", "train/loss_curve.png", "bench.jsonl"):
     items.append((os.path.join(run, name), os.path.basename(name)))
 native = sorted(glob.glob(os.path.join(run, "train/model/*.safetensors")))
 groups = [[(p, "model/" + os.path.basename(p)), (p[:-len(".safetensors")] + ".json",

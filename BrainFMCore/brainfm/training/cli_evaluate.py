@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prepared", required=True, help="folder of prepared subjects")
     p.add_argument("--subjects", nargs="*", default=[], help="subject names (default: the last --n-val)")
     p.add_argument("--n-val", type=int, default=2)
-    p.add_argument("--size", type=int, default=128, help="window size in voxels")
+    p.add_argument("--size", type=int, default=None,
+                   help="window size in voxels of the model's grid (default: 128 mm worth, e.g. 64 at 2 mm)")
     p.add_argument("--samples", type=int, default=4, help="synthetic samples per subject")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -50,12 +51,14 @@ def load_any(spec: str) -> Any:
             net = build_model(cfg)
             load_checkpoint(found, model=net, restore_rng=False)
             net.label_scheme = getattr(cfg.model, "label_scheme", None)
+            net.voxel_mm = float(cfg.model.voxel_mm)
             return net
     from brainfm.models import load_model
     from brainfm.models.registry import resolve_model
 
     loaded = load_model(resolve_model(spec))
     loaded.net.label_scheme = loaded.info.label_scheme
+    loaded.net.voxel_mm = float(loaded.info.voxel_mm)
     return loaded.net
 
 
@@ -78,14 +81,17 @@ def main(args: argparse.Namespace) -> int:
     seg_ch = net.config.heads.get("segmentation")
     cmap = class_map_to("fs33", int(seg_ch), source_scheme=getattr(net, "label_scheme", None)) if seg_ch else None
     per_subject: Dict[str, Dict[str, float]] = {}
+    vox = float(getattr(net, "voxel_mm", 1.0))
+    size = args.size or max(16, int(round(128 / vox / 16)) * 16)
     for f in val:
-        one = GeneratorSource([f], [f], size=args.size, n_samples=args.samples, device=device, seed=args.seed,
-                              val_samples=args.samples)
+        one = GeneratorSource([f], [f], size=size, n_samples=args.samples, device=device, seed=args.seed,
+                              val_samples=args.samples, voxel_mm=vox)
         per_subject[f.name.split(".")[0]] = evaluate_batches(net, one.val_batches(), autocast_dtype=amp, class_map=cmap)
     keys = sorted({k for m in per_subject.values() for k in m if k != "n_batches"})
     metrics: Dict[str, Any] = {k: sum(m[k] for m in per_subject.values() if k in m)
                                / max(1, sum(1 for m in per_subject.values() if k in m)) for k in keys}
-    report = {"model": str(args.model), "segmentation_classes": seg_ch, "subjects": [f.name for f in val], "size": args.size,
+    report = {"model": str(args.model), "segmentation_classes": seg_ch, "subjects": [f.name for f in val], "size": size,
+              "voxel_mm": vox,
               "samples": args.samples, "seed": args.seed, "mean": metrics, "per_subject": per_subject}
     print(summarize(metrics))
     if args.output:

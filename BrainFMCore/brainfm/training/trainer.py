@@ -139,13 +139,16 @@ class Trainer:
         amp = self._precision(device)
         gen = torch.Generator().manual_seed(run.seed)
         start = 0
-        self._cpu_base = 0.0  # process CPU seconds of the run before this invocation
+        self._cpu_base = 0.0  # process CPU seconds of the run (on CPU devices) before this invocation
+        self._gpu_base = 0.0  # wall seconds of the run on GPUs before this invocation
+        self._on_gpu = device.type == "cuda"
         resume_from = self._resume_path()
         if resume_from is not None:
             meta = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                         generator=gen, architecture=architecture_of(cfg))
             start = int(meta["step"])
             self._cpu_base = float((meta.get("extra") or {}).get("cpu_seconds", 0.0))
+            self._gpu_base = float((meta.get("extra") or {}).get("gpu_seconds", 0.0))
             if info.rank:  # the saved RNG states are rank 0's; other ranks get their own stream
                 torch.manual_seed(run.seed + info.rank + 7919 * start)
         elif self.init_from:
@@ -166,7 +169,7 @@ class Trainer:
         res.log_csv = self.out_dir / "log.csv" if main else None
         step, last_ckpt, bad = start, start, 0
         deadline = t_start + run.minutes * 60 if run.minutes > 0 else None
-        self._cpu0 = time.process_time()
+        self._cpu0, self._wall0 = time.process_time(), time.monotonic()
         t_ckpt = time.monotonic()
         t_log, n_log = time.monotonic(), 0
         net.train()
@@ -254,8 +257,18 @@ class Trainer:
         return res
 
     def cpu_seconds(self) -> float:
-        """Process CPU seconds (all threads, generator included) spent on this run, across resumes."""
-        return getattr(self, "_cpu_base", 0.0) + (time.process_time() - getattr(self, "_cpu0", time.process_time()))
+        """Process CPU seconds (all threads, generator included) spent training on the CPU, across resumes."""
+        base = getattr(self, "_cpu_base", 0.0)
+        if getattr(self, "_on_gpu", False):
+            return base
+        return base + (time.process_time() - getattr(self, "_cpu0", time.process_time()))
+
+    def gpu_seconds(self) -> float:
+        """Wall seconds spent training on GPUs (per process), across resumes."""
+        base = getattr(self, "_gpu_base", 0.0)
+        if not getattr(self, "_on_gpu", False):
+            return base
+        return base + (time.monotonic() - getattr(self, "_wall0", time.monotonic()))
 
     # ------------------------------------------------------------------------------------------ pieces
     def _resume_path(self) -> Optional[Path]:
@@ -298,7 +311,8 @@ class Trainer:
                                         generator=gen, optim_dtype=r.optim_dtype, max_file_mb=r.max_file_mb,
                                         keep_last=r.keep_last,
                                         extra={"world_size": self.info.world_size,
-                                               "cpu_seconds": round(self.cpu_seconds(), 1)})
+                                               "cpu_seconds": round(self.cpu_seconds(), 1),
+                                               "gpu_seconds": round(self.gpu_seconds(), 1)})
         D.barrier()
         return path
 

@@ -153,3 +153,42 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     rows = [l for l in card.read_text().splitlines() if l.startswith("| 2")]
     assert len(rows) == 2 and "yes, below-preview" in rows[0] and "no (not better)" in rows[1]
     assert card.read_text().rstrip().endswith("text")  # the rest of the card untouched
+
+
+def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("gpu_handoff", REPO / "Training" / "gpu_handoff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "cpu"
+    cfg = tiny_config(run, "run.max_steps=2")
+    Trainer(cfg, source=tiny_source(cfg), resume="none").fit()
+    staged = mod.stage(run, tmp_path / "dev" / "ckpt")
+    meta = json.loads((staged / "meta.json").read_text())
+    assert meta["step"] == 2 and meta["optim_dtype"] == "bf16" and (staged / "log.csv").is_file()
+    # the window: resume the staged checkpoint elsewhere and train 2 more steps
+    win = tmp_path / "window"
+    dst = win / "checkpoints" / "step_00000002"
+    dst.mkdir(parents=True)
+    for f in staged.iterdir():
+        shutil.copy(f, dst / f.name)
+    (win / "checkpoints" / "latest").write_text("step_00000002\n")
+    shutil.copy(staged / "log.csv", win / "log.csv")
+    cfg2 = tiny_config(win, "run.max_steps=4")
+    res = Trainer(cfg2, source=tiny_source(cfg2), resume="auto").fit()
+    assert res.start_step == 2 and res.step == 4
+    out = tmp_path / "OUT"
+    (out / "ckpt").mkdir(parents=True)
+    for f in res.checkpoint.iterdir():
+        shutil.copy(f, out / "ckpt" / f.name)
+    shutil.copy(win / "log.csv", out / "log.csv")
+    mod.adopt(out, run)
+    assert read_meta(latest_checkpoint(run))["step"] == 4
+    steps = [int(float(r["step"])) for r in read_csv_log(run / "log.csv") if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    with pytest.raises(SystemExit, match="not newer"):
+        mod.adopt(out, run)
+    # the CPU run continues from the adopted state
+    cfg3 = tiny_config(run, "run.max_steps=5")
+    assert Trainer(cfg3, source=tiny_source(cfg3), resume="auto").fit().start_step == 4
