@@ -1,20 +1,16 @@
 """A model's quality level: merged-17 Dice on a real T1 and on held-out label maps.
 
-The level decides how a model is offered (model card, ``summary.json``, ``brainfm info``, the Slicer
-model selector, the demo montage's title):
-
-- below :data:`PREVIEW_DICE` (0.70) on the real T1: not used as the default;
-- from 0.70: the default, marked **preview** with its measured Dice;
-- from :data:`RELEASE_DICE` (0.80): the default, no mark.
+The level (:mod:`brainfm.models.quality`) decides how a model is offered (model card,
+``summary.json``, ``brainfm info``, the Slicer model selector, the demo montage's title).
 
 Measurements go through the product path (:class:`brainfm.inference.Predictor`, outputs on the input
 grid): the voxelmorph real T1 against its FreeSurfer aseg, and the two held-out label maps
 (``training_seg_19/20``, never trained on) rendered as noise-free T1-like images.
 
->>> quality_level(0.65), quality_level(0.7), quality_level(0.83)
-('below-preview', 'preview', 'release')
->>> quality_label({"level": "preview", "real_t1_dice17": 0.734})
-'preview (merged-17 Dice 0.734 on a real T1)'
+>>> from brainfm.evaluation.quality import measure_quality
+>>> q = measure_quality("model.safetensors", "../shared/data")  # doctest: +SKIP
+>>> q["level"], q["real_t1_dice17"]  # doctest: +SKIP
+('preview', 0.734)
 """
 from __future__ import annotations
 
@@ -24,30 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-PREVIEW_DICE = 0.70
-RELEASE_DICE = 0.80
-LEVELS = ("below-preview", "preview", "release")
-
-
-def quality_level(real_t1_dice17: Optional[float]) -> str:
-    """``below-preview`` / ``preview`` / ``release`` for a merged-17 Dice on the real T1."""
-    if real_t1_dice17 is None or not np.isfinite(real_t1_dice17) or real_t1_dice17 < PREVIEW_DICE:
-        return "below-preview"
-    return "preview" if real_t1_dice17 < RELEASE_DICE else "release"
-
-
-def quality_label(quality: Optional[Mapping[str, Any]]) -> str:
-    """Short text for users: ``''`` for a release model or unknown quality, else the level and Dice."""
-    if not quality:
-        return ""
-    level = str(quality.get("level", ""))
-    dice = quality.get("real_t1_dice17")
-    if level == "release" or not level:
-        return ""
-    text = "preview" if level == "preview" else "below preview quality"
-    if isinstance(dice, (int, float)):
-        text += f" (merged-17 Dice {float(dice):.3f} on a real T1)"
-    return text
+from brainfm.models.quality import LEVELS, PREVIEW_DICE, RELEASE_DICE, quality_label, quality_level  # noqa: F401
 
 
 def _seg_dice(predictor: Any, image: Any, truth: np.ndarray) -> Dict[str, Any]:

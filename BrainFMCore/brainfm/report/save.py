@@ -84,6 +84,20 @@ def _check_target(out: Path, overwrite: bool, forbid: Iterable[Optional[PathLike
         raise InputError(f"case folder {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
 
 
+def montage_title(name: str, model: Optional[Mapping[str, Any]]) -> str:
+    """The montage's title: the case name, the model, and its quality mark unless it is a release model.
+
+    >>> montage_title("sub-01", {"name": "brainfm-compact", "quality": {"level": "preview", "real_t1_dice17": 0.71}})
+    'sub-01 | brainfm-compact: preview (merged-17 Dice 0.710 on a real T1)'
+    >>> montage_title("sub-01", {"name": "official"})
+    'sub-01'
+    """
+    from brainfm.models.quality import quality_label
+
+    mark = quality_label((model or {}).get("quality"))
+    return f"{name} | {(model or {}).get('name', 'model')}: {mark}" if mark else name
+
+
 def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optional[Volume] = None,
                     input_path: Optional[PathLike] = None, overwrite: bool = False,
                     forbid: Iterable[Optional[PathLike]] = (), png: bool = True,
@@ -138,7 +152,8 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
             from brainfm.report.montage import write_montage
 
             units = {k: d["units"] for k, d in described.items()}
-            write_montage(input_volume, outputs, tmp / MONTAGE_NAME, title=title or out.name, units=units)
+            write_montage(input_volume, outputs, tmp / MONTAGE_NAME, units=units,
+                          title=montage_title(title or out.name, metadata.get("model")))
         summary = build_summary(metadata, outputs=described, tables=table_files,
                                 structure_volumes=tables.get("seg_volumes"), input_path=input_path,
                                 input_volume=input_volume, extra=extra)
