@@ -171,7 +171,7 @@ class Trainer:
         deadline = t_start + run.minutes * 60 if run.minutes > 0 else None
         self._cpu0, self._wall0 = time.process_time(), time.monotonic()
         t_ckpt = time.monotonic()
-        t_log, n_log = time.monotonic(), 0
+        t_log, n_log, t_data = time.monotonic(), 0, 0.0
         net.train()
         while True:
             stop = None
@@ -187,7 +187,9 @@ class Trainer:
                 res.stopped = stop or "peer"
                 break
             try:
+                t_b = time.monotonic()
                 batch = self.source.batch(step, info.rank, info.world_size)
+                t_data += time.monotonic() - t_b
                 inputs = batch.inputs.contiguous(memory_format=torch.channels_last_3d) if cl else batch.inputs
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     out = net(inputs)
@@ -227,11 +229,12 @@ class Trainer:
                     dt = time.monotonic() - t_log
                     row = {"step": step, "loss": mean, "lr": lr_used,
                            "it_per_s": n_log / dt if dt > 0 else 0.0, "elapsed_s": time.monotonic() - t_start,
-                           "cpu_s": round(self.cpu_seconds(), 1)}
+                           "cpu_s": round(self.cpu_seconds(), 1),
+                           "data_share": round(t_data / dt, 3) if dt > 0 else 0.0}
                     row.update({k: float(v.detach()) for k, v in parts.items()})
                     log.write(row)  # type: ignore[union-attr]
                     tb.scalars(step, {k: v for k, v in row.items() if isinstance(v, float)})
-                t_log, n_log = time.monotonic(), 0
+                t_log, n_log, t_data = time.monotonic(), 0, 0.0
             if run.max_steps or deadline is not None:
                 frac = [(step - start) / max(1, run.max_steps - start)] if run.max_steps else []
                 if deadline is not None:
