@@ -309,6 +309,14 @@ class Predictor:
             src = prep.image if not prep.ct_window else prep.image.with_data(np.clip(prep.image.data, 0.0, 80.0))
             image_out = np.asarray(resample_to_grid(src, out_aff, out_shape, order="linear").data, np.float32)
             fg_out = image_out > lo
+        fine: Dict[str, Any] = {}
+        factor = int(round(self.voxel_mm))
+        if factor > 1 and abs(self.voxel_mm - factor) < 1e-6 and "seg" in heads:
+            # labels of a coarse model are decided on the 1 mm grid of the same box (logits interpolated)
+            fine_aff, fine_shape = one_mm_grid(net_aff, prep.net.shape, factor)
+            fine["fine_factor"] = factor
+            fine["fine_to_output"] = GridMapper(fine_aff, fine_shape, np.asarray(out_aff, float), tuple(out_shape))
+            fine["fine_to_input"] = GridMapper(fine_aff, fine_shape, prep.frame.input_affine, prep.frame.input_shape)
         return TaskContext(
             raw=raw, heads=heads, net_image=net_image, net_affine=net_aff, norm_range=(lo, hi),
             out_affine=np.asarray(out_aff, float), out_shape=tuple(out_shape), image_out=image_out,  # type: ignore[arg-type]
@@ -317,7 +325,7 @@ class Predictor:
             scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
             return_probabilities=return_probabilities, mask_background=mask_background,
             output_exact=to_out.exact, output_channels=to_out.channels,
-            meta={"model": self._model_meta().get("name"), "frame": output_frame},
+            meta={"model": self._model_meta().get("name"), "frame": output_frame}, **fine,
         )
 
 

@@ -54,6 +54,9 @@ class TaskContext:
             apply voxel-wise transforms after mapping instead of before (same result, less work).
         output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
             (e.g. :meth:`brainfm.inference.outgrid.GridMapper.channels`).
+        fine_factor: the network grid's voxel edge in mm when it is coarser than 1 mm (2 for the
+            compact model), else 1. Then ``fine_to_output`` / ``fine_to_input`` map arrays of the
+            1 mm grid over the same box (``factor`` times the network shape) instead.
         tables, warnings: filled by the post-processors.
     """
 
@@ -78,6 +81,9 @@ class TaskContext:
     max_distance: float = 3.0
     output_exact: bool = False
     output_channels: Optional[Callable[..., np.ndarray]] = None
+    fine_factor: int = 1
+    fine_to_output: GridMap = _identity
+    fine_to_input: GridMap = _identity
     meta: Dict[str, Any] = field(default_factory=dict)
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)

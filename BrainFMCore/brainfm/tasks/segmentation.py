@@ -38,6 +38,36 @@ def channel_indices(logits: np.ndarray) -> np.ndarray:
     return idx.to(dtype).numpy()
 
 
+def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -> np.ndarray:
+    """Arg-max channel on a grid ``factor`` times finer over the same box: the logits are
+    interpolated trilinearly (``align_corners=False``, the same values as upsampling the whole
+    volume at once) slab by slab, so only a few slabs of fine logits exist at any time.
+
+    >>> lg = np.zeros((2, 2, 1, 1), np.float32); lg[1, 1] = 4.0    # channel 1 wins in the second voxel
+    >>> fine = refined_channel_indices(lg, 2)
+    >>> fine.shape, fine[:, 0, 0].tolist()             # the boundary moves to the logits' crossing
+    ((4, 2, 2), [0, 1, 1, 1])
+    """
+    import torch.nn.functional as F
+
+    c, nx = int(logits.shape[0]), int(logits.shape[1])
+    f = int(factor)
+    out = np.empty(tuple(int(s) * f for s in logits.shape[1:]), np.uint8 if c < 255 else np.int32)
+    t = torch.from_numpy(np.ascontiguousarray(logits, np.float32))
+    for x0 in range(0, nx, slab):
+        x1 = min(nx, x0 + slab)
+        a, b = max(0, x0 - 1), min(nx, x1 + 1)  # one voxel of halo along x
+        yz = F.interpolate(t[None, :, a:b], scale_factor=(1, f, f), mode="trilinear", align_corners=False)[0]
+        # along x by hand, with the source coordinates of the whole volume (clamped at its borders)
+        src = ((torch.arange(x0 * f, x1 * f, dtype=torch.float32) + 0.5) / f - 0.5).clamp(0, nx - 1)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=nx - 1)
+        w = (src - lo.float()).view(1, -1, 1, 1)
+        fine = yz[:, lo - a] * (1 - w) + yz[:, hi - a] * w
+        out[x0 * f:x1 * f] = torch.max(fine, dim=0).indices.numpy()
+    return out
+
+
 def labels_from_logits(logits: np.ndarray, fs_values: Sequence[int]) -> np.ndarray:
     """Arg-max channel mapped to label numbers (int32); ties go to the lowest channel."""
     lut = np.asarray(list(fs_values), np.int32)
@@ -103,8 +133,13 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     lut = np.asarray(list(fs_values) + [0], np.int32)  # extra entry: outside / masked -> 0
     if lut.shape[0] != n_ch + 1:
         raise ValueError(f"label scheme has {lut.shape[0] - 1} classes but the head has {n_ch} channels")
-    idx_net = channel_indices(logits)
-    idx_out = ctx.private(ctx.to_output(idx_net, "nearest", n_ch))
+    if ctx.fine_factor > 1:  # a coarse network grid: decide the labels on the 1 mm grid of the same box
+        idx_net = refined_channel_indices(logits, ctx.fine_factor)
+        to_output, to_input = ctx.fine_to_output, ctx.fine_to_input
+    else:
+        idx_net = channel_indices(logits)
+        to_output, to_input = ctx.to_output, ctx.to_input
+    idx_out = ctx.private(to_output(idx_net, "nearest", n_ch))
     if np.may_share_memory(idx_out, idx_net):  # same grid: idx_net is mapped again below, unmasked
         idx_out = idx_out.copy()
     if ctx.mask_background:
@@ -118,7 +153,7 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     if in_shape is None or (tuple(in_shape) == tuple(seg.shape) and np.allclose(in_aff, ctx.out_affine)):
         idx_in = idx_out
     else:
-        idx_in = ctx.private(ctx.to_input(idx_net, "nearest", n_ch))
+        idx_in = ctx.private(to_input(idx_net, "nearest", n_ch))
         if ctx.mask_background and ctx.foreground_in is not None:
             np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.foreground_in, bool))
     voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))

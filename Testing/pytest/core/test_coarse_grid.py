@@ -142,3 +142,42 @@ def test_severe_fraction_sets_the_share_of_severe_samples():
     counts = [sum(s["severity"] == "severe" for s in Generator(GeneratorConfig(severe_fraction=0.25)).sample(
         SubjectData(lab), n_samples=2, size=16, seed=k).params["samples"]) for k in range(40)]
     assert 0.2 < np.mean(counts) / 2 < 0.4  # 0.25 on average
+
+
+@pytest.mark.parametrize("slab", [1, 3, 8, 64])
+def test_refined_labels_equal_whole_volume_interpolation(slab):
+    from brainfm.tasks.segmentation import refined_channel_indices
+
+    rng = np.random.default_rng(slab)
+    logits = rng.normal(size=(5, 11, 7, 6)).astype(np.float32)
+    full = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], scale_factor=2, mode="trilinear",
+                                           align_corners=False)[0].argmax(0).numpy()
+    got = refined_channel_indices(logits, 2, slab=slab)
+    assert got.shape == full.shape and np.array_equal(got, full)
+
+
+def test_coarse_model_segmentation_is_decided_at_1mm():
+    """A 2 mm model's labels on a 1 mm RAS input follow the interpolated logits: boundaries fall
+    between 2 mm voxels, where nearest-neighbour upsampling could only make 2 mm steps."""
+    head = blob_head((40, 44, 36))
+    p = tiny(2.0)
+    r = p.predict(head, tasks=["seg"], keep_raw=True)
+    seg = np.asarray(r["seg"].data)
+    logits = r.raw["segmentation"]
+    from brainfm.labels import get_scheme
+
+    fine = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], scale_factor=2, mode="trilinear",
+                                           align_corners=False)[0].argmax(0).numpy()
+    lut = np.asarray(get_scheme("fs33").fs_values)
+    # the input grid is the fine grid shifted by whole voxels (same spacing, RAS): compare on the overlap
+    net_aff = np.asarray(r.metadata["network_affine"])
+    from brainfm.inference.predictor import one_mm_grid
+
+    fine_aff, _ = one_mm_grid(net_aff, logits.shape[1:], 2.0)
+    off = np.rint(np.linalg.solve(fine_aff, head.affine @ np.array([0, 0, 0, 1.0]))[:3]).astype(int)
+    fg = np.asarray(head.data) > 0
+    ii = np.argwhere(fg)
+    jj = ii + off
+    ok = np.all((jj >= 0) & (jj < np.array(fine.shape)), axis=1)
+    want = lut[fine[tuple(jj[ok].T)]]
+    assert ok.mean() > 0.99 and np.array_equal(seg[tuple(ii[ok].T)], want)
