@@ -26,6 +26,7 @@ from brainfm.errors import BrainFMError, InputError
 from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
 from brainfm.geometry import resample_to_grid
+from brainfm.inference.headmask import HEAD_MASK_METHOD, head_mask
 from brainfm.inference.outgrid import GridMapper
 from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
@@ -264,6 +265,7 @@ class Predictor:
             "tile_overlap": self.tile_overlap if used_tile is not None else None,
             "tiling_note": TILING_NOTE,
             "segmentation_blending": "logits (softmax after blending)",
+            "label_mask": HEAD_MASK_METHOD if mask_background else None,
             "memory_budget_gb": round(plan["budget_bytes"] / 1e9, 3),
             "network_shape": list(prep.net.shape),
             "network_affine": prep.net.affine.tolist(),
@@ -309,14 +311,18 @@ class Predictor:
             src = prep.image if not prep.ct_window else prep.image.with_data(np.clip(prep.image.data, 0.0, 80.0))
             image_out = np.asarray(resample_to_grid(src, out_aff, out_shape, order="linear").data, np.float32)
             fg_out = image_out > lo
-        fine: Dict[str, Any] = {}
+        extra: Dict[str, Any] = {}
+        if "seg" in heads and mask_background:
+            hm = head_mask(net_image, voxel_mm=self.voxel_mm).astype(np.uint8)
+            extra["head_out"] = np.asarray(to_out(hm, "nearest", 0)) > 0
+            extra["head_in"] = extra["head_out"] if output_frame == "input" else np.asarray(to_input(hm, "nearest", 0)) > 0
         factor = int(round(self.voxel_mm))
         if factor > 1 and abs(self.voxel_mm - factor) < 1e-6 and "seg" in heads:
             # labels of a coarse model are decided on the 1 mm grid of the same box (logits interpolated)
             fine_aff, fine_shape = one_mm_grid(net_aff, prep.net.shape, factor)
-            fine["fine_factor"] = factor
-            fine["fine_to_output"] = GridMapper(fine_aff, fine_shape, np.asarray(out_aff, float), tuple(out_shape))
-            fine["fine_to_input"] = GridMapper(fine_aff, fine_shape, prep.frame.input_affine, prep.frame.input_shape)
+            extra["fine_factor"] = factor
+            extra["fine_to_output"] = GridMapper(fine_aff, fine_shape, np.asarray(out_aff, float), tuple(out_shape))
+            extra["fine_to_input"] = GridMapper(fine_aff, fine_shape, prep.frame.input_affine, prep.frame.input_shape)
         return TaskContext(
             raw=raw, heads=heads, net_image=net_image, net_affine=net_aff, norm_range=(lo, hi),
             out_affine=np.asarray(out_aff, float), out_shape=tuple(out_shape), image_out=image_out,  # type: ignore[arg-type]
@@ -325,7 +331,7 @@ class Predictor:
             scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
             return_probabilities=return_probabilities, mask_background=mask_background,
             output_exact=to_out.exact, output_channels=to_out.channels,
-            meta={"model": self._model_meta().get("name"), "frame": output_frame}, **fine,
+            meta={"model": self._model_meta().get("name"), "frame": output_frame}, **extra,
         )
 
 

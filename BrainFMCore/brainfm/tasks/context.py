@@ -54,6 +54,8 @@ class TaskContext:
             apply voxel-wise transforms after mapping instead of before (same result, less work).
         output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
             (e.g. :meth:`brainfm.inference.outgrid.GridMapper.channels`).
+        head_out, head_in: boolean masks of the head (:func:`brainfm.inference.headmask.head_mask`)
+            on the output / input grid; labels are never painted outside them (None: no restriction).
         fine_factor: the network grid's voxel edge in mm when it is coarser than 1 mm (2 for the
             compact model), else 1. Then ``fine_to_output`` / ``fine_to_input`` map arrays of the
             1 mm grid over the same box (``factor`` times the network shape) instead.
@@ -81,6 +83,8 @@ class TaskContext:
     max_distance: float = 3.0
     output_exact: bool = False
     output_channels: Optional[Callable[..., np.ndarray]] = None
+    head_out: Optional[np.ndarray] = None
+    head_in: Optional[np.ndarray] = None
     fine_factor: int = 1
     fine_to_output: GridMap = _identity
     fine_to_input: GridMap = _identity

@@ -144,6 +144,8 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
         idx_out = idx_out.copy()
     if ctx.mask_background:
         np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=ctx.background_out)
+        if ctx.head_out is not None:  # never a label outside the head
+            np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=~np.asarray(ctx.head_out, bool))
     seg = lut[idx_out]
     meta = dict(task="seg", kind="label", units="FreeSurfer label number",
                 label_scheme=getattr(scheme, "name", None))
@@ -156,6 +158,8 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
         idx_in = ctx.private(to_input(idx_net, "nearest", n_ch))
         if ctx.mask_background and ctx.foreground_in is not None:
             np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.foreground_in, bool))
+        if ctx.mask_background and ctx.head_in is not None:
+            np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.head_in, bool))
     voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))
     ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
     if ctx.return_probabilities:

@@ -181,3 +181,35 @@ def test_coarse_model_segmentation_is_decided_at_1mm():
     ok = np.all((jj >= 0) & (jj < np.array(fine.shape)), axis=1)
     want = lut[fine[tuple(jj[ok].T)]]
     assert ok.mean() > 0.99 and np.array_equal(seg[tuple(ii[ok].T)], want)
+
+
+@pytest.mark.parametrize("voxel_mm", [1.0, 2.0])
+def test_labels_are_never_painted_outside_the_head(voxel_mm):
+    """A model that calls every voxel white matter, on a head with a noisy (non-zero) background:
+    labels only inside the head, none in the air; the volume table counts the same voxels."""
+    rng = np.random.default_rng(0)
+    shape = (48, 52, 44)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((x / 0.7) ** 2 + (y / 0.75) ** 2 + (z / 0.7) ** 2)
+    img = (0.03 + 0.03 * rng.random(shape)).astype(np.float32)  # Rician-like floor everywhere
+    img[r < 1.0] = 0.8
+    img[r < 0.3] = 0.1  # dark ventricles inside: still head
+    head = Volume(img * 1000, np.diag([1.0, 1.0, 1.0, 1.0]))
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads={"segmentation": 33}))
+    with torch.no_grad():
+        net.head.final_conv_segmentation.weight.zero_()
+        net.head.final_conv_segmentation.bias.zero_()
+        net.head.final_conv_segmentation.bias[1] = 5.0  # fs33 channel 1 = Left-Cerebral-White-Matter (2)
+    from brainfm.models.common import LoadedModel
+
+    info = ModelInfo(name="t", version="1", format="native", sha256="", config=net.config, label_scheme="fs33",
+                     voxel_mm=voxel_mm)
+    res = Predictor(LoadedModel(net, info), device="cpu").predict(head, tasks=["seg"])
+    seg = np.asarray(res["seg"].data)
+    assert set(np.unique(seg)) == {0, 2}
+    assert (seg[r < 0.95] == 2).all()  # the whole head, ventricles included
+    assert not seg[r > 1.15].any()  # nothing in the air around it
+    rows = res.tables["seg_volumes"]
+    counted = {row["value"]: row["voxels"] for row in rows if row["voxels"]}
+    assert counted == {2: int((seg == 2).sum())}
+    assert "Otsu" in res.metadata["label_mask"]
