@@ -41,6 +41,15 @@ class ResourceError(BrainFMError, RuntimeError):
     exit_code = 4
 
 
+class StorageError(BrainFMError, OSError):
+    """An output cannot be written: read-only location, disk full, no permission, I/O failure.
+
+    The message names the file or folder and says what to do; nothing partial is left behind.
+    """
+
+    exit_code = 5
+
+
 class CancelledError(BrainFMError):
     """The caller cancelled the operation (``CancelToken.cancel()``)."""
 
