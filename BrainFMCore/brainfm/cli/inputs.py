@@ -144,7 +144,7 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
     expand to their supported images and DICOM series, and what they skip is listed. A folder
     with nothing to process is an error that lists what it holds.
     """
-    from brainfm.io.dicom import series_of_file
+    from brainfm.io.dicom import is_dicom_file, series_of_file
     from brainfm.io.formats import SUPPORTED, split_ext
 
     cases: List[InputCase] = []
@@ -162,7 +162,7 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
                                  f"it holds: {listed}")
             cases += found
         elif p.is_file():
-            if p.name.lower().endswith(".dcm"):
+            if p.name.lower().endswith(".dcm") or (not _known_type(p) and is_dicom_file(p)):
                 try:
                     cases.append(InputCase(p, series=series_of_file(p)))
                 except InputError as e:
@@ -176,6 +176,16 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
     for case, name in zip(cases, case_names(cases)):
         case.name = name
     return cases, skipped, folders
+
+
+def _known_type(p: Path) -> bool:
+    from brainfm.io.formats import split_ext
+
+    try:
+        split_ext(p)
+        return True
+    except InputError:
+        return False
 
 
 def _dedupe(cases: List[InputCase]) -> List[InputCase]:

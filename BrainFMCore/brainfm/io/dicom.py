@@ -63,7 +63,7 @@ class DicomSeries:
         '3_T1_MPRAGE_sag'
         """
         parts = [p for p in (self.number.strip(), self.description.strip()) if p]
-        text = "_".join(parts) if parts else f"series_{self.uid.split('.')[-1]}"
+        text = "_".join(parts) if parts else f"series_{self.uid.split('.')[-1][-8:]}"
         safe = re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("._")
         return safe or "series"
 
@@ -155,8 +155,9 @@ def _check_series(series: DicomSeries, label: str) -> None:
     sop = info.get(TAG_SOP_CLASS, "")
     if sop in ENHANCED_SOP_CLASSES or (frames.isdigit() and int(frames) > 1):
         kind = ENHANCED_SOP_CLASSES.get(sop, "multi-frame")
-        raise InputError(f"{label} is an {kind} DICOM ({frames or '?'} frames in one file), which BrainFM does not "
-                         f"read directly (its geometry is stored per frame); {ADVICE}")
+        article = "an" if kind[0].lower() in "aeiou" else "a"
+        raise InputError(f"{label} is {article} {kind} DICOM ({frames or '?'} frames in one file), which BrainFM "
+                         f"does not read directly (its geometry is stored per frame); {ADVICE}")
 
 
 def _check_spacing(reader: Any, n: int, direction: np.ndarray, label: str) -> None:
@@ -192,7 +193,8 @@ def read_series(series: DicomSeries, *, kind: str = "auto") -> Volume:
     files = [str(f) for f in series.files]
     if not files:
         raise InputError(f"DICOM series {series.name} has no files")
-    label = f"DICOM series {series.name} ({Path(files[0]).parent})"
+    label = (f"the DICOM file {Path(files[0]).name}" if len(files) == 1
+             else f"DICOM series {series.name} ({len(files)} files in {Path(files[0]).parent})")
     _check_series(series, label)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

@@ -43,16 +43,18 @@ def read_volume(path: Union[str, "os.PathLike[str]"], *, frame: Optional[int] = 
     results follow, their disagreement), ``nifti_geometry`` (the raw header fields that outputs on
     this grid repeat, see :mod:`brainfm.io.nifti_header`) and ``warnings``. The raw header is
     checked before nibabel repairs it: a zero voxel size or a singular sform is refused, naming the
-    header field. A ``.dcm`` file is read with its whole series (:mod:`brainfm.io.dicom`).
+    header field. A DICOM file (``.dcm``, or any file with the DICOM mark) is read with its whole
+series (:mod:`brainfm.io.dicom`).
     Every failure is an :class:`InputError` that names the file and says what to do.
     """
     if kind not in ("auto", "image", "label"):
         raise InputError(f"kind must be 'auto', 'image' or 'label', got {kind!r}")
     p = Path(path).expanduser()
-    if p.name.lower().endswith(".dcm"):
-        from brainfm.io.dicom import read_dicom_file
+    if p.name.lower().endswith(".dcm") or (not _known(p) and p.is_file()):
+        from brainfm.io.dicom import is_dicom_file, read_dicom_file
 
-        return read_dicom_file(p, kind=kind)
+        if is_dicom_file(p):
+            return read_dicom_file(p, kind=kind)
     _stem, ext = split_ext(p)
     fmt, lib = EXTENSIONS[ext]
     if not p.exists():
@@ -80,6 +82,14 @@ def read_volume(path: Union[str, "os.PathLike[str]"], *, frame: Optional[int] = 
     meta.update(source_path=str(p.resolve()), source_format=fmt,
                 original_dtype=np.dtype(orig_dtype).newbyteorder("=").name)
     return make_volume(arr, affine, meta, p)
+
+
+def _known(p: Path) -> bool:
+    try:
+        split_ext(p)
+        return True
+    except InputError:
+        return False
 
 
 def make_volume(arr: np.ndarray, affine: np.ndarray, meta: Dict[str, Any], p: Path) -> Volume:
