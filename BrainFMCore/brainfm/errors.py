@@ -42,7 +42,8 @@ class ResourceError(BrainFMError, RuntimeError):
 
 
 class StorageError(BrainFMError, OSError):
-    """An output cannot be written: read-only location, disk full, no permission, I/O failure.
+    """I/O error: an output cannot be written (read-only location, disk full, no permission) or
+    the operating system reported another I/O failure.
 
     The message names the file or folder and says what to do; nothing partial is left behind.
     """

@@ -13,8 +13,8 @@ processes cases ``r, r + W, ...`` and pins ``cuda:LOCAL_RANK`` when ``--device a
 is reported (its message names the input) and the others still run; ``run_summary.json`` records
 every case's status (``done``, ``skipped``, ``failed`` with the error, ``cancelled``) and the
 skipped files; the exit code is the first failure's. SIGTERM/SIGINT cancel: the current case
-folder is not written, exit 130; a run that wrote nothing (cancelled, or the model could not be
-loaded) leaves no empty output folder behind.
+folder is not written, exit 130. A run that produced nothing (every case failed, cancelled, or the
+model could not be loaded) writes nothing and leaves no empty output folder behind.
 """
 from __future__ import annotations
 
@@ -140,8 +140,9 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                   token: CancelToken, extra: Optional[Dict[str, Any]] = None) -> Tuple[int, Dict[str, Any]]:
     """Run every case (:class:`~brainfm.cli.inputs.InputCase` or file path) into ``out_root``;
     returns (exit code, run summary). A failed case is recorded and the others go on; the exit
-    code is the first failure's. On cancel the cases not finished are recorded as ``cancelled``
-    (``run_summary.json`` is written when any case has a result) and :class:`CancelledError` is raised.
+    code is the first failure's. ``run_summary.json`` is written when a case folder exists to
+    describe (a case done or skipped): a run in which every case failed writes nothing. On cancel
+    the cases not finished are recorded as ``cancelled`` and :class:`CancelledError` is raised.
     """
     from brainfm.cli.inputs import check_output_location
     from brainfm.cli.progress import report_error
@@ -203,12 +204,19 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                     _note(reporter, f"brainfm: warning: {case.name}: {w}")
             except CancelledError:
                 records += [{**c.record(), "status": "cancelled"} for c in todo[n:]]
-                if any(r["status"] != "cancelled" for r in records):
+                if _has_results(records):
                     write_json(summary(), out_root / name)
                 raise
             except Exception as e:  # noqa: BLE001 - one bad case never stops the batch
-                err = e if isinstance(e, BrainFMError) else RuntimeError(
-                    f"internal error ({type(e).__name__}): {e}; rerun with --debug for the traceback and report it")
+                if isinstance(e, BrainFMError):
+                    err: BaseException = e
+                elif isinstance(e, OSError):
+                    from brainfm.io.atomic import storage_error
+
+                    err = storage_error(e, getattr(e, "filename", None) or out_root / case.name)
+                else:
+                    err = RuntimeError(f"internal error ({type(e).__name__}): {e}; rerun with --debug for the "
+                                       "traceback and report it")
                 message = _named(err, case)
                 shown = type(err)(message) if isinstance(err, BrainFMError) else RuntimeError(message)
                 report_error(shown, machine=args.progress == "machine", debug=bool(getattr(args, "debug", False)))
@@ -218,8 +226,14 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                 code = code or int(getattr(err, "exit_code", 1))
         reporter(1.0, "done")
     run = summary()
-    write_json(run, out_root / name)
+    if _has_results(records):  # a run whose every case failed leaves nothing behind
+        write_json(run, out_root / name)
     return code, run
+
+
+def _has_results(records: Sequence[Dict[str, Any]]) -> bool:
+    """Whether the output folder holds case folders that ``run_summary.json`` should describe."""
+    return any(r["status"] in ("done", "skipped") for r in records)
 
 
 def _note(reporter: Any, text: str) -> None:

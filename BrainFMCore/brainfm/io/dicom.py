@@ -99,9 +99,11 @@ def _file_info(path: Path) -> Dict[str, str]:
 
 
 def _first_line(e: BaseException) -> str:
+    """ITK's reason in a few words (its source locations and object addresses removed)."""
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     useful = [x for x in lines if "ERROR" in x or "rror" in x] or lines or [type(e).__name__]
-    return useful[-1][:200]
+    text = re.sub(r"^.*?ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", useful[-1])
+    return text[:200]
 
 
 def find_series(folder: PathLike) -> List[DicomSeries]:

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from brainfm.errors import InputError
+from brainfm.errors import InputError, StorageError
 from brainfm.io.atomic import folder_mode, make_folder, same_path, storage_error
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.report.summary import DEFAULT_UNITS, build_summary, output_kind, write_json
@@ -159,6 +159,10 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
             _commit(tmp, out)
         except OSError as e:
             raise storage_error(e, out, action="move the finished case folder to") from e
+    except StorageError as e:  # name the case folder, not the temporary one it was written in
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise StorageError(str(e).replace(str(tmp), str(out))) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
