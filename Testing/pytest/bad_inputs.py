@@ -7,19 +7,15 @@ byte unchanged (SHA-256). Used by ``Testing/pytest/core/test_bad_inputs.py`` (as
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import os
-import shutil
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List
 
 import numpy as np
 
-from file_fixtures import sha256, write_dicom_series, write_multiframe_dicom, write_raw_nifti
+from bad_input_runner import Outcome, Scenario, mount_tmpfs, out_entries, run_scenario  # noqa: F401 - re-exported
+from file_fixtures import write_dicom_series, write_multiframe_dicom, write_raw_nifti
 from fixtures import affine, blob_head, rotation
 
 SHAPE = (28, 32, 24)
@@ -27,35 +23,6 @@ Q = affine((1.1, 0.9, 1.2), rot=rotation(2, 12), origin=(-15.0, -14.0, -12.0))
 LEFT = affine((1.0, 1.0, 1.0), flip=(1, 1, -1), origin=(-14.0, -16.0, 12.0))
 DICOM_AFFINE = affine((0.9, 0.8, 2.0), rot=rotation(0, 10), origin=(-12.0, -14.0, -20.0))
 RUN_OPTIONS = ["--device", "cpu", "--tasks", "t1,seg", "--progress", "none", "--no-png"]
-
-
-@dataclass
-class Scenario:
-    """One run: ``argv`` for ``brainfm``, the ``inputs`` that must stay unchanged, the expected
-    exit code and message (a regular expression searched in the first line), and ``written``:
-    None when nothing at all may be written, else the entries expected in ``out``."""
-
-    argv: List[str]
-    inputs: List[Path]
-    out: Path
-    code: int
-    message: str
-    written: Optional[List[str]] = None
-    patches: List[Tuple[Any, str, Any]] = field(default_factory=list)
-    check: Optional[Callable[["Outcome"], None]] = None
-    cleanup: Optional[Callable[[], None]] = None
-    note: str = ""
-    skip: Optional[str] = None
-
-
-@dataclass
-class Outcome:
-    code: int
-    first_line: str
-    stderr: str
-    written: List[str]
-    inputs_unchanged: bool
-    scenario: Scenario
 
 
 def _nifti(base: Path, name: str, **kw) -> Path:
@@ -85,18 +52,6 @@ def _same_itk_place(case: str, src: Path) -> Callable[[Outcome], None]:
         for name in ("seg.nii.gz", "synth_t1.nii.gz"):
             assert np.allclose(_itk_origin(o.scenario.out / case / name), _itk_origin(src), atol=1e-4), name
     return check
-
-
-def _mount_tmpfs(path: Path, size: str, *, read_only: bool = False) -> Optional[Callable[[], None]]:
-    """Mount a small tmpfs at ``path`` (needs root); returns the unmount function, None if impossible."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
-        return None
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if read_only else "")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, check=False)
-    if res.returncode != 0:
-        return None
-    return lambda: subprocess.run(["umount", str(path)], capture_output=True, check=False) and None
 
 
 # -- the scenarios ------------------------------------------------------------------------------
@@ -190,7 +145,7 @@ def output_read_only(base, model, tools):
     src = _nifti(base, "a.nii.gz", qform=Q, qcode=1)
     ro = base / "readonly"
     ro.mkdir()
-    unmount = _mount_tmpfs(ro, "1m", read_only=True)
+    unmount = mount_tmpfs(ro, "1m", read_only=True)
     note = "read-only tmpfs"
     cleanup = unmount
     if unmount is None:
@@ -207,7 +162,7 @@ def output_read_only(base, model, tools):
 def disk_full_tmpfs(base, model, tools):
     src = _nifti(base, "a.nii.gz", qform=Q, qcode=1)
     small = base / "small"
-    unmount = _mount_tmpfs(small, "64k")
+    unmount = mount_tmpfs(small, "64k")
     if unmount is None:
         return Scenario([], [src], small / "out", 5, "", skip="needs root to mount a 64 KB tmpfs")
     return Scenario(_run_args(src, small / "out", model), [src], small / "out", 5,
@@ -389,44 +344,3 @@ SCENARIOS: Dict[str, Callable] = {f.__name__: f for f in (
     folder_with_foreign_files, dicom_series_folder, dicom_two_series, single_dcm_file, multiframe_dicom,
     unreadable_dcm, foreign_pickle, os_system_pickle, checkpoint_cut_in_half, empty_volume, nan_voxels,
     scaled_int16_ct, uint8_with_intercept, precision_auto_on_cpu)}
-
-
-def _tree(root: Path) -> List[str]:
-    if not root.exists():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def run_scenario(scenario: Scenario, base: Path) -> Outcome:
-    """Run ``brainfm`` for ``scenario`` in-process (its patches applied, then undone); ``written``
-    lists every path that appeared under ``base``."""
-    from brainfm.cli import main
-
-    digests = {p: sha256(p) for p in scenario.inputs}
-    before = set(_tree(base))
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in scenario.patches]
-    err, std = io.StringIO(), io.StringIO()
-    try:
-        for obj, name, value in scenario.patches:
-            setattr(obj, name, value)
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
-            code = main(list(scenario.argv))
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
-    text = err.getvalue()
-    lines = [x for x in text.splitlines() if x.startswith("brainfm: ")]
-    first = next((x for x in lines if x.startswith("brainfm: error: ")), None)
-    if first is None:
-        first = next((x for x in lines if x.startswith(("brainfm: warning: ", "brainfm: skipped "))), None)
-    if first is None:
-        first = lines[-1] if lines else ""
-    written = sorted(set(_tree(base)) - before)
-    unchanged = all(p.exists() and sha256(p) == d for p, d in digests.items())
-    return Outcome(int(code), first, text, written, unchanged, scenario)
-
-
-def out_entries(outcome: Outcome, base: Path) -> List[str]:
-    """What the run wrote directly in its output folder (names), from ``outcome.written``."""
-    rel = os.path.relpath(outcome.scenario.out, base)
-    return sorted({w[len(rel) + 1:].split(os.sep)[0] for w in outcome.written if w.startswith(rel + os.sep)})

@@ -102,7 +102,7 @@ def _skip_reason(f: Path, image_stems: Iterable[str]) -> str:
 def expand_folder(folder: Path) -> Tuple[List[InputCase], List[Dict[str, str]]]:
     """Cases and skipped entries of one folder (not searched recursively)."""
     from brainfm.io.dicom import find_series, is_dicom_file
-    from brainfm.io.formats import split_ext
+    from brainfm.io.formats import is_supported, split_ext
 
     cases: List[InputCase] = []
     skipped: List[Dict[str, str]] = []
@@ -115,14 +115,12 @@ def expand_folder(folder: Path) -> Tuple[List[InputCase], List[Dict[str, str]]]:
             skipped.append({"path": str(f), "reason": "folder (sub-folders are not searched; give it as an input)"})
         elif not f.is_file():
             skipped.append({"path": str(f), "reason": "not a regular file"})
-        elif f.name.lower().endswith(".dcm") or is_dicom_file(f):
+        elif f.name.lower().endswith(".dcm") or (not is_supported(f) and is_dicom_file(f)):
             dicom.append(f)
+        elif is_supported(f):
+            cases.append(InputCase(f))
         else:
-            try:
-                split_ext(f)
-                cases.append(InputCase(f))
-            except InputError:
-                others.append(f)
+            others.append(f)
     stems = [split_ext(c.path)[0] for c in cases]
     for f in others:
         skipped.append({"path": str(f), "reason": _skip_reason(f, stems)})
@@ -145,7 +143,7 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
     with nothing to process is an error that lists what it holds.
     """
     from brainfm.io.dicom import is_dicom_file, series_of_file
-    from brainfm.io.formats import SUPPORTED, split_ext
+    from brainfm.io.formats import SUPPORTED, is_supported, split_ext
 
     cases: List[InputCase] = []
     skipped: List[Dict[str, str]] = []
@@ -162,7 +160,7 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
                                  f"it holds: {listed}")
             cases += found
         elif p.is_file():
-            if p.name.lower().endswith(".dcm") or (not _known_type(p) and is_dicom_file(p)):
+            if p.name.lower().endswith(".dcm") or (not is_supported(p) and is_dicom_file(p)):
                 try:
                     cases.append(InputCase(p, series=series_of_file(p)))
                 except InputError as e:
@@ -176,16 +174,6 @@ def collect_inputs(inputs: Sequence[PathLike]) -> Tuple[List[InputCase], List[Di
     for case, name in zip(cases, case_names(cases)):
         case.name = name
     return cases, skipped, folders
-
-
-def _known_type(p: Path) -> bool:
-    from brainfm.io.formats import split_ext
-
-    try:
-        split_ext(p)
-        return True
-    except InputError:
-        return False
 
 
 def _dedupe(cases: List[InputCase]) -> List[InputCase]:

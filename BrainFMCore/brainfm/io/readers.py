@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from brainfm.errors import InputError
-from brainfm.io.formats import EXTENSIONS, split_ext
+from brainfm.io.formats import EXTENSIONS, is_supported, split_ext
 from brainfm.volume import Volume
 
 #: LPS (ITK) <-> RAS (nibabel) world axes
@@ -50,7 +50,7 @@ series (:mod:`brainfm.io.dicom`).
     if kind not in ("auto", "image", "label"):
         raise InputError(f"kind must be 'auto', 'image' or 'label', got {kind!r}")
     p = Path(path).expanduser()
-    if p.name.lower().endswith(".dcm") or (not _known(p) and p.is_file()):
+    if p.name.lower().endswith(".dcm") or (not is_supported(p) and p.is_file()):
         from brainfm.io.dicom import is_dicom_file, read_dicom_file
 
         if is_dicom_file(p):
@@ -82,14 +82,6 @@ series (:mod:`brainfm.io.dicom`).
     meta.update(source_path=str(p.resolve()), source_format=fmt,
                 original_dtype=np.dtype(orig_dtype).newbyteorder("=").name)
     return make_volume(arr, affine, meta, p)
-
-
-def _known(p: Path) -> bool:
-    try:
-        split_ext(p)
-        return True
-    except InputError:
-        return False
 
 
 def make_volume(arr: np.ndarray, affine: np.ndarray, meta: Dict[str, Any], p: Path) -> Volume:
