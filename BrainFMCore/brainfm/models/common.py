@@ -105,18 +105,19 @@ def torch_load_safe(path: Path) -> Any:
     """
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
         raise CheckpointError("reading PyTorch checkpoints safely needs torch >= 2.5; please update PyTorch")
-    last: Optional[BaseException] = None
-    for mmap in (True, False):
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as e:  # the safe unpickler refused something (or the pickle is cut)
-            raise _refusal(path, e) from None
-        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-            last = e
-            if mmap and "mmap" in str(e):
-                continue  # legacy (non-zip) file: retry without memory mapping
-        break
+    import zipfile
+
+    try:
+        mmap = zipfile.is_zipfile(str(path))  # only the zip format can be memory-mapped (legacy files cannot)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # the safe unpickler refused something (or the pickle is cut)
+        raise _refusal(path, e) from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        last: BaseException = e
     raise CheckpointError(
         f"cannot read checkpoint {path}: {_short(last)}. The file may be truncated, still downloading, "
         "or not a PyTorch checkpoint."
