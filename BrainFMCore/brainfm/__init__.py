@@ -20,6 +20,7 @@ from brainfm.errors import (  # noqa: E402
     ModelNotAvailableError,
     CancelledError,
     ResourceError,
+    StorageError,
 )
 from brainfm.progress import CancelToken, ProgressCallback  # noqa: E402
 
@@ -32,6 +33,7 @@ __all__ = [
     "ModelNotAvailableError",
     "CancelledError",
     "ResourceError",
+    "StorageError",
     "CancelToken",
     "ProgressCallback",
 ]

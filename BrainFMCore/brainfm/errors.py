@@ -41,6 +41,16 @@ class ResourceError(BrainFMError, RuntimeError):
     exit_code = 4
 
 
+class StorageError(BrainFMError, OSError):
+    """I/O error: an output cannot be written (read-only location, disk full, no permission) or
+    the operating system reported another I/O failure.
+
+    The message names the file or folder and says what to do; nothing partial is left behind.
+    """
+
+    exit_code = 5
+
+
 class CancelledError(BrainFMError):
     """The caller cancelled the operation (``CancelToken.cancel()``)."""
 

@@ -17,6 +17,8 @@ Formats:
   channels; ``in_channels=f_maps + 1`` makes an unsupported DepHead).
 * :func:`write_native` - ``<stem>.safetensors`` + ``<stem>.json`` via ``save_native``.
 * :func:`write_forbidden_pickle` - a ``.pth`` that pickles a custom class (must be refused).
+* :func:`write_os_system_pickle` - a ``.pth`` whose pickle would call ``os.system`` to create a
+  marker file when unpickled unsafely (must be refused; the marker must never appear).
 
 Example::
 
@@ -154,3 +156,25 @@ def write_forbidden_pickle(path: Path) -> None:
     net = random_net(ModelConfig(**TINY, heads={"T1": 1}))
     torch.save({"model": net.state_dict(), "train_args": _ns(unit_feat=True), "extra": UntrustedObject()},
                str(path))
+
+
+class _RunsCommand:
+    """Unpickles (unsafely) as ``os.system(command)``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def write_os_system_pickle(path: Path, marker: Path, *, legacy: bool = False) -> None:
+    """A ``.pth`` holding valid weights and an object whose unpickling runs ``touch <marker>``."""
+    import shlex
+
+    net = random_net(ModelConfig(**TINY, heads={"T1": 1}))
+    torch.save({"model": net.state_dict(), "train_args": _ns(unit_feat=True),
+                "extra": _RunsCommand(f"touch {shlex.quote(str(marker))}")}, str(path),
+               _use_new_zipfile_serialization=not legacy)

@@ -6,7 +6,7 @@ so ``brainfm --help`` stays fast and a missing optional part (training) only dis
 subcommand. Other packages can add commands with :func:`register_command`.
 
 Exit codes: 0 success, the :mod:`brainfm.errors` code of a failure (2 bad input, 3 model/
-checkpoint, 4 resources, 130 cancelled), 1 otherwise.
+checkpoint, 4 resources, 5 output not writable / I/O error, 130 cancelled), 1 otherwise.
 
 >>> sorted(COMMANDS)[:4]
 ['demo', 'eval-table', 'evaluate', 'finetune']
@@ -115,6 +115,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         report_error(e, machine=machine, debug=debug)
         return e.exit_code
+    except OSError as e:  # an I/O failure that no layer turned into a message: still a plain one, exit 5
+        from brainfm.cli.progress import report_error
+        from brainfm.errors import StorageError
+
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        report_error(StorageError(f"I/O error: {e.strerror or e}{where}; check the files and folders used and the "
+                                  "free space"), machine=machine, debug=debug)
+        return StorageError.exit_code
     except KeyboardInterrupt:
         from brainfm.cli.progress import report_error
 

@@ -58,6 +58,15 @@ class ProgressReporter:
             self._bar.update(int(round(f * 1000)) - self._bar.n)
             self._bar.set_postfix_str(_one_line(message)[:60], refresh=True)
 
+    def note(self, text: str) -> None:
+        """Print a line for the user on stderr (above the bar when one is shown), in every mode."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream or sys.stderr)
+        else:
+            stream = sys.stderr if self.mode == "machine" or self.stream is None else self.stream
+            stream.write(_one_line(text) + "\n")
+            stream.flush()
+
     def close(self) -> None:
         """Finish the bar (no-op in other modes)."""
         if self._bar is not None:

@@ -1,12 +1,20 @@
-"""``brainfm run``: predict the requested tasks for image files (or folders of them).
+"""``brainfm run``: predict the requested tasks for image files, folders and DICOM series.
 
     brainfm run scan.nii.gz other.mgz folder/ -o OUT --tasks seg,t1 --device cuda --progress machine
 
-Each case goes to ``OUT/<case>/`` (see :mod:`brainfm.report.save`); cases whose ``summary.json``
-exists are skipped unless ``--overwrite``. The model is loaded once. Under torchrun (env
-``WORLD_SIZE`` > 1) rank ``r`` processes files ``r, r + W, ...`` and pins ``cuda:LOCAL_RANK``
-when ``--device auto``. A bad case is reported and the others still run; the exit code is the
-first failure's. SIGTERM/SIGINT cancel: the current case folder is not written, exit 130.
+Inputs (:mod:`brainfm.cli.inputs`): image files; folders (their supported images and DICOM series,
+one case each; other files such as BIDS ``.json`` sidecars are listed as skipped); a ``.dcm`` file
+(its whole series). Before the model is loaded the output folder is checked: never an input, inside
+an input folder, or a case folder that would contain its input (exit 2); it must be writable and
+have room for the outputs (exit 5). Each case goes to ``OUT/<case>/`` (see
+:mod:`brainfm.report.save`); cases whose ``summary.json`` exists are skipped unless
+``--overwrite``. The model is loaded once. Under torchrun (env ``WORLD_SIZE`` > 1) rank ``r``
+processes cases ``r, r + W, ...`` and pins ``cuda:LOCAL_RANK`` when ``--device auto``. A failed case
+is reported (its message names the input) and the others still run; ``run_summary.json`` records
+every case's status (``done``, ``skipped``, ``failed`` with the error, ``cancelled``) and the
+skipped files; the exit code is the first failure's. SIGTERM/SIGINT cancel: the current case
+folder is not written, exit 130. A run that produced nothing (every case failed, cancelled, or the
+model could not be loaded) writes nothing and leaves no empty output folder behind.
 """
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from brainfm.errors import InputError, ResourceError
+from brainfm.cli.inputs import InputCase, case_names, collect_inputs  # noqa: F401 - case_names: public here too
+from brainfm.errors import BrainFMError, CancelledError, InputError
 from brainfm.progress import CancelToken, scaled
 
 HELP = "run BrainFM tasks on image files or folders"
@@ -31,7 +40,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights (refuse others)")
     p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                   help="fp32 (default), bf16, fp16 (CUDA only), or auto: fp16 on a CUDA GPU, fp32 elsewhere")
     p.add_argument("--tile-size", type=int, default=None, help="force tiling with cubes of N voxels")
     p.add_argument("--memory-gb", type=float, default=None, help="memory budget for the forward pass")
     p.add_argument("--output-frame", default="input", choices=("input", "1mm"),
@@ -57,41 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[Path]:
-    """Files as given; folders expand (non-recursively, sorted) to their supported image files."""
-    from brainfm.io.formats import EXTENSIONS, split_ext
-
-    files: List[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir()
-                           if f.is_file() and not f.name.startswith(".") and split_ext(f)[1] in EXTENSIONS)
-            if not found:
-                raise InputError(f"folder {p} contains no supported image file ({', '.join(EXTENSIONS)})")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"input not found: {p}")
-    return files
-
-
-def case_names(files: Sequence[Path]) -> List[str]:
-    """Case folder names: file names without extension, made unique with ``_2``, ``_3``...
-
-    >>> case_names([Path("a/x.nii.gz"), Path("b/x.nii"), Path("y.mgz")])
-    ['x', 'x_2', 'y']
-    """
-    from brainfm.io.formats import split_ext
-
-    seen: Dict[str, int] = {}
-    names = []
-    for f in files:
-        stem = split_ext(f)[0]
-        stem = Path(stem).name or "case"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return names
+    """The image files (first file of each DICOM series) that ``inputs`` stand for; see
+    :func:`brainfm.cli.inputs.collect_inputs` for the cases and the skipped files."""
+    return [c.path for c in collect_inputs(inputs)[0]]
 
 
 def shard() -> Tuple[int, int, Optional[int]]:
@@ -118,101 +96,190 @@ def pick_device(device: str, world: int, local_rank: Optional[int]) -> str:
     return device
 
 
+def resolve_precision(precision: str, device: Any) -> str:
+    """The precision to run with once the device is known: ``auto`` is ``fp16`` on CUDA GPUs and
+    ``fp32`` elsewhere (half precision is slow or unsupported on CPUs and Apple GPUs); other
+    values are returned as given.
+
+    >>> resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0"), resolve_precision("bf16", "cpu")
+    ('fp32', 'fp16', 'bf16')
+    """
+    p = str(precision).strip().lower()
+    if p != "auto":
+        return p
+    return "fp16" if str(device).startswith("cuda") else "fp32"
+
+
 def make_predictor(args: argparse.Namespace, device: str):
-    """Load the model once (``--model``/``--sha256``) into a Predictor."""
+    """Load the model once (``--model``/``--sha256``) into a Predictor; ``--precision auto`` is
+    resolved after the device (``--device auto`` included) is known."""
     from brainfm.inference import Predictor
+    from brainfm.inference.device import select_device
 
-    return Predictor.from_pretrained(args.model, expected_sha256=args.sha256, device=device,
-                                     precision=args.precision, memory_budget_gb=args.memory_gb,
-                                     tile_size=args.tile_size)
+    chosen = select_device(device)
+    return Predictor.from_pretrained(args.model, expected_sha256=args.sha256, device=str(chosen),
+                                     precision=resolve_precision(args.precision, chosen),
+                                     memory_budget_gb=args.memory_gb, tile_size=args.tile_size)
 
 
-def process_cases(args: argparse.Namespace, files: Sequence[Path], out_root: Path, *, reporter,
+def _as_cases(files: Sequence[Any]) -> List[InputCase]:
+    cases = [f if isinstance(f, InputCase) else InputCase(Path(f)) for f in files]
+    for case, name in zip(cases, case_names(cases)):
+        case.name = case.name or name
+    return cases
+
+
+def _named(exc: BaseException, case: InputCase) -> str:
+    """The error message, starting with the input's name when it does not mention it yet."""
+    text = str(exc) or type(exc).__name__
+    names = {case.path.name, case.name} | ({case.series.name} if case.series is not None else set())
+    return text if any(n and n in text for n in names) else f"{case.path.name}: {text}"
+
+
+def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path, *, reporter,
                   token: CancelToken, extra: Optional[Dict[str, Any]] = None) -> Tuple[int, Dict[str, Any]]:
-    """Run every case in ``files`` into ``out_root``; returns (exit code, run summary)."""
-    from brainfm.io import read_volume
-    from brainfm.io.atomic import same_path
+    """Run every case (:class:`~brainfm.cli.inputs.InputCase` or file path) into ``out_root``;
+    returns (exit code, run summary). A failed case is recorded and the others go on; the exit
+    code is the first failure's. ``run_summary.json`` is written when a case folder exists to
+    describe (a case done or skipped): a run in which every case failed writes nothing. On cancel
+    the cases not finished are recorded as ``cancelled`` and :class:`CancelledError` is raised.
+    """
+    from brainfm.cli.inputs import check_output_location
+    from brainfm.cli.progress import report_error
     from brainfm.report import SUMMARY_NAME, save_prediction
     from brainfm.report.summary import utc_now, write_json
 
     rank, world, local_rank = shard()
-    names = case_names(files)
-    mine = list(range(rank, len(files), world))
-    for i in mine:
-        for bad in (out_root, out_root / names[i]):
-            if same_path(bad, files[i]):
-                raise InputError(f"output {bad} is the input file {files[i]}; choose another output folder")
+    cases = _as_cases(files)
+    mine = [cases[i] for i in range(rank, len(cases), world)]
+    check_output_location(out_root, mine, [])
     started = utc_now()
     t0 = time.perf_counter()
-    cases: List[Dict[str, Any]] = []
-    todo = []
-    for i in mine:
-        folder = out_root / names[i]
+    records: List[Dict[str, Any]] = []
+    todo: List[InputCase] = []
+    for case in mine:
+        folder = out_root / case.name
         if (folder / SUMMARY_NAME).is_file() and not args.overwrite:
-            cases.append({"case": names[i], "input": str(files[i]), "status": "skipped",
-                          "folder": str(folder), "reason": "summary.json exists (use --overwrite)"})
+            records.append({**case.record(), "status": "skipped", "folder": str(folder),
+                            "reason": "summary.json exists (use --overwrite)"})
         else:
-            todo.append(i)
+            todo.append(case)
     code = 0
+    name = RUN_SUMMARY if world == 1 else f"run_summary.rank{rank}.json"
+
+    def summary() -> Dict[str, Any]:
+        counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed", "cancelled")}
+        return {"format": "brainfm-run-summary/1", "started": started, "finished": utc_now(),
+                "seconds": round(time.perf_counter() - t0, 3), "output": str(out_root), "rank": rank,
+                "world_size": world, "argv": getattr(args, "_argv", sys.argv[1:]), "counts": counts,
+                "cases": records, **(extra or {})}
+
     if todo:
         reporter(0.0, "loading the model")
         predictor = make_predictor(args, pick_device(args.device, world, local_rank))
         reporter(0.05, f"model loaded on {predictor.device}")
         span = 0.95 / len(todo)
-        for n, i in enumerate(todo):
-            token.raise_if_cancelled()
+        for n, case in enumerate(todo):
             start = 0.05 + n * span
             cb = scaled(reporter, start, start + span)
-            name, path = names[i], files[i]
             t_case = time.perf_counter()
             try:
-                cb(0.0, f"[{n + 1}/{len(todo)}] {name}: reading")
-                vol = read_volume(path, frame=getattr(args, "frame", None))
+                token.raise_if_cancelled()
+                cb(0.0, f"[{n + 1}/{len(todo)}] {case.name}: reading")
+                vol = case.read(frame=getattr(args, "frame", None))
                 pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
                                          atlas=args.atlas, crop_foreground=not args.no_crop,
                                          return_probabilities=args.probabilities,
                                          allow_anisotropic=getattr(args, "allow_anisotropic", False),
                                          progress=scaled(cb, 0.02, 0.85), cancel=token)
-                summary = save_prediction(pred, out_root / name, input_volume=vol, input_path=path,
-                                          overwrite=args.overwrite, png=not args.no_png, title=name,
-                                          extra={"case": name, **(extra or {})},
-                                          progress=scaled(cb, 0.85, 1.0), cancel=token,
-                                          compress=not getattr(args, "no_compress", False))
-                cases.append({"case": name, "input": str(path), "status": "done", "folder": summary["folder"],
-                              "seconds": round(time.perf_counter() - t_case, 3),
-                              "warnings": summary.get("warnings", [])})
-            except (InputError, ResourceError) as e:
-                from brainfm.cli.progress import report_error
+                saved = save_prediction(pred, out_root / case.name, input_volume=vol, input_path=case.path,
+                                        forbid=case.protected, overwrite=args.overwrite, png=not args.no_png,
+                                        title=case.name, extra={"case": case.name, **(extra or {})},
+                                        progress=scaled(cb, 0.85, 1.0), cancel=token,
+                                        compress=not getattr(args, "no_compress", False))
+                warnings = list(saved.get("warnings", []))
+                records.append({**case.record(), "status": "done", "folder": saved["folder"],
+                                "seconds": round(time.perf_counter() - t_case, 3), "warnings": warnings})
+                for w in warnings:
+                    _note(reporter, f"brainfm: warning: {case.name}: {w}")
+            except CancelledError:
+                records += [{**c.record(), "status": "cancelled"} for c in todo[n:]]
+                if _has_results(records):
+                    write_json(summary(), out_root / name)
+                raise
+            except Exception as e:  # noqa: BLE001 - one bad case never stops the batch
+                if isinstance(e, BrainFMError):
+                    err: BaseException = e
+                elif isinstance(e, OSError):
+                    from brainfm.io.atomic import storage_error
 
-                report_error(e, machine=args.progress == "machine")
-                cases.append({"case": name, "input": str(path), "status": "failed",
-                              "error": {"type": type(e).__name__, "message": str(e)}})
-                code = code or e.exit_code
+                    err = storage_error(e, getattr(e, "filename", None) or out_root / case.name)
+                else:
+                    err = RuntimeError(f"internal error ({type(e).__name__}): {e}; rerun with --debug for the "
+                                       "traceback and report it")
+                message = _named(err, case)
+                shown = type(err)(message) if isinstance(err, BrainFMError) else RuntimeError(message)
+                report_error(shown, machine=args.progress == "machine", debug=bool(getattr(args, "debug", False)))
+                records.append({**case.record(), "status": "failed",
+                                "error": {"type": type(err).__name__, "message": message,
+                                          "exit_code": int(getattr(err, "exit_code", 1))}})
+                code = code or int(getattr(err, "exit_code", 1))
         reporter(1.0, "done")
-    run = {"format": "brainfm-run-summary/1", "started": started, "finished": utc_now(),
-           "seconds": round(time.perf_counter() - t0, 3), "output": str(out_root),
-           "rank": rank, "world_size": world, "argv": getattr(args, "_argv", sys.argv[1:]), "cases": cases, **(extra or {})}
-    name = RUN_SUMMARY if world == 1 else f"run_summary.rank{rank}.json"
-    write_json(run, out_root / name)
+    run = summary()
+    if _has_results(records):  # a run whose every case failed leaves nothing behind
+        write_json(run, out_root / name)
     return code, run
 
 
-def prepare_output(output: str, files: Sequence[Path]) -> Path:
-    """Validate and create the output folder: never an input file nor inside one."""
-    from brainfm.io.atomic import same_path
+def _has_results(records: Sequence[Dict[str, Any]]) -> bool:
+    """Whether the output folder holds case folders that ``run_summary.json`` should describe."""
+    return any(r["status"] in ("done", "skipped") for r in records)
+
+
+def _note(reporter: Any, text: str) -> None:
+    """A line for the user on stderr (through the progress bar when one is shown)."""
+    note = getattr(reporter, "note", None)
+    if callable(note):
+        note(text)
+    else:
+        sys.stderr.write(text + "\n")
+
+
+def prepare_output(output: str, files: Sequence[Any], folders: Sequence[Path] = ()) -> Path:
+    """Check the output folder (never an input, inside an input, or in an input folder; a case
+    folder never containing its input) and create it."""
+    from brainfm.cli.inputs import check_output_location
+    from brainfm.io.atomic import make_folder
 
     out_root = Path(output).expanduser()
-    for f in files:
-        if same_path(out_root, f) or any(same_path(parent, f) for parent in out_root.parents):
-            raise InputError(f"output folder {out_root} is (or is inside) the input file {f}; "
-                             "choose another output folder")
-    if out_root.exists() and not out_root.is_dir():
-        raise InputError(f"output {out_root} exists and is not a folder; -o takes a folder")
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output folder {out_root}: {e}") from e
+    check_output_location(out_root, _as_cases(files), folders)
+    make_folder(out_root)
     return out_root
+
+
+def preflight(out_root: Path, cases: Sequence[InputCase], args: argparse.Namespace, reporter: Any = None) -> None:
+    """Before the model is loaded: the output folder must take new files and have room for the
+    largest case's outputs (:class:`~brainfm.errors.StorageError` otherwise); warn when the whole
+    batch may not fit."""
+    import shutil
+
+    from brainfm.cli.inputs import input_voxels, output_bytes
+    from brainfm.io.atomic import check_writable
+
+    sizes = []
+    for c in cases:
+        voxels = input_voxels(c)
+        if voxels:
+            sizes.append(output_bytes(voxels, _tasks(args.tasks), compress=not getattr(args, "no_compress", False),
+                                      probabilities=bool(getattr(args, "probabilities", False))))
+    check_writable(out_root, need_bytes=max(sizes, default=0))
+    try:
+        free = shutil.disk_usage(str(out_root)).free
+    except OSError:
+        return
+    if sum(sizes) > free:
+        _note(reporter, f"brainfm: warning: {out_root} has {free / 1e9:.2f} GB free; the {len(cases)} cases may "
+                        f"need up to {sum(sizes) / 1e9:.2f} GB: cases that do not fit will fail")
 
 
 def _tasks(spec: str) -> List[str]:
@@ -236,19 +303,31 @@ def run_with_reporting(args: argparse.Namespace, body) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    files = expand_inputs(args.inputs)
-    out_root = prepare_output(args.output, files)
+    from brainfm.cli.inputs import check_output_location
+    from brainfm.io.atomic import make_folder, remove_if_empty
 
-    runs = []
+    cases, skipped, folders = collect_inputs(args.inputs)
+    _tasks(args.tasks)
+    out_root = Path(args.output).expanduser()
+    check_output_location(out_root, cases, folders)
+    created = make_folder(out_root)
+    for s in skipped:
+        sys.stderr.write(f"brainfm: skipped {s['path']}: {s['reason']}\n")
+    runs: List[Dict[str, Any]] = []
 
     def body(reporter, token) -> int:
-        code, run = process_cases(args, files, out_root, reporter=reporter, token=token)
+        preflight(out_root, cases, args, reporter)
+        code, run = process_cases(args, cases, out_root, reporter=reporter, token=token,
+                                  extra={"skipped_files": skipped} if skipped else None)
         runs.append(run)
         return code
 
-    code = run_with_reporting(args, body)
+    try:
+        code = run_with_reporting(args, body)
+    finally:
+        remove_if_empty(created)  # a run that wrote nothing (model error, cancel) leaves no empty folder
     if args.progress != "machine" and runs:
-        counts = {s: sum(c["status"] == s for c in runs[0]["cases"]) for s in ("done", "skipped", "failed")}
-        sys.stderr.write(f"brainfm: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-                         f"-> {out_root}\n")
+        counts = runs[0]["counts"]
+        sys.stderr.write(f"brainfm: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+                         f"{', %d files skipped' % len(skipped) if skipped else ''} -> {out_root}\n")
     return code

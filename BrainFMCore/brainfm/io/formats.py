@@ -38,6 +38,19 @@ def split_ext(path: Union[str, "os.PathLike[str]"]) -> Tuple[str, str]:
     raise InputError(f"unsupported file type {name!r}: BrainFM reads and writes {SUPPORTED}")
 
 
+def is_supported(path: Union[str, "os.PathLike[str]"]) -> bool:
+    """True when the file name has an extension BrainFM reads (DICOM is recognised by content).
+
+    >>> is_supported("a.nii.gz"), is_supported("notes.txt")
+    (True, False)
+    """
+    try:
+        split_ext(path)
+        return True
+    except InputError:
+        return False
+
+
 def format_of(path: Union[str, "os.PathLike[str]"]) -> str:
     """Format name (``nifti``, ``mgh``, ``nrrd``, ``metaimage``) of a file name."""
     return EXTENSIONS[split_ext(path)[1]][0]

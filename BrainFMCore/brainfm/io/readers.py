@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from brainfm.errors import InputError
-from brainfm.io.formats import EXTENSIONS, split_ext
+from brainfm.io.formats import EXTENSIONS, is_supported, split_ext
 from brainfm.volume import Volume
 
 #: LPS (ITK) <-> RAS (nibabel) world axes
@@ -37,31 +37,59 @@ def read_volume(path: Union[str, "os.PathLike[str]"], *, frame: Optional[int] = 
     ``kind``: ``"auto"`` keeps integer voxel types (label maps, 8-bit images) and turns every
     float type into float32; ``"image"`` always returns float32; ``"label"`` returns integers
     (int32 when the file stores integral floats) and refuses non-integer values.
-    ``meta`` gets ``source_path``, ``source_format``, ``original_dtype`` (and ``intent``,
-    ``frame`` when relevant). Every failure is an :class:`InputError` saying what to do.
+    ``meta`` gets ``source_path``, ``source_format``, ``original_dtype`` (the on-disk voxel type;
+    and ``intent``, ``frame`` when relevant). NIfTI files also give ``scl_slope``/``scl_inter``
+    (the intensity scaling that was applied), ``header`` (qform/sform codes, which transform the
+    results follow, their disagreement), ``nifti_geometry`` (the raw header fields that outputs on
+    this grid repeat, see :mod:`brainfm.io.nifti_header`) and ``warnings``. The raw header is
+    checked before nibabel repairs it: a zero voxel size or a singular sform is refused, naming the
+    header field. A DICOM file (``.dcm``, or any file with the DICOM mark) is read with its whole
+series (:mod:`brainfm.io.dicom`).
+    Every failure is an :class:`InputError` that names the file and says what to do.
     """
     if kind not in ("auto", "image", "label"):
         raise InputError(f"kind must be 'auto', 'image' or 'label', got {kind!r}")
     p = Path(path).expanduser()
+    if p.name.lower().endswith(".dcm") or (not is_supported(p) and p.is_file()):
+        from brainfm.io.dicom import is_dicom_file, read_dicom_file
+
+        if is_dicom_file(p):
+            return read_dicom_file(p, kind=kind)
     _stem, ext = split_ext(p)
     fmt, lib = EXTENSIONS[ext]
     if not p.exists():
         raise InputError(f"input file not found: {p}")
     if p.is_dir():
         raise InputError(f"input path {p} is a folder, not an image file")
+    extra: Dict[str, Any] = {}
     if lib == "nibabel":
-        arr, affine, orig_dtype, intent = _read_nibabel(p)
+        arr, affine, orig_dtype, intent, extra = _read_nibabel(p)
     else:
         arr, affine, orig_dtype, intent = _read_sitk(p)
     arr, meta = _pick_frame(arr, p, frame, intent)
     if 1 in arr.shape[:3]:
         raise InputError(f"{p.name} is a 2D image (shape {tuple(arr.shape[:3])}); BrainFM needs a 3D volume")
+    geometry = extra.pop("geometry", None)
+    if geometry is not None:  # raw-header checks, after the 2D check (2D files often have pixdim[3] = 0)
+        from brainfm.io.nifti_header import inspect_geometry
+
+        g = inspect_geometry(p, geometry)
+        meta.update(header=g.summary, nifti_geometry=g.fields, warnings=list(g.warnings))
     if not arr.dtype.isnative:  # MGH stores big-endian; downstream code (torch) needs native order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = _convert_dtype(arr, kind, p)
+    meta.update(extra)
     meta.update(source_path=str(p.resolve()), source_format=fmt,
                 original_dtype=np.dtype(orig_dtype).newbyteorder("=").name)
-    return Volume(np.ascontiguousarray(arr), affine, meta)
+    return make_volume(arr, affine, meta, p)
+
+
+def make_volume(arr: np.ndarray, affine: np.ndarray, meta: Dict[str, Any], p: Path) -> Volume:
+    """A :class:`Volume`; a geometry it refuses (singular or non-finite affine) is reported with the file's name."""
+    try:
+        return Volume(np.ascontiguousarray(arr), affine, meta)
+    except InputError as e:
+        raise InputError(f"{p.name}: {e}; fix the file's header before running BrainFM") from None
 
 
 def _unreadable(p: Path, e: BaseException) -> InputError:
@@ -69,11 +97,14 @@ def _unreadable(p: Path, e: BaseException) -> InputError:
                       f"({type(e).__name__}: {e})")
 
 
-def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str]]:
+def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str], Dict[str, Any]]:
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
+    extra: Dict[str, Any] = {}
     try:
-        img = nib.load(str(p), mmap=False)
+        with LoggingOutputSuppressor():  # nibabel's header repairs are reported by inspect_geometry
+            img = nib.load(str(p), mmap=False)
         orig_dtype = img.get_data_dtype()
         arr = np.asanyarray(img.dataobj)
         if isinstance(arr, np.memmap):  # never keep the file mapped
@@ -81,6 +112,10 @@ def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[s
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
         raise _unreadable(p, e) from e
+    if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        extra["geometry"] = img
+        slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+        extra.update(scl_slope=float(slope), scl_inter=float(inter))
     intent = None
     hdr = img.header
     if hasattr(hdr, "get_intent"):
@@ -90,7 +125,7 @@ def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[s
             intent = None
     if arr.ndim < 3:
         raise InputError(f"{p.name} is a {arr.ndim}D image (shape {arr.shape}); BrainFM needs a 3D volume")
-    return arr, affine, orig_dtype, intent
+    return arr, affine, orig_dtype, intent, extra
 
 
 def _read_sitk(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str]]:
@@ -101,6 +136,11 @@ def _read_sitk(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str]
         arr = sitk.GetArrayFromImage(img)
     except Exception as e:  # RuntimeError from ITK
         raise _unreadable(p, e) from e
+    return sitk_arrays(img, arr, p)
+
+
+def sitk_arrays(img: Any, arr: np.ndarray, p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str]]:
+    """``(array [i, j, k (, c)], RAS affine, dtype, None)`` of a SimpleITK image and its numpy array."""
     dim = img.GetDimension()
     if dim < 3:
         raise InputError(f"{p.name} is a {dim}D image (size {img.GetSize()}); BrainFM needs a 3D volume")

@@ -12,7 +12,8 @@ True
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -31,34 +32,38 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     fewer than ``min_size`` voxels along an axis, voxel anisotropy (largest / smallest voxel
     size) above ``max_anisotropy`` (pass ``None`` to allow any). ``role`` is ``"image"`` (an
     intensity image; warns when it looks like a label map) or ``"label"`` (a label map; must
-    hold integer values).
+    hold integer values). Messages start with the file's name when the volume was read from one
+    (``meta["source_path"]``); warnings found while reading it (``meta["warnings"]``: header
+    problems) come first. The label-map check looks at the stored integers of scaled images
+    (``meta["scl_slope"]``/``meta["scl_inter"]``), so an intensity offset cannot fool it.
     """
     if role not in ("image", "label"):
         raise InputError(f"role must be 'image' or 'label', got {role!r}")
-    warnings: List[str] = []
+    where = _where(volume)
+    warnings: List[str] = [str(w) for w in volume.meta.get("warnings", []) or []]
     data = np.asarray(volume.data)
     shape = volume.shape
     if min(shape) < min_size:
-        raise InputError(f"the volume is too small ({'x'.join(map(str, shape))} voxels): BrainFM needs at least "
-                         f"{min_size} voxels along every axis")
+        raise InputError(f"{where}the volume is too small ({'x'.join(map(str, shape))} voxels): BrainFM needs at "
+                         f"least {min_size} voxels along every axis")
     if data.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
-            raise InputError(f"the volume contains {bad} NaN/Inf voxels ({100.0 * bad / data.size:.3g}% of "
+            raise InputError(f"{where}the volume contains {bad} NaN/Inf voxels ({100.0 * bad / data.size:.3g}% of "
                              f"{data.size}); replace them (e.g. with 0) before running BrainFM")
     elif data.dtype.kind not in "iub":
-        raise InputError(f"unsupported voxel type {data.dtype}")
+        raise InputError(f"{where}unsupported voxel type {data.dtype}")
     lo, hi = data.min(), data.max()
     if lo == 0 and hi == 0:
-        raise InputError("the volume is empty: every voxel is zero")
+        raise InputError(f"{where}the volume is empty: every voxel is zero")
     if role == "image" and lo == hi:
-        raise InputError(f"the image is constant (every voxel = {lo}); it holds no anatomy to analyse")
+        raise InputError(f"{where}the image is constant (every voxel = {lo}); it holds no anatomy to analyse")
     sp = np.asarray(volume.spacing)
     ratio = float(sp.max() / sp.min())
     sp_txt = " x ".join(f"{s:.3g}" for s in sp)
     if max_anisotropy is not None and ratio > max_anisotropy:
         raise InputError(
-            f"voxel size {sp_txt} mm is extremely anisotropic (ratio {ratio:.1f} > {max_anisotropy:g}): "
+            f"{where}voxel size {sp_txt} mm is extremely anisotropic (ratio {ratio:.1f} > {max_anisotropy:g}): "
             "results on such thick slices will be unreliable; to run anyway pass max_anisotropy=None "
             "(command line: --allow-anisotropic)")
     if ratio > 3.0:
@@ -67,16 +72,42 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     if max(sp) > 4.0 or min(sp) < 0.2:
         warnings.append(f"unusual voxel size {sp_txt} mm; check the file's header (units must be mm)")
     sample = _sample(data)
-    if role == "image" and _looks_like_labels(sample, data):
+    if role == "image" and _looks_like_labels(*_stored(sample, data, volume.meta)):
         warnings.append("the image looks like a label map (few distinct integer values in uniform regions); "
                         "BrainFM expects an intensity image (MRI or CT); pass label maps as labels")
     if role == "label":
         if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
-            raise InputError("the label map holds non-integer values; it looks like an intensity image")
+            raise InputError(f"{where}the label map holds non-integer values; it looks like an intensity image")
         n = np.unique(sample).size
         if n > 1000:
             warnings.append(f"the label map has {n} distinct values; it may be an intensity image")
     return warnings
+
+
+def _where(volume: Volume) -> str:
+    """``"<file name>: "`` of the file the volume was read from ("" when it was not)."""
+    meta = volume.meta
+    if meta.get("dicom_series"):
+        return f"DICOM series {meta['dicom_series']}: "
+    src = meta.get("source_path")
+    return f"{Path(str(src)).name}: " if src else ""
+
+
+def _stored(sample: np.ndarray, data: np.ndarray, meta) -> Tuple[np.ndarray, np.ndarray]:
+    """``(sample, neighbour grid)``, as the integers stored on disk when the file scaled them
+    (``value = stored * scl_slope + scl_inter``): a label map stays a label map, and an image's
+    background stays 0, whatever the scaling. Only the examined subsample is converted."""
+    slope, inter = meta.get("scl_slope"), meta.get("scl_inter")
+    on_disk = str(meta.get("original_dtype", ""))
+    scaled = slope is not None and inter is not None and (float(slope), float(inter)) != (1.0, 0.0)
+    grid = _grid(data)
+    if not scaled or not float(slope) or not on_disk.startswith(("int", "uint")):
+        return sample, grid
+
+    def unscale(a: np.ndarray) -> np.ndarray:
+        return np.round((np.asarray(a, np.float64) - float(inter)) / float(slope))
+
+    return unscale(sample), unscale(grid)
 
 
 def _sample(data: np.ndarray) -> np.ndarray:
@@ -85,7 +116,13 @@ def _sample(data: np.ndarray) -> np.ndarray:
     return flat[::step]
 
 
-def _looks_like_labels(sample: np.ndarray, data: np.ndarray) -> bool:
+def _grid(data: np.ndarray) -> np.ndarray:
+    """A strided view of ``data`` (about ``_SAMPLE`` voxels) whose neighbours along axis 0 are compared."""
+    step = max(1, int(round((data.size / _SAMPLE) ** 0.5)))
+    return data[:, ::step, ::step]
+
+
+def _looks_like_labels(sample: np.ndarray, grid: np.ndarray) -> bool:
     """Integral values, at most 256 distinct ones, and either few values (<= 64) spread sparsely
     over their range (FreeSurfer numbers skip most integers; an 8-bit image uses most grey
     levels) or piecewise constant: inside the foreground most neighbouring voxels are equal
@@ -98,9 +135,7 @@ def _looks_like_labels(sample: np.ndarray, data: np.ndarray) -> bool:
         return False
     if n <= 64 and n / (float(values[-1]) - float(values[0]) + 1.0) < 0.5:
         return True
-    step = max(1, int(round((data.size / _SAMPLE) ** 0.5)))
-    sub = data[:, ::step, ::step]
-    a, b = sub[:-1], sub[1:]
+    a, b = grid[:-1], grid[1:]
     fg = (a != 0) | (b != 0)
     if not fg.any():
         return False

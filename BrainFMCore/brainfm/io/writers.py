@@ -27,7 +27,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple, Un
 
 import numpy as np
 
-from brainfm.errors import InputError
+from brainfm.errors import InputError, StorageError
 from brainfm.io.atomic import atomic_output, check_output_path
 from brainfm.io.formats import EXTENSIONS, split_ext
 from brainfm.io.readers import LPS_TO_RAS
@@ -37,16 +37,24 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def write_volume(volume: Volume, path: PathLike, *, dtype=None, overwrite: bool = True,
-                 forbid: Iterable[Optional[PathLike]] = (), refuse: Iterable[Optional[PathLike]] = ()) -> Path:
+                 forbid: Iterable[Optional[PathLike]] = (), refuse: Iterable[Optional[PathLike]] = (),
+                 reference: Optional[Volume] = None) -> Path:
     """Write ``volume`` to ``path`` (.nii/.nii.gz/.mgz/.mgh/.nrrd/.nhdr/.mha/.mhd) and return the path.
 
     The file is written in a private temporary folder beside the target and moved into place
-    with ``os.replace``: a failure leaves neither a partial file nor a changed old file.
+    with ``os.replace``: a failure leaves neither a partial file nor a changed old file; a write
+    the storage refuses (disk full, read-only, permission) raises :class:`StorageError`.
     ``forbid`` (alias ``refuse``) lists paths that must not be written (the input files).
     ``dtype`` forces a voxel type; by default integer data (label maps) are stored as int16
     when the values fit, else int32 (uint8 stays uint8), and floats as float32.
     A (X, Y, Z, C) volume is written as a NIfTI vector image (5D, intent "vector", or
     "displacement vector" (1006) when ``meta["intent"] == "displacement"``).
+
+    NIfTI outputs on the grid of a volume read from a NIfTI file (``reference``, or ``volume``
+    itself when it carries ``meta["nifti_geometry"]``) repeat that file's qform, sform, their
+    codes and ``pixdim``: every reader (nibabel, ITK/3D Slicer, FreeSurfer, FSL) then places the
+    output exactly where it places that file, even when its qform and sform disagree. Otherwise
+    qform = sform = ``volume.affine`` (code 1).
     """
     p = Path(path).expanduser()
     _stem, ext = split_ext(p)
@@ -56,17 +64,29 @@ def write_volume(volume: Volume, path: PathLike, *, dtype=None, overwrite: bool 
     if data.ndim == 4 and fmt != "nifti":
         raise InputError(f"a {data.shape[3]}-channel volume can only be written as NIfTI (.nii or .nii.gz), "
                          f"not {ext}")
+    geometry = _same_grid_geometry(volume, reference) if fmt == "nifti" else None
     try:
         with atomic_output(p) as tmp:
             if lib == "nibabel":
-                _write_nibabel(data, volume.affine, tmp, fmt, volume.meta.get("intent"))
+                _write_nibabel(data, volume.affine, tmp, fmt, volume.meta.get("intent"), geometry)
             else:
                 _write_sitk(data, volume.affine, tmp)
-    except InputError:
+    except (InputError, StorageError):
         raise
     except Exception as e:
         raise InputError(f"cannot write {p}: {type(e).__name__}: {e}") from e
     return p
+
+
+def _same_grid_geometry(volume: Volume, reference: Optional[Volume]) -> Optional[Dict]:
+    """The raw NIfTI geometry fields to repeat, when ``volume`` lies on the grid they describe."""
+    from brainfm.io.nifti_header import matches_grid
+
+    for source in (reference, volume):
+        fields = source.meta.get("nifti_geometry") if source is not None else None
+        if matches_grid(fields, volume.affine, volume.shape):
+            return fields
+    return None
 
 
 def _cast(data: np.ndarray, dtype, fmt: str) -> np.ndarray:
@@ -106,7 +126,8 @@ def _cast(data: np.ndarray, dtype, fmt: str) -> np.ndarray:
     return out
 
 
-def _write_nibabel(data: np.ndarray, affine: np.ndarray, tmp: Path, fmt: str, intent) -> None:
+def _write_nibabel(data: np.ndarray, affine: np.ndarray, tmp: Path, fmt: str, intent,
+                   geometry: Optional[Dict] = None) -> None:
     import nibabel as nib
 
     if fmt == "mgh":
@@ -121,7 +142,7 @@ def _write_nibabel(data: np.ndarray, affine: np.ndarray, tmp: Path, fmt: str, in
         img.header.set_xyzt_units("mm", "sec")
         if data.ndim == 5:
             img.header.set_intent(1006 if intent == "displacement" else "vector")
-        _write_nifti(img, data, tmp)
+        _write_nifti(img, data, tmp, geometry)
         return
     nib.save(img, str(tmp))
 
@@ -146,9 +167,11 @@ def write_threads() -> int:
     return max(1, min(8, n))
 
 
-def nifti_header_bytes(img) -> bytes:
+def nifti_header_bytes(img, geometry: Optional[Dict] = None) -> bytes:
     """The bytes ``nibabel.save`` writes before the voxel data of a single-file NIfTI-1 image
-    (header, empty extension list, padding up to ``vox_offset``)."""
+    (header, empty extension list, padding up to ``vox_offset``); ``geometry`` (raw header fields
+    of an input on the same grid, :func:`brainfm.io.nifti_header.apply_geometry`) replaces the
+    qform/sform that nibabel derives from the affine."""
     import io
 
     from nibabel.arraywriters import get_slope_inter, make_array_writer
@@ -158,6 +181,10 @@ def nifti_header_bytes(img) -> bytes:
     writer = make_array_writer(np.asanyarray(img.dataobj), hdr.get_data_dtype(), hdr.has_data_slope,
                                hdr.has_data_intercept)
     hdr.set_slope_inter(*get_slope_inter(writer))
+    if geometry is not None:
+        from brainfm.io.nifti_header import apply_geometry
+
+        apply_geometry(hdr, geometry)
     buf = io.BytesIO()
     hdr.write_to(buf)
     head = buf.getvalue()
@@ -310,9 +337,9 @@ def write_gzip_stream(fh: BinaryIO, pieces: Iterable, *, level: int = GZIP_LEVEL
     fh.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 
-def _write_nifti(img, data: np.ndarray, tmp: Path) -> None:
+def _write_nifti(img, data: np.ndarray, tmp: Path, geometry: Optional[Dict] = None) -> None:
     """Single-file NIfTI-1 (``.nii`` or ``.nii.gz`` from the name) with nibabel's header bytes."""
-    head = nifti_header_bytes(img)
+    head = nifti_header_bytes(img, geometry)
     with open(tmp, "wb") as fh:
         if tmp.name.lower().endswith(".gz"):
             write_gzip_stream(fh, _chain([head], fortran_chunks(data)))
@@ -339,4 +366,9 @@ def _write_sitk(data: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
     img.SetSpacing([float(s) for s in spacing])
     img.SetDirection([float(x) for x in direction.ravel()])
     img.SetOrigin([float(x) for x in LPS_TO_RAS @ affine[:3, 3]])
-    sitk.WriteImage(img, str(tmp), True)
+    try:
+        sitk.WriteImage(img, str(tmp), True)
+    except RuntimeError as e:  # ITK reports no errno: a failed write here is the storage's refusal
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        raise StorageError(f"cannot write {tmp.name}: {lines[-1] if lines else e}; check that the output "
+                           "folder is writable and has free space") from e

@@ -97,37 +97,67 @@ def torch_load_safe(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allow-listed.
 
     Memory-maps the file when possible (optimizer state in training checkpoints is then never read).
+    A file whose pickle references other Python objects is refused with
+    ``refused: <file> holds executable objects (<names>) — only load checkpoints you trust``; the
+    names come from a static read of the pickle (:mod:`brainfm.models.pickle_scan`), never from
+    torch's message (whose wording changes between versions, and whose advice to turn the safety
+    off is not repeated).
     """
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
         raise CheckpointError("reading PyTorch checkpoints safely needs torch >= 2.5; please update PyTorch")
-    last: Optional[BaseException] = None
-    for mmap in (True, False):
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as e:
-            m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-            if m:
-                raise CheckpointError(
-                    f"refusing to load {path}: it contains the Python object {m.group(1)}, which is not a "
-                    "tensor or an argparse namespace; loading it could run arbitrary code. Only checkpoints "
-                    "holding weights (and argparse arguments) are accepted."
-                ) from None
-            last = e
-        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-            last = e
-            if mmap and "mmap" in str(e):
-                continue  # legacy (non-zip) file: retry without memory mapping
-        break
+    import zipfile
+
+    try:
+        mmap = zipfile.is_zipfile(str(path))  # only the zip format can be memory-mapped (legacy files cannot)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # the safe unpickler refused something (or the pickle is cut)
+        raise _refusal(path, e) from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        last: BaseException = e
     raise CheckpointError(
         f"cannot read checkpoint {path}: {_short(last)}. The file may be truncated, still downloading, "
         "or not a PyTorch checkpoint."
     )
 
 
+def _allowed_globals() -> List[str]:
+    """Globals ``weights_only`` loading accepts: torch's defaults plus ``argparse.Namespace``."""
+    names = ["argparse.Namespace"]
+    try:
+        from torch import _weights_only_unpickler
+
+        names += list(_weights_only_unpickler._get_allowed_globals().keys())
+    except (ImportError, AttributeError):  # private API moved: name everything outside torch
+        pass
+    return names
+
+
+def _refusal(path: Path, error: BaseException) -> CheckpointError:
+    """The message for a pickle the safe loader refused, built from the file's own contents."""
+    from brainfm.models.pickle_scan import refused_globals
+
+    names = refused_globals(path, _allowed_globals())
+    if names is None:  # the pickle itself is cut or corrupt
+        return CheckpointError(f"cannot read checkpoint {path}: its contents are incomplete or corrupt "
+                               f"({type(error).__name__}). The file may be truncated, still downloading, or not a "
+                               "PyTorch checkpoint.")
+    if names:
+        return CheckpointError(f"refused: {path.name} holds executable objects ({', '.join(names)}) — only load "
+                               "checkpoints you trust. BrainFM reads checkpoints that hold weights (and argparse "
+                               "arguments) only.")
+    return CheckpointError(f"refused: {path.name} holds Python objects that a weights file does not need, so it was "
+                           "not loaded — only load checkpoints you trust. BrainFM reads checkpoints that hold "
+                           "weights (and argparse arguments) only.")
+
+
 def _short(e: Optional[BaseException]) -> str:
+    """First sentence of an error (torch's messages go on with advice that does not apply here)."""
     text = str(e).strip().splitlines()[0] if e is not None and str(e).strip() else type(e).__name__
-    return text[:300]
+    return text.split(". ")[0].rstrip(".")[:300]
 
 
 def namespace_to_dict(obj: Any, *, depth: int = 0) -> Any:

@@ -10,10 +10,14 @@ Layout of ``out_dir``::
                         {key: {path, kind (image|labelmap|vector|table), units, shape}},
                         tables, structure_volumes, montage (file name or null), metadata
 
-Everything is written into a private temporary folder beside ``out_dir`` that is renamed to
-``out_dir`` at the end; a failure or cancellation removes it, so a case folder is either complete
-or absent. With ``overwrite=True`` an existing case folder is replaced only after the new one is
-complete.
+Everything is written into a temporary folder beside ``out_dir`` that is renamed to ``out_dir``
+at the end; a failure or cancellation removes it (and any parent folder it had to create), so a
+case folder is either complete or absent. With ``overwrite=True`` an existing case folder is
+replaced only after the new one is complete. The case folder and its files get the permissions the
+user's umask gives (``0755``/``0644`` with umask 022). A write the storage refuses (disk full,
+read-only, no permission) raises :class:`~brainfm.errors.StorageError`. NIfTI outputs on the input
+grid repeat the input file's qform and sform (see :func:`brainfm.io.write_volume`), so every viewer
+places them exactly where it places the input.
 
 >>> import tempfile, pathlib, json, numpy as np
 >>> from brainfm.volume import Volume
@@ -34,8 +38,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from brainfm.errors import InputError
-from brainfm.io.atomic import same_path
+from brainfm.errors import InputError, StorageError
+from brainfm.io.atomic import folder_mode, make_folder, same_path, storage_error
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.report.summary import DEFAULT_UNITS, build_summary, output_kind, write_json
 from brainfm.volume import Volume
@@ -123,8 +127,13 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
     outputs: Mapping[str, Volume] = dict(getattr(prediction, "outputs", {}) or {})
     tables: Mapping[str, List[Dict[str, Any]]] = dict(getattr(prediction, "tables", {}) or {})
     metadata: Mapping[str, Any] = dict(getattr(prediction, "metadata", {}) or {})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=str(out.parent)))
+    created = make_folder(out.parent) if not out.parent.is_dir() else []
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=str(out.parent)))
+        os.chmod(tmp, folder_mode())  # the case folder follows the umask, not mkdtemp's private 0700
+    except OSError as e:
+        _remove_empty(created)
+        raise storage_error(e, out, action="create the case folder") from e
     try:
         described: Dict[str, Dict[str, Any]] = {}
         n_steps = len(outputs) + len(tables) + 2
@@ -133,7 +142,7 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
                 cancel.raise_if_cancelled()
             cb(n / n_steps, f"writing {key}")
             name = f"{key}.nii.gz" if compress else f"{key}.nii"
-            write_volume(vol, tmp / name, forbid=forbid)
+            write_volume(vol, tmp / name, forbid=forbid, reference=input_volume)
             described[key] = {
                 "path": name,
                 "kind": output_kind(key, vol.data),
@@ -161,13 +170,27 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
         write_json(summary, tmp / SUMMARY_NAME)
         if cancel is not None:
             cancel.raise_if_cancelled()
-        _commit(tmp, out)
+        try:
+            _commit(tmp, out)
+        except OSError as e:
+            raise storage_error(e, out, action="move the finished case folder to") from e
+    except StorageError as e:  # name the case folder, not the temporary one it was written in
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise StorageError(str(e).replace(str(tmp), str(out))) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     cb(1.0, f"saved {out}")
     summary["folder"] = str(out)
     return summary
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    from brainfm.io.atomic import remove_if_empty
+
+    remove_if_empty(folders)
 
 
 def _commit(tmp: Path, out: Path) -> None:

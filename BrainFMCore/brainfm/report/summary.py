@@ -71,11 +71,18 @@ def output_kind(key: str, data: np.ndarray) -> str:
     return "image"
 
 
+#: what :func:`brainfm.io.read_volume` records about the file (``Volume.meta``) that the summary repeats
+FILE_META = ("source_format", "original_dtype", "scl_slope", "scl_inter", "header", "dicom_series",
+             "dicom_series_uid", "n_files", "frame", "n_frames")
+
+
 def describe_volume(vol: Volume) -> Dict[str, Any]:
-    """Shape, spacing, dtype, origin and orientation of a volume (for the summary)."""
+    """Shape, spacing, dtype, origin and orientation of a volume (for the summary), plus what was
+    read from its file: format, on-disk voxel type, intensity scaling (``scl_slope``/``scl_inter``),
+    header transforms (``header``: qform/sform codes, which one the results follow, their disagreement)."""
     import nibabel as nib
 
-    return {
+    out = {
         "shape": list(vol.data.shape),
         "spacing_mm": [round(s, 6) for s in vol.spacing],
         "dtype": str(vol.data.dtype),
@@ -83,6 +90,10 @@ def describe_volume(vol: Volume) -> Dict[str, Any]:
         "orientation": "".join(nib.orientations.aff2axcodes(vol.affine)),
         "affine": [[round(float(v), 6) for v in row] for row in vol.affine],
     }
+    for key in FILE_META:
+        if vol.meta.get(key) is not None:
+            out["on_disk_dtype" if key == "original_dtype" else key] = vol.meta[key]
+    return out
 
 
 def utc_now() -> str:

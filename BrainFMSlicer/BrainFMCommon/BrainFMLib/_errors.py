@@ -18,6 +18,7 @@ try:
         InputError,
         ModelNotAvailableError,
         ResourceError,
+        StorageError,
     )
 except ImportError:  # pragma: no cover - exercised only without the brainfm package
 
@@ -38,6 +39,9 @@ except ImportError:  # pragma: no cover - exercised only without the brainfm pac
     class ResourceError(BrainFMError, RuntimeError):  # type: ignore[no-redef]
         exit_code = 4
 
+    class StorageError(BrainFMError, OSError):  # type: ignore[no-redef]
+        exit_code = 5
+
     class CancelledError(BrainFMError):  # type: ignore[no-redef]
         exit_code = 130
 
@@ -45,7 +49,8 @@ except ImportError:  # pragma: no cover - exercised only without the brainfm pac
 #: error type name (as printed in ``BRAINFM_ERROR {"type": ...}``) -> class
 ERROR_TYPES = {
     cls.__name__: cls
-    for cls in (BrainFMError, InputError, CheckpointError, ModelNotAvailableError, ResourceError, CancelledError)
+    for cls in (BrainFMError, InputError, CheckpointError, ModelNotAvailableError, ResourceError, StorageError,
+                CancelledError)
 }
 #: exit code -> class (used when the child died without a BRAINFM_ERROR line)
-EXIT_CODE_TYPES = {2: InputError, 3: CheckpointError, 4: ResourceError, 130: CancelledError}
+EXIT_CODE_TYPES = {2: InputError, 3: CheckpointError, 4: ResourceError, 5: StorageError, 130: CancelledError}

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 #: Task names accepted by ``brainfm run --tasks`` (DESIGN.md).
 TASKS: Tuple[str, ...] = ("t1", "t2", "flair", "ct", "sr", "seg", "dist", "bias", "reg", "feat", "all")
-PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: ``auto``: the child picks once it knows its device (fp16 on a CUDA GPU, fp32 elsewhere)
+PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
 OUTPUT_FRAMES: Tuple[str, ...] = ("input", "1mm")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -40,7 +41,8 @@ class RunParameters:
     :param model_sha256: expected SHA-256 of the weights file (verified by the engine).
     :param atlas: atlas file for registration (None: the engine's default resolution).
     :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    :param precision: ``fp32``, ``bf16`` or ``fp16``.
+    :param precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (resolved by the child once the device is
+        known: fp16 on a CUDA GPU, fp32 on the CPU; what Quality "Fast" uses with Device "Auto").
     :param tile_size: tile edge in voxels (None: whole volume / automatic).
     :param memory_gb: memory budget for tiling (None: automatic).
     :param output_frame: ``input`` (outputs on the input grid, what Slicer needs) or ``1mm``.

@@ -7,7 +7,8 @@ the blocking :meth:`ProcessRunner.wait`. :meth:`ProcessRunner.cancel` kills the 
 tree (psutil when installed, else ``os.killpg`` / ``taskkill /T``).
 
 Child protocol: ``BRAINFM_PROGRESS <fraction> <message>`` lines, ``BRAINFM_ERROR {"type": ..,
-"message": ..}`` on failure, exit code 0 ok / 2 bad input / 3 model / 4 resources / 130 cancelled.
+"message": ..}`` on failure, exit code 0 ok / 2 bad input / 3 model / 4 resources / 5 output not
+writable (disk full, read-only, permission) / 130 cancelled.
 
 >>> import sys
 >>> from BrainFMLib.process import ProcessRunner
@@ -278,7 +279,7 @@ class ProcessRunner:
         elif code < 0 and error_type is None:
             error_type = "ResourceError" if -code == getattr(signal, "SIGKILL", 9) else "BrainFMError"
             message = (f"The BrainFM process was stopped by signal {-code}"
-                       + (" (often: out of memory; try Fast mode or the CPU)." if error_type == "ResourceError" else "."))
+                       + (" (often: out of memory)." if error_type == "ResourceError" else "."))
         elif code != 0 and error_type is None:
             error_type = EXIT_CODE_TYPES.get(code, BrainFMError).__name__
             tail = "\n".join(self._lines[-10:])

@@ -33,10 +33,12 @@ from BrainFMModuleLib.checks import checkInputVolume, checkOutputNodes
 from BrainFMModuleLib.run import BrainFMRun, ProgressCallback
 
 QUALITY_SETTINGS = {
-    # Full: whole volume at 1 mm, float32. Fast: half precision on GPUs and 96-voxel tiles,
-    # which needs a fraction of the GPU memory (results differ slightly; see the README).
+    # Full: whole volume at 1 mm, float32. Fast: 96-voxel tiles, and half precision on GPUs, which
+    # needs a fraction of the memory (results differ slightly; see the README). The precision is
+    # "auto": the child process resolves it once it knows the device it runs on (fp16 on a CUDA GPU,
+    # fp32 on the CPU), so Fast also works with Device "Auto" on computers without a GPU.
     "full": {"precision": "fp32", "tile_size": None},
-    "fast": {"precision": "fp16", "tile_size": 96},
+    "fast": {"precision": "auto", "tile_size": 96},
 }
 #: output keys that are not files of their own (the labelmap comes with ``seg``)
 LINKED_KEYS = ("seg_labelmap",)
@@ -48,6 +50,8 @@ def runParameters(*, tasks: Sequence[str], device: str = "auto", quality: str = 
 
     >>> runParameters(tasks=("seg",), quality="Fast", device="cpu").precision
     'fp32'
+    >>> runParameters(tasks=("seg",), quality="Fast", device="auto").precision
+    'auto'
     """
     q = str(quality or "full").strip().lower()
     if q not in QUALITY_SETTINGS:

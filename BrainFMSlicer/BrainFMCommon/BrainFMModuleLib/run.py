@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 from BrainFMLib._errors import BrainFMError, CancelledError, ResourceError
 
 ProgressCallback = Callable[[float, str], None]
+#: kept for scripts that imported it; :func:`outOfMemoryHint` adapts the advice to the run's settings
 OOM_HINT = " Try Advanced > Quality: Fast, or Advanced > Device: CPU."
 
 
@@ -113,21 +114,46 @@ class BrainFMRun:
         else:
             self.status = "cancelled" if outcome.process.cancelled else "failed"
             error = outcome.error if outcome.error is not None else outcome.process.exception()
-            self.error = friendlyError(error)
+            self.error = friendlyError(error, params=getattr(self.job, "params", None))
             self._log(f"{type(self.error).__name__}: {self.error}")
         if self._finishedCallback is not None:
             self._finishedCallback(self)
 
 
-def friendlyError(error: Optional[BaseException]) -> BaseException:
-    """Add the Fast/CPU hint to out-of-memory errors that do not say what to change yet.
+def outOfMemoryHint(params: Any = None) -> str:
+    """What to change after running out of memory, never the setting the run already used.
+
+    :param params: the run's ``BrainFMLib.parameters.RunParameters`` (None: unknown).
+
+    >>> from BrainFMLib.parameters import RunParameters
+    >>> outOfMemoryHint(RunParameters(device="auto"))
+    " Try Advanced > Quality: Fast (processes the volume in tiles), or Advanced > Device: CPU (uses the computer's memory)."
+    >>> outOfMemoryHint(RunParameters(device="cpu", tile_size=96))
+    ' Close other programs, or crop the volume to the head (Crop Volume module) and run again.'
+    """
+    fast = params is not None and getattr(params, "tile_size", None) is not None
+    cpu = params is not None and str(getattr(params, "device", "auto")) == "cpu"
+    tips = []
+    if not fast:
+        tips.append("Advanced > Quality: Fast (processes the volume in tiles)")
+    if not cpu:
+        tips.append("Advanced > Device: CPU (uses the computer's memory)")
+    if not tips:
+        return " Close other programs, or crop the volume to the head (Crop Volume module) and run again."
+    return " Try " + ", or ".join(tips) + "."
+
+
+def friendlyError(error: Optional[BaseException], *, params: Any = None) -> BaseException:
+    """Add what to change to out-of-memory errors (:func:`outOfMemoryHint`, for the run's settings).
 
     >>> str(friendlyError(ResourceError("CUDA out of memory")))
-    'CUDA out of memory Try Advanced > Quality: Fast, or Advanced > Device: CPU.'
+    "CUDA out of memory Try Advanced > Quality: Fast (processes the volume in tiles), or Advanced > Device: CPU (uses the computer's memory)."
+    >>> str(friendlyError(ResourceError("device 'cuda' was requested but this torch build is CPU-only")))
+    "device 'cuda' was requested but this torch build is CPU-only"
     """
     if error is None:
         return BrainFMError("BrainFM failed without an error message.")
     text = str(error)
-    if isinstance(error, ResourceError) and "fast" not in text.lower():
-        return type(error)(text + OOM_HINT)
+    if isinstance(error, ResourceError) and "memory" in text.lower() and "Advanced >" not in text:
+        return type(error)(text + outOfMemoryHint(params))
     return error

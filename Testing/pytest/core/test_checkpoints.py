@@ -13,7 +13,7 @@ from brainfm.models.common import infer_config
 from brainfm.models.registry import sha256_file
 from ckpt_factory import (
     write_brainid, write_brainid_features, write_brainid_head, write_forbidden_pickle, write_native,
-    write_official,
+    write_official, write_os_system_pickle,
 )
 
 X = torch.rand(1, 1, 15, 12, 13, generator=torch.Generator().manual_seed(0)) * 80
@@ -231,8 +231,46 @@ def test_strict_loading_names_missing_unexpected_and_misshaped(tmp_path):
 def test_forbidden_global_is_refused(tmp_path):
     p = tmp_path / "evil.pth"
     write_forbidden_pickle(p)
-    with pytest.raises(CheckpointError, match="UntrustedObject.*arbitrary code"):
+    with pytest.raises(CheckpointError) as e:
         load_model(p)
+    assert str(e.value) == ("refused: evil.pth holds executable objects (ckpt_factory.UntrustedObject) \u2014 only "
+                            "load checkpoints you trust. BrainFM reads checkpoints that hold weights (and argparse "
+                            "arguments) only.")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_os_system_pickle_is_refused_and_never_runs(tmp_path, legacy):
+    marker = tmp_path / "PWNED"
+    p = tmp_path / "model.pth"
+    write_os_system_pickle(p, marker, legacy=legacy)
+    with pytest.raises(CheckpointError) as e:
+        load_model(p)
+    msg = str(e.value)
+    assert msg.startswith("refused: model.pth holds executable objects (os.system)") and "trust" in msg
+    for wrong in ("truncated", "weights_only", "Weights only", "can still be loaded"):
+        assert wrong not in msg
+    assert not marker.exists()
+
+
+def test_refusal_does_not_depend_on_torch_wording(tmp_path, monkeypatch):
+    """The objects are named from the file itself, whatever torch's message says."""
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    p = tmp_path / "model.pth"
+    write_os_system_pickle(p, marker)
+
+    def refuse(*a, **k):
+        raise pickle.UnpicklingError("some future wording without any names")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match=r"^refused: model.pth holds executable objects \(os.system\)"):
+        load_model(p)
+    ok = tmp_path / "ok.pth"
+    write_official(ok, heads={"T1": 1})  # only allowed objects: a refusal still says "refused", names none
+    with pytest.raises(CheckpointError, match="^refused: ok.pth holds Python objects that a weights file"):
+        load_model(ok)
+    assert not marker.exists()
 
 
 def test_truncated_garbage_and_missing_files(tmp_path):
@@ -243,6 +281,11 @@ def test_truncated_garbage_and_missing_files(tmp_path):
     trunc.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="cannot read checkpoint.*truncated"):
         load_model(trunc)
+    half = tmp_path / "half.pth"  # cut in half: same clear message, no torch advice
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint.*truncated") as e:
+        load_model(half)
+    assert "weights_only" not in str(e.value) and "refused" not in str(e.value)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint" * 20)
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):

@@ -121,9 +121,7 @@ def test_bad_input_exits_2_without_case_folder(tmp_path, model, capsys):
     payload = json.loads(err_lines[0][len("BRAINFM_ERROR "):])
     assert payload["type"] == "InputError" and payload["exit_code"] == 2 and payload["message"]
     assert "brainfm: error:" in err and "Traceback" not in err
-    assert not (out / "flat").exists()
-    run = json.loads((out / "run_summary.json").read_text())
-    assert run["cases"][0]["status"] == "failed"
+    assert not out.exists()  # the only case failed: nothing written, no empty folder
 
     code, _, err = _run(["run", str(tmp_path / "missing.nii.gz"), "-o", str(out), "--progress", "none"], capsys)
     assert code == 2 and "input not found" in err and "Traceback" not in err
@@ -200,7 +198,7 @@ def test_sigterm_cancels_and_leaves_no_case_folder(tmp_path, model, scans, capsy
     assert code == 130
     assert json.loads(stdout.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "CancelledError"
     assert "cancelled" in err
-    assert list(out.iterdir()) == []  # no case folder, no temporary folder, no run summary
+    assert not out.exists()  # nothing written: no case folder, no temporary folder, no run summary, no empty folder
     assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers restored
 
 
@@ -261,3 +259,38 @@ def test_extreme_anisotropy_refused_unless_allowed(tmp_path, model, capsys):
     assert code == 0, err
     seg = read_volume(out / "thick" / "seg.nii.gz")
     assert seg.shape == (64, 64, 12) and np.allclose(seg.affine, read_volume(src).affine, atol=1e-5)
+
+
+def test_unexpected_os_errors_are_io_errors_not_internal_errors(tmp_path, model, scans, capsys, monkeypatch):
+    import errno
+
+    import brainfm.cli.run as run_mod
+    from brainfm.errors import StorageError
+
+    def broken(*a, **k):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "disk"))
+
+    monkeypatch.setattr(run_mod, "collect_inputs", broken)
+    code, _, err = _run(["run", str(scans), "-o", str(tmp_path / "out"), "--progress", "none"], capsys)
+    assert code == StorageError.exit_code == 5
+    assert "brainfm: error: I/O error: Input/output error" in err and "internal error" not in err
+    monkeypatch.undo()
+    code, stdout, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(tmp_path / "o2"), "--model", str(model),
+                              "--device", "cpu", "--tasks", "t1", "--progress", "machine", "--no-png"], capsys)
+    assert code == 0, err  # the same run without the failure works
+
+
+def test_cases_failing_in_a_batch_do_not_stop_it(tmp_path, model, scans, capsys):
+    bad = scans / "c.nii.gz"
+    write_volume(blob_head((24, 28, 20)).with_data(np.zeros((24, 28, 20), np.float32)), bad)
+    out = tmp_path / "out"
+    code, _, err = _run(["run", str(scans), "-o", str(out), "--model", str(model), "--device", "cpu",
+                         "--tasks", "t1", "--progress", "none", "--no-png"], capsys)
+    assert code == 2 and "c.nii.gz: the volume is empty" in err
+    run = json.loads((out / "run_summary.json").read_text())
+    assert [(c["case"], c["status"]) for c in run["cases"]] == [("a", "done"), ("b", "done"), ("c", "failed")]
+    assert run["counts"] == {"done": 2, "skipped": 0, "failed": 1, "cancelled": 0}
+    assert run["cases"][2]["error"] == {"type": "InputError", "exit_code": 2,
+                                        "message": run["cases"][2]["error"]["message"]}
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "run_summary.json"]
+

@@ -1,6 +1,7 @@
 """brainfm.io: exact-geometry round trips for every format and clear errors for bad files."""
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 import brainfm.io.writers as writers
-from brainfm.errors import InputError
+from brainfm.errors import InputError, StorageError
 from brainfm.io import read_volume, write_volume
 from brainfm.volume import Volume
 from fixtures import GEOMETRY_CASES
@@ -196,10 +197,10 @@ def test_failed_writes_leave_nothing_and_keep_old_file(tmp_path, monkeypatch):
 
     def broken_stream(fh, pieces, **kw):  # NIfTI streaming writer: part of the file, then a failure
         fh.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writers, "write_gzip_stream", broken_stream)
-    with pytest.raises(InputError, match="disk full"):
+    with pytest.raises(StorageError, match="out.nii.gz: the disk is full.*free some space"):
         write_volume(v.with_data(v.data + 1), target)
     assert target.read_bytes() == before and files_in(tmp_path) == ["out.nii.gz"]
     monkeypatch.undo()
@@ -209,7 +210,7 @@ def test_failed_writes_leave_nothing_and_keep_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(nib, "save", broken_save)
-    with pytest.raises(InputError, match="disk full"):
+    with pytest.raises(StorageError, match="cannot write .*out.mgz: disk full"):
         write_volume(v, tmp_path / "out.mgz")
     assert files_in(tmp_path) == ["out.nii.gz"]
     monkeypatch.undo()
@@ -218,7 +219,7 @@ def test_failed_writes_leave_nothing_and_keep_old_file(tmp_path, monkeypatch):
         raise RuntimeError("ITK writer failed")
 
     monkeypatch.setattr(sitk, "WriteImage", broken_sitk)
-    with pytest.raises(InputError, match="ITK writer failed"):
+    with pytest.raises(StorageError, match="ITK writer failed"):
         write_volume(v, tmp_path / "out.nhdr")
     monkeypatch.undo()
     assert files_in(tmp_path) == ["out.nii.gz"]

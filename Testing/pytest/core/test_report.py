@@ -118,6 +118,52 @@ def test_cancel_midway_leaves_no_case_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the case nor its temporary folder
 
 
+@pytest.mark.parametrize("umask, folder, file", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640), (0o002, 0o775, 0o664)])
+def test_case_folder_and_files_follow_the_umask(tmp_path, umask, folder, file):
+    import os
+    import stat
+
+    img, pred = _prediction(np.eye(4))
+    old = os.umask(umask)
+    try:
+        save_prediction(pred, tmp_path / "new" / "case", input_volume=img, png=True)
+    finally:
+        os.umask(old)
+    case = tmp_path / "new" / "case"
+    assert stat.S_IMODE(case.stat().st_mode) == folder  # not mkdtemp's private 0700
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == folder
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in case.iterdir()}
+    assert set(modes) >= {"summary.json", "seg.nii.gz", "seg_volumes.csv", "montage.png"}
+    assert set(modes.values()) == {file}, modes
+
+
+def test_storage_failures_are_io_errors_and_leave_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import brainfm.io.writers as writers
+    from brainfm.errors import StorageError
+
+    img, pred = _prediction(np.eye(4))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers, "_write_nifti", full)
+    with pytest.raises(StorageError, match=r"cannot write .*/deep/case/synth_t1.nii.gz: the disk is full") as e:
+        save_prediction(pred, tmp_path / "deep" / "case", input_volume=img)
+    assert e.value.exit_code == 5 and ".partial" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no case folder, no temporary folder, no parent left empty
+    monkeypatch.undo()
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    with pytest.raises(StorageError, match="read-only file system"):
+        save_prediction(pred, tmp_path / "case", input_volume=img)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_montage_rows_size_and_content(tmp_path):
     img, pred = _prediction(GEOMETRY_CASES["anisotropic"])
     outputs = dict(pred.outputs)

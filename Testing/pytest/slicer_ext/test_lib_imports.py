@@ -30,6 +30,36 @@ def test_every_module_imports_with_brainfm_and_torch_hidden():
     assert not tmp.exists()
 
 
+def test_error_copies_match_the_engine_with_and_without_brainfm():
+    """BrainFMLib's look-alike errors (used before brainfm is installed) have the engine's names and exit codes."""
+    import json
+
+    import brainfm.errors as engine
+
+    expected = {name: cls.exit_code for name, cls in vars(engine).items()
+                if isinstance(cls, type) and issubclass(cls, engine.BrainFMError)}
+    assert expected["StorageError"] == 5
+    code = (
+        "import sys, json\n"
+        "sys.modules['brainfm'] = None; sys.modules['brainfm.errors'] = None\n"
+        f"sys.path.insert(0, {str(LIB.parent)!r})\n"
+        "from BrainFMLib._errors import ERROR_TYPES, EXIT_CODE_TYPES\n"
+        "print(json.dumps({'types': {n: c.exit_code for n, c in ERROR_TYPES.items()},\n"
+        "                  'codes': {str(k): v.__name__ for k, v in EXIT_CODE_TYPES.items()},\n"
+        "                  'module': ERROR_TYPES['StorageError'].__module__}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fallback = json.loads(proc.stdout)
+    assert fallback["module"] == "BrainFMLib._errors"
+    assert fallback["types"] == expected
+    assert fallback["codes"] == {"2": "InputError", "3": "CheckpointError", "4": "ResourceError", "5": "StorageError",
+                                 "130": "CancelledError"}
+    from BrainFMLib._errors import ERROR_TYPES, StorageError
+
+    assert StorageError is engine.StorageError and {n: c.exit_code for n, c in ERROR_TYPES.items()} == expected
+
+
 def test_sources_parse_as_python39_and_avoid_forbidden_calls():
     files = sorted(LIB.glob("*.py"))
     assert len(files) >= 15

@@ -95,7 +95,8 @@ def test_quality_maps_to_run_options():
     full = runParameters(tasks=("seg",), quality="Full", device="cuda:1")
     fast = runParameters(tasks=("seg",), quality="fast", device="cuda:1")
     assert (full.precision, full.tile_size) == ("fp32", None)
-    assert (fast.precision, fast.tile_size) == ("fp16", 96)
+    assert (fast.precision, fast.tile_size) == ("auto", 96)  # the child resolves it for its device
+    assert runParameters(tasks=("seg",), quality="fast", device="auto").as_arg_list()[7] == "auto"
     assert fast.environment_updates() == {"CUDA_VISIBLE_DEVICES": "1"}
     assert runParameters(tasks=("seg",), quality="fast", device="cpu").precision == "fp32"
     assert "--tile-size" in fast.as_arg_list()
@@ -162,6 +163,52 @@ def test_segmentation_logic_end_to_end(scene, tiny_model):
     assert table.GetNumberOfRows() >= len(names)  # one row per structure of the label scheme
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), original)  # input untouched
     assert not run.job.runner._temp_dir, "temporary folder not removed"
+
+
+@pytest.mark.slow
+def test_fast_quality_with_auto_device_runs_without_cuda(scene, tiny_model):
+    """Quality "Fast" + Device "Auto" on a machine without CUDA: the child picks fp32 for the CPU
+    (it used to receive --precision fp16 and fail)."""
+    import json
+    import shutil
+
+    logic = BrainFMSegmentation.BrainFMSegmentationLogic()
+    logic.keepTemporaryFiles = True
+    lines = []
+    logic.logCallback = lines.append
+    volume = head_node(scene)
+    run = logic.process(volume, device="auto", quality="fast", model=tiny_model)
+    try:
+        assert run.status == "completed" and run.error is None, run.error
+        assert any("(auto, fast)" in line for line in lines)
+        summaries = list(run.job.output_dir.glob("*/summary.json"))
+        assert len(summaries) == 1
+        summary = json.loads(summaries[0].read_text())
+        expected = "fp16" if str(summary["device"]).startswith("cuda") else "fp32"
+        assert summary["precision"] == expected
+        if not torch.cuda.is_available():
+            assert (summary["device"], summary["precision"]) == ("cpu", "fp32")
+        labelmap = run.outputs["outputSegmentation"]
+        assert labelmap is not None
+    finally:
+        shutil.rmtree(run.job.runner._temp_dir, ignore_errors=True)
+
+
+def test_out_of_memory_hint_never_recommends_the_setting_in_use():
+    from BrainFMLib.parameters import RunParameters
+    from BrainFMModuleLib.run import friendlyError
+
+    oom = ResourceError("out of memory on cpu even with 32^3 tiles")
+    full_auto = str(friendlyError(oom, params=runParameters(tasks=("seg",), quality="full", device="auto")))
+    assert "Quality: Fast" in full_auto and "Device: CPU" in full_auto
+    fast_auto = str(friendlyError(oom, params=runParameters(tasks=("seg",), quality="fast", device="auto")))
+    assert "Quality: Fast" not in fast_auto and "Device: CPU" in fast_auto
+    fast_cpu = str(friendlyError(oom, params=runParameters(tasks=("seg",), quality="fast", device="cpu")))
+    assert "Quality: Fast" not in fast_cpu and "Device: CPU" not in fast_cpu and "Crop Volume" in fast_cpu
+    full_cpu = str(friendlyError(oom, params=RunParameters(tasks=("seg",), device="cpu")))
+    assert "Quality: Fast" in full_cpu and "Device: CPU" not in full_cpu
+    other = ResourceError("device 'cuda' was requested but this torch build is CPU-only")
+    assert str(friendlyError(other)) == str(other)  # not a memory problem: no memory advice
 
 
 @pytest.mark.slow
