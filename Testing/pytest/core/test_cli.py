@@ -139,9 +139,10 @@ def test_output_equal_to_input_is_refused(tmp_path, model, scans, capsys):
     assert src.read_bytes() == before
 
 
-def test_missing_bundled_model_exits_3(tmp_path, scans, capsys):
+def test_missing_default_model_exits_3(tmp_path, scans, capsys):
     from brainfm.errors import ModelNotAvailableError
-    from brainfm.models.registry import BUNDLED_MISSING_MESSAGE, resolve_model
+    from brainfm.models.registry import resolve_model
+    from brainfm.models.selection import NO_MODEL_MESSAGE
 
     try:
         resolve_model("default")
@@ -150,7 +151,7 @@ def test_missing_bundled_model_exits_3(tmp_path, scans, capsys):
         pass
     out = tmp_path / "out"
     code, stdout, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(out), "--progress", "machine"], capsys)
-    assert code == 3 and BUNDLED_MISSING_MESSAGE in err
+    assert code == 3 and NO_MODEL_MESSAGE in " ".join(err.split())
     assert json.loads(stdout.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "ModelNotAvailableError"
     assert not (out / "a").exists()
 
@@ -167,7 +168,7 @@ def test_demo_without_bundled_model_writes_only_the_sample_scan(tmp_path, capsys
         pass
     out = tmp_path / "demo"
     code, _, err = _run(["demo", "-o", str(out), "--progress", "none"], capsys)
-    assert code == 3 and "bundled BrainFM model is not included" in err
+    assert code == 3 and "No BrainFM model is available yet" in err and "brainfm models add" in err
     assert sorted(p.name for p in out.iterdir()) == ["sample_scan.nii.gz"]
     scan = read_volume(out / "sample_scan.nii.gz")
     assert [round(s, 3) for s in scan.spacing] == [1.0, 1.0, 5.0]
