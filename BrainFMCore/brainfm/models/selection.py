@@ -35,7 +35,7 @@ OFFICIAL_FILENAME = "brainfm_pretrained.pth"
 NO_MODEL_MESSAGE = (
     "No BrainFM model is available yet. Get the official BrainFM weights: download "
     f"{OFFICIAL_FILENAME} (about 1 GB) from the 'Downloads' section of {OFFICIAL_PAGE}, then run "
-    f"`brainfm models add PATH/TO/{OFFICIAL_FILENAME}` once (in Slicer: Advanced > Add model file...). "
+    f"`brainfm models add PATH/TO/{OFFICIAL_FILENAME}` once (in Slicer: the Add model file... button under the model selector). "
     "Every command and module then uses it by default. A fine-tuned model is added the same way "
     "and chosen with --model NAME."
 )
