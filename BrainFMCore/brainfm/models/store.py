@@ -269,6 +269,7 @@ def _copy_verified(src: Path, dest: Path, sha256: str, progress: Progress, cance
                                   f"{sha256}); nothing was stored. Try again once the file is complete")
         os.chmod(tmp, 0o600)
         os.replace(tmp, dest)
+        hashing.remember(dest, sha256)  # the bytes just written were hashed: no second pass
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -347,8 +348,8 @@ def add_model(path: PathLike, *, name: Optional[str] = None, storage: str = "cop
         label_scheme=info["label_scheme"], voxel_mm=info["voxel_mm"], quality=info["quality"],
         architecture=info["architecture"], model_name=info["model_name"], version=info["version"],
         sidecar_sha256=sidecar_sha, source=str(src), added=_now())
-    if storage != "reference":
-        hashing.cached_sha256(record.path)  # a hard link shares the inode; a copy is new: record it once
+    if storage == "link":
+        hashing.cached_sha256(record.path)  # the link changed the inode's ctime: record the digest once
 
     def insert(data: Any) -> Dict[str, Any]:
         entries = _entries(data)
