@@ -111,6 +111,24 @@ def test_run_uses_a_stored_name_and_the_default(official, tmp_path, capsys):
         assert summary["model"]["sha256"] == registry.sha256_file(official)
 
 
+@pytest.mark.slow
+def test_demo_uses_the_best_available_model(official, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nilearn", reason="the demo needs the optional nilearn extra")
+    bundled = tmp_path / "bundled"
+    monkeypatch.setattr(registry, "BUNDLED_DIR", bundled)
+    ckpt_factory.write_native(bundled / "brainfm-compact", heads={"T1": 1}, info={
+        "name": "brainfm-compact", "quality": {"level": "preview", "real_t1_dice17": 0.72}})
+    assert _run(["models", "add", str(official), "--progress", "none"], capsys)[0] == 0  # official beats bundled
+    out = tmp_path / "demo"
+    code, _, err = _run(["demo", "-o", str(out), "--tasks", "t1", "--device", "cpu", "--progress", "none",
+                         "--no-png"], capsys)
+    assert code == 0, err
+    assert "using the official BrainFM model added to the store as 'official' (--model official)" in err
+    summary = json.loads((out / "sample_scan" / "summary.json").read_text())
+    assert summary["model"]["format"] == "brainfm-official"
+    assert summary["model"]["sha256"] == registry.sha256_file(official)
+
+
 def test_the_command_is_registered():
     out = subprocess.run([sys.executable, "-m", "brainfm", "models", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(a in out.stdout for a in ("list", "add", "verify", "remove", "path"))
