@@ -33,7 +33,7 @@ def parseArguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="which BrainFM module to run")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--quality", default="full", choices=("full", "fast"))
-    parser.add_argument("--model", default="default", help="'default' or a weights file")
+    parser.add_argument("--model", default="default", help="'default' (the best available model), a model name from 'brainfm models list', or a weights file")
     parser.add_argument("--contrast", default="T1w", help="synthesis only: T1w, T2w, FLAIR or CT")
     parser.add_argument("--atlas", default=None, help="registration only: atlas image file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files")

@@ -7,7 +7,6 @@ Console example (Slicer Python console)::
     run = logic.process(volume, device="auto")
     corrected, field = run.outputs["outputCorrectedVolume"], run.outputs["outputFieldVolume"]
 """
-import pathlib
 from typing import Annotated, Callable, Optional
 
 import numpy as np
@@ -19,7 +18,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
 import BrainFMModuleLib.testing
-from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
+from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
 
 
 class BrainFMBiasField(ScriptedLoadableModule):
@@ -44,8 +43,7 @@ class BrainFMBiasFieldParameterNode:
     outputFieldVolume: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
-    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
-    modelPath: pathlib.Path
+    modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
 class BrainFMBiasFieldLogic(BrainFMLogicBase):
@@ -57,6 +55,8 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
     """
 
     OUTPUTS = {"outputCorrectedVolume": "bias_corrected", "outputFieldVolume": "bias_field"}
+    #: tasks this module can run (its model selector lists the models that can do one of them)
+    MODEL_TASKS = ("bias",)
 
     def getParameterNode(self):
         return BrainFMBiasFieldParameterNode(super().getParameterNode())
@@ -71,7 +71,8 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
         :param outputCorrectedVolume: volume node for input / field; None creates one.
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
-        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param model: ``"default"`` (the best available model), a name of the model store
+            (``brainfm models list``), ``"bundled"`` or a weights file path.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -92,7 +93,7 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
     def startRun(self, p) -> BrainFMRun:
         return self.logic.process(
             p.inputVolume, outputFieldVolume=p.outputFieldVolume, outputCorrectedVolume=p.outputCorrectedVolume,
-            device=p.device, quality=p.quality, model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            device=p.device, quality=p.quality, model=p.modelId or "default",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

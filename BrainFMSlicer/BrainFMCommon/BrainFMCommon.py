@@ -5,8 +5,9 @@
 - :class:`BrainFMLogicBase` (``BrainFMModuleLib``): dependency setup, then one
   :class:`BrainFMRun` per Apply: export of the input, the ``brainfm run`` child process and the
   import of its result files into nodes (``BrainFMLib``),
-- :class:`BrainFMWidgetBase`: the common widget section (device, quality, model, Apply/Cancel,
-  progress bar, log, diagnostics) on top of the Slicer scripted-module template.
+- :class:`BrainFMWidgetBase`: the common widget section (model selector with *Get official BrainFM
+  weights…* and *Add model file…*, device, quality, Apply/Cancel, progress bar, log, diagnostics) on
+  top of the Slicer scripted-module template.
 
 Torch and ``brainfm`` are never imported here at module level: the engine runs in a child
 ``PythonSlicer`` process. The parameter-node classes live in the task modules; annotations are
@@ -29,6 +30,8 @@ from slicer.util import VTKObservationMixin
 
 from BrainFMLib._errors import BrainFMError, InputError
 from BrainFMModuleLib import BrainFMLogicBase, BrainFMRun  # noqa: F401 (re-exported)
+from BrainFMModuleLib.models import DEFAULT_MODEL_ID  # noqa: F401 (re-exported for the task modules)
+from BrainFMModuleLib.model_widget import ModelWidgetMixin
 from BrainFMModuleLib.checks import (  # noqa: F401 (re-exported for the task modules)
     MODEL_CHOICES,
     MODEL_CUSTOM,
@@ -47,7 +50,9 @@ COMMON_WIDGETS = {
     "deviceComboBox": "QComboBox",
     "qualityComboBox": "QComboBox",
     "modelComboBox": "QComboBox",
-    "modelPathLineEdit": "ctkPathLineEdit",
+    "modelInfoLabel": "QLabel",
+    "getModelButton": "QPushButton",
+    "addModelButton": "QPushButton",
     "diagnosticsTextEdit": "QPlainTextEdit",
     "refreshDiagnosticsButton": "QPushButton",
     "copyDiagnosticsButton": "QPushButton",
@@ -61,8 +66,7 @@ COMMON_PARAMETERS = {
     "inputVolume": "vtkMRMLScalarVolumeNode",
     "device": "str",
     "quality": "str",
-    "modelChoice": "str",
-    "modelPath": "Path",
+    "modelId": "str",
 }
 
 CONTRIBUTORS = ["BrainFM for 3D Slicer developers"]
@@ -90,8 +94,11 @@ def helpText(summary: str) -> str:
     return _(summary) + _("""
 <p>Select the input volume and the outputs ("(none)" creates new nodes), then click Apply.
 The computation runs in a separate process: Slicer stays responsive and Apply turns into Cancel.
-Advanced: device (Auto / CPU / CUDA), quality (Fast needs less GPU memory), model (bundled default,
-the official BrainFM checkpoint or another weights file) and diagnostics to copy into bug reports.</p>
+Model: the best available model is used unless you choose another one of your model store. Without a
+model, click <i>Get official BrainFM weights…</i> (the authors' download page), then <i>Add model
+file…</i> with the downloaded file: it is checked and kept for every module and the brainfm command.
+Advanced: device (Auto / CPU / CUDA), quality (Fast needs less GPU memory) and diagnostics to copy
+into bug reports.</p>
 <p>See the <a href="https://github.com/brainfm/SlicerBrainFM#readme">documentation</a>.</p>""")
 
 
@@ -110,7 +117,7 @@ class BrainFMCommon(ScriptedLoadableModule):
 
 
 # ------------------------------------------------------------------------------------ widget
-class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class BrainFMWidgetBase(ModelWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Template widget + the common section. Subclasses set ``logicClass`` and implement
     :meth:`outputNodes` (role -> node, for the checks) and :meth:`startRun` (returns a BrainFMRun)."""
 
@@ -124,6 +131,8 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run: Optional[BrainFMRun] = None
+        self._addJob = None  # BrainFMLib.model_add.AddModelJob while a model file is being added
+        self._allModels: list = []  # every ModelChoice (BrainFMLib.registry.list_models)
         self._timer = qt.QTimer()
         self._timer.setInterval(self.pollIntervalMs)
         self._timer.connect("timeout()", self._onPoll)
@@ -145,6 +154,9 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshDiagnosticsButton.connect("clicked(bool)", self.onRefreshDiagnostics)
         self.ui.installButton.connect("clicked(bool)", self.onInstall)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onDeviceChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
+        self.ui.getModelButton.connect("clicked(bool)", self.onGetOfficialWeights)
+        self.ui.addModelButton.connect("clicked(bool)", lambda checked=False: self.onAddModelFile())
         self._fillDeviceComboBox()
         self.ui.progressBar.setValue(0)
         self.initializeParameterNode()
@@ -152,11 +164,13 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._run is not None and self._run.running:
             self._run.cancel()
+        if self._addJob is not None:
+            self._addJob.cancel()
         self._timer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        self.initializeParameterNode()  # also lists the models again (one may have been added elsewhere)
 
     def exit(self) -> None:
         self.setParameterNode(None)
@@ -187,6 +201,7 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._selectDevice(self._parameterNode.device)
+            self._fillModelComboBox()
             self._checkCanApply()
 
     def _showEmptyPaths(self) -> None:
@@ -205,6 +220,10 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Start the module's logic with ``waitForCompletion=False``; overridden by every task module."""
         raise NotImplementedError
 
+    def requiredTasks(self, p) -> tuple:
+        """Tasks the current settings need from the model (default: the module's ``MODEL_TASKS``)."""
+        return tuple(self.logic.MODEL_TASKS)
+
     def showResults(self, run: BrainFMRun) -> None:
         """Write created nodes back into the parameter node (extended by the modules to show them).
 
@@ -221,11 +240,17 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
         running = self._run is not None and self._run.running
+        adding = self._addJob is not None and self._addJob.running
         if p is not None:
             self._showEmptyPaths()
-        self.ui.modelPathLineEdit.enabled = bool(p) and p.modelChoice != MODEL_DEFAULT and not running
-        if p is not None:
+            self._showModel(p)
             self.updateWidgets(p)
+        self.ui.addModelButton.enabled = not running and not adding
+        if adding:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop adding the model file (nothing is added).")
+            self.ui.applyButton.enabled = True
+            return
         if running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running computation (new output nodes are removed).")
@@ -239,7 +264,7 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 checkInputVolume(p.inputVolume)
                 checkOutputNodes(p.inputVolume, self.outputNodes(p))
-                modelSpec(p.modelChoice, p.modelPath)
+                self.logic.checkModel(p.modelId, self.requiredTasks(p), models=self._allModels)
         except BrainFMError as e:
             reason = str(e)
         self.ui.applyButton.enabled = not reason
@@ -270,6 +295,10 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- run -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
+        if self._addJob is not None and self._addJob.running:
+            self.appendLog(_("Cancelling..."))
+            self._addJob.cancel()
+            return
         if self._run is not None and self._run.running:
             self.appendLog(_("Cancelling..."))
             self._run.cancel()
@@ -288,6 +317,9 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _onPoll(self) -> None:
+        if self._addJob is not None:
+            self._pollAddJob()
+            return
         run = self._run
         if run is None:
             self._timer.stop()
@@ -337,7 +369,7 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.runWithErrorDisplay(
             _("Collecting diagnostics failed."), waitCursor=True,
             func=lambda: self.ui.diagnosticsTextEdit.setPlainText(
-                self.logic.diagnosticsText(modelPath=self._modelPathOrNone())))
+                self.logic.diagnosticsText(modelId=self._parameterNode.modelId if self._parameterNode else None)))
 
     def onCopyDiagnostics(self) -> None:
         if not self.ui.diagnosticsTextEdit.toPlainText() and not self.onRefreshDiagnostics():
@@ -353,13 +385,6 @@ class BrainFMWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._selectDevice(self._parameterNode.device)
 
         self.runWithErrorDisplay(_("Installing the BrainFM dependencies failed."), install)
-
-    def _modelPathOrNone(self) -> Optional[str]:
-        p = self._parameterNode
-        if p is None or p.modelChoice == MODEL_DEFAULT or str(p.modelPath) in ("", "."):
-            return None
-        return str(p.modelPath)
-
 
 # -------------------------------------------------------------------------------------- test
 class BrainFMCommonTest(ScriptedLoadableModuleTest):

@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
 import BrainFMModuleLib.testing
-from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
+from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
 from BrainFMLib.volume_files import export_volume_node
 
 
@@ -55,8 +55,7 @@ class BrainFMRegistrationParameterNode:
     outputResampledVolume: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
-    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
-    modelPath: pathlib.Path
+    modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
 class BrainFMRegistrationLogic(BrainFMLogicBase):
@@ -68,6 +67,8 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
 
     OUTPUTS = {"outputTransform": "reg_displacement", "outputAtlasVolume": "atlas_warped",
                "outputResampledVolume": "subject_in_atlas"}
+    #: tasks this module can run (its model selector lists the models that can do one of them)
+    MODEL_TASKS = ("reg",)
 
     def getParameterNode(self):
         return BrainFMRegistrationParameterNode(super().getParameterNode())
@@ -86,7 +87,8 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
         :param atlasPath: atlas image file; None uses the model's atlas (``BRAINFM_ATLAS`` or the registry).
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
-        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param model: ``"default"`` (the best available model), a name of the model store
+            (``brainfm models list``), ``"bundled"`` or a weights file path.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -109,7 +111,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
             outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
-            quality=p.quality, model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            quality=p.quality, model=p.modelId or "default",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

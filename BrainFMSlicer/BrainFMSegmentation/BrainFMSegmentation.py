@@ -7,7 +7,6 @@ Console example (Slicer Python console)::
     result = logic.process(volume, device="auto", quality="full")
     print(result.outputs["outputSegmentation"].GetName(), result.elapsedSeconds)
 """
-import pathlib
 from typing import Annotated, Callable, Optional
 
 import slicer
@@ -17,7 +16,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase
+from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase
 import BrainFMModuleLib.testing
 
 
@@ -45,8 +44,7 @@ class BrainFMSegmentationParameterNode:
     outputTable: vtkMRMLTableNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
-    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
-    modelPath: pathlib.Path
+    modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
 class BrainFMSegmentationLogic(BrainFMLogicBase):
@@ -60,6 +58,8 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
 
     #: output role -> output key of ``brainfm run`` (see BrainFMLib.results)
     OUTPUTS = {"outputSegmentation": "seg", "outputLabelmap": "seg_labelmap", "outputTable": "seg_volumes"}
+    #: tasks this module can run (its model selector lists the models that can do one of them)
+    MODEL_TASKS = ("seg",)
 
     def getParameterNode(self):
         return BrainFMSegmentationParameterNode(super().getParameterNode())
@@ -76,7 +76,8 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
         :param outputTable: table node for the structure volumes (mm3); None: not produced.
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
-        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param model: ``"default"`` (the best available model), a name of the model store
+            (``brainfm models list``), ``"bundled"`` or a weights file path.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -103,7 +104,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
             outputTable=p.outputTable, device=p.device, quality=p.quality,
-            model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            model=p.modelId or "default",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -7,7 +7,6 @@ Console example (Slicer Python console)::
     run = logic.process(volume, contrast="T1w", superResolution=True, device="auto")
     slicer.util.setSliceViewerLayers(background=run.outputs["outputVolume"])
 """
-import pathlib
 from typing import Annotated, Callable, Optional
 
 import slicer
@@ -18,7 +17,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
 import BrainFMModuleLib.testing
-from BrainFMCommon import MODEL_CHOICES, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
+from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
 from BrainFMLib._errors import InputError
 
 #: contrast choice -> (task name of ``brainfm run``, output key)
@@ -52,8 +51,7 @@ class BrainFMSynthesisParameterNode:
     outputSuperResolution: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
-    modelChoice: Annotated[str, Choice(MODEL_CHOICES)] = MODEL_CHOICES[0]
-    modelPath: pathlib.Path
+    modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
 class BrainFMSynthesisLogic(BrainFMLogicBase):
@@ -65,6 +63,8 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
     """
 
     OUTPUTS = {"outputVolume": "synth_t1", "outputSuperResolution": "superres"}
+    #: tasks this module can run (its model selector lists the models that can do one of them)
+    MODEL_TASKS = ("t1", "t2", "flair", "ct", "sr")
 
     def getParameterNode(self):
         return BrainFMSynthesisParameterNode(super().getParameterNode())
@@ -83,7 +83,8 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
             when ``superResolution`` is True.
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
-        :param model: ``"default"`` (bundled), a registry id or a weights file path.
+        :param model: ``"default"`` (the best available model), a name of the model store
+            (``brainfm models list``), ``"bundled"`` or a weights file path.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -108,14 +109,28 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
         return {"outputVolume": p.outputVolume,
                 "outputSuperResolution": p.outputSuperResolution if p.superResolution else None}
 
+    def requiredTasks(self, p) -> tuple:
+        task = CONTRASTS.get(p.contrast, ("t1", ""))[0]
+        return (task, "sr") if p.superResolution else (task,)
+
     def updateWidgets(self, p) -> None:
+        # offer only the contrasts (and super-resolution) the selected model has heads for
+        model = self.currentModel()
+        tasks = set(model.tasks) if model is not None and model.tasks else set(self.logic.MODEL_TASKS)
+        shown = self.showSupportedChoices(self.ui.contrastComboBox,
+                                          [c for c, (task, _key) in CONTRASTS.items() if task in tasks])
+        if shown and p.contrast not in shown:
+            p.contrast = shown[0]
+        self.ui.superResolutionCheckBox.enabled = "sr" in tasks
+        if p.superResolution and "sr" not in tasks:
+            p.superResolution = False
         self.ui.outputSuperResolutionSelector.enabled = p.superResolution
 
     def startRun(self, p) -> BrainFMRun:
         return self.logic.process(
             p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
             outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
-            model=BrainFMCommon.modelSpec(p.modelChoice, p.modelPath),
+            model=p.modelId or "default",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

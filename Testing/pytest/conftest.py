@@ -27,6 +27,20 @@ def _shared_data_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_brainfm_home(tmp_path_factory):
+    """Keep the model store and the SHA-256 cache of the tests out of the user's home: every test
+    (and every child process it starts) sees ``BRAINFM_HOME`` in a temporary folder unless it sets
+    its own."""
+    previous = os.environ.get("BRAINFM_HOME")
+    os.environ["BRAINFM_HOME"] = str(tmp_path_factory.mktemp("brainfm_home"))
+    yield
+    if previous is None:
+        os.environ.pop("BRAINFM_HOME", None)
+    else:
+        os.environ["BRAINFM_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ../shared/data; skips the test with a message when it is absent."""

@@ -1,10 +1,12 @@
 """``brainfm demo -o OUT``: the main job of the README.
 
 Makes the sample scan (``OUT/sample_scan.nii.gz``, see :mod:`brainfm.demo`), then runs ALL tasks
-of the bundled default model (or ``--model``) on it and writes the case folder
-``OUT/sample_scan/`` (outputs, ``seg_volumes.csv``, ``summary.json``, ``montage.png``). When the
-model is not available it stops with the :class:`~brainfm.errors.ModelNotAvailableError` message
-(exit 3) after writing only the sample scan: no output is ever faked.
+of the best available model (the official BrainFM model once added with ``brainfm models add``,
+else the bundled compact model when its quality is at least preview; see
+:mod:`brainfm.models.selection`) or of ``--model``, and writes the case folder
+``OUT/sample_scan/`` (outputs, ``seg_volumes.csv``, ``summary.json``, ``montage.png``). When no
+model is available it stops with the :class:`~brainfm.errors.ModelNotAvailableError` message
+that says how to get one (exit 3) after writing only the sample scan: no output is ever faked.
 """
 from __future__ import annotations
 
@@ -26,6 +28,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _say_which_model(args: argparse.Namespace) -> None:
+    """One line on stderr naming the model ``default`` stands for (nothing in machine mode)."""
+    from brainfm.errors import ModelNotAvailableError
+    from brainfm.models.selection import default_model
+
+    if args.model != "default" or args.progress == "machine":
+        return
+    try:
+        chosen = default_model()
+    except ModelNotAvailableError:
+        return  # reported with the how-to message once the sample scan is written
+    sys.stderr.write(f"brainfm demo: using {chosen.reason} (--model {chosen.spec})\n")
+
+
 def main(args: argparse.Namespace) -> int:
     from brainfm.demo import make_sample_scan
     from brainfm.errors import InputError
@@ -35,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"output {out_root} exists and is not a folder; -o takes a folder")
     out_root.mkdir(parents=True, exist_ok=True)
     args.frame = None
+    _say_which_model(args)
 
     def body(reporter, token) -> int:
         scan_path = out_root / SAMPLE_NAME

@@ -1,7 +1,9 @@
 """``brainfm info``: versions, devices, threads, model and atlas status (``--json`` for tools).
 
 The model is never loaded: the weights file is located, its size and SHA-256 reported and
-compared with the registry (or ``--sha256``) when an expected value is known.
+compared with the registry, the model store or the native sidecar (or ``--sha256``) when an
+expected value is known; format, heads, label scheme, voxel size and quality come from the
+model store or the native sidecar.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ HELP = "show versions, devices, model and atlas status"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help=HELP, description=HELP)
-    p.add_argument("--model", default="default", help="model to check: default, a registry id or a path")
+    p.add_argument("--model", default="default",
+                   help="model to check: default (the best available), a stored model name, a registry id or a path")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights")
     p.add_argument("--atlas", default=None, help="atlas to check (path or id; default: BRAINFM_ATLAS or cache)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -43,7 +46,8 @@ def _torch_info() -> Dict[str, Any]:
 
 def _model_info(spec: str, expected: Optional[str]) -> Dict[str, Any]:
     from brainfm.errors import BrainFMError
-    from brainfm.models import registry
+    from brainfm.models import registry, selection
+    from brainfm.models.hashing import cached_sha256
 
     out: Dict[str, Any] = {"spec": spec}
     try:
@@ -58,13 +62,17 @@ def _model_info(spec: str, expected: Optional[str]) -> Dict[str, Any]:
         if sidecar.is_file():
             files.append(sidecar)
     out["size_bytes"] = sum(f.stat().st_size for f in files if f.is_file())
+    known = selection.describe_file(path) or {}
+    for key in ("name", "format", "heads", "tasks", "label_scheme", "voxel_mm", "quality", "quality_text"):
+        if known.get(key) is not None:
+            out[key] = known[key]
     if path.is_file():
-        digest = registry.sha256_file(path)
+        digest = cached_sha256(path)
         out["sha256"] = digest
         if expected is None:
             entry = next((e for e in registry.list_entries(kind="model")
                           if e.get("filename") == path.name and e.get("sha256")), None)
-            expected = entry.get("sha256") if entry else None
+            expected = entry.get("sha256") if entry else known.get("sha256")
         if expected:
             out["verification"] = "verified" if digest.lower() == expected.lower() else "MISMATCH"
             out["expected_sha256"] = expected
@@ -121,7 +129,13 @@ def _text(info: Dict[str, Any]) -> str:
     lines += [f"  GPU {g['index']}      {g['name']} ({g['memory_gb']} GB)" for g in t.get("gpus", [])]
     lines.append(f"MPS          {'available' if t.get('mps_available') else 'not available'}")
     if m.get("available"):
-        lines.append(f"model        {m['path']} ({m['size_bytes'] / 1e6:.1f} MB)")
+        name = f"{m['name']}: " if m.get("name") else ""
+        lines.append(f"model        {name}{m['path']} ({m['size_bytes'] / 1e6:.1f} MB)")
+        if m.get("format"):
+            tasks = ",".join(t for t in m.get("tasks") or [] if t != "feat") or "features only"
+            lines.append(f"  format     {m['format']}, {len(m.get('heads') or {})} heads (tasks {tasks}), labels "
+                         f"{m.get('label_scheme') or '-'}, voxel {float(m.get('voxel_mm') or 1.0):g} mm")
+            lines.append(f"  quality    {m.get('quality_text') or 'unmeasured'}")
         if "sha256" in m:
             lines.append(f"  SHA-256    {m['sha256']} ({m['verification']})")
     else:

@@ -27,6 +27,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("brainfm.cli.demo_cmd", "make the sample scan and run every task on it (the main job)"),
     "info": ("brainfm.cli.info", "show versions, devices, model and atlas status"),
     "labels": ("brainfm.cli.labels_cmd", "export label tables (Slicer colour CSV, FreeSurfer LUT)"),
+    "models": ("brainfm.cli.models_cmd", "list, add, verify and remove the models of the local model store"),
     "prepare": ("brainfm.training.cli_prepare", "prepare training data (training extension)"),
     "train": ("brainfm.training.cli_train", "train a model with the synthetic generator (training extension)"),
     "finetune": ("brainfm.training.cli_finetune", "fine-tune a model (training extension)"),

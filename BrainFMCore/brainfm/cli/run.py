@@ -36,7 +36,9 @@ RUN_SUMMARY = "run_summary.json"
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``: model, device, precision, memory, tiling, progress."""
     p.add_argument("--tasks", default="all", help="all, or a comma list of t1,t2,flair,ct,sr,seg,dist,bias,reg,feat")
-    p.add_argument("--model", default="default", help="default (bundled), a registry id, or a weights file path")
+    p.add_argument("--model", default="default",
+                   help="default (the best available model), a name from `brainfm models list`, bundled, "
+                        "a registry id, or a weights file path")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights (refuse others)")
     p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("eval-table", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model file (native .safetensors/.json, official .pth)")
+    p.add_argument("--model", required=True, help="model file (native .safetensors/.json, official .pth) or a model-store name")
     p.add_argument("--data", required=True, help="shared data root (e.g. ../shared/data)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to compute (default: all)")
@@ -36,10 +36,10 @@ def main(args: argparse.Namespace) -> int:
     from brainfm.evaluation.table import run_table
 
     model = Path(args.model)
-    if not model.is_file():
-        from brainfm.errors import InputError
+    if not model.is_file():  # a model-store name (brainfm models list), bundled, default or a registry id
+        from brainfm.models.registry import resolve_model
 
-        raise InputError(f"model file not found: {model}")
+        model = resolve_model(args.model)
     reporter = ProgressReporter(args.progress)
     try:
         doc = run_table(model, Path(args.data), Path(args.output), rows=args.rows, device=args.device,

@@ -35,7 +35,7 @@ from brainfm.models.common import (
 )
 from brainfm.models.config import ModelConfig
 from brainfm.models.net import BrainFMNet
-from brainfm.models.registry import sha256_file
+from brainfm.models.hashing import cached_sha256, sha256_file
 
 FORMAT = "brainfm-native"
 FORMAT_VERSION = 1
@@ -187,7 +187,7 @@ def load_native(path: PathLike, *, expected_sha256: Optional[str] = None, map_lo
     weights_path = json_path.with_name(weights_file)
     if not weights_path.is_file():
         raise CheckpointError(f"native weights file {weights_path} is missing")
-    digest = sha256_file(weights_path)
+    digest = cached_sha256(weights_path)
     for label, want in (("the JSON sidecar", meta["weights_sha256"]), ("the expected value", expected_sha256)):
         if want and str(want).lower() != digest:
             raise CheckpointError(

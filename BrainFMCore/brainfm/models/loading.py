@@ -27,7 +27,7 @@ from brainfm.models.checkpoint_official import is_official, load_official
 from brainfm.models.common import (
     LoadedModel, extract_state_dict, normalize_keys, torch_load_safe,
 )
-from brainfm.models.registry import sha256_file
+from brainfm.models.hashing import cached_sha256, sha256_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 OFFICIAL_HEAD_NAMES = {"T1", "T2", "FLAIR", "CT", "bias_field_log", "segmentation", "distance", "registration",
@@ -39,7 +39,8 @@ def load_model(path: PathLike, *, expected_sha256: Optional[str] = None, map_loc
     """Load weights from ``path`` into a :class:`~brainfm.models.net.BrainFMNet` (``eval()`` mode).
 
     ``expected_sha256`` is checked against the weights file (mismatch -> :class:`CheckpointError`
-    "checksum mismatch ..."). ``unit_feat`` overrides the feature normalisation read from the file.
+    "checksum mismatch ..."); the digest comes from :func:`~brainfm.models.hashing.cached_sha256`, so an
+    unchanged file is hashed once, a changed one again. ``unit_feat`` overrides the feature normalisation read from the file.
     ``head_paths`` adds separate head files (Brain-ID downstream heads, keys ``final_conv_<name>``).
     A bare state dict (no args) follows BrainFM conventions when its heads all have official names,
     else Brain-ID conventions (features not normalised unless ``unit_feat=True``).
@@ -51,7 +52,7 @@ def load_model(path: PathLike, *, expected_sha256: Optional[str] = None, map_loc
         return load_native(p, expected_sha256=expected_sha256, map_location=map_location, unit_feat=unit_feat)
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}")
-    digest = sha256_file(p)
+    digest = cached_sha256(p)
     if expected_sha256 and expected_sha256.lower() != digest:
         raise CheckpointError(
             f"checksum mismatch for {p}: sha256 {digest}, expected {expected_sha256}; "

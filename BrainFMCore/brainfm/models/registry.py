@@ -3,7 +3,9 @@
 Torch-free on purpose (the Slicer side imports it). ``registry.json`` next to this file lists
 versioned entries ``{id, version, kind, filename, sha256, url, bundled, description}``.
 Downloads go to the cache (env ``BRAINFM_HOME``, else ``~/.cache/brainfm``; created with mode 0o700),
-are written atomically and verified against their SHA-256.
+are written atomically and verified against their SHA-256. :func:`resolve_model` also knows the
+names of the local model store (:mod:`brainfm.models.store`) and what ``default`` means
+(:mod:`brainfm.models.selection`).
 
 >>> import os, tempfile
 >>> from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from brainfm.errors import CheckpointError, InputError, ModelNotAvailableError
+from brainfm.models.hashing import cached_sha256, sha256_file  # noqa: F401 (sha256_file: public here)
 
 PathLike = Union[str, "os.PathLike[str]"]
 Entries = Optional[Union[PathLike, Sequence[Dict[str, Any]]]]
@@ -38,25 +41,12 @@ DEFAULT_MODEL_ID = "brainfm-compact"
 DEFAULT_ATLAS_ID = "gca"
 
 BUNDLED_MISSING_MESSAGE = (
-    "The bundled BrainFM model is not included in this version yet (it is trained in a GPU run, "
-    "see the model card). Run with --model PATH/TO/brainfm_pretrained.pth (official BrainFM weights) "
-    "or a fine-tuned model."
+    "The bundled compact BrainFM model is not included in this version yet (it is trained by brainfm's own "
+    "training, on a GPU or the CPU; see the model card). Use the official BrainFM weights instead: download "
+    "brainfm_pretrained.pth from the 'Downloads' section of https://github.com/jhuldr/BrainFM#downloads, then "
+    "run `brainfm models add PATH/TO/brainfm_pretrained.pth` once (or pass --model PATH/TO/brainfm_pretrained.pth "
+    "or a fine-tuned model on every run)."
 )
-
-
-def sha256_file(path: PathLike, *, chunk_size: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks.
-
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-    >>> sha256_file(p)[:16]
-    'ba7816bf8f01cfea'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -97,19 +87,28 @@ def get_entry(entry_id: str, *, registry: Entries = None) -> Dict[str, Any]:
 
 
 def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
-    """Path of the weights for ``spec``: ``default``/``bundled``, a registry id, or a file path.
+    """Path of the weights for ``spec``, checked against its recorded SHA-256 where one is known.
 
-    Registry entries are looked up in the cache (``<cache>/models/<filename>``) and downloaded
-    there (SHA-256 verified) when they have a URL.
+    ``spec`` is, in this order: ``default`` (the best available model, see
+    :func:`brainfm.models.selection.default_model`), ``bundled`` (the bundled compact model, whatever
+    its quality), a name of the local model store (``brainfm models list``), a registry id, or a
+    file path. Registry entries are looked up in the cache (``<cache>/models/<filename>``) and
+    downloaded there (SHA-256 verified) when they have a URL.
     """
+    from brainfm.models import selection, store
+
     spec = str(spec)
+    if spec == "default":
+        chosen = selection.default_model()
+        return store.model_path(chosen.spec) if chosen.kind == "store" else chosen.path
     entries = _entries(registry)
-    if spec in ("default", "bundled"):
-        entry = next((e for e in entries if e.get("id") == DEFAULT_MODEL_ID), None)
-        path = BUNDLED_DIR / (entry["filename"] if entry else "brainfm-compact.safetensors")
+    if spec in ("bundled", DEFAULT_MODEL_ID) and store.find_model(spec) is None:
+        path, _ = selection.bundled_paths()
         if not path.is_file():
             raise ModelNotAvailableError(BUNDLED_MISSING_MESSAGE)
         return path
+    if store.find_model(spec) is not None:
+        return store.model_path(spec)
     ids = [e.get("id") for e in entries if e.get("kind") == "model"]
     if spec in ids:
         entry = get_entry(spec, registry=entries)
@@ -118,13 +117,19 @@ def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
             if not path.is_file():
                 raise ModelNotAvailableError(BUNDLED_MISSING_MESSAGE)
             return path
+        if spec == "brainfm-official":
+            official = selection.official_in_store()
+            if official is not None:
+                return store.model_path(official.name)
         return _cached_or_download(entry, cache_dir() / "models", _manual_model_hint(entry))
     p = Path(spec).expanduser()
     if p.exists():
         return p
+    names = [m.name for m in store.list_models()]
     raise ModelNotAvailableError(
-        f"model {spec!r} is neither a file that exists nor a registry id; known ids: {ids} "
-        "(or 'default' for the bundled model)"
+        f"model {spec!r} is neither a file that exists nor a model name; stored models: "
+        f"{', '.join(names) if names else 'none'} (brainfm models list), registry ids: {', '.join(map(str, ids))}, "
+        "or 'default' for the best available model"
     )
 
 
@@ -211,9 +216,10 @@ def _entries(registry: Entries) -> List[Dict[str, Any]]:
 
 def _manual_model_hint(entry: Dict[str, Any]) -> str:
     return (
-        f"The model {entry['id']!r} is not in the cache and has no download link (the public release is a "
-        f"personal cloud link). Download {entry['filename']} yourself (see the project README) and run with "
-        f"--model PATH/TO/{entry['filename']}, or copy it to {cache_dir() / 'models' / entry['filename']}."
+        f"The model {entry['id']!r} is not in the model store and has no download link (the public release is a "
+        f"personal cloud link). Download {entry['filename']} yourself (see the project README, 'Get a model'), then "
+        f"add it once with `brainfm models add PATH/TO/{entry['filename']}` or run with "
+        f"--model PATH/TO/{entry['filename']}."
     )
 
 
@@ -221,7 +227,7 @@ def _cached_or_download(entry: Dict[str, Any], folder: Path, hint: str) -> Path:
     path = folder / entry["filename"]
     expected = entry.get("sha256")
     if path.is_file():
-        if expected and sha256_file(path) != expected:
+        if expected and cached_sha256(path) != expected:
             raise CheckpointError(
                 f"checksum mismatch for cached {path}: the file may be corrupt or tampered with; delete it "
                 "and run again to download a fresh copy"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from brainfm.errors import InputError
+from brainfm.models.task_heads import TASK_HEADS
 from brainfm.tasks import bias, distance, features, registration, segmentation, superres, synthesis
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
@@ -51,21 +52,21 @@ class TaskSpec:
 TASKS: Dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("t1", ("T1", "image"), ("synth_t1",), "synthetic T1-weighted image", synthesis.run_t1),
-        TaskSpec("t2", ("T2",), ("synth_t2",), "synthetic T2-weighted image", synthesis.run_t2),
-        TaskSpec("flair", ("FLAIR",), ("synth_flair",), "synthetic FLAIR image", synthesis.run_flair),
-        TaskSpec("ct", ("CT",), ("synth_ct",), "synthetic CT (HU)", synthesis.run_ct),
-        TaskSpec("sr", ("high_res_residual",), ("superres",), "1 mm super-resolution", superres.run_sr),
-        TaskSpec("seg", ("segmentation",), ("seg", "seg_probabilities"), "anatomical segmentation",
+        TaskSpec("t1", TASK_HEADS["t1"], ("synth_t1",), "synthetic T1-weighted image", synthesis.run_t1),
+        TaskSpec("t2", TASK_HEADS["t2"], ("synth_t2",), "synthetic T2-weighted image", synthesis.run_t2),
+        TaskSpec("flair", TASK_HEADS["flair"], ("synth_flair",), "synthetic FLAIR image", synthesis.run_flair),
+        TaskSpec("ct", TASK_HEADS["ct"], ("synth_ct",), "synthetic CT (HU)", synthesis.run_ct),
+        TaskSpec("sr", TASK_HEADS["sr"], ("superres",), "1 mm super-resolution", superres.run_sr),
+        TaskSpec("seg", TASK_HEADS["seg"], ("seg", "seg_probabilities"), "anatomical segmentation",
                  segmentation.run_seg),
-        TaskSpec("dist", ("distance",), ("dist_lp", "dist_lw", "dist_rp", "dist_rw"),
+        TaskSpec("dist", TASK_HEADS["dist"], ("dist_lp", "dist_lw", "dist_rp", "dist_rw"),
                  "signed distance to cortical surfaces (mm)", distance.run_dist),
-        TaskSpec("bias", ("bias_field_log",), ("bias_field", "bias_corrected"), "bias-field estimation",
+        TaskSpec("bias", TASK_HEADS["bias"], ("bias_field", "bias_corrected"), "bias-field estimation",
                  bias.run_bias),
-        TaskSpec("reg", ("registration",),
+        TaskSpec("reg", TASK_HEADS["reg"],
                  ("reg_atlas_coords", "reg_displacement", "atlas_warped", "subject_in_atlas"),
                  "registration to the atlas", registration.run_reg),
-        TaskSpec(FEAT, (), ("features",), "backbone features (X,Y,Z,C) float16", features.run_feat),
+        TaskSpec(FEAT, TASK_HEADS[FEAT], ("features",), "backbone features (X,Y,Z,C) float16", features.run_feat),
     )
 }
 TASK_NAMES: Tuple[str, ...] = tuple(TASKS)

@@ -19,7 +19,6 @@ True
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from brainfm.errors import CheckpointError
+from brainfm.models.hashing import sha256_file
 
 FORMAT = "brainfm-train-ckpt-1"
 PathLike = Union[str, Path]
@@ -72,12 +72,7 @@ def restore_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = sha256_file
 
 
 def _write_shards(tensors: Dict[str, torch.Tensor], folder: Path, stem: str, max_bytes: int) -> List[str]:

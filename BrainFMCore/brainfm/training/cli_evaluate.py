@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="native/official model file, registry id, or a training run/checkpoint folder")
+                   help="native/official model file, model-store name, registry id, or a training run/checkpoint folder")
     p.add_argument("--prepared", required=True, help="folder of prepared subjects")
     p.add_argument("--subjects", nargs="*", default=[], help="subject names (default: the last --n-val)")
     p.add_argument("--n-val", type=int, default=2)

@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with any of the options below (e.g. Training/configs/finetune.yaml)")
-    p.add_argument("--model", help="base model: default, a registry id, or a path")
+    p.add_argument("--model", help="base model: default (the best available), a model-store name, a registry id, or a path")
     p.add_argument("--data", required=True, help="folder with images/ and labels/ (or targets/)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log, model/)")
     p.add_argument("--task", choices=("seg", "image"))

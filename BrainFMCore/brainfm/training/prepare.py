@@ -9,7 +9,6 @@ surface distance maps on the requested device.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -22,6 +21,7 @@ import numpy as np
 
 from brainfm.errors import InputError
 from brainfm.io.atomic import atomic_output
+from brainfm.models.hashing import sha256_file  # noqa: F401 (also used by callers as prepare.sha256_file)
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.volume import Volume
 
@@ -30,15 +30,6 @@ MANIFEST = "manifest.json"
 CACHE_VERSION = 1
 ATLAS_STEP = 5  # voxels (mm) between nodes of the stored residual grid
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stem(p: Path) -> str:

@@ -13,7 +13,8 @@ Modules (each importable on its own; none imports Qt, torch or ``brainfm`` at im
 - :mod:`BrainFMLib.scene_utils`    subject-hierarchy placement, node removal
 - :mod:`BrainFMLib.process`        ``ProcessRunner``: child process, progress, cancel, result
 - :mod:`BrainFMLib.parameters`     ``RunParameters`` dataclass (is_valid, as_arg_list)
-- :mod:`BrainFMLib.registry`       model choices, cache folder, checksums, custom entries
+- :mod:`BrainFMLib.registry`       model choices (``list_models``: store, bundled, best default), checksums
+- :mod:`BrainFMLib.model_add`      ``AddModelJob``: ``brainfm models add`` in a child process
 - :mod:`BrainFMLib.install`        ``InstallLogic``: dependency checks and installation
 - :mod:`BrainFMLib.diagnostics`    environment report (dict + text)
 - :mod:`BrainFMLib.signals`        tiny pure-Python ``Signal``
@@ -34,6 +35,7 @@ __all__ = [
     "install",
     "job",
     "label_tables",
+    "model_add",
     "parameters",
     "process",
     "registry",

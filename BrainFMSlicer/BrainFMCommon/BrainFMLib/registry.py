@@ -1,8 +1,14 @@
-"""Model choices for the GUI: bundled default, official BrainFM weights, custom files.
+"""Model choices for the GUI and other front ends: :func:`list_models` (the local model store,
+the bundled model and the best available default), checksums, and the older custom-file registry.
 
-Settings-agnostic: the Slicer layer reads its ``QSettings`` values and passes them in. The
-bundled/official entries come from ``brainfm.models.registry`` when it is importable (it imports
-no torch); custom entries are kept in a small JSON file. Checksums are SHA-256.
+:func:`list_models` is the one function a front end needs to offer models: it returns
+:class:`ModelChoice` records whose ``id`` is what ``brainfm run --model`` takes and what parameter
+nodes store (``default``, a store name, ``bundled``); ``title`` is only for display. It reads the
+store through the engine's torch-free :mod:`brainfm.models.selection`, so it is fast enough to call
+whenever a panel is shown; without the ``brainfm`` package it returns only an unavailable
+``default`` entry saying so. :class:`ModelRegistry` keeps the custom weights files registered by
+earlier versions (a small JSON file). Checksums are SHA-256 (:func:`sha256_file`; the library keeps
+its own copy so that it imports before ``brainfm`` is installed).
 
 >>> import tempfile, pathlib
 >>> from BrainFMLib.registry import ModelRegistry
@@ -21,9 +27,9 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from BrainFMLib._errors import CheckpointError, InputError, ModelNotAvailableError
 
@@ -31,6 +37,12 @@ PathLike = Union[str, Path]
 DEFAULT_CACHE = Path("~/.cache/brainfm")
 OFFICIAL_ID = "brainfm-official"
 BUNDLED_ID = "default"
+#: id of the "best available model" entry (what ``--model`` uses when nothing is chosen)
+DEFAULT_ID = "default"
+#: the authors' page with the download link of the official weights (README, section "Downloads")
+OFFICIAL_PAGE = "https://github.com/jhuldr/BrainFM#downloads"
+NOT_INSTALLED_MESSAGE = ("The brainfm package is not installed yet: it is installed on the first Apply "
+                         "(or with Advanced > Diagnostics > Install / update dependencies).")
 
 
 def sha256_file(path: PathLike, *, chunk: int = 1 << 20) -> str:
@@ -65,13 +77,37 @@ class ModelChoice:
 
     id: str
     title: str
-    kind: str  # "bundled" | "official" | "custom"
+    kind: str  # "default" | "store" | "bundled" | "file" (and "official" | "custom" of ModelRegistry)
     spec: str
     path: Optional[str] = None
     sha256: Optional[str] = None
     available: bool = True
     message: str = ""
     description: str = ""
+    format: str = ""
+    size_bytes: int = 0
+    heads: Dict[str, int] = field(default_factory=dict)
+    tasks: Tuple[str, ...] = ()  # empty: not known without loading the file
+    label_scheme: Optional[str] = None
+    voxel_mm: float = 1.0
+    quality: Dict[str, Any] = field(default_factory=dict)
+    quality_text: str = ""
+    is_default: bool = False
+
+    def supports(self, tasks: Iterable[str]) -> bool:
+        """True when the model can do every task in ``tasks`` (unknown heads: assumed yes)."""
+        return not self.tasks or all(t in self.tasks for t in tasks)
+
+    def details(self) -> str:
+        """One line for users: format, size, heads, label scheme, voxel size and quality."""
+        if not self.available:
+            return self.message
+        if not self.format:
+            return self.description or (self.path or self.spec)
+        tasks = ", ".join(t for t in self.tasks if t != "feat") or "features only"
+        size = (f"{self.size_bytes / 1e9:.2f} GB" if self.size_bytes >= 1e9 else f"{self.size_bytes / 1e6:.1f} MB")
+        return (f"{self.format}, {size}, {len(self.heads)} heads ({tasks}), labels {self.label_scheme or '-'}, "
+                f"{self.voxel_mm:g} mm voxels, quality: {self.quality_text or 'unmeasured'}")
 
 
 def _entry_get(entry: Any, key: str, default: Any = None) -> Any:
@@ -123,10 +159,10 @@ class ModelRegistry:
             return ModelChoice(BUNDLED_ID, title, "bundled", "default", available=False,
                                message="The brainfm package is not installed yet (it is installed on first Apply).")
         try:
-            path = engine_registry.resolve_model("default")
+            path = engine_registry.resolve_model("bundled")
         except Exception as exc:  # noqa: BLE001 - ModelNotAvailableError carries the user message
-            return ModelChoice(BUNDLED_ID, title, "bundled", "default", available=False, message=str(exc))
-        return ModelChoice(BUNDLED_ID, title, "bundled", "default", path=str(path))
+            return ModelChoice(BUNDLED_ID, title, "bundled", "bundled", available=False, message=str(exc))
+        return ModelChoice(BUNDLED_ID, title, "bundled", "bundled", path=str(path))
 
     def official_choice(self) -> ModelChoice:
         """The official BrainFM weights (user-downloaded file; checked against the registry SHA-256)."""
@@ -137,10 +173,13 @@ class ModelRegistry:
         candidates.append(self.cache_dir() / "models" / filename)
         path = next((p for p in candidates if p.is_file()), None)
         title = "BrainFM official (pretrained)"
+        stored = next((c for c in list_models() if c.kind == "store" and c.format == "brainfm-official"), None)
+        if path is None and stored is not None:  # added to the model store: the engine verifies it by name
+            return ModelChoice(OFFICIAL_ID, title, "official", stored.id, path=stored.path, sha256=stored.sha256)
         if path is None:
             return ModelChoice(OFFICIAL_ID, title, "official", OFFICIAL_ID, sha256=sha, available=False,
-                               message=("Download the official BrainFM weights (brainfm_pretrained.pth) from the "
-                                        "BrainFM project page and select the file."))
+                               message=("Download the official BrainFM weights (brainfm_pretrained.pth) from "
+                                        f"{OFFICIAL_PAGE} and add the file (Add model file...)."))
         return ModelChoice(OFFICIAL_ID, title, "official", str(path), path=str(path), sha256=sha)
 
     def choices(self) -> List[ModelChoice]:
@@ -215,3 +254,78 @@ class ModelRegistry:
     def as_dicts(self) -> List[Dict[str, Any]]:
         """Choices as plain dicts (for the diagnostics box)."""
         return [asdict(c) for c in self.choices()]
+
+
+# ------------------------------------------------------------------------------------ model store
+def choice_from_dict(d: Mapping[str, Any], **overrides: Any) -> ModelChoice:
+    """A :class:`ModelChoice` from one dict of ``brainfm.models.selection.available_models()``."""
+    name = str(d.get("name") or "")
+    kind = "bundled" if d.get("storage") == "bundled" else "store"
+    mark = d.get("quality_text") if d.get("quality_text") not in (None, "", "unmeasured", "release") else ""
+    title = (f"Bundled compact model{' - ' + mark if mark else ''}" if kind == "bundled"
+             else f"{name} ({d.get('format')}{', ' + mark if mark else ''})")
+    values = dict(id=name, title=title, kind=kind, spec=name, path=d.get("path"), sha256=d.get("sha256"),
+                  format=str(d.get("format") or ""), size_bytes=int(d.get("size_bytes") or 0),
+                  heads={str(k): int(v) for k, v in (d.get("heads") or {}).items()},
+                  tasks=tuple(d.get("tasks") or ()), label_scheme=d.get("label_scheme"),
+                  voxel_mm=float(d.get("voxel_mm") or 1.0), quality=dict(d.get("quality") or {}),
+                  quality_text=str(d.get("quality_text") or ""), is_default=bool(d.get("is_default")))
+    values.update(overrides)
+    return ModelChoice(**values)
+
+
+def list_models(*, tasks: Optional[Iterable[str]] = None) -> List[ModelChoice]:
+    """The models a user can choose from: the ``default`` entry (the best available model), then
+    the models of the local model store, then the bundled model when it is present.
+
+    :param tasks: keep only models that can do at least one of these tasks (``"seg"``, ``"t1"``...);
+        the ``default`` entry is always first.
+    :return: :class:`ModelChoice` records; pass ``choice.id`` to ``brainfm run --model`` and store it
+        in parameter nodes. When no model is available (or ``brainfm`` is not installed) the
+        ``default`` entry has ``available=False`` and its ``message`` says what to do.
+
+    >>> choices = list_models()
+    >>> choices[0].id, choices[0].kind
+    ('default', 'default')
+    """
+    try:
+        from brainfm.errors import ModelNotAvailableError as EngineNoModel
+        from brainfm.models import selection
+    except ImportError:
+        return [ModelChoice(DEFAULT_ID, "Best available model", "default", DEFAULT_ID, available=False,
+                            message=NOT_INSTALLED_MESSAGE)]
+    found = selection.available_models()
+    wanted = set(tasks) if tasks is not None else None
+    models = [choice_from_dict(d) for d in found]
+    if wanted is not None:
+        models = [m for m in models if wanted.intersection(m.tasks)]
+    best = next((d for d in found if d.get("is_default")), None)
+    if best is None:
+        try:
+            selection.default_model()
+            message = ""
+        except EngineNoModel as exc:
+            message = str(exc)
+        first = ModelChoice(DEFAULT_ID, "No model available yet", "default", DEFAULT_ID, available=False,
+                            message=message or selection.NO_MODEL_MESSAGE)
+    else:
+        chosen = choice_from_dict(best)
+        first = choice_from_dict(best, id=DEFAULT_ID, kind="default", spec=DEFAULT_ID, is_default=False,
+                             title=f"Best available: {chosen.title}",
+                             description=f"the best available model, now {best.get('name')!r}")
+    return [first] + models
+
+
+def choice_for(choice_id: str, choices: Optional[List[ModelChoice]] = None) -> ModelChoice:
+    """The choice with ``id == choice_id``; a weights file path (scripts, scenes of earlier versions)
+    gives a ``file`` choice; anything else an unavailable choice saying the model is unknown."""
+    choice_id = str(choice_id or DEFAULT_ID)
+    for c in (list_models() if choices is None else choices):
+        if c.id == choice_id:
+            return c
+    p = Path(choice_id).expanduser()
+    if p.is_file():
+        return ModelChoice(choice_id, f"File: {p.name}", "file", str(p), path=str(p))
+    return ModelChoice(choice_id, f"Not available: {choice_id}", "file", choice_id, available=False,
+                       message=(f"The model {choice_id!r} is not in your model store (or cannot do this task): "
+                                "choose another model, or add its file with Add model file..."))

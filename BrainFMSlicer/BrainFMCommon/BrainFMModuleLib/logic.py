@@ -30,6 +30,7 @@ from BrainFMLib.parameters import RunParameters
 from BrainFMLib.job import BrainFMJob
 
 from BrainFMModuleLib.checks import checkInputVolume, checkOutputNodes
+from BrainFMModuleLib.models import ModelLogicMixin, migrateModelParameters
 from BrainFMModuleLib.run import BrainFMRun, ProgressCallback
 
 QUALITY_SETTINGS = {
@@ -68,8 +69,9 @@ def runParameters(*, tasks: Sequence[str], device: str = "auto", quality: str = 
     return params
 
 
-class BrainFMLogicBase(ScriptedLoadableModuleLogic):
-    """Shared logic; subclasses define ``OUTPUTS`` (role -> output key of ``brainfm run``) and ``process()``.
+class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
+    """Shared logic; subclasses define ``OUTPUTS`` (role -> output key of ``brainfm run``), ``MODEL_TASKS``
+    (the tasks the module can run, for the model selector) and ``process()``.
 
     Attributes scripts may set: ``logCallback`` (``print``), ``keepTemporaryFiles`` (debugging),
     ``pythonExecutable`` (default: ``PythonSlicer``).
@@ -84,6 +86,12 @@ class BrainFMLogicBase(ScriptedLoadableModuleLogic):
         self.pythonExecutable: Optional[str] = None
         self._requirementsOk = False
         self._torchInfo: Optional[Dict[str, Any]] = None
+
+    def getParameterNode(self):
+        """The module's parameter node (a scene of an earlier version gets its model id first)."""
+        node = ScriptedLoadableModuleLogic.getParameterNode(self)
+        migrateModelParameters(node)
+        return node
 
     def log(self, text: str) -> None:
         logging.info(text)
@@ -164,13 +172,16 @@ class BrainFMLogicBase(ScriptedLoadableModuleLogic):
                 return choice.sha256
         return None
 
-    def diagnosticsText(self, *, modelPath: Optional[str] = None) -> str:
-        """Environment report (Python, torch/CUDA, GPUs, brainfm, cache, model file) as text."""
+    def diagnosticsText(self, *, modelPath: Optional[str] = None, modelId: Optional[str] = None) -> str:
+        """Environment report (Python, torch/CUDA, GPUs, brainfm, cache, model file) as text.
+
+        ``modelId`` (what the parameter node stores) or ``modelPath`` names the model to check.
+        """
         from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
-        from BrainFMLib.registry import ModelChoice, ModelRegistry
+        from BrainFMLib.registry import ModelChoice, ModelRegistry, choice_for
 
         registry = ModelRegistry(official_path=modelPath)
-        choice = registry.bundled_choice()
+        choice = choice_for(modelId) if modelId else registry.bundled_choice()
         if modelPath:
             available = os.path.isfile(modelPath)
             choice = ModelChoice("selected", os.path.basename(modelPath), "custom", modelPath, path=modelPath,
@@ -198,6 +209,7 @@ class BrainFMLogicBase(ScriptedLoadableModuleLogic):
         checkInputVolume(inputVolume)
         checkOutputNodes(inputVolume, outputs)
         self.setupPythonRequirements(interactive=False)
+        self.checkModel(model, tasks)
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
                                model_sha256=self.expectedSha256(model))
         self.checkDevice(params.device)

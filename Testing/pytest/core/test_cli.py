@@ -137,35 +137,26 @@ def test_output_equal_to_input_is_refused(tmp_path, model, scans, capsys):
     assert src.read_bytes() == before
 
 
-def test_missing_bundled_model_exits_3(tmp_path, scans, capsys):
-    from brainfm.errors import ModelNotAvailableError
-    from brainfm.models.registry import BUNDLED_MISSING_MESSAGE, resolve_model
+def test_missing_default_model_exits_3(tmp_path, scans, capsys, monkeypatch):
+    from brainfm.models import registry
+    from brainfm.models.selection import NO_MODEL_MESSAGE
 
-    try:
-        resolve_model("default")
-        pytest.skip("a bundled model is installed")
-    except ModelNotAvailableError:
-        pass
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")  # empty store, no bundled model
     out = tmp_path / "out"
     code, stdout, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(out), "--progress", "machine"], capsys)
-    assert code == 3 and BUNDLED_MISSING_MESSAGE in err
+    assert code == 3 and NO_MODEL_MESSAGE in " ".join(err.split())
     assert json.loads(stdout.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "ModelNotAvailableError"
     assert not (out / "a").exists()
 
 
-def test_demo_without_bundled_model_writes_only_the_sample_scan(tmp_path, capsys):
+def test_demo_without_a_model_writes_only_the_sample_scan(tmp_path, capsys, monkeypatch):
     pytest.importorskip("nilearn", reason="the demo needs the optional nilearn extra")
-    from brainfm.errors import ModelNotAvailableError
-    from brainfm.models.registry import resolve_model
+    from brainfm.models import registry
 
-    try:
-        resolve_model("default")
-        pytest.skip("a bundled model is installed")
-    except ModelNotAvailableError:
-        pass
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")  # empty store, no bundled model
     out = tmp_path / "demo"
     code, _, err = _run(["demo", "-o", str(out), "--progress", "none"], capsys)
-    assert code == 3 and "bundled BrainFM model is not included" in err
+    assert code == 3 and "No BrainFM model is available yet" in err and "brainfm models add" in err
     assert sorted(p.name for p in out.iterdir()) == ["sample_scan.nii.gz"]
     scan = read_volume(out / "sample_scan.nii.gz")
     assert [round(s, 3) for s in scan.spacing] == [1.0, 1.0, 5.0]

@@ -62,16 +62,17 @@ def test_resolve_model_paths_and_bundled_message(home, tmp_path, monkeypatch):
     f = tmp_path / "my.pth"
     f.write_bytes(b"x")
     assert registry.resolve_model(str(f)) == f
-    with pytest.raises(ModelNotAvailableError, match="neither a file that exists nor a registry id"):
+    with pytest.raises(ModelNotAvailableError, match="neither a file that exists nor a model name"):
         registry.resolve_model(str(tmp_path / "nope.pth"))
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "bundled")
     with pytest.raises(ModelNotAvailableError) as e:
-        registry.resolve_model("default")
+        registry.resolve_model("bundled")
     assert str(e.value) == registry.BUNDLED_MISSING_MESSAGE
-    assert "--model PATH/TO/brainfm_pretrained.pth" in str(e.value)
+    assert "brainfm models add PATH/TO/brainfm_pretrained.pth" in str(e.value)
+    assert "https://github.com/jhuldr/BrainFM#downloads" in str(e.value) and "GPU run" not in str(e.value)
     (tmp_path / "bundled").mkdir()
     (tmp_path / "bundled" / "brainfm-compact.safetensors").write_bytes(b"w")
-    assert registry.resolve_model("default") == tmp_path / "bundled" / "brainfm-compact.safetensors"
+    assert registry.resolve_model("bundled") == tmp_path / "bundled" / "brainfm-compact.safetensors"
     assert registry.resolve_model("bundled") == registry.resolve_model("brainfm-compact")
 
 

@@ -283,6 +283,7 @@ SLICER_UTIL_API: Dict[str, Tuple[str, ...]] = {
     "getNode": ("pattern", "index", "scene"),
     "loadUI": ("path",),
     "loadVolume": ("filename", "properties", "returnNode"),
+    "mainWindow": (),
     "pip_install": ("requirements",),
     "restart": (),
     "setSliceViewerLayers": ("background", "foreground", "label", "foregroundOpacity", "labelOpacity", "fit",

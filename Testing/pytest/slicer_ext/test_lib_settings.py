@@ -96,7 +96,7 @@ def test_registry_bundled_choice_comes_from_the_engine(tmp_path):
     engine = pytest.importorskip("brainfm.models.registry")
     choice = ModelRegistry(custom_file=tmp_path / "c.json").bundled_choice()
     try:
-        path = engine.resolve_model("default")
+        path = engine.resolve_model("bundled")
     except ModelNotAvailableError as exc:  # the bundled model is not shipped yet: same message
         assert not choice.available and choice.message == str(exc)
     else:

@@ -30,8 +30,11 @@ def test_parameter_node_classes_pass_the_wrapper_checks(module):
     cls = getattr(mod, f"{module}ParameterNode")
     assert cls._is_parameter_node_wrapper
     fields = cls.allParameters
-    assert {"inputVolume", "device", "quality", "modelChoice", "modelPath"} <= set(fields)
-    assert cls.quality in mod.QUALITY_CHOICES and cls.modelChoice in mod.MODEL_CHOICES
+    assert {"inputVolume", "device", "quality", "modelId"} <= set(fields)
+    assert not {"modelChoice", "modelPath"} & set(fields)  # ids, never display texts
+    assert cls.quality in mod.QUALITY_CHOICES and cls.modelId == "default" and fields["modelId"] is str
+    assert set(getattr(mod, f"{module}Logic").MODEL_TASKS) <= {"t1", "t2", "flair", "ct", "sr", "seg", "dist",
+                                                              "bias", "reg"}
 
 
 def test_stub_wrapper_refuses_what_slicer_refuses():

@@ -23,64 +23,17 @@ slicer_app_stubs.install()
 import BrainFMBiasField  # noqa: E402
 import BrainFMCommon  # noqa: E402
 from BrainFMLib.volume_nodes import add_volume  # noqa: E402
+from fake_widgets import FakeParameters, FakeWidget  # noqa: E402
 from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
 from slicer_static_helpers import UiFile, module_ui  # noqa: E402
 
 
-class FakeWidget:
-    """Records what the code sets; answers the few getters the widget base uses."""
-
-    def __init__(self, cls: str) -> None:
-        self.cls, self.text, self.toolTip, self.enabled = cls, "", "", True
-        self.value, self.format, self.lines, self.items, self.currentIndex = 0, "", [], [], -1
-        self.currentPath = ""
-
-    def className(self):
-        return self.cls
-
-    def setValue(self, v):
-        self.value = v
-
-    def setFormat(self, f):
-        self.format = f
-
-    def appendPlainText(self, t):
-        self.lines.append(t)
-
-    def clear(self):
-        self.lines, self.items = [], []
-
-    def addItem(self, label, data=None):
-        self.items.append((label, data))
-
-    def findData(self, data):
-        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
-
-    def itemData(self, i):
-        return self.items[i][1]
-
-    @property
-    def count(self):
-        return len(self.items)
-
-    def blockSignals(self, flag):
-        return False
-
-    def connect(self, *args):
-        pass
-
-
-class FakeParameters(SimpleNamespace):
-    """The parameter-node wrapper's attribute interface (``allParameters`` lists the fields)."""
-
-    @property
-    def allParameters(self):
-        return dict(vars(self))
-
-
 @pytest.fixture()
 def widget(scene, tmp_path, monkeypatch):
-    from brainfm.models import BrainFMNet, ModelConfig, save_native
+    from brainfm.models import BrainFMNet, ModelConfig, registry, save_native
+
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))  # an empty model store
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")
 
     torch.manual_seed(0)
     net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads={"bias_field_log": 1}))
@@ -96,8 +49,7 @@ def widget(scene, tmp_path, monkeypatch):
     w.logic = BrainFMBiasField.BrainFMBiasFieldLogic()
     w.logic.logCallback = w.appendLog  # as setup() does
     w._parameterNode = FakeParameters(inputVolume=volume, outputCorrectedVolume=None, outputFieldVolume=None,
-                                      device="cpu", quality="Full", modelChoice=BrainFMCommon.MODEL_CUSTOM,
-                                      modelPath=Path(weights))
+                                      device="cpu", quality="Full", modelId=str(weights))
     w.shown, w.errors, w.weights = shown, errors, Path(weights)
     return w
 
@@ -114,16 +66,17 @@ def test_apply_state_explains_why_it_is_disabled(widget):
     p = widget._parameterNode
     widget._checkCanApply()
     assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
-    assert widget.ui.modelPathLineEdit.enabled  # a weights file is needed for the custom model
     p.outputFieldVolume = p.inputVolume
     widget._checkCanApply()
     assert not widget.ui.applyButton.enabled and "never overwrites" in widget.ui.applyButton.toolTip
-    p.outputFieldVolume, p.modelPath = None, Path(".")
+    p.outputFieldVolume, p.modelId = None, "default"  # the store of this test is empty: no model yet
+    widget._fillModelComboBox()
     widget._checkCanApply()
-    assert not widget.ui.applyButton.enabled and "needs a weights file" in widget.ui.applyButton.toolTip
-    p.modelChoice = BrainFMCommon.MODEL_DEFAULT
+    assert not widget.ui.applyButton.enabled and "No BrainFM model is available yet" in widget.ui.applyButton.toolTip
+    assert "jhuldr/BrainFM#downloads" in widget.ui.modelInfoLabel.text  # said before Apply, with the way out
+    p.modelId = str(widget.weights)
     widget._checkCanApply()
-    assert widget.ui.applyButton.enabled and not widget.ui.modelPathLineEdit.enabled
+    assert widget.ui.applyButton.enabled
     p.inputVolume = None
     widget._checkCanApply()
     assert not widget.ui.applyButton.enabled and "No input volume" in widget.ui.applyButton.toolTip
@@ -161,7 +114,7 @@ def test_apply_runs_shows_results_then_cancel_and_failure(widget):
 
     broken = widget.weights.parent / "broken.safetensors"
     broken.write_bytes(b"garbage")
-    p.modelPath = broken
+    p.modelId = str(broken)
     widget.onApplyButton()
     finish(widget)
     assert "Failed" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
@@ -185,10 +138,9 @@ def test_start_failure_is_shown_and_leaves_the_gui_usable(widget, monkeypatch):
 
 
 def test_unset_path_field_shows_empty_after_each_parameter_change(widget):
-    """The wrapper writes ``str(pathlib.Path())`` == "." into the ctkPathLineEdit on every change of
+    """The wrapper writes ``str(pathlib.Path())`` == "." into a ctkPathLineEdit on every change of
     the parameter node; the widget's observer (called after it) shows the field empty again."""
-    field = widget.ui.modelPathLineEdit
-    widget._parameterNode.modelPath = Path(".")
+    field = widget.ui.atlasPathLineEdit = FakeWidget("ctkPathLineEdit")  # as in BrainFMRegistration
     field.currentPath = "."  # what the ctkPathLineEdit connector just wrote
     widget._checkCanApply()
     assert field.currentPath == ""

@@ -38,6 +38,7 @@ NAME_CLASSES = {
     "CollapsibleButton": {"ctkCollapsibleButton"},
     "Show3DButton": {"qMRMLSegmentationShow3DButton"},
     "Button": {"QPushButton"},
+    "Label": {"QLabel"},
 }
 
 
@@ -51,7 +52,11 @@ def expected_classes(name: str) -> set:
 
 @pytest.fixture(scope="module")
 def common_tree():
-    return parse_py(module_py(COMMON))
+    """BrainFMCommon.py plus the widget mixins of BrainFMModuleLib (they use the same ``self.ui``)."""
+    tree = parse_py(module_py(COMMON))
+    mixin = parse_py(module_py(COMMON).parent / "BrainFMModuleLib" / "model_widget.py")
+    tree.body.extend(mixin.body)
+    return tree
 
 
 @pytest.fixture(scope="module", params=TASK_MODULES)
