@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import shutil
@@ -61,6 +62,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise FileNotFoundError(f"model file not found: {m}")
     except Exception as exc:  # noqa: BLE001 - bad options: one clear line
         print(f"brainfm-web: {exc}", file=sys.stderr)
+        return 2
+    if args.python is None and importlib.util.find_spec("brainfm.inference") is None:
+        print("brainfm-web: the BrainFM engine is not installed in this environment: "
+              "pip install ./BrainFMCore (or pass --python with an interpreter that has it)", file=sys.stderr)
         return 2
     token = args.token or new_token()
     if not _is_loopback(args.host):
