@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from trame.app import get_server
 from trame_server.utils.asynchronous import create_task
@@ -21,7 +21,6 @@ from trame_slicer.rca_view import register_rca_factories
 
 from brainfm_web import routes, ui
 from brainfm_web.files import AllowedFolders
-from brainfm_web.models import model_options
 from brainfm_web.session import DEVICE_CHOICES, TASK_CHOICES, WebSession
 
 LOG = logging.getLogger("brainfm_web")
@@ -59,7 +58,7 @@ class BrainFMWebApp:
         self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
-        self._init_state(models)
+        self._init_state()
         self.server.controller.on_server_bind.add(lambda ws: routes.add_routes(ws.app, self))
         self.server.controller.on_server_ready.add(self._on_ready)
         self.server.state.change("background_id")(self._on_background)
@@ -71,9 +70,9 @@ class BrainFMWebApp:
         self.ui = ui.build_page(self.server, self.layout_manager)
 
     # -- state -----------------------------------------------------------------------------------
-    def _init_state(self, models: Sequence[str]) -> None:
+    def _init_state(self) -> None:
         state = self.server.state
-        options = model_options(models)
+        options = self.session.model_options()
         first = next((o["value"] for o in reversed(options) if o["available"]), options[0]["value"] if options else "")
         state.update({
             "trame__title": "BrainFM Web",
@@ -98,7 +97,8 @@ class BrainFMWebApp:
         state.error = s.error
         state.log_tail = "\n".join(s.log[-12:])
 
-    def _set_error(self, exc: BaseException) -> None:
+    def show_error(self, exc: BaseException) -> None:
+        """Show ``exc`` in the page's error box."""
         with self.server.state:
             self.server.state.error = self.session.error_text(exc)
 
@@ -108,7 +108,7 @@ class BrainFMWebApp:
         try:
             self.show_scan(self.session.open_server_path(self.server.state.scan_path))
         except Exception as exc:  # noqa: BLE001 - shown in the page
-            self._set_error(exc)
+            self.show_error(exc)
 
     def show_scan(self, node: Any) -> None:
         """Show a newly opened scan in every view and reset the results panel."""
@@ -228,5 +228,3 @@ class BrainFMWebApp:
                        "layers": [layer["title"] for layer in self.server.state.layers or []]}
         return out
 
-    def layer_titles(self) -> List[str]:
-        return [layer["title"] for layer in self.session.layers()]

@@ -50,20 +50,24 @@ def add_routes(aiohttp_app: web.Application, app: Any) -> None:
                     return
                 yield block
 
+        path = None
         try:
             path = await save_upload(chunks(), name, app.workdir / "uploads", max_bytes=app.max_upload_bytes,
                                      declared_size=request.content_length)
             node = app.session.open_volume(path)
         except UploadTooLarge as exc:
-            app._set_error(exc)
+            app.show_error(exc)
             return _error(413, str(exc))
         except InputError as exc:
-            app._set_error(exc)
+            app.show_error(exc)
             return _error(400, str(exc))
         except Exception as exc:  # noqa: BLE001 - unreadable file: the reader's message
             LOG.exception("upload failed")
-            app._set_error(exc)
+            app.show_error(exc)
             return _error(400, app.session.error_text(exc))
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)  # the scene holds the scan now
         app.show_scan(node)
         return web.json_response({"ok": True, "name": node.GetName()})
 

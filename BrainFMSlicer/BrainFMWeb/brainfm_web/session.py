@@ -35,10 +35,10 @@ from BrainFMLib.scene_utils import remove_nodes
 from BrainFMLib.segmentation_nodes import segment_summary
 from BrainFMLib.table_nodes import table_rows
 from BrainFMLib.volume_files import import_volume_file
-from BrainFMLib.volume_nodes import volume_to_array_and_affine
+from BrainFMLib.volume_nodes import node_from_volume, volume_to_array_and_affine
 
 from brainfm_web.files import UPLOAD_SUFFIXES, AllowedFolders, check_suffix, zip_case_folder
-from brainfm_web.models import MODEL_SUFFIXES
+from brainfm_web.models import MODEL_SUFFIXES, model_options
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: tasks offered in the page (``brainfm run --tasks`` names)
@@ -46,6 +46,8 @@ TASK_CHOICES = (("seg", "Segmentation"), ("t1", "Synthetic T1w"), ("t2", "Synthe
                 ("flair", "Synthetic FLAIR"), ("ct", "Synthetic CT"), ("sr", "Super-resolution"),
                 ("bias", "Bias field"), ("reg", "Atlas registration"), ("dist", "Cortical distance maps"))
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: read with the engine (nibabel), not with Slicer's archetype reader, which lacks them in slicer-core
+ENGINE_READ_SUFFIXES = (".mgz", ".mgh")
 #: node classes that hold data (compared before/after a run; the views' own nodes are left out)
 DATA_NODE_CLASS = "vtkMRMLStorableNode"
 
@@ -99,7 +101,12 @@ class WebSession:
             name = path.name[: -len(next(s for s in UPLOAD_SUFFIXES if lower.endswith(s)))]
         if self.scene.GetFirstNodeByName(name) is not None:
             name = self.scene.GenerateUniqueName(name)
-        node = import_volume_file(self.scene, path, name=name)
+        if path.name.lower().endswith(ENGINE_READ_SUFFIXES):  # formats Slicer's core reader lacks
+            from brainfm.io import read_volume
+
+            node = node_from_volume(self.scene, read_volume(path), name)
+        else:
+            node = import_volume_file(self.scene, path, name=name)
         old = [self.input_node, *self.outputs.values()]
         remove_nodes(self.scene, [n for n in old if n is not None and n is not node])
         self.input_node = node
@@ -116,6 +123,13 @@ class WebSession:
         path = self.allowed.check(text, what="model file")
         return str(check_suffix(path, MODEL_SUFFIXES, what="model weights file"))
 
+    def model_options(self) -> List[Dict[str, Any]]:
+        """The model selector's entries (registry models, then the files given on the command line)."""
+        return model_options(self.extra_models)
+
+    def model_values(self) -> List[str]:
+        return [o["value"] for o in self.model_options()]
+
     # -- run ---------------------------------------------------------------------------------------
     def start(self, *, tasks: Sequence[str], model: str, device: str = "auto") -> None:
         """Start ``brainfm run`` on the input volume (returns at once; drive it with :meth:`poll`)."""
@@ -128,8 +142,8 @@ class WebSession:
         model = str(model or "").strip()
         if not model:
             raise InputError("choose a model")
-        if ("/" in model or "\\" in model) and model not in self.extra_models:
-            model = self.check_model_path(model)
+        if ("/" in model or "\\" in model) and model not in self.model_values():
+            model = self.check_model_path(model)  # typed in the page: only inside the allowed folders
         params = RunParameters(tasks=tuple(tasks), model=model, device=device, write_png=True)
         job = BrainFMJob(self.scene, self.input_node, params, python=self.python, keep_temp=True,
                          create_labelmap=True)

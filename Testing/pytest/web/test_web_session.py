@@ -50,6 +50,18 @@ def test_open_keeps_the_file_geometry(session, web_data):
     assert session.layers() == [{"value": node.GetID(), "title": "generated_head"}]
 
 
+def test_mgz_scans_open_with_the_same_geometry(session, web_data):
+    folder, scan, _ = web_data
+    img = nib.load(str(scan))
+    mgz = folder / "head_copy.mgz"
+    nib.save(nib.MGHImage(np.asarray(img.dataobj).astype(np.float32), img.affine), str(mgz))
+    node = session.open_server_path(str(mgz))
+    arr, aff = volume_to_array_and_affine(node)
+    np.testing.assert_allclose(aff, img.affine, atol=1e-4)
+    np.testing.assert_allclose(arr, np.asarray(img.dataobj), rtol=1e-6)
+    assert node.GetName() == "head_copy"
+
+
 def test_paths_outside_the_allowed_folders_are_refused(session, tmp_path):
     outside = tmp_path / "outside.nii.gz"
     outside.write_bytes(b"not read")
@@ -58,6 +70,21 @@ def test_paths_outside_the_allowed_folders_are_refused(session, tmp_path):
     with pytest.raises(InputError, match="outside the folders"):
         session.check_model_path("/etc/passwd")
     assert session.input_node is None and session.scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == 0
+
+
+def test_models_typed_in_the_page_must_be_inside_the_allowed_folders(session, web_data, tmp_path):
+    _, scan, model = web_data
+    session.open_server_path(str(scan))
+    before = data_nodes(session.scene)
+    elsewhere = tmp_path / "model.safetensors"
+    elsewhere.write_bytes(model.read_bytes())
+    with pytest.raises(InputError, match="outside the folders"):
+        session.start(tasks=["seg"], model=str(elsewhere), device="cpu")
+    with pytest.raises(InputError, match="not a model weights file"):
+        session.start(tasks=["seg"], model=str(scan), device="cpu")
+    assert session.status == "idle" and session.job is None and data_nodes(session.scene) == before
+    trusted = WebSession(session.scene, workdir=tmp_path, allowed=session.allowed, extra_models=[elsewhere])
+    assert str(elsewhere.resolve()) in trusted.model_values()  # given on the command line: offered as is
 
 
 def test_segmentation_run_imports_freesurfer_segments_and_keeps_the_case(session, web_data):
