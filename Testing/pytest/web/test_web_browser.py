@@ -236,6 +236,24 @@ def test_upload_segment_and_see_freesurfer_structures(server, browser, data, sho
     assert any(m.startswith("generated_head/seg.nii") for m in members)
 
 
+def test_server_listens_on_localhost_only(server):
+    port = int(server.rsplit(":", 1)[1])
+    table = Path("/proc/net/tcp")
+    if not table.is_file():
+        pytest.skip("no /proc/net/tcp on this system")
+    listening = set()
+    for path in (table, Path("/proc/net/tcp6")):
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                listening.add(address)
+    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
+    assert listening and listening <= loopback, listening
+
+
 def test_paths_outside_and_oversized_uploads_are_refused(server, browser, data, tmp_path):
     driver = browser
     before = _scene(server)["nodes"]
