@@ -128,7 +128,7 @@ def test_segmentation_run_imports_freesurfer_segments_and_keeps_the_case(session
     # download: the case folder as a zip
     archive = session.zip_results()
     members = zipfile.ZipFile(archive).namelist()
-    assert {"generated_head/summary.json", "generated_head/seg_volumes.csv"} <= set(members)
+    assert {"generated_head/summary.json", "generated_head/seg_volumes.csv", "generated_head/montage.png"} <= set(members)
     assert any(m.startswith("generated_head/seg.nii") for m in members)
 
 
