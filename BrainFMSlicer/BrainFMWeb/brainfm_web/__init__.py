@@ -1,0 +1,2 @@
+"""BrainFM Web."""
+__version__ = "0.1.0"
