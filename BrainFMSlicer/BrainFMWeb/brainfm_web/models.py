@@ -1,9 +1,9 @@
 """The model list of the web page, taken from the extension library's model registry.
 
 :func:`model_options` is the only place that asks for the list: it calls
-``BrainFMLib.registry.ModelRegistry().choices()`` (the same choices as the Slicer modules: the
-bundled model, the official weights, registered custom files and whatever the registry lists) and
-appends the weights files the server was started with (``brainfm-web --model FILE``).
+``BrainFMLib.registry.list_models()`` (the same choices as the Slicer modules: the best available
+model, the models of the local model store with their quality mark, the bundled model) and appends the
+weights files the server was started with (``brainfm-web --model FILE``).
 
 >>> import tempfile, pathlib
 >>> weights = pathlib.Path(tempfile.mkdtemp()) / "tiny.safetensors"; _ = weights.write_bytes(b"0")
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
-from BrainFMLib.registry import ModelRegistry
+from BrainFMLib.registry import list_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: weights files ``brainfm run --model`` reads (native models come as ``.safetensors`` + ``.json``)
@@ -30,7 +30,7 @@ def model_options(extra_paths: Iterable[PathLike] = ()) -> List[Dict[str, Any]]:
     message (e.g. where to download the official weights) so the page can say why.
     """
     options: List[Dict[str, Any]] = []
-    for choice in ModelRegistry().choices():
+    for choice in list_models():
         options.append({"value": choice.spec, "title": choice.title, "available": bool(choice.available),
                         "message": choice.message, "description": choice.description})
     for raw in extra_paths:
