@@ -89,7 +89,7 @@ def test_add_refuses_bad_files_with_exit_codes(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     ckpt_factory.write_forbidden_pickle(evil)
     code, out, err = _run(["models", "add", str(evil), "--progress", "machine"], capsys)
-    assert code == 3 and "refusing to load" in err
+    assert code == 3 and "refused: evil.pth holds executable objects" in err
     assert json.loads(out.splitlines()[-1][len("BRAINFM_ERROR "):])["type"] == "CheckpointError"
     code, _, err = _run(["models", "add", str(tmp_path / "none.pth"), "--progress", "none"], capsys)
     assert code == 2 and "model file not found" in err

@@ -93,7 +93,7 @@ def test_add_native_and_brainid_keep_their_description(home, files):
 
 
 @pytest.mark.parametrize("name, words", [
-    ("evil.pth", "refusing to load"),
+    ("evil.pth", "holds executable objects"),
     ("garbage.pth", "cannot read checkpoint"),
     ("missing.pth", "model file not found"),
 ])

@@ -233,7 +233,7 @@ def test_add_model_file_failure_and_cancel(home, weights, tmp_path):
     ckpt_factory.write_forbidden_pickle(bad)
     job = logic.addModelFile(str(bad), waitForCompletion=False)
     job.wait(timeout=300)
-    assert job.status == "failed" and "refusing to load" in str(job.error)
+    assert job.status == "failed" and "refused: " in str(job.error) and "executable objects" in str(job.error)
     with pytest.raises(InputError, match="Model file not found"):
         logic.addModelFile(str(tmp_path / "missing.pth"))
     job = logic.addModelFile(str(weights / "brainfm_pretrained.pth"), waitForCompletion=False)

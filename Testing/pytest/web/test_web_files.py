@@ -93,14 +93,15 @@ def test_zip_holds_the_case_folder(tmp_path):
         zip_case_folder(tmp_path / "missing", tmp_path / "missing.zip")
 
 
-def test_model_list_is_the_registry_list_plus_given_files(tmp_path):
-    from BrainFMLib.registry import ModelRegistry
+def test_model_list_is_the_model_store_list_plus_given_files(tmp_path):
+    from BrainFMLib.registry import list_models
     from brainfm_web.models import model_options
 
     weights = tmp_path / "mine.safetensors"
     weights.write_bytes(b"0")
     options = model_options([weights, tmp_path / "gone.pth"])
-    registry = [c.spec for c in ModelRegistry().choices()]
+    registry = [c.spec for c in list_models()]
+    assert registry[0] == "default"
     assert [o["value"] for o in options[: len(registry)]] == registry
     assert options[-2] == {"value": str(weights.resolve()), "title": "mine.safetensors (file)", "available": True,
                            "message": "", "description": ""}
