@@ -54,6 +54,8 @@ class TaskContext:
             apply voxel-wise transforms after mapping instead of before (same result, less work).
         output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
             (e.g. :meth:`brainfm.inference.outgrid.GridMapper.channels`).
+        labels: head name -> ``(channel indices (X, Y, Z), number of channels)`` when the label
+            decision was already taken while blending (the logits are then not in ``raw``).
         tables, warnings: filled by the post-processors.
     """
 
@@ -79,6 +81,7 @@ class TaskContext:
     output_exact: bool = False
     output_channels: Optional[Callable[..., np.ndarray]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    labels: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     _bg: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
@@ -137,6 +140,7 @@ class TaskContext:
         """True when ``arr`` may share memory with an input of the context (raw outputs, images,
         masks), i.e. when it must be copied before being modified in place."""
         others = list(self.raw.values()) + [self.net_image, self.image_out, self.foreground_out]
+        others += [idx for idx, _ in self.labels.values()]
         if self.foreground_in is not None:
             others.append(self.foreground_in)
         return any(np.may_share_memory(arr, o) for o in others if isinstance(o, np.ndarray))
