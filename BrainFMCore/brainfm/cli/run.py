@@ -31,9 +31,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights (refuse others)")
     p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 on CPUs with native bfloat16 (AVX512-BF16/AMX), else fp32; fp32 forces full precision")
     p.add_argument("--tile-size", type=int, default=None, help="force tiling with cubes of N voxels")
-    p.add_argument("--memory-gb", type=float, default=None, help="memory budget for the forward pass")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="peak memory target in GB for each case (default: 60%% of the available RAM; "
+                        "on CUDA: GPU memory of the forward)")
     p.add_argument("--output-frame", default="input", choices=("input", "1mm"),
                    help="outputs on the input grid (default) or the 1 mm RAS network grid")
     p.add_argument("--no-crop", action="store_true", help="do not crop to the foreground before the network")
@@ -132,7 +135,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Path], out_root: Pat
     """Run every case in ``files`` into ``out_root``; returns (exit code, run summary)."""
     from brainfm.io import read_volume
     from brainfm.io.atomic import same_path
-    from brainfm.report import SUMMARY_NAME, save_prediction
+    from brainfm.report import SUMMARY_NAME, CaseWriter
     from brainfm.report.summary import utc_now, write_json
 
     rank, world, local_rank = shard()
@@ -168,16 +171,16 @@ def process_cases(args: argparse.Namespace, files: Sequence[Path], out_root: Pat
             try:
                 cb(0.0, f"[{n + 1}/{len(todo)}] {name}: reading")
                 vol = read_volume(path, frame=getattr(args, "frame", None))
-                pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
-                                         atlas=args.atlas, crop_foreground=not args.no_crop,
-                                         return_probabilities=args.probabilities,
-                                         allow_anisotropic=getattr(args, "allow_anisotropic", False),
-                                         progress=scaled(cb, 0.02, 0.85), cancel=token)
-                summary = save_prediction(pred, out_root / name, input_volume=vol, input_path=path,
-                                          overwrite=args.overwrite, png=not args.no_png, title=name,
-                                          extra={"case": name, **(extra or {})},
-                                          progress=scaled(cb, 0.85, 1.0), cancel=token,
-                                          compress=not getattr(args, "no_compress", False))
+                # outputs are written as soon as each task is done: one task's outputs in memory at a time
+                with CaseWriter(out_root / name, input_volume=vol, input_path=path, overwrite=args.overwrite,
+                                png=not args.no_png, title=name, extra={"case": name, **(extra or {})},
+                                compress=not getattr(args, "no_compress", False)) as writer:
+                    pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
+                                             atlas=args.atlas, crop_foreground=not args.no_crop,
+                                             return_probabilities=args.probabilities,
+                                             allow_anisotropic=getattr(args, "allow_anisotropic", False),
+                                             progress=scaled(cb, 0.02, 0.85), cancel=token, on_output=writer.add)
+                    summary = writer.finish(pred, progress=scaled(cb, 0.85, 1.0), cancel=token)
                 cases.append({"case": name, "input": str(path), "status": "done", "folder": summary["folder"],
                               "seconds": round(time.perf_counter() - t_case, 3),
                               "warnings": summary.get("warnings", [])})
