@@ -27,6 +27,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to compute (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (speed row: always CPU)")
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
+    p.add_argument("--samseg-python", default=None,
+                   help="Python of a separate environment with SAMSEG (pip install samseg) to add SAMSEG as a "
+                        "peer column of the segmentation row (default: $BRAINFM_SAMSEG_PYTHON; left out when unset)")
     return p
 
 
@@ -43,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
     reporter = ProgressReporter(args.progress)
     try:
         doc = run_table(model, Path(args.data), Path(args.output), rows=args.rows, device=args.device,
-                        progress=reporter, command_model=args.model, command_data=args.data)
+                        progress=reporter, command_model=args.model, command_data=args.data,
+                        samseg_python=args.samseg_python)
     finally:
         reporter.close()
     print((Path(args.output) / "eval_table.md").read_text())

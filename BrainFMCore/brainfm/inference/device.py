@@ -290,7 +290,7 @@ def forward_bytes(voxels: float, f_maps: int, *, autocast_dtype_: Optional[torch
     proportional to ``f_maps`` (measured, see the constants above; ~1.1-1.6x margin).
 
     >>> round(forward_bytes(96**3, 16) / 1e6)
-    404
+    340
     >>> forward_bytes(64**3, 64) > forward_bytes(64**3, 16)
     True
     """
