@@ -241,12 +241,8 @@ class TileAccumulator:
             part = sums[:, :k]
             part /= weight[None]
             self._store(name, rows, part)
-            if k < self.band:
-                sums[:, : self.band - k] = sums[:, k:]
-            sums[:, max(self.band - k, 0):] = 0.0
-        if k < self.band:
-            self._weight[: self.band - k] = self._weight[k:]
-        self._weight[max(self.band - k, 0):] = 0.0
+            _slide(sums, k, axis=1)
+        _slide(self._weight, k, axis=0)
         self._base = upto
 
     def result(self) -> Dict[str, np.ndarray]:
@@ -260,6 +256,20 @@ class TileAccumulator:
         self._weight = None
         out, self._out = self._out, {}
         return out
+
+
+def _slide(arr: np.ndarray, k: int, *, axis: int) -> None:
+    """Move rows ``k:`` of ``axis`` to the front and zero the rest, row by row (a whole-slice
+    assignment of overlapping rows would make a temporary copy of the band)."""
+    n = arr.shape[axis]
+    idx = [slice(None)] * arr.ndim
+    for r in range(max(n - k, 0)):
+        idx[axis] = r
+        dst = tuple(idx)
+        idx[axis] = r + k
+        arr[dst] = arr[tuple(idx)]
+    idx[axis] = slice(max(n - k, 0), n)
+    arr[tuple(idx)] = 0.0
 
 
 def _argmax(logits: np.ndarray) -> np.ndarray:
