@@ -100,14 +100,25 @@ def section_forward(args) -> Dict[str, Any]:
     configs = {"fp32": ("fp32", False), "fast": ("auto", None), "bf16": ("bf16", True)}
     with tempfile.TemporaryDirectory(prefix="brainfm-bench-") as tmp:
         for arch, crop in (("official", args.crop), ("compact", 0)):
-            runs = {}
-            for name, (prec, cl) in configs.items():
-                npz = str(Path(tmp) / f"{arch}_{name}.npz")
-                r = child("predict_child", arch=arch, precision=prec, channels_last=cl, data_root=args.data,
-                          crop=crop, save_npz=npz, model=args.model if arch == "compact" else None)
-                runs[name] = r
-                print(f"  {arch} {name}: forward {r.get('forward_s')} s, predict {r.get('wall_s')} s, "
-                      f"peak RSS {r['peak_rss_gb']} GB", flush=True)
+            runs: Dict[str, Any] = {}
+            for rep in range(args.repeats):  # configurations alternate: slow drifts of the load hit all
+                for name, (prec, cl) in configs.items():
+                    npz = str(Path(tmp) / f"{arch}_{name}.npz")
+                    r = child("predict_child", arch=arch, precision=prec, channels_last=cl, data_root=args.data,
+                              crop=crop, save_npz=npz if rep == 0 else None,
+                              model=args.model if arch == "compact" else None)
+                    r["load_1min"] = round(os.getloadavg()[0], 2)
+                    print(f"  {arch} {name} #{rep + 1}: forward {r.get('forward_s')} s, predict {r.get('wall_s')} s, "
+                          f"peak RSS {r['peak_rss_gb']} GB (load {r['load_1min']})", flush=True)
+                    prev = runs.get(name)
+                    if prev is None:
+                        runs[name] = {**r, "forward_s_all": [r.get("forward_s")]}
+                    else:
+                        prev["forward_s_all"].append(r.get("forward_s"))
+                        if r.get("forward_s") is not None and r["forward_s"] < prev["forward_s"]:
+                            keep = prev["forward_s_all"]
+                            runs[name] = {**r, "forward_s_all": keep, "peak_rss_gb": max(r["peak_rss_gb"],
+                                                                                         prev["peak_rss_gb"])}
             for name in ("fast", "bf16"):
                 if runs[name].get("exit_code") == 0 and runs["fp32"].get("exit_code") == 0:
                     runs[name]["forward_speedup_vs_fp32"] = round(runs["fp32"]["forward_s"] / runs[name]["forward_s"], 2)
@@ -151,26 +162,30 @@ def _brainfm_run(inp: str, out: str, model: str, extra: List[str]) -> Dict[str, 
     return r
 
 
+BIG_CASES = {"600cube_1mm": ((600, 600, 600), 1.0), "512x512x400_0.5mm": ((512, 512, 400), 0.5),
+             "400cube_1mm": ((400, 400, 400), 1.0)}
+
+
 def section_big(args) -> Dict[str, Any]:
+    """``--big-cases NAME[@GB]``: ``brainfm run`` (all tasks) on each large input, under the default
+    budget or ``--memory-gb GB``."""
     res: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="brainfm-big-", dir=args.tmp) as tmp:
         model = child("save_model_child", arch="compact", path=str(Path(tmp) / "compact.safetensors"))
         mpath = args.model or model["weights"]
-        cases = {"600cube_1mm": ((600, 600, 600), 1.0), "512x512x400_0.5mm": ((512, 512, 400), 0.5)}
-        for name, (shape, mm) in cases.items():
+        for spec in args.big_cases:
+            name, _, gb = spec.partition("@")
+            shape, mm = BIG_CASES[name]
             inp = str(Path(tmp) / f"{name}.nii")
             made = child("make_input_child", shape=list(shape), spacing=mm, path=inp)
-            for label, extra in (("default_budget", []), (f"budget_{args.big_budget_gb:g}gb",
-                                                           ["--memory-gb", str(args.big_budget_gb)])):
-                r = _brainfm_run(inp, str(Path(tmp) / f"out_{name}_{label}"), mpath,
-                                 ["--tasks", "all", "--no-compress", "--no-png"] + extra)
-                r["input"] = made
-                res[f"{name}/{label}"] = r
-                print(f"  big {name} {label}: exit {r['exit_code']}, wall {r['process_wall_s']} s, peak RSS "
-                      f"{r['peak_rss_gb']} GB, plan {r.get('memory_plan')}", flush=True)
-                for d in Path(tmp).glob(f"out_{name}_*"):
-                    subprocess.run(["rm", "-rf", str(d)], check=False)
-            os.remove(inp)
+            extra = ["--memory-gb", gb] if gb else []
+            label = f"{name}/{'budget_' + gb + 'gb' if gb else 'default_budget'}"
+            r = _brainfm_run(inp, str(Path(tmp) / "out"), mpath, ["--tasks", "all", "--no-compress", "--no-png"] + extra)
+            r["input"] = made
+            res[label] = r
+            print(f"  big {label}: exit {r['exit_code']}, wall {r['process_wall_s']} s, peak RSS "
+                  f"{r['peak_rss_gb']} GB, plan {r.get('memory_plan')}", flush=True)
+            subprocess.run(["rm", "-rf", str(Path(tmp) / "out"), inp], check=False)
     return res
 
 
@@ -226,18 +241,27 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+", default=["forward", "train", "peer"],
                     choices=["forward", "train", "big", "peer", "gpu"])
     ap.add_argument("--crop", type=int, default=112, help="official-size forward: centre crop edge (1 mm)")
+    ap.add_argument("--repeats", type=int, default=1, help="forward: alternating repeats (the fastest is kept)")
     ap.add_argument("--train-size", type=int, default=96)
     ap.add_argument("--train-steps", type=int, default=3)
-    ap.add_argument("--big-budget-gb", type=float, default=6.0)
+    ap.add_argument("--big-cases", nargs="+", default=["600cube_1mm", "512x512x400_0.5mm", "400cube_1mm@3"],
+                    help=f"large inputs ({', '.join(BIG_CASES)}), optionally NAME@GB for --memory-gb GB")
     ap.add_argument("--model", default=None, help="a trained compact model: Dice is computed when given")
     ap.add_argument("--samseg-python", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tmp", default=None, help="folder for large temporary files")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--merge", action="store_true", help="add the sections to an existing --json file")
     args = ap.parse_args(argv)
     load = os.getloadavg()
     doc: Dict[str, Any] = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu": _cpu(),
                            "load_before": [round(x, 2) for x in load], "threads": args.threads, "sections": {}}
+    if args.merge and args.json and args.json.is_file():
+        old = json.loads(args.json.read_text())
+        doc["sections"] = old.get("sections", {})
+        doc["earlier_runs"] = old.get("earlier_runs", []) + [{k: old.get(k) for k in ("date_utc", "load_before",
+                                                                                         "load_after")}]
+    doc["argv"] = sys.argv[1:] if argv is None else list(argv)
     for s in args.sections:
         print(f"[{s}]", flush=True)
         doc["sections"][s] = globals()[f"section_{s}"](args)

@@ -4,7 +4,10 @@ reproducing command per row) and montage PNGs into the output folder.
 
 Example: ``brainfm eval-table --model BrainFMCore/brainfm/models/bundled/brainfm-compact.safetensors
 --data ../shared/data -o eval_out`` (add ``--rows segmentation synthesis`` for a subset,
-``--device cuda`` on a GPU; the speed row always measures a 2-core CPU in a child process).
+``--device cuda`` on a GPU; the speed row always measures a 2-core CPU in a child process). With
+``--samseg-python ENV/bin/python`` (SAMSEG installed in its own environment: ``python -m venv ENV &&
+ENV/bin/pip install samseg``) the segmentation row gets a SAMSEG peer column: its wall time, peak
+memory and merged-17 Dice on the same scan.
 """
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ class Predictor:
     the process holds + 60 % of the available RAM; on CUDA it bounds the GPU memory of the forward,
     default 60 % of the free GPU memory), ``tile_size`` (force tiling with cubes of that edge,
     >= 16), ``tile_overlap`` (fraction in [0, 1)), ``threads`` (torch CPU threads),
-    ``channels_last`` (run in the ``channels_last_3d`` memory format; default: on the CPU).
+    ``channels_last`` (run in the ``channels_last_3d`` memory format; default: on the CPU for
+    compact-width networks, :func:`brainfm.inference.device.use_channels_last`).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class Predictor:
         self.precision_requested = str(precision).lower()
         self.precision = devmod.resolve_precision(precision, self.device)
         self.amp_dtype = devmod.autocast_dtype(self.precision, self.device)
-        self.channels_last = devmod.use_channels_last(self.device) if channels_last is None else bool(channels_last)
+        self._channels_last_opt = channels_last
         if memory_budget_gb is not None and not float(memory_budget_gb) > 0:
             raise InputError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
         if tile_size is not None and int(tile_size) < MIN_TILE:
@@ -100,6 +101,8 @@ class Predictor:
         for p in net.parameters():
             p.requires_grad_(False)
         self.net = net.eval().to(self.device)
+        cl = self._channels_last_opt
+        self.channels_last = devmod.use_channels_last(self.device, self.f_maps) if cl is None else bool(cl)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
