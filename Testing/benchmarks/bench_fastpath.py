@@ -151,7 +151,9 @@ def _brainfm_run(inp: str, out: str, model: str, extra: List[str]) -> Dict[str, 
     cmd = [sys.executable, "-m", "brainfm", "run", inp, "-o", out, "--model", model, "--progress", "none",
            "--overwrite"] + extra
     r = run_measured(cmd, timeout_s=7200)
-    summ = Path(out) / Path(inp).name.split(".")[0] / "summary.json"
+    from brainfm.cli.run import case_names
+
+    summ = Path(out) / case_names([Path(inp)])[0] / "summary.json"
     if summ.is_file():
         s = json.loads(summ.read_text())
         meta = s.get("metadata", {})

@@ -1,7 +1,8 @@
-"""Plot the results of ``bench_fastpath.py`` (one PNG, four panels) for the README.
+"""Plot the results of ``bench_fastpath.py`` (one PNG, four panels) for the README; the sections of
+several result files are combined (the first file's header is used).
 
-    .venv/bin/python Testing/benchmarks/plot_fastpath.py Testing/benchmarks/results/fastpath.json \\
-        Testing/benchmarks/results/fastpath.png
+    .venv/bin/python Testing/benchmarks/plot_fastpath.py Testing/benchmarks/results/fastpath.png \\
+        Testing/benchmarks/results/fastpath.json Testing/benchmarks/results/fastpath_big.json
 """
 from __future__ import annotations
 
@@ -93,4 +94,7 @@ def plot(doc: dict, out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    plot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+    docs = [json.loads(Path(p).read_text()) for p in sys.argv[2:]]
+    merged = dict(docs[0])
+    merged["sections"] = {k: v for d in docs for k, v in d.get("sections", {}).items()}
+    plot(merged, Path(sys.argv[1]))

@@ -7,7 +7,8 @@ that says what to use instead.
 ``precision="auto"`` (the default) resolves per device with :func:`resolve_precision`:
 
 - CPU: **bf16** only on CPUs with native bfloat16 arithmetic (x86 ``avx512_bf16`` or ``amx_bf16``,
-  see :func:`cpu_has_native_bf16`); measured on an AMD EPYC with AVX512-BF16 (3x3x3 conv3d
+  see :func:`cpu_has_native_bf16`) and only for a model whose bf16 agreement with fp32 was measured
+  (its quality entry :data:`BF16_QUALITY_KEY`); measured on an AMD EPYC with AVX512-BF16 (3x3x3 conv3d
   forward+backward, 16/32 channels at 64^3): fp32 + channels_last 47/62 GFLOP/s, bf16 +
   channels_last 64/84 GFLOP/s. Without native support bf16 is emulated and *slower* (measured on
   an Intel Xeon with AVX-512 but no BF16, compact model training step: fp32 + channels_last
@@ -102,9 +103,22 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_features())
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CPUs with native bf16 (:func:`cpu_has_native_bf16`), else ``fp32``;
-    other names are checked and returned lower-case.
+#: the ``quality`` entry of a model (:attr:`brainfm.models.ModelInfo.quality`) that declares its bf16
+#: outputs measured to agree with fp32 within :data:`BF16_TOLERANCE`
+BF16_QUALITY_KEY = "bf16_agrees_with_fp32"
+#: agreement a model must show before ``auto`` uses bf16 for it: max relative error of every
+#: continuous output and fraction of voxels whose label changes (bench_fastpath.py, forward section)
+BF16_TOLERANCE = {"max_relative_error": 0.01, "labels_changed": 0.005}
+
+
+def resolve_precision(precision: str, device: torch.device, *, bf16_validated: bool = False) -> str:
+    """``auto`` -> ``bf16`` on CPUs with native bf16 (:func:`cpu_has_native_bf16`) for a model whose
+    bf16 agreement with fp32 was measured within :data:`BF16_TOLERANCE` (``bf16_validated``), else
+    ``fp32``; other names are checked and returned lower-case.
+
+    Why the model matters: with random weights (the architectures benchmarked before a trained
+    model exists) bf16 moved continuous outputs by up to 15-31 % of their range at single voxels
+    and changed 2.5-8 % of the labels, which is not a safe default.
 
     >>> resolve_precision("fp32", torch.device("cpu"))
     'fp32'
@@ -114,7 +128,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if p != "auto":
         return p
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and bf16_validated and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
 

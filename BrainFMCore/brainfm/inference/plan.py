@@ -48,8 +48,10 @@ TASK_OUTPUT_CHANNELS: Dict[str, float] = {
     "t1": 2.0, "t2": 2.0, "flair": 2.0, "ct": 2.0, "sr": 2.0,
     "seg": 2.5,  # int32 labels + uint8 indices + mask
     "dist": 5.0, "bias": 3.0,
-    "reg": 9.0,  # coordinates (3) + displacement (3) + warped atlas + temporaries
+    "reg": 7.0,  # coordinates (3) + displacement (3) + temporaries
 }
+#: extra output-grid channels of ``reg`` when an atlas is warped (warped atlas + foreground samples)
+REG_ATLAS_CHANNELS = 3.0
 
 
 @dataclass
@@ -107,13 +109,15 @@ def _raw_bytes(voxels: float, channels: Mapping[str, int], reduce: Mapping[str, 
 
 
 def _output_bytes(tasks: Sequence[str], voxels: float, channels: Mapping[str, int], *, streaming: bool,
-                  probabilities: bool, seg_channels: int, f_maps: int) -> float:
+                  probabilities: bool, seg_channels: int, f_maps: int, atlas: bool = True) -> float:
     per = []
     for t in tasks:
         if t == "feat":
             b = voxels * (2.0 * f_maps + 4.0)  # float16 features + one float32 channel in flight
         else:
             b = voxels * 4.0 * TASK_OUTPUT_CHANNELS.get(t, 2.0)
+            if t == "reg" and atlas:
+                b += voxels * 4.0 * REG_ATLAS_CHANNELS
             if t == "seg" and probabilities:
                 b += voxels * 8.0 * seg_channels  # softmax + probabilities on the output grid
         per.append(b)
@@ -127,10 +131,12 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
                 device: torch.device, reduce: Optional[Mapping[str, str]] = None, streaming: bool = False,
                 probabilities: bool = False, amp_dtype: Optional[torch.dtype] = None,
                 channels_last: bool = False, tile_size: Optional[int] = None, tile_overlap: float = 0.25,
-                budget_given: bool = False, device_budget_bytes: Optional[float] = None) -> MemoryPlan:
+                budget_given: bool = False, device_budget_bytes: Optional[float] = None,
+                atlas: bool = True) -> MemoryPlan:
     """Plan tiles and compact accumulation for a network-frame shape (see the module docstring).
 
     ``channels``: raw outputs of the forward, name -> channels (``feat`` included when wanted).
+    ``atlas``: whether registration also warps an atlas.
     ``tile_size`` forces tiles of that edge. ``device_budget_bytes``: GPU memory available to the
     forward (CUDA); the tile is then chosen from it and the host side is checked against
     ``budget_bytes``.
@@ -142,7 +148,8 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
     seg_channels = int(channels.get("segmentation", 0))
     finished = _raw_bytes(voxels, channels, reduce)
     post = SLACK * (finished + _output_bytes(tasks, output_voxels, channels, streaming=streaming,
-                                             probabilities=probabilities, seg_channels=seg_channels, f_maps=f_maps))
+                                             probabilities=probabilities, seg_channels=seg_channels, f_maps=f_maps,
+                                             atlas=atlas))
     lo = min_tile(num_levels)
 
     def tile_cost(edge: Optional[int]):

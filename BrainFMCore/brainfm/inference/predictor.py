@@ -55,7 +55,8 @@ class Predictor:
 
     ``loaded_model`` is a :class:`brainfm.models.LoadedModel` (``net`` + ``info``) or a bare
     :class:`brainfm.models.BrainFMNet`. Options: ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``/
-    ``mps``), ``precision`` (``auto``: bf16 on CPUs with native bfloat16, else fp32, see
+    ``mps``), ``precision`` (``auto``: bf16 on CPUs with native bfloat16 for models whose bf16
+    agreement was measured, else fp32, see
     :func:`brainfm.inference.device.resolve_precision`; ``fp32``/``bf16``/``fp16``, fp16 on CUDA
     only; heads and post-processing always fp32), ``memory_budget_gb`` (target for the peak resident
     memory of the process while predicting; a hard limit, checked before any work; default: what
@@ -85,7 +86,9 @@ class Predictor:
         self.device = devmod.select_device(device)
         #: the precision asked for (``auto`` included) and the one used
         self.precision_requested = str(precision).lower()
-        self.precision = devmod.resolve_precision(precision, self.device)
+        quality = getattr(self.info, "quality", None) or {}
+        self.precision = devmod.resolve_precision(precision, self.device,
+                                                  bf16_validated=bool(quality.get(devmod.BF16_QUALITY_KEY)))
         self.amp_dtype = devmod.autocast_dtype(self.precision, self.device)
         self._channels_last_opt = channels_last
         if memory_budget_gb is not None and not float(memory_budget_gb) > 0:
@@ -183,7 +186,7 @@ class Predictor:
 
     def memory_plan(self, net_shape: Sequence[int], channels: Dict[str, int], *, tasks: Sequence[str],
                     output_voxels: float, reduce: Optional[Dict[str, str]] = None, streaming: bool = False,
-                    probabilities: bool = False) -> MemoryPlan:
+                    probabilities: bool = False, atlas: bool = True) -> MemoryPlan:
         """The :class:`~brainfm.inference.plan.MemoryPlan` for a network-frame shape and raw outputs
         ``channels`` (name -> channels), against this Predictor's budget."""
         rss = float(devmod.resident_bytes())
@@ -202,7 +205,7 @@ class Predictor:
                            streaming=streaming, probabilities=probabilities, amp_dtype=self.amp_dtype,
                            channels_last=self.channels_last, tile_size=self.tile_size,
                            tile_overlap=self.tile_overlap, budget_given=given_host,
-                           device_budget_bytes=device_budget)
+                           device_budget_bytes=device_budget, atlas=atlas)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(
@@ -271,7 +274,8 @@ class Predictor:
                 reduce[FEAT] = "float16"
         out_vox = float(np.prod(prep.image.shape if output_frame == "input" else prep.net.shape))
         plan = self.memory_plan(prep.net.shape, channels, tasks=task_list, output_voxels=out_vox, reduce=reduce,
-                                streaming=on_output is not None, probabilities=return_probabilities)
+                                streaming=on_output is not None, probabilities=return_probabilities,
+                                atlas=atlas_vol is not None)
         avail = float(devmod.available_memory_bytes(torch.device("cpu")))
         advice = memory_advice(
             device=self.device, n_tasks=len(task_list), output_frame=output_frame, output_voxels=out_vox,

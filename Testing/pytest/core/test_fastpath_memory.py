@@ -98,25 +98,38 @@ def test_fast_path_agrees_with_fp32_within_the_stated_tolerance():
     assert np.mean(ref["seg"].data != fast["seg"].data) <= CL_LABELS_CHANGED
 
 
-def test_precision_auto_picks_bf16_only_with_native_cpu_support(monkeypatch):
+def test_precision_auto_picks_bf16_only_with_native_cpu_support_and_a_validated_model(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(devmod.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(devmod, "cpu_features", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    assert devmod.resolve_precision("auto", cpu) == "fp32"  # emulated bf16 is slower: keep fp32
+    assert devmod.resolve_precision("auto", cpu, bf16_validated=True) == "fp32"  # emulated bf16 is slower
     monkeypatch.setattr(devmod, "cpu_features", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert devmod.resolve_precision("auto", cpu) == "bf16"
+    assert devmod.resolve_precision("auto", cpu, bf16_validated=True) == "bf16"
+    assert devmod.resolve_precision("auto", cpu) == "fp32"  # agreement not measured for this model
     monkeypatch.setattr(devmod, "cpu_features", lambda: frozenset({"amx_bf16"}))
-    assert devmod.autocast_dtype("auto", cpu) is torch.bfloat16
-    assert devmod.resolve_precision("fp32", cpu) == "fp32"  # users can always force fp32
+    assert devmod.resolve_precision("auto", cpu, bf16_validated=True) == "bf16"
+    assert devmod.resolve_precision("fp32", cpu, bf16_validated=True) == "fp32"  # users can always force fp32
     monkeypatch.setattr(devmod.platform, "machine", lambda: "arm64")
-    assert devmod.resolve_precision("auto", cpu) == "fp32"
-    assert devmod.resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert devmod.resolve_precision("auto", cpu, bf16_validated=True) == "fp32"
+    assert devmod.resolve_precision("auto", torch.device("cuda"), bf16_validated=True) == "fp32"
+
+
+def test_predictor_auto_uses_the_model_quality_declaration(monkeypatch):
+    from brainfm.models.common import LoadedModel, ModelInfo
+
+    monkeypatch.setattr(devmod, "cpu_has_native_bf16", lambda: True)
+    net = tiny()
+    info = ModelInfo(name="t", version="0", format="native", sha256="", config=net.config)
+    assert Predictor(LoadedModel(net, info), device="cpu").precision == "fp32"
+    info.quality = {devmod.BF16_QUALITY_KEY: True}
+    assert Predictor(LoadedModel(net, info), device="cpu").precision == "bf16"
+    assert Predictor(LoadedModel(net, info), device="cpu", precision="fp32").precision == "fp32"
 
 
 def test_auto_is_the_default_and_reports_what_it_chose():
     p = Predictor(tiny(), device="cpu")
     assert p.precision_requested == "auto"
-    assert p.precision == ("bf16" if devmod.cpu_has_native_bf16() else "fp32")
+    assert p.precision == "fp32"  # a bare network declares no measured bf16 agreement
     assert p.channels_last is True  # f_maps 8: a compact width
 
 
