@@ -268,12 +268,22 @@ def main(argv=None) -> int:
         print(f"[{s}]", flush=True)
         doc["sections"][s] = globals()[f"section_{s}"](args)
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(doc, indent=1) + "\n")
+            _write(args.json, doc, args)
     doc["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        _write(args.json, doc, args)
     return 0
+
+
+def _write(path: Path, doc: Dict[str, Any], args) -> None:
+    """Write the results with local folders replaced by placeholders (DATA, SAMSEG_PYTHON, TMP)."""
+    text = json.dumps(doc, indent=1) + "\n"
+    for local, name in ((args.samseg_python, "SAMSEG_PYTHON"), (args.data, "DATA"), (args.tmp, "TMP"),
+                        (tempfile.gettempdir(), "TMP")):
+        if local:
+            text = text.replace(str(local), name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _cpu() -> Dict[str, Any]:

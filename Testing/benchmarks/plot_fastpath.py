@@ -96,5 +96,8 @@ def plot(doc: dict, out: Path) -> Path:
 if __name__ == "__main__":
     docs = [json.loads(Path(p).read_text()) for p in sys.argv[2:]]
     merged = dict(docs[0])
-    merged["sections"] = {k: v for d in docs for k, v in d.get("sections", {}).items()}
+    merged["sections"] = {}
+    for d in docs:  # later files add cases to (or replace cases of) the same section
+        for k, v in d.get("sections", {}).items():
+            merged["sections"].setdefault(k, {}).update(v)
     plot(merged, Path(sys.argv[1]))

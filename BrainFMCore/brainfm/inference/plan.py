@@ -44,11 +44,13 @@ MIN_PLAN_TILE = 32
 SLACK = 1.15
 
 #: output-grid channels (float32 equivalents) each task holds at once, temporaries included
+#: (measured on a 400^3 input, 2 mm model: one-channel images peak at ~3.5 channels: the output,
+#: its float32 source, anti-alias and denormalisation temporaries)
 TASK_OUTPUT_CHANNELS: Dict[str, float] = {
-    "t1": 2.0, "t2": 2.0, "flair": 2.0, "ct": 2.0, "sr": 2.0,
+    "t1": 3.5, "t2": 3.5, "flair": 3.5, "ct": 3.5, "sr": 3.5,
     "seg": 2.5,  # int32 labels + uint8 indices + mask
     "dist": 5.0, "bias": 3.0,
-    "reg": 7.0,  # coordinates (3) + displacement (3) + temporaries
+    "reg": 6.0,  # coordinates (3) + displacement (3) (measured peak ~5 channels)
 }
 #: extra output-grid channels of ``reg`` when an atlas is warped (warped atlas + foreground samples)
 REG_ATLAS_CHANNELS = 3.0
@@ -132,11 +134,12 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
                 probabilities: bool = False, amp_dtype: Optional[torch.dtype] = None,
                 channels_last: bool = False, tile_size: Optional[int] = None, tile_overlap: float = 0.25,
                 budget_given: bool = False, device_budget_bytes: Optional[float] = None,
-                atlas: bool = True) -> MemoryPlan:
+                atlas: bool = True, grid_bytes: float = 0.0) -> MemoryPlan:
     """Plan tiles and compact accumulation for a network-frame shape (see the module docstring).
 
     ``channels``: raw outputs of the forward, name -> channels (``feat`` included when wanted).
-    ``atlas``: whether registration also warps an atlas.
+    ``atlas``: whether registration also warps an atlas. ``grid_bytes``: the sampling grid kept for
+    mapping outputs onto the output grid (:class:`~brainfm.inference.outgrid.GridMapper`).
     ``tile_size`` forces tiles of that edge. ``device_budget_bytes``: GPU memory available to the
     forward (CUDA); the tile is then chosen from it and the host side is checked against
     ``budget_bytes``.
@@ -147,7 +150,7 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
     n_ch = float(sum(channels.values()))
     seg_channels = int(channels.get("segmentation", 0))
     finished = _raw_bytes(voxels, channels, reduce)
-    post = SLACK * (finished + _output_bytes(tasks, output_voxels, channels, streaming=streaming,
+    post = SLACK * (finished + float(grid_bytes) + _output_bytes(tasks, output_voxels, channels, streaming=streaming,
                                              probabilities=probabilities, seg_channels=seg_channels, f_maps=f_maps,
                                              atlas=atlas))
     lo = min_tile(num_levels)

@@ -186,7 +186,7 @@ class Predictor:
 
     def memory_plan(self, net_shape: Sequence[int], channels: Dict[str, int], *, tasks: Sequence[str],
                     output_voxels: float, reduce: Optional[Dict[str, str]] = None, streaming: bool = False,
-                    probabilities: bool = False, atlas: bool = True) -> MemoryPlan:
+                    probabilities: bool = False, atlas: bool = True, grid_bytes: float = 0.0) -> MemoryPlan:
         """The :class:`~brainfm.inference.plan.MemoryPlan` for a network-frame shape and raw outputs
         ``channels`` (name -> channels), against this Predictor's budget."""
         rss = float(devmod.resident_bytes())
@@ -205,7 +205,7 @@ class Predictor:
                            streaming=streaming, probabilities=probabilities, amp_dtype=self.amp_dtype,
                            channels_last=self.channels_last, tile_size=self.tile_size,
                            tile_overlap=self.tile_overlap, budget_given=given_host,
-                           device_budget_bytes=device_budget, atlas=atlas)
+                           device_budget_bytes=device_budget, atlas=atlas, grid_bytes=grid_bytes)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(
@@ -275,7 +275,7 @@ class Predictor:
         out_vox = float(np.prod(prep.image.shape if output_frame == "input" else prep.net.shape))
         plan = self.memory_plan(prep.net.shape, channels, tasks=task_list, output_voxels=out_vox, reduce=reduce,
                                 streaming=on_output is not None, probabilities=return_probabilities,
-                                atlas=atlas_vol is not None)
+                                atlas=atlas_vol is not None, grid_bytes=_grid_bytes(prep, output_frame))
         avail = float(devmod.available_memory_bytes(torch.device("cpu")))
         advice = memory_advice(
             device=self.device, n_tasks=len(task_list), output_frame=output_frame, output_voxels=out_vox,
@@ -395,6 +395,16 @@ class Predictor:
             output_exact=to_out.exact, output_channels=to_out.channels,
             meta={"model": self._model_meta().get("name"), "frame": output_frame},
         )
+
+
+def _grid_bytes(prep: Prepared, output_frame: str) -> float:
+    """Bytes of the sampling grid the output mapping keeps (0 when outputs are copied exactly)."""
+    from brainfm.inference.outgrid import GRID_CACHE_BYTES
+
+    if output_frame != "input":
+        return 0.0
+    m = GridMapper(prep.net.affine, prep.net.shape, prep.frame.input_affine, prep.frame.input_shape)
+    return 0.0 if m.exact else float(min(13 * int(np.prod(prep.frame.input_shape)), GRID_CACHE_BYTES))
 
 
 def _is_existing_file(x: Any) -> bool:
