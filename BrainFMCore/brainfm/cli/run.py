@@ -42,10 +42,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights (refuse others)")
     p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                   help="fp32 (default), bf16, fp16 (CUDA only), or auto: fp16 on a CUDA GPU, fp32 elsewhere")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: fp16 on CUDA GPUs; bf16 on CPUs with native bfloat16 (AVX512-BF16/AMX) for models "
+                        "validated in bf16, else fp32; fp32 forces full precision")
     p.add_argument("--tile-size", type=int, default=None, help="force tiling with cubes of N voxels")
-    p.add_argument("--memory-gb", type=float, default=None, help="memory budget for the forward pass")
+    p.add_argument("--memory-gb", type=float, default=None,
+                   help="peak memory target in GB for each case (default: 60%% of the available RAM; "
+                        "on CUDA: GPU memory of the forward)")
     p.add_argument("--output-frame", default="input", choices=("input", "1mm"),
                    help="outputs on the input grid (default) or the 1 mm RAS network grid")
     p.add_argument("--no-crop", action="store_true", help="do not crop to the foreground before the network")
@@ -98,29 +101,16 @@ def pick_device(device: str, world: int, local_rank: Optional[int]) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: Any) -> str:
-    """The precision to run with once the device is known: ``auto`` is ``fp16`` on CUDA GPUs and
-    ``fp32`` elsewhere (half precision is slow or unsupported on CPUs and Apple GPUs); other
-    values are returned as given.
-
-    >>> resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0"), resolve_precision("bf16", "cpu")
-    ('fp32', 'fp16', 'bf16')
-    """
-    p = str(precision).strip().lower()
-    if p != "auto":
-        return p
-    return "fp16" if str(device).startswith("cuda") else "fp32"
-
-
 def make_predictor(args: argparse.Namespace, device: str):
     """Load the model once (``--model``/``--sha256``) into a Predictor; ``--precision auto`` is
-    resolved after the device (``--device auto`` included) is known."""
+    resolved by the predictor once the device (``--device auto`` included) and the model are known
+    (:func:`brainfm.inference.device.resolve_precision`)."""
     from brainfm.inference import Predictor
     from brainfm.inference.device import select_device
 
     chosen = select_device(device)
     return Predictor.from_pretrained(args.model, expected_sha256=args.sha256, device=str(chosen),
-                                     precision=resolve_precision(args.precision, chosen),
+                                     precision=args.precision,
                                      memory_budget_gb=args.memory_gb, tile_size=args.tile_size)
 
 
@@ -148,7 +138,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     """
     from brainfm.cli.inputs import check_output_location
     from brainfm.cli.progress import report_error
-    from brainfm.report import SUMMARY_NAME, save_prediction
+    from brainfm.report import SUMMARY_NAME, CaseWriter
     from brainfm.report.summary import utc_now, write_json
 
     rank, world, local_rank = shard()
@@ -189,16 +179,17 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                 token.raise_if_cancelled()
                 cb(0.0, f"[{n + 1}/{len(todo)}] {case.name}: reading")
                 vol = case.read(frame=getattr(args, "frame", None))
-                pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
-                                         atlas=args.atlas, crop_foreground=not args.no_crop,
-                                         return_probabilities=args.probabilities,
-                                         allow_anisotropic=getattr(args, "allow_anisotropic", False),
-                                         progress=scaled(cb, 0.02, 0.85), cancel=token)
-                saved = save_prediction(pred, out_root / case.name, input_volume=vol, input_path=case.path,
-                                        forbid=case.protected, overwrite=args.overwrite, png=not args.no_png,
-                                        title=case.name, extra={"case": case.name, **(extra or {})},
-                                        progress=scaled(cb, 0.85, 1.0), cancel=token,
-                                        compress=not getattr(args, "no_compress", False))
+                # outputs are written as soon as each task is done: one task's outputs in memory at a time
+                with CaseWriter(out_root / case.name, input_volume=vol, input_path=case.path, forbid=case.protected,
+                                overwrite=args.overwrite, png=not args.no_png, title=case.name,
+                                extra={"case": case.name, **(extra or {})},
+                                compress=not getattr(args, "no_compress", False)) as writer:
+                    pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
+                                             atlas=args.atlas, crop_foreground=not args.no_crop,
+                                             return_probabilities=args.probabilities,
+                                             allow_anisotropic=getattr(args, "allow_anisotropic", False),
+                                             progress=scaled(cb, 0.02, 0.85), cancel=token, on_output=writer.add)
+                    saved = writer.finish(pred, progress=scaled(cb, 0.85, 1.0), cancel=token)
                 warnings = list(saved.get("warnings", []))
                 records.append({**case.record(), "status": "done", "folder": saved["folder"],
                                 "seconds": round(time.perf_counter() - t_case, 3), "warnings": warnings})

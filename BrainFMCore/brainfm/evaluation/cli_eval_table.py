@@ -4,7 +4,10 @@ reproducing command per row) and montage PNGs into the output folder.
 
 Example: ``brainfm eval-table --model BrainFMCore/brainfm/models/bundled/brainfm-compact.safetensors
 --data ../shared/data -o eval_out`` (add ``--rows segmentation synthesis`` for a subset,
-``--device cuda`` on a GPU; the speed row always measures a 2-core CPU in a child process).
+``--device cuda`` on a GPU; the speed row always measures a 2-core CPU in a child process). With
+``--samseg-python ENV/bin/python`` (SAMSEG installed in its own environment: ``python -m venv ENV &&
+ENV/bin/pip install samseg``) the segmentation row gets a SAMSEG peer column: its wall time, peak
+memory and merged-17 Dice on the same scan.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to compute (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (speed row: always CPU)")
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
+    p.add_argument("--samseg-python", default=None,
+                   help="Python of a separate environment with SAMSEG (pip install samseg) to add SAMSEG as a "
+                        "peer column of the segmentation row (default: $BRAINFM_SAMSEG_PYTHON; left out when unset)")
     return p
 
 
@@ -43,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
     reporter = ProgressReporter(args.progress)
     try:
         doc = run_table(model, Path(args.data), Path(args.output), rows=args.rows, device=args.device,
-                        progress=reporter, command_model=args.model, command_data=args.data)
+                        progress=reporter, command_model=args.model, command_data=args.data,
+                        samseg_python=args.samseg_python)
     finally:
         reporter.close()
     print((Path(args.output) / "eval_table.md").read_text())

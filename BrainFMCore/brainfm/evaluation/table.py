@@ -46,23 +46,42 @@ def _anchor_text(r: Dict[str, Any]) -> str:
     return "-"
 
 
+def _peer_text(r: Dict[str, Any]) -> str:
+    p = r.get("peer")
+    if not p:
+        return "-"
+    if p.get("status") != "ok":
+        return f"{p.get('method', 'peer')}: {p.get('status')} ({p.get('reason', '')})".replace("|", "/")
+    return (f"{p['method']}: merged-17 Dice {p['mean_dice_merged17']:.3f}, {p['seconds']:.0f} s, "
+            f"{p['peak_rss_gb']:.2f} GB ({p.get('threads', '?')} threads)")
+
+
 def markdown_table(rows: Sequence[Dict[str, Any]], *, title: Optional[str] = None) -> str:
-    """The rows as a markdown table (what, result, anchor, goal, met, command)."""
+    """The rows as a markdown table (what, result, anchor, goal, met, command; plus a peer column
+    when a row has a ``peer``, e.g. SAMSEG on the segmentation row)."""
     lines = [] if title is None else [f"### {title}", ""]
-    lines += ["| what | result | anchor | goal | met | command |", "|---|---|---|---|---|---|"]
+    peer = any(r.get("peer") for r in rows)
+    if peer:
+        lines += ["| what | result | anchor | peer | goal | met | command |", "|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| what | result | anchor | goal | met | command |", "|---|---|---|---|---|---|"]
     for r in rows:
         met = {True: "yes", False: "no", None: "-"}[r.get("passed")]
         headline = str(r.get("headline", "")).replace("|", "/")
-        lines.append(f"| {r['row']} | {headline} | {_anchor_text(r)} | {r.get('goal', '')} | {met} | "
+        mid = f" {_peer_text(r)} |" if peer else ""
+        lines.append(f"| {r['row']} | {headline} | {_anchor_text(r)} |{mid} {r.get('goal', '')} | {met} | "
                      f"`{r.get('command', '')}` |")
     return "\n".join(lines) + "\n"
 
 
-def row_command(model: str, data_root: str, out_dir: str, name: str, device: str) -> str:
+def row_command(model: str, data_root: str, out_dir: str, name: str, device: str,
+                samseg_python: Optional[str] = None) -> str:
     """The command that reproduces one row."""
     parts = ["brainfm", "eval-table", "--model", model, "--data", data_root, "-o", out_dir, "--rows", name]
     if device != "auto":
         parts += ["--device", device]
+    if samseg_python and name == "segmentation":
+        parts += ["--samseg-python", samseg_python]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -85,11 +104,15 @@ def _runner(name: str, predictor: Any, model: Path, data: Path, out: Path, ancho
 
 def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str] = ROWS, device: str = "auto",
               anchors: Optional[Dict[str, Any]] = None, progress: Optional[ProgressCallback] = None,
-              command_model: Optional[str] = None, command_data: Optional[str] = None) -> Dict[str, Any]:
+              command_model: Optional[str] = None, command_data: Optional[str] = None,
+              samseg_python: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate ``model`` on the rows and write the table files into ``out_dir``; returns the JSON dict.
 
     ``command_model`` / ``command_data``: how the model and data are spelled in the per-row commands
-    (default: the paths as given).
+    (default: the paths as given). ``samseg_python``: Python of an environment with SAMSEG
+    (default ``$BRAINFM_SAMSEG_PYTHON``): SAMSEG then runs on the segmentation row's scan as the
+    peer column (wall time, peak memory, merged-17 Dice; a finished run in ``out_dir/samseg`` is
+    reused); without it the peer column is left out.
     """
     from brainfm.evaluation.anchors import load_anchors
     from brainfm.inference import Predictor
@@ -118,8 +141,12 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
             r = make_row(name, status="error", headline=f"error: {type(e).__name__}: {e}",
                          note=traceback.format_exc(limit=3))
         r["seconds"] = round(time.perf_counter() - t0, 2)
+        if name == "segmentation" and r["status"] in ("ok", "n/a"):
+            peer = _samseg_peer(samseg_python, data_root, out_dir)
+            if peer is not None:
+                r["peer"] = peer
         r["command"] = row_command(command_model or str(model), command_data or str(data_root), str(out_dir),
-                                   name, device)
+                                   name, device, samseg_python)
         mont = MONTAGES.get(name)
         if mont and (out_dir / mont).is_file() and r["status"] == "ok":
             r["montage"] = mont
@@ -133,6 +160,26 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
     write_outputs(doc, out_dir)
     cb(1.0, "done")
     return doc
+
+
+def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path) -> Optional[Dict[str, Any]]:
+    """SAMSEG on the voxelmorph T1 (None when no SAMSEG Python was given or configured)."""
+    import os
+
+    from brainfm.evaluation import datasets, peer_samseg
+
+    given = samseg_python or os.environ.get(peer_samseg.ENV_VAR)
+    if not given:
+        return None
+    python = peer_samseg.find_samseg_python(given)
+    if python is None:
+        return {"method": "SAMSEG", "status": "skipped", "reason": f"samseg does not import with {given}"}
+    try:
+        truth = datasets.load_labels(data_root, "voxelmorph_seg")
+        image = datasets.data_path(data_root, "voxelmorph_vol")
+        return peer_samseg.peer_summary(python, image, truth, out_dir / "samseg", threads=2)
+    except (BrainFMError, OSError, ValueError) as e:
+        return {"method": "SAMSEG", "status": "error", "reason": f"{type(e).__name__}: {e}"}
 
 
 def write_outputs(doc: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:

@@ -2,9 +2,13 @@
 
 The backbone runs under autocast when a reduced precision is chosen; the 1x1x1 heads are always
 applied in fp32 to the (cast back) final feature. Only the requested head outputs, plus the
-64-channel feature when ``want_feat``, are kept; everything else is freed as soon as possible.
+feature when ``want_feat``, are kept; everything else is freed as soon as possible. On the CPU the
+tiles run in the ``channels_last_3d`` memory format when asked (the model must have been converted
+with ``net.to(memory_format=torch.channels_last_3d)``).
 
-Segmentation is blended as **logits** (softmax is applied after blending, in post-processing).
+Tiles are blended by :class:`~brainfm.inference.tiling.TileAccumulator` band by band; ``reduce``
+stores an output compactly as soon as its rows are final (``"argmax"``: the segmentation label
+decision, 1 byte per voxel; ``"float16"``: features). Segmentation is blended as **logits**.
 
 >>> import numpy as np, torch
 >>> from brainfm.inference.forward import run_network
@@ -26,10 +30,12 @@ import torch.nn.functional as F
 
 from brainfm.errors import ResourceError
 from brainfm.inference.device import autocast
-from brainfm.inference.tiling import TileAccumulator, plan_tiles
+from brainfm.inference.tiling import MIN_TILE, TileAccumulator, plan_tiles
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 
-OOM_HINT = "try --device cpu or a smaller --tile-size / fast mode"
+#: advice used when the caller gives none (true on every device)
+OOM_HINT = ("free memory (close other programs), request fewer tasks (--tasks) or force smaller tiles "
+            "(--tile-size, tile_size=)")
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -57,9 +63,13 @@ def forward_tile(
     heads: Sequence[str],
     want_feat: bool,
     amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
 ) -> Dict[str, torch.Tensor]:
-    """One forward of ``x`` (1, 1, X, Y, Z): requested raw head outputs (+ ``feat``), fp32."""
+    """One forward of ``x`` (1, 1, X, Y, Z): requested raw head outputs (+ ``feat``), fp32
+    (channels-last strides when ``channels_last``)."""
     heads = list(heads)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         if amp_dtype is None:
             out = net(x, heads=heads)
@@ -93,16 +103,20 @@ def run_network(
     tile_overlap: float = 0.25,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    reduce: Optional[Dict[str, str]] = None,
+    channels_last: bool = False,
 ) -> Dict[str, np.ndarray]:
     """Raw outputs ``name -> (C, X, Y, Z)`` float32 for the normalised network-frame ``image``.
 
     ``tile_size=None`` runs the whole volume at once; otherwise cubic tiles of that edge with
-    ``tile_overlap`` and cosine blending. ``cancel`` is checked between tiles.
+    ``tile_overlap`` and cosine blending. ``reduce`` (name -> ``"argmax"`` / ``"float16"``) stores
+    outputs compactly (see :class:`~brainfm.inference.tiling.TileAccumulator`; an ``argmax`` output
+    is ``(X, Y, Z)`` channel indices). ``cancel`` is checked between tiles.
     """
     cb = ensure_callback(progress)
     shape = tuple(int(s) for s in image.shape[:3])
     tiles = [tuple(slice(0, n) for n in shape)] if tile_size is None else plan_tiles(shape, tile_size, tile_overlap)
-    acc = TileAccumulator(shape)
+    acc = TileAccumulator(shape, tiles, reduce=reduce)
     src = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     n = len(tiles)
     for i, sl in enumerate(tiles):
@@ -110,7 +124,7 @@ def run_network(
             cancel.raise_if_cancelled()
         cb(i / n, f"network forward, tile {i + 1}/{n}" if n > 1 else "network forward")
         x = src[sl][None, None].contiguous().to(device)
-        out = forward_tile(net, x, heads, want_feat, amp_dtype)
+        out = forward_tile(net, x, heads, want_feat, amp_dtype, channels_last)
         del x
         acc.add(sl, out)  # type: ignore[arg-type]
         del out
@@ -126,12 +140,15 @@ def run_with_fallback(
     *,
     tile_size: Optional[int],
     fallback_tile_size: int,
+    advice: Optional[str] = None,
     **kw,
 ) -> "tuple[Dict[str, np.ndarray], Optional[int]]":
-    """:func:`run_network`, retried once with ``fallback_tile_size`` tiles after an out-of-memory.
+    """:func:`run_network`, retried once with smaller tiles after an out-of-memory error.
 
-    Returns ``(outputs, tile size actually used or None for whole volume)``; a second OOM raises
-    :class:`ResourceError`.
+    The retry uses ``fallback_tile_size`` (whole volume first) or half the tile edge (tiled first,
+    never below 16). Returns ``(outputs, tile size actually used or None for whole volume)``; a
+    second OOM raises :class:`ResourceError` ending with ``advice`` (what the caller can change;
+    default :data:`OOM_HINT`).
     """
     device: torch.device = kw["device"]
     try:
@@ -141,7 +158,7 @@ def run_with_fallback(
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     _empty_cache(device)
-    retry = fallback_tile_size if tile_size is None else max(16, (tile_size // 2 // 16) * 16 or 16)
+    retry = fallback_tile_size if tile_size is None else max(MIN_TILE, (tile_size // 2 // 16) * 16 or MIN_TILE)
     try:
         return run_network(net, image, tile_size=retry, **kw), retry
     except Exception as exc:  # noqa: BLE001
@@ -149,7 +166,7 @@ def run_with_fallback(
             raise
         _empty_cache(device)
         raise ResourceError(
-            f"out of memory on {device} even with {retry}^3 tiles ({first}); {OOM_HINT}"
+            f"out of memory on {device} even with {retry}^3 tiles ({first}); {advice or OOM_HINT}"
         ) from None
 
 

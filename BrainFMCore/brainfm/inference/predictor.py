@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,10 +27,11 @@ from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
 from brainfm.geometry import resample_to_grid
 from brainfm.inference.headmask import HEAD_MASK_METHOD, head_mask
+from brainfm.inference.plan import MemoryPlan, check_plan, memory_advice, plan_memory
 from brainfm.inference.outgrid import GridMapper
 from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
-from brainfm.inference.tiling import MIN_TILE, choose_tile_size
+from brainfm.inference.tiling import MIN_TILE
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
@@ -58,10 +59,16 @@ class Predictor:
 
     ``loaded_model`` is a :class:`brainfm.models.LoadedModel` (``net`` + ``info``) or a bare
     :class:`brainfm.models.BrainFMNet`. Options: ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``/
-    ``mps``), ``precision`` (``fp32``/``bf16``/``fp16``; fp16 on CUDA only; heads and
-    post-processing always fp32), ``memory_budget_gb`` (default: 60 % of the available RAM or free
-    GPU memory), ``tile_size`` (force tiling with cubes of that edge, >= 16), ``tile_overlap``
-    (fraction in [0, 1)), ``threads`` (torch CPU threads).
+    ``mps``), ``precision`` (``auto``: bf16 on CPUs with native bfloat16 for models whose bf16
+    agreement was measured, else fp32, see
+    :func:`brainfm.inference.device.resolve_precision`; ``fp32``/``bf16``/``fp16``, fp16 on CUDA
+    only; heads and post-processing always fp32), ``memory_budget_gb`` (target for the peak resident
+    memory of the process while predicting; a hard limit, checked before any work; default: what
+    the process holds + 60 % of the available RAM; on CUDA it bounds the GPU memory of the forward,
+    default 60 % of the free GPU memory), ``tile_size`` (force tiling with cubes of that edge,
+    >= 16), ``tile_overlap`` (fraction in [0, 1)), ``threads`` (torch CPU threads),
+    ``channels_last`` (run in the ``channels_last_3d`` memory format; default: on the CPU for
+    compact-width networks, :func:`brainfm.inference.device.use_channels_last`).
     """
 
     def __init__(
@@ -69,19 +76,25 @@ class Predictor:
         loaded_model: Any,
         *,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         memory_budget_gb: Optional[float] = None,
         tile_size: Optional[int] = None,
         tile_overlap: float = 0.25,
         threads: Optional[int] = None,
+        channels_last: Optional[bool] = None,
     ) -> None:
         net = getattr(loaded_model, "net", loaded_model)
         if not isinstance(net, torch.nn.Module) or not hasattr(net, "head"):
             raise InputError("Predictor needs a LoadedModel or a BrainFMNet (with task heads)")
         self.info = getattr(loaded_model, "info", None)
         self.device = devmod.select_device(device)
-        self.precision = str(precision).lower()
+        #: the precision asked for (``auto`` included) and the one used
+        self.precision_requested = str(precision).lower()
+        quality = getattr(self.info, "quality", None) or {}
+        self.precision = devmod.resolve_precision(precision, self.device,
+                                                  bf16_validated=bool(quality.get(devmod.BF16_QUALITY_KEY)))
         self.amp_dtype = devmod.autocast_dtype(self.precision, self.device)
+        self._channels_last_opt = channels_last
         if memory_budget_gb is not None and not float(memory_budget_gb) > 0:
             raise InputError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
         if tile_size is not None and int(tile_size) < MIN_TILE:
@@ -95,6 +108,10 @@ class Predictor:
         for p in net.parameters():
             p.requires_grad_(False)
         self.net = net.eval().to(self.device)
+        cl = self._channels_last_opt
+        self.channels_last = devmod.use_channels_last(self.device, self.f_maps) if cl is None else bool(cl)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
         #: edge (mm) of the network frame's voxels: the model's working resolution
         self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
@@ -166,21 +183,36 @@ class Predictor:
         return vol
 
     def plan(self, net_shape: Sequence[int], raw_channels: int) -> Dict[str, Any]:
-        """Whole volume or tiles for a network-frame shape: ``{"tile_size", "fallback_tile", "budget_bytes"}``."""
-        budget = (self.memory_budget_gb * 1e9 if self.memory_budget_gb is not None
-                  else devmod.default_budget_bytes(self.device))
-        bpv = devmod.forward_bytes_per_voxel(self.f_maps, autocast_dtype_=self.amp_dtype)
-        voxels = float(np.prod([int(s) for s in net_shape]))
-        accum = voxels * 4.0 * (raw_channels + 1)  # blended outputs + weights (CPU)
-        fallback = choose_tile_size(net_shape, max(budget - accum, 0.0) / 2, bpv)
-        if self.tile_size is not None:
-            tile = self.tile_size if self.tile_size < max(net_shape) else None
-        elif voxels * bpv + accum <= budget:
-            tile = None
+        """Whole volume or tiles for a network-frame shape (forward only):
+        ``{"tile_size", "fallback_tile", "budget_bytes", "bytes_per_voxel"}``; see :meth:`memory_plan`
+        for the plan a prediction uses."""
+        mp = self.memory_plan(net_shape, {"raw": int(raw_channels)}, tasks=[], output_voxels=0.0)
+        bpv = devmod.forward_bytes(1e6, self.f_maps, autocast_dtype_=self.amp_dtype) / 1e6
+        return {"tile_size": mp.tile_size, "fallback_tile": mp.fallback_tile, "budget_bytes": mp.budget_bytes,
+                "bytes_per_voxel": bpv}
+
+    def memory_plan(self, net_shape: Sequence[int], channels: Dict[str, int], *, tasks: Sequence[str],
+                    output_voxels: float, reduce: Optional[Dict[str, str]] = None, streaming: bool = False,
+                    probabilities: bool = False, atlas: bool = True, grid_bytes: float = 0.0) -> MemoryPlan:
+        """The :class:`~brainfm.inference.plan.MemoryPlan` for a network-frame shape and raw outputs
+        ``channels`` (name -> channels), against this Predictor's budget."""
+        rss = float(devmod.resident_bytes())
+        given = self.memory_budget_gb * 1e9 if self.memory_budget_gb is not None else None
+        device_budget = None
+        if self.device.type == "cuda":
+            device_budget = given if given is not None else devmod.default_budget_bytes(self.device)
+            budget, given_host = rss + devmod.default_budget_bytes(torch.device("cpu")), False
         else:
-            tile = choose_tile_size(net_shape, max(budget - accum, 0.0), bpv)
-            tile = None if tile >= max(net_shape) else tile
-        return {"tile_size": tile, "fallback_tile": fallback, "budget_bytes": budget, "bytes_per_voxel": bpv}
+            budget = given if given is not None else rss + devmod.default_budget_bytes(self.device)
+            given_host = given is not None
+        cfg = getattr(self.net, "config", None)
+        return plan_memory(net_shape, output_voxels=output_voxels, f_maps=self.f_maps,
+                           num_levels=int(getattr(cfg, "num_levels", 6)), channels=channels, tasks=tasks,
+                           budget_bytes=budget, baseline_bytes=rss, device=self.device, reduce=reduce,
+                           streaming=streaming, probabilities=probabilities, amp_dtype=self.amp_dtype,
+                           channels_last=self.channels_last, tile_size=self.tile_size,
+                           tile_overlap=self.tile_overlap, budget_given=given_host,
+                           device_budget_bytes=device_budget, atlas=atlas, grid_bytes=grid_bytes)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(
@@ -197,6 +229,7 @@ class Predictor:
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
         allow_anisotropic: bool = False,
+        on_output: Optional[Callable[[str, Volume], None]] = None,
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -206,6 +239,15 @@ class Predictor:
         outside the input foreground like the reference demo. ``keep_raw``: also return the raw
         head outputs on the network grid (``Prediction.raw``). ``allow_anisotropic``: accept voxels
         more anisotropic than 8:1 (e.g. 0.5 x 0.5 x 10 mm), refused by default as unreliable.
+        ``on_output(key, volume)``: called with every output as soon as its task is done; the
+        outputs are then not kept in the returned Prediction (``metadata["streamed_outputs"]``
+        lists them), so only one task's outputs are in memory at a time (used to write large
+        volumes within the memory budget).
+
+        Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
+        label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
+        probabilities or raw outputs are asked for, and raw outputs are released as soon as the
+        last task that needs them is done.
         """
         t_start, c_start = time.perf_counter(), time.process_time()
         timings: Dict[str, float] = {}
@@ -227,28 +269,70 @@ class Predictor:
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
         heads = head_map(task_list, self.task_heads)
         raw_heads = [h for t, h in heads.items() if t != FEAT]
-        channels = self.net.head.channels()
-        plan = self.plan(prep.net.shape, sum(channels[h] for h in raw_heads) + (self.f_maps if FEAT in heads else 0))
+        head_ch = self.net.head.channels()
+        channels = {h: int(head_ch[h]) for h in raw_heads}
+        if FEAT in heads:
+            channels[FEAT] = self.f_maps
+        reduce: Dict[str, str] = {}
+        if not keep_raw:
+            # a coarse-grid model decides labels on the 1 mm grid from interpolated logits: keep them
+            if "seg" in heads and not return_probabilities and int(round(self.voxel_mm)) <= 1:
+                reduce[heads["seg"]] = "argmax"
+            if FEAT in heads:
+                reduce[FEAT] = "float16"
+        out_vox = float(np.prod(prep.image.shape if output_frame == "input" else prep.net.shape))
+        plan = self.memory_plan(prep.net.shape, channels, tasks=task_list, output_voxels=out_vox, reduce=reduce,
+                                streaming=on_output is not None, probabilities=return_probabilities,
+                                atlas=atlas_vol is not None, grid_bytes=_grid_bytes(prep, output_frame))
+        avail = float(devmod.available_memory_bytes(torch.device("cpu")))
+        advice = memory_advice(
+            device=self.device, n_tasks=len(task_list), output_frame=output_frame, output_voxels=out_vox,
+            net_voxels=float(np.prod(prep.net.shape)), streaming=on_output is not None,
+            probabilities=return_probabilities, feat=FEAT in heads, budget_given=plan.budget_given,
+            need_bytes=plan.expected_peak_bytes - plan.baseline_bytes, available_bytes=avail,
+            tiled=plan.tile_size is not None)
+        note = check_plan(plan, available_bytes=avail, advice=advice)
+        if note:
+            warnings.append(note)
         cb(0.1, "preprocessing done")
         t0, c0 = time.perf_counter(), time.process_time()
         raw, used_tile = run_with_fallback(
-            self.net, np.asarray(prep.net.data, np.float32), tile_size=plan["tile_size"],
-            fallback_tile_size=plan["fallback_tile"], heads=raw_heads, want_feat=FEAT in heads,
+            self.net, np.asarray(prep.net.data, np.float32), tile_size=plan.tile_size,
+            fallback_tile_size=plan.fallback_tile, heads=raw_heads, want_feat=FEAT in heads,
             device=self.device, amp_dtype=self.amp_dtype, tile_overlap=self.tile_overlap,
-            progress=scaled(cb, 0.1, 0.8), cancel=cancel,
+            progress=scaled(cb, 0.1, 0.8), cancel=cancel, reduce=reduce, channels_last=self.channels_last,
+            advice="; ".join(advice),
         )
+        labels = {h: (raw.pop(h), channels[h]) for h, how in reduce.items() if how == "argmax"}
         timings["forward"], cpu["forward"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         t0, c0 = time.perf_counter(), time.process_time()
         ctx = self._context(prep, raw, heads, output_frame, atlas_vol, return_probabilities, mask_background)
+        ctx.labels = labels
         outputs: Dict[str, Volume] = {}
+        streamed: List[str] = []
+        last_use = {h: max(i for i, t in enumerate(task_list) if heads[t] == h) for h in set(heads.values())}
         n = len(task_list)
         for i, task in enumerate(task_list):
             check()
             cb(0.8 + 0.18 * i / n, f"post-processing {task}" + (", back to input grid" if output_frame == "input" else ""))
             t1 = time.perf_counter()
-            outputs.update(TASKS[task].run(ctx))
+            produced = TASKS[task].run(ctx)
             task_times[task] = round(time.perf_counter() - t1, 4)
+            if not keep_raw:  # release raw outputs no later task needs
+                for h in [h for h, last in last_use.items() if last == i]:
+                    ctx.raw.pop(h, None)
+                    ctx.labels.pop(h, None)
+            if on_output is None:
+                outputs.update(produced)
+            else:
+                for key in list(produced):  # in the task's order, each released once handed on
+                    vol = produced.pop(key)
+                    check()
+                    on_output(key, vol)
+                    streamed.append(key)
+                    del vol
+            del produced
         timings["postprocess"], cpu["postprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         warnings += ctx.warnings
@@ -257,6 +341,8 @@ class Predictor:
             "model": self._model_meta(),
             "device": str(self.device),
             "precision": self.precision,
+            "precision_requested": self.precision_requested,
+            "channels_last": self.channels_last,
             "tasks": task_list,
             "heads": heads,
             "output_frame": output_frame,
@@ -266,7 +352,8 @@ class Predictor:
             "tiling_note": TILING_NOTE,
             "segmentation_blending": "logits (softmax after blending)",
             "label_mask": HEAD_MASK_METHOD if mask_background else None,
-            "memory_budget_gb": round(plan["budget_bytes"] / 1e9, 3),
+            "memory_budget_gb": round(plan.budget_bytes / 1e9, 3),
+            "memory_plan": plan.summary(),
             "network_shape": list(prep.net.shape),
             "network_affine": prep.net.affine.tolist(),
             "crop_foreground": bool(crop_foreground),
@@ -280,6 +367,8 @@ class Predictor:
             "task_timings": task_times,
             "warnings": warnings,
         }
+        if on_output is not None:
+            metadata["streamed_outputs"] = streamed
         result = Prediction(outputs=outputs, tables=dict(ctx.tables), metadata=metadata)
         if keep_raw:
             result.raw, result.raw_affine = raw, prep.net.affine.copy()
@@ -348,6 +437,16 @@ def one_mm_grid(affine: np.ndarray, shape: Sequence[int], voxel_mm: float) -> Tu
     out[:3, :3] = a[:3, :3] / f
     out[:3, 3] = a[:3, 3] - a[:3, :3] @ np.full(3, (f - 1.0) / (2.0 * f))
     return out, tuple(int(round(s * f)) for s in shape)  # type: ignore[return-value]
+
+
+def _grid_bytes(prep: Prepared, output_frame: str) -> float:
+    """Bytes of the sampling grid the output mapping keeps (0 when outputs are copied exactly)."""
+    from brainfm.inference.outgrid import GRID_CACHE_BYTES
+
+    if output_frame != "input":
+        return 0.0
+    m = GridMapper(prep.net.affine, prep.net.shape, prep.frame.input_affine, prep.frame.input_shape)
+    return 0.0 if m.exact else float(min(13 * int(np.prod(prep.frame.input_shape)), GRID_CACHE_BYTES))
 
 
 def _is_existing_file(x: Any) -> bool:

@@ -200,6 +200,65 @@ def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, cell: int, view: int, 
     draw.text((x0 + cell - 9, y0 + cell // 2 - 5), right, fill=(255, 255, 0), font=font)
 
 
+class MontageBuilder:
+    """Builds a montage row by row, so each volume is needed only while its row is drawn (outputs
+    written as they are produced never have to be in memory together).
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> img = Volume(np.random.default_rng(0).random((20, 24, 16)).astype(np.float32), np.eye(4))
+    >>> b = MontageBuilder(img, cell=64); b.add("copy", img); len(b.rows)
+    2
+    """
+
+    def __init__(self, input_volume: Optional[Volume], *, title: Optional[str] = None, cell: int = 160) -> None:
+        self.input_volume, self.title, self.cell = input_volume, title, int(cell)
+        self.rows: List[Tuple[str, List[Image.Image]]] = []
+        self._centre = _foreground_centre(input_volume) if input_volume is not None else None
+        if input_volume is not None:
+            self._row("input", input_volume, "image", None)
+
+    def add(self, name: str, vol: Volume, unit: Optional[str] = None) -> None:
+        """Draw the row of ``vol`` (multi-channel volumes other than 3-vectors are skipped)."""
+        kind = _kind(name, vol)
+        if kind != "multichannel":
+            self._row(name, vol, kind, unit)
+
+    def _row(self, name: str, vol: Volume, kind: str, unit: Optional[str]) -> None:
+        if self._centre is None:
+            self._centre = _foreground_centre(vol)
+        under = self.input_volume if kind == "labelmap" else None
+        cells, info = _render_row(vol, kind, self._centre, self.cell, under)
+        unit = unit or vol.meta.get("units") or ""
+        self.rows.append((f"{name} ({kind}{', ' + unit if unit else ''}; {info})", cells))
+
+    def save(self, path: PathLike) -> Path:
+        """Write the PNG atomically; returns the path."""
+        if not self.rows:
+            raise InputError("nothing to draw: no input volume and no scalar output")
+        cell = self.cell
+        width, height = montage_size(len(self.rows), cell=cell, title=bool(self.title))
+        canvas = Image.new("RGB", (width, height), (0, 0, 0))
+        draw = ImageDraw.Draw(canvas)
+        font = ImageFont.load_default()
+        y = 0
+        if self.title:
+            draw.text((4, 3), self.title, fill=(255, 255, 255), font=font)
+            y = TITLE_H
+        for caption, cells in self.rows:
+            draw.text((4, y + 1), caption, fill=(220, 220, 220), font=font)
+            y += CAPTION_H
+            for n, im in enumerate(cells):
+                x0 = n * cell
+                canvas.paste(im, (x0 + (cell - im.width) // 2, y + (cell - im.height) // 2))
+                _letters(draw, x0, y, cell, n, font)
+            y += cell
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target) as tmp:
+            canvas.save(tmp, format="PNG")
+        return target
+
+
 def write_montage(input_volume: Optional[Volume], outputs: Mapping[str, Volume], path: PathLike, *,
                   title: Optional[str] = None, cell: int = 160,
                   units: Optional[Mapping[str, str]] = None) -> Path:
@@ -208,39 +267,9 @@ def write_montage(input_volume: Optional[Volume], outputs: Mapping[str, Volume],
     Multi-channel outputs that are not 3-vectors (probabilities, features) are skipped.
     ``units`` (key -> unit string) is added to the captions. Written atomically; returns the path.
     """
-    rows: List[Tuple[str, Volume, str]] = []
-    if input_volume is not None:
-        rows.append(("input", input_volume, "image"))
-    for key, vol in outputs.items():
-        kind = _kind(key, vol)
-        if kind != "multichannel":
-            rows.append((key, vol, kind))
-    if not rows:
+    if input_volume is None and not any(_kind(k, v) != "multichannel" for k, v in outputs.items()):
         raise InputError("nothing to draw: no input volume and no scalar output")
-    ref = input_volume if input_volume is not None else rows[0][1]
-    centre = _foreground_centre(ref)
-    width, height = montage_size(len(rows), cell=cell, title=bool(title))
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    y = 0
-    if title:
-        draw.text((4, 3), title, fill=(255, 255, 255), font=font)
-        y = TITLE_H
-    for name, vol, kind in rows:
-        under = input_volume if kind == "labelmap" else None
-        cells, info = _render_row(vol, kind, centre, cell, under)
-        unit = (units or {}).get(name) or vol.meta.get("units") or ""
-        caption = f"{name} ({kind}{', ' + unit if unit else ''}; {info})"
-        draw.text((4, y + 1), caption, fill=(220, 220, 220), font=font)
-        y += CAPTION_H
-        for n, im in enumerate(cells):
-            x0 = n * cell
-            canvas.paste(im, (x0 + (cell - im.width) // 2, y + (cell - im.height) // 2))
-            _letters(draw, x0, y, cell, n, font)
-        y += cell
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(target) as tmp:
-        canvas.save(tmp, format="PNG")
-    return target
+    builder = MontageBuilder(input_volume, title=title, cell=cell)
+    for key, vol in outputs.items():
+        builder.add(key, vol, (units or {}).get(key))
+    return builder.save(path)

@@ -102,6 +102,133 @@ def montage_title(name: str, model: Optional[Mapping[str, Any]]) -> str:
     return f"{name} | {(model or {}).get('name', 'model')}: {mark}" if mark else name
 
 
+class CaseWriter:
+    """Writes one case folder output by output: :meth:`add` each output as soon as it exists (e.g.
+    as ``Predictor.predict(..., on_output=writer.add)``), then :meth:`finish` with the prediction
+    (tables, montage, ``summary.json``, atomic rename). Only the output being added is needed in
+    memory; the montage keeps three small slices per output. :meth:`abort` (or leaving a ``with``
+    block by an exception) removes the partial folder and any parent folder it had to create.
+    Options as :func:`save_prediction`; a write the storage refuses raises
+    :class:`~brainfm.errors.StorageError` naming the case folder.
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> from brainfm.volume import Volume
+    >>> img = Volume(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32), np.eye(4))
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "case2"
+    >>> with CaseWriter(out, input_volume=img, png=False) as w:
+    ...     w.add("synth_t1", img)
+    ...     s = w.finish(None)
+    >>> sorted(p.name for p in out.iterdir())
+    ['summary.json', 'synth_t1.nii.gz']
+    """
+
+    def __init__(self, out_dir: PathLike, *, input_volume: Optional[Volume] = None,
+                 input_path: Optional[PathLike] = None, overwrite: bool = False,
+                 forbid: Iterable[Optional[PathLike]] = (), png: bool = True, title: Optional[str] = None,
+                 extra: Optional[Mapping[str, Any]] = None, compress: bool = True) -> None:
+        self.out = Path(out_dir).expanduser()
+        self.forbid = list(forbid) + ([input_path] if input_path is not None else [])
+        _check_target(self.out, overwrite, self.forbid)
+        self.input_volume, self.input_path, self.extra, self.compress = input_volume, input_path, extra, compress
+        self.title = title or self.out.name
+        self.described: Dict[str, Dict[str, Any]] = {}
+        self._montage = None
+        if png:
+            from brainfm.report.montage import MontageBuilder
+
+            self._montage = MontageBuilder(input_volume, title=self.title)
+        self._created = make_folder(self.out.parent) if not self.out.parent.is_dir() else []
+        try:
+            self.tmp: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial",
+                                                             dir=str(self.out.parent)))
+            os.chmod(self.tmp, folder_mode())  # the case folder follows the umask, not mkdtemp's private 0700
+        except OSError as e:
+            _remove_empty(self._created)
+            raise storage_error(e, self.out, action="create the case folder") from e
+
+    def __enter__(self) -> "CaseWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def add(self, key: str, vol: Volume) -> None:
+        """Write output ``key`` now (and draw its montage row)."""
+        from brainfm.io import write_volume
+
+        if self.tmp is None:
+            raise RuntimeError("the case folder is already finished or aborted")
+        name = f"{key}.nii.gz" if self.compress else f"{key}.nii"
+        try:
+            write_volume(vol, self.tmp / name, forbid=self.forbid, reference=self.input_volume)
+        except StorageError as e:  # name the case folder, not the temporary one it is written in
+            raise StorageError(str(e).replace(str(self.tmp), str(self.out))) from e
+        unit = vol.meta.get("units") or DEFAULT_UNITS.get(key, "a.u.")
+        self.described[key] = {"path": name, "kind": output_kind(key, vol.data), "units": unit,
+                               "shape": list(vol.data.shape)}
+        if self._montage is not None:
+            self._montage.add(key, vol, unit)
+
+    def finish(self, prediction: Any, *, progress: Optional[ProgressCallback] = None,
+               cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+        """Write the tables, montage and ``summary.json`` of ``prediction`` (its ``tables`` and
+        ``metadata``; outputs still in it are added first) and move the folder in place."""
+        if self.tmp is None:
+            raise RuntimeError("the case folder is already finished or aborted")
+        cb = ensure_callback(progress)
+        tmp = self.tmp
+        try:
+            outputs: Mapping[str, Volume] = dict(getattr(prediction, "outputs", {}) or {})
+            tables: Mapping[str, List[Dict[str, Any]]] = dict(getattr(prediction, "tables", {}) or {})
+            metadata: Mapping[str, Any] = dict(getattr(prediction, "metadata", {}) or {})
+            n_steps = len(outputs) + len(tables) + 2
+            for n, (key, vol) in enumerate(outputs.items()):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                cb(n / n_steps, f"writing {key}")
+                self.add(key, vol)
+            table_files: Dict[str, str] = {}
+            for key, rows in tables.items():
+                if rows:
+                    table_files[key] = write_table_csv(list(rows), tmp / f"{key}.csv").name
+                    self.described.setdefault(key, {"path": table_files[key], "kind": "table", "units": ""})
+            if self._montage is not None and self._montage.rows:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                cb((n_steps - 2) / n_steps, "drawing the montage")
+                self._montage.title = montage_title(self.title, metadata.get("model"))
+                self._montage.save(tmp / MONTAGE_NAME)
+            summary = build_summary(metadata, outputs=self.described, tables=table_files,
+                                    structure_volumes=tables.get("seg_volumes"), input_path=self.input_path,
+                                    input_volume=self.input_volume, extra=self.extra)
+            summary["montage"] = MONTAGE_NAME if (tmp / MONTAGE_NAME).is_file() else None
+            write_json(summary, tmp / SUMMARY_NAME)
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            try:
+                _commit(tmp, self.out)
+            except OSError as e:
+                raise storage_error(e, self.out, action="move the finished case folder to") from e
+        except StorageError as e:
+            self.abort()
+            raise StorageError(str(e).replace(str(tmp), str(self.out))) from e
+        except BaseException:
+            self.abort()
+            raise
+        self.tmp = None
+        cb(1.0, f"saved {self.out}")
+        summary["folder"] = str(self.out)
+        return summary
+
+    def abort(self) -> None:
+        """Remove the partial folder (nothing of the case is left)."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+            _remove_empty(self._created)
+
+
 def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optional[Volume] = None,
                     input_path: Optional[PathLike] = None, overwrite: bool = False,
                     forbid: Iterable[Optional[PathLike]] = (), png: bool = True,
@@ -118,73 +245,10 @@ def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optiona
     is recorded in the summary and may never be overwritten; ``extra`` is merged into the summary.
     Returns the summary (``outputs[key]["path"]`` relative to the case folder, plus ``"folder"``).
     """
-    from brainfm.io import write_volume
-
-    cb = ensure_callback(progress)
-    out = Path(out_dir).expanduser()
-    forbid = list(forbid) + ([input_path] if input_path is not None else [])
-    _check_target(out, overwrite, forbid)
-    outputs: Mapping[str, Volume] = dict(getattr(prediction, "outputs", {}) or {})
-    tables: Mapping[str, List[Dict[str, Any]]] = dict(getattr(prediction, "tables", {}) or {})
-    metadata: Mapping[str, Any] = dict(getattr(prediction, "metadata", {}) or {})
-    created = make_folder(out.parent) if not out.parent.is_dir() else []
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=str(out.parent)))
-        os.chmod(tmp, folder_mode())  # the case folder follows the umask, not mkdtemp's private 0700
-    except OSError as e:
-        _remove_empty(created)
-        raise storage_error(e, out, action="create the case folder") from e
-    try:
-        described: Dict[str, Dict[str, Any]] = {}
-        n_steps = len(outputs) + len(tables) + 2
-        for n, (key, vol) in enumerate(outputs.items()):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            cb(n / n_steps, f"writing {key}")
-            name = f"{key}.nii.gz" if compress else f"{key}.nii"
-            write_volume(vol, tmp / name, forbid=forbid, reference=input_volume)
-            described[key] = {
-                "path": name,
-                "kind": output_kind(key, vol.data),
-                "units": vol.meta.get("units") or DEFAULT_UNITS.get(key, "a.u."),
-                "shape": list(vol.data.shape),
-            }
-        table_files: Dict[str, str] = {}
-        for key, rows in tables.items():
-            if rows:
-                table_files[key] = write_table_csv(list(rows), tmp / f"{key}.csv").name
-                described.setdefault(key, {"path": table_files[key], "kind": "table", "units": ""})
-        if png and (outputs or input_volume is not None):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            cb((n_steps - 2) / n_steps, "drawing the montage")
-            from brainfm.report.montage import write_montage
-
-            units = {k: d["units"] for k, d in described.items()}
-            write_montage(input_volume, outputs, tmp / MONTAGE_NAME, units=units,
-                          title=montage_title(title or out.name, metadata.get("model")))
-        summary = build_summary(metadata, outputs=described, tables=table_files,
-                                structure_volumes=tables.get("seg_volumes"), input_path=input_path,
-                                input_volume=input_volume, extra=extra)
-        summary["montage"] = MONTAGE_NAME if (tmp / MONTAGE_NAME).is_file() else None
-        write_json(summary, tmp / SUMMARY_NAME)
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        try:
-            _commit(tmp, out)
-        except OSError as e:
-            raise storage_error(e, out, action="move the finished case folder to") from e
-    except StorageError as e:  # name the case folder, not the temporary one it was written in
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-        raise StorageError(str(e).replace(str(tmp), str(out))) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    cb(1.0, f"saved {out}")
-    summary["folder"] = str(out)
-    return summary
+    writer = CaseWriter(out_dir, input_volume=input_volume, input_path=input_path, overwrite=overwrite,
+                        forbid=forbid, png=png and (input_volume is not None or bool(getattr(prediction, "outputs", None))),
+                        title=title, extra=extra, compress=compress)
+    return writer.finish(prediction, progress=progress, cancel=cancel)
 
 
 def _remove_empty(folders: List[Path]) -> None:

@@ -59,6 +59,8 @@ class TaskContext:
         fine_factor: the network grid's voxel edge in mm when it is coarser than 1 mm (2 for the
             compact model), else 1. Then ``fine_to_output`` / ``fine_to_input`` map arrays of the
             1 mm grid over the same box (``factor`` times the network shape) instead.
+        labels: head name -> ``(channel indices (X, Y, Z), number of channels)`` when the label
+            decision was already taken while blending (the logits are then not in ``raw``).
         tables, warnings: filled by the post-processors.
     """
 
@@ -89,6 +91,7 @@ class TaskContext:
     fine_to_output: GridMap = _identity
     fine_to_input: GridMap = _identity
     meta: Dict[str, Any] = field(default_factory=dict)
+    labels: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     _bg: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
@@ -147,6 +150,7 @@ class TaskContext:
         """True when ``arr`` may share memory with an input of the context (raw outputs, images,
         masks), i.e. when it must be copied before being modified in place."""
         others = list(self.raw.values()) + [self.net_image, self.image_out, self.foreground_out]
+        others += [idx for idx, _ in self.labels.values()]
         if self.foreground_in is not None:
             others.append(self.foreground_in)
         return any(np.may_share_memory(arr, o) for o in others if isinstance(o, np.ndarray))

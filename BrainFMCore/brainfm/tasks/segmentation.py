@@ -32,7 +32,10 @@ def channel_indices(logits: np.ndarray) -> np.ndarray:
     >>> channel_indices(np.array([[[[0.0, 2.0]]], [[[1.0, 2.0]]]], np.float32)).ravel().tolist()
     [1, 0]
     """
-    t = torch.from_numpy(np.ascontiguousarray(logits, np.float32))
+    arr = np.asarray(logits, np.float32)
+    if any(s < 0 for s in arr.strides):  # torch views cannot have negative strides
+        arr = np.ascontiguousarray(arr)
+    t = torch.from_numpy(arr)  # any memory layout (e.g. blended bands, channels-last outputs): no copy
     idx = torch.max(t, dim=0).indices  # first maximum, like argmax (and ~2x faster on CPU)
     dtype = torch.uint8 if logits.shape[0] < 255 else torch.int32
     return idx.to(dtype).numpy()
@@ -127,17 +130,25 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     and masking of the indices (index ``C`` = background 0), one table lookup to label numbers, and
     the structure volumes counted with ``bincount`` on the input grid.
     """
-    logits = ctx.task_head("seg")
-    n_ch = int(logits.shape[0])
+    decided = ctx.labels.get(ctx.heads.get("seg", "seg"))
+    if decided is not None:  # arg-max already taken while blending (compact accumulation)
+        idx_net, n_ch = decided
+        logits = None
+    else:
+        logits = ctx.task_head("seg")
+        n_ch = int(logits.shape[0])
     scheme, fs_values = _scheme_values(ctx, n_ch)
     lut = np.asarray(list(fs_values) + [0], np.int32)  # extra entry: outside / masked -> 0
     if lut.shape[0] != n_ch + 1:
         raise ValueError(f"label scheme has {lut.shape[0] - 1} classes but the head has {n_ch} channels")
     if ctx.fine_factor > 1:  # a coarse network grid: decide the labels on the 1 mm grid of the same box
+        if logits is None:
+            raise ValueError("a coarse network grid decides labels on the 1 mm grid and needs the logits")
         idx_net = refined_channel_indices(logits, ctx.fine_factor)
         to_output, to_input = ctx.fine_to_output, ctx.fine_to_input
     else:
-        idx_net = channel_indices(logits)
+        if logits is not None:
+            idx_net = channel_indices(logits)
         to_output, to_input = ctx.to_output, ctx.to_input
     idx_out = ctx.private(to_output(idx_net, "nearest", n_ch))
     if np.may_share_memory(idx_out, idx_net):  # same grid: idx_net is mapped again below, unmasked
@@ -163,6 +174,8 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))
     ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
     if ctx.return_probabilities:
+        if logits is None:
+            raise ValueError("segmentation probabilities need the logits, but only the label decision was kept")
         probs = softmax(logits)
         data = ctx.channels_to_output(probs, "linear", 0.0)
         out["seg_probabilities"] = ctx.volume(

@@ -100,7 +100,7 @@ class RunSection:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | bf16 | fp32
     channels_last: str = "auto"  # auto (on CPU) | true | false: channels_last_3d memory format
     deterministic: bool = False
     keep_last: int = 2

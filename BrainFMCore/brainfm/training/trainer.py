@@ -93,8 +93,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ setup
     def _precision(self, device: torch.device) -> Optional[torch.dtype]:
         p = self.cfg.run.precision
-        if p == "auto":
-            return torch.bfloat16 if device.type == "cuda" else None
+        if p == "auto":  # bf16 on CUDA and on CPUs with native bfloat16 (emulated bf16 is slower)
+            from brainfm.inference.device import cpu_has_native_bf16
+
+            cpu_bf16 = device.type == "cpu" and cpu_has_native_bf16()
+            return torch.bfloat16 if device.type == "cuda" or cpu_bf16 else None
         if p == "bf16":
             return torch.bfloat16
         if p == "fp32":
