@@ -1,4 +1,4 @@
-"""BrainFMLib parameters, model registry, install logic (fake pip) and diagnostics."""
+"""BrainFMSceneLib parameters, model registry, install logic (fake pip) and diagnostics."""
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from BrainFMLib import __version__ as LIB_VERSION
-from BrainFMLib._errors import CheckpointError, ModelNotAvailableError
-from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
-from BrainFMLib.install import InstallError, InstallLogic, satisfies, split_requirement
-from BrainFMLib.parameters import RunParameters
-from BrainFMLib.registry import ModelRegistry, verify_checksum
-from BrainFMLib.signals import Signal
+from BrainFMSceneLib import __version__ as LIB_VERSION
+from BrainFMSceneLib._errors import CheckpointError, ModelNotAvailableError
+from BrainFMSceneLib.diagnostics import collect_diagnostics, format_diagnostics
+from BrainFMSceneLib.install import InstallError, InstallLogic, satisfies, split_requirement
+from BrainFMSceneLib.parameters import RunParameters
+from BrainFMSceneLib.registry import ModelRegistry, verify_checksum
+from BrainFMSceneLib.signals import Signal
 
 REPO = Path(__file__).resolve().parents[3]
 ENGINE_REQUIRES = ['torch>=2.1', 'numpy>=1.22', 'nibabel>=5.0', 'SimpleITK>=2.2', 'scikit-image>=0.21',
@@ -214,7 +214,7 @@ def test_diagnostics_text(tmp_path, monkeypatch):
 
 def test_diagnostics_real_torch_probe():
     pytest.importorskip("torch")
-    from BrainFMLib.diagnostics import probe_torch
+    from BrainFMSceneLib.diagnostics import probe_torch
     import sys
 
     import torch
