@@ -9,9 +9,9 @@ imported package was replaced.
 
 >>> from BrainFMSceneLib.install import InstallLogic
 >>> calls = []
->>> versions = {"torch": "2.3.0", "numpy": "1.26.4", "brainfm": None}
+>>> versions = {"torch": "2.5.1", "numpy": "1.26.4", "brainfm": None}
 >>> logic = InstallLogic(brainfm_version="0.1.0", pip_runner=calls.append,
-...                      metadata_reader=versions.get, requires_reader=lambda name: ["torch>=2.1", "numpy>=1.22"],
+...                      metadata_reader=versions.get, requires_reader=lambda name: ["torch>=2.5", "numpy>=1.22"],
 ...                      imported_modules=lambda: set())
 >>> report = logic.setup(confirm=lambda text: True)
 >>> calls
@@ -32,7 +32,8 @@ from BrainFMSceneLib._errors import BrainFMError
 
 #: packages pip must never install or replace inside Slicer
 SKIP_PACKAGES = ("torch", "torchvision", "torchaudio", "SimpleITK", "requests")
-TORCH_REQUIREMENT = ">=2.1"
+#: the engine's requirement (``brainfm`` reads PyTorch checkpoints safely with ``torch.serialization.safe_globals``)
+TORCH_REQUIREMENT = ">=2.5"
 #: distribution name -> import name (for needs_restart)
 IMPORT_NAMES = {"scikit-image": "skimage", "pillow": "PIL", "pyyaml": "yaml", "brainfm": "brainfm"}
 
