@@ -17,7 +17,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-import BrainFMModuleLib.testing
+import BrainFMModuleSupport.testing
 from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
 
 
@@ -103,7 +103,7 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
                                          fit=True)
 
 
-class BrainFMBiasFieldTest(BrainFMModuleLib.testing.BrainFMTestBase):
+class BrainFMBiasFieldTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     """Whole path on CPU with a tiny random-weight model: export, child process, import."""
 
     heads = {"bias_field_log": 1}

@@ -19,9 +19,9 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-import BrainFMModuleLib.testing
+import BrainFMModuleSupport.testing
 from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
-from BrainFMLib.volume_files import export_volume_node
+from BrainFMSceneLib.volume_files import export_volume_node
 
 
 def atlasOrNone(path) -> Optional[str]:
@@ -121,7 +121,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
                                          foregroundOpacity=0.5 if atlas else 0.0, fit=True)
 
 
-class BrainFMRegistrationTest(BrainFMModuleLib.testing.BrainFMTestBase):
+class BrainFMRegistrationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     """Whole path on CPU with a tiny random-weight model and a synthetic atlas file."""
 
     heads = {"registration": 3}

@@ -17,7 +17,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
 from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase
-import BrainFMModuleLib.testing
+import BrainFMModuleSupport.testing
 
 
 class BrainFMSegmentation(ScriptedLoadableModule):
@@ -56,7 +56,7 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
     True
     """
 
-    #: output role -> output key of ``brainfm run`` (see BrainFMLib.results)
+    #: output role -> output key of ``brainfm run`` (see BrainFMSceneLib.results)
     OUTPUTS = {"outputSegmentation": "seg", "outputLabelmap": "seg_labelmap", "outputTable": "seg_volumes"}
     #: tasks this module can run (its model selector lists the models that can do one of them)
     MODEL_TASKS = ("seg",)
@@ -113,7 +113,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
         slicer.util.setSliceViewerLayers(background=run.inputVolume, fit=True)
 
 
-class BrainFMSegmentationTest(BrainFMModuleLib.testing.BrainFMTestBase):
+class BrainFMSegmentationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     """Whole path on CPU with a tiny random-weight model: export, child process, import."""
 
     heads = {"segmentation": 33}

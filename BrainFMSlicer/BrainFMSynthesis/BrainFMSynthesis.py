@@ -16,9 +16,9 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-import BrainFMModuleLib.testing
+import BrainFMModuleSupport.testing
 from BrainFMCommon import QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 
 #: contrast choice -> (task name of ``brainfm run``, output key)
 CONTRASTS = {"T1w": ("t1", "synth_t1"), "T2w": ("t2", "synth_t2"), "FLAIR": ("flair", "synth_flair"),
@@ -140,7 +140,7 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
                                          fit=True)
 
 
-class BrainFMSynthesisTest(BrainFMModuleLib.testing.BrainFMTestBase):
+class BrainFMSynthesisTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     """Whole path on CPU with a tiny random-weight model: export, child process, import."""
 
     heads = {"T1": 1, "T2": 1, "FLAIR": 1, "CT": 1, "high_res_residual": 1}

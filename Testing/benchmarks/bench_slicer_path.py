@@ -1,7 +1,7 @@
 """Benchmark of the Slicer path overhead around the engine (slicer-core wheel, no Slicer app).
 
 What the BrainFM modules do for one Apply, on a 256^3 oblique volume node, timed step by step with
-the real ``BrainFMLib.job.BrainFMJob``:
+the real ``BrainFMSceneLib.job.BrainFMJob``:
 
 1. export of the input node to the private temp folder (``export_volume_node``);
 2. child ``python -m brainfm run ... --progress machine`` start -> first progress line, then
@@ -131,7 +131,7 @@ class Clock:
 
 def swap_seg(case: Path, labels: np.ndarray, affine: np.ndarray) -> int:
     """Replace the engine's (random-weight) seg outputs with ``labels`` on the input grid."""
-    from BrainFMLib.table_nodes import structure_rows
+    from BrainFMSceneLib.table_nodes import structure_rows
 
     from brainfm.io import write_volume
     from brainfm.labels import get_scheme
@@ -148,8 +148,8 @@ def swap_seg(case: Path, labels: np.ndarray, affine: np.ndarray) -> int:
 
 def time_each_import(case: Path, input_node: Any, keys: List[str]) -> Dict[str, float]:
     """Seconds to import each output on its own (a fresh import per key, nodes removed after)."""
-    from BrainFMLib.results import import_results
-    from BrainFMLib.scene_utils import remove_nodes
+    from BrainFMSceneLib.results import import_results
+    from BrainFMSceneLib.scene_utils import remove_nodes
 
     import gc
 
@@ -175,8 +175,8 @@ def project_uncompressed(case: Path, input_node: Any, keys: List[str]) -> Tuple[
 
     import nibabel as nib
 
-    from BrainFMLib.results import import_results
-    from BrainFMLib.scene_utils import remove_nodes
+    from BrainFMSceneLib.results import import_results
+    from BrainFMSceneLib.scene_utils import remove_nodes
     from brainfm.io import write_volume
     from brainfm.volume import Volume
 
@@ -233,9 +233,9 @@ def main() -> int:
 
     import slicer
 
-    from BrainFMLib.job import BrainFMJob
-    from BrainFMLib.parameters import RunParameters
-    from BrainFMLib.volume_nodes import add_volume, ijk_to_ras
+    from BrainFMSceneLib.job import BrainFMJob
+    from BrainFMSceneLib.parameters import RunParameters
+    from BrainFMSceneLib.volume_nodes import add_volume, ijk_to_ras
 
     n = args.size
     work = Path(tempfile.mkdtemp(prefix="bench-slicer-path-"))

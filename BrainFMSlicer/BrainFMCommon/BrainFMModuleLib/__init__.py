@@ -1,14 +1,10 @@
-"""BrainFMModuleLib: the Slicer-application layer shared by the BrainFM task modules.
+"""Former name of ``BrainFMModuleSupport`` (the module-support layer), kept for scripts of earlier versions.
 
-Unlike the Qt-free ``BrainFMLib`` it may use ``slicer.ScriptedLoadableModule`` and the
-application (``slicer.util``), so it only runs inside Slicer. Torch and ``brainfm`` are imported
-lazily, after the dependency check.
-
-- :mod:`BrainFMModuleLib.run`      ``BrainFMRun``: one module run (status, outputs by role, cancel)
-- :mod:`BrainFMModuleLib.logic`    ``BrainFMLogicBase``: checks, install, run, import
-- :mod:`BrainFMModuleLib.testing`  ``BrainFMTestBase``: helpers of the in-Slicer self-tests
+``import BrainFMModuleLib`` and ``import BrainFMModuleLib.<module>`` give the modules of
+``BrainFMModuleSupport`` themselves and emit a ``DeprecationWarning``. It needs the Slicer
+application, like ``BrainFMModuleSupport``. New code imports ``BrainFMModuleSupport`` (or the
+names that ``BrainFMCommon`` exports).
 """
-from BrainFMModuleLib.run import BrainFMRun
-from BrainFMModuleLib.logic import BrainFMLogicBase, runParameters
+from BrainFMSceneLib.former_names import alias_package
 
-__all__ = ["BrainFMLogicBase", "BrainFMRun", "runParameters"]
+alias_package(__name__, "BrainFMModuleSupport")

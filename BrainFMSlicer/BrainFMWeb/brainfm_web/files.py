@@ -31,8 +31,8 @@ import zipfile
 from pathlib import Path
 from typing import AsyncIterator, Iterable, List, Optional, Sequence, Union
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.volume_files import private_temp_dir
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.volume_files import private_temp_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: single-file image formats accepted as uploads (what ``brainfm run`` and Slicer both read)

@@ -1,7 +1,7 @@
 """The model list of the web page, taken from the extension library's model registry.
 
 :func:`model_options` is the only place that asks for the list: it calls
-``BrainFMLib.registry.list_models()`` (the same choices as the Slicer modules: the best available
+``BrainFMSceneLib.registry.list_models()`` (the same choices as the Slicer modules: the best available
 model, the models of the local model store with their quality mark, the bundled model) and appends the
 weights files the server was started with (``brainfm-web --model FILE``).
 
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
-from BrainFMLib.registry import list_models
+from BrainFMSceneLib.registry import list_models
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: weights files ``brainfm run --model`` reads (native models come as ``.safetensors`` + ``.json``)

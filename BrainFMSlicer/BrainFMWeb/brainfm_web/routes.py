@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 from brainfm_web.files import UploadTooLarge, save_upload
 
 LOG = logging.getLogger("brainfm_web")

@@ -2,7 +2,7 @@
 
 No trame and no Qt here: :class:`WebSession` works on any MRML scene (the trame-slicer scene of the
 app, or a plain ``slicer.vtkMRMLScene`` in tests) and does every scene exchange through the
-extension library ``BrainFMLib``: the scan is read into a volume node with
+extension library ``BrainFMSceneLib``: the scan is read into a volume node with
 ``volume_files.import_volume_file``; a run is a ``job.BrainFMJob`` (export with exact geometry,
 ``python -m brainfm run ... --progress machine`` in a child process, progress, cancel, import of
 volumes, the segmentation with FreeSurfer names/colors/terminology, the grid transform and the
@@ -26,16 +26,16 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from BrainFMLib._errors import BrainFMError, InputError
-from BrainFMLib.job import BrainFMJob, JobOutcome
-from BrainFMLib.label_tables import COLOR_NODE_ATTRIBUTE
-from BrainFMLib.parameters import RunParameters
-from BrainFMLib.results import find_case_dir
-from BrainFMLib.scene_utils import remove_nodes
-from BrainFMLib.segmentation_nodes import segment_summary
-from BrainFMLib.table_nodes import table_rows
-from BrainFMLib.volume_files import import_volume_file
-from BrainFMLib.volume_nodes import node_from_volume, volume_to_array_and_affine
+from BrainFMSceneLib._errors import BrainFMError, InputError
+from BrainFMSceneLib.job import BrainFMJob, JobOutcome
+from BrainFMSceneLib.label_tables import COLOR_NODE_ATTRIBUTE
+from BrainFMSceneLib.parameters import RunParameters
+from BrainFMSceneLib.results import find_case_dir
+from BrainFMSceneLib.scene_utils import remove_nodes
+from BrainFMSceneLib.segmentation_nodes import segment_summary
+from BrainFMSceneLib.table_nodes import table_rows
+from BrainFMSceneLib.volume_files import import_volume_file
+from BrainFMSceneLib.volume_nodes import node_from_volume, volume_to_array_and_affine
 
 from brainfm_web.files import UPLOAD_SUFFIXES, AllowedFolders, check_suffix, zip_case_folder
 from brainfm_web.models import MODEL_SUFFIXES, model_options

@@ -1,4 +1,4 @@
-"""Fixtures for the BrainFMLib tests on the slicer-core wheel.
+"""Fixtures for the BrainFMSceneLib tests on the slicer-core wheel.
 
 Tests that need ``slicer`` request the ``scene`` fixture (or call ``pytest.importorskip``) and are
 skipped with a message when slicer-core is not installed; static tests in this folder (module
@@ -26,7 +26,7 @@ if "slicer" not in sys.modules:
     finally:
         sys.path[:] = _saved
 
-SLICER_SKIP_REASON = "slicer-core wheel not installed (pip install slicer-core) - BrainFMLib scene tests skipped"
+SLICER_SKIP_REASON = "slicer-core wheel not installed (pip install slicer-core) - BrainFMSceneLib scene tests skipped"
 
 
 @pytest.fixture()

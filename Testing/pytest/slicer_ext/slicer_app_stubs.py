@@ -4,7 +4,7 @@ The slicer-core wheel has the MRML scene and ``slicer.util`` but not ``qt``,
 ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper`` or ``slicer.i18n``. These stubs
 provide just enough of them (base classes, the ``parameterNodeWrapper`` decorator, ``Choice``,
 ``tr``) to import the BrainFM module files and drive their *logic* classes against a real scene,
-the real ``BrainFMLib`` and a real ``brainfm run`` child process. Widgets are not exercised.
+the real ``BrainFMSceneLib`` and a real ``brainfm run`` child process. Widgets are not exercised.
 """
 from __future__ import annotations
 

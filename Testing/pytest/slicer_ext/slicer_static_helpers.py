@@ -16,6 +16,9 @@ SLICER_DIR = REPO / "BrainFMSlicer"
 TASK_MODULES = ("BrainFMSynthesis", "BrainFMSegmentation", "BrainFMBiasField", "BrainFMRegistration")
 COMMON = "BrainFMCommon"
 ALL_MODULES = (COMMON,) + TASK_MODULES
+#: the two libraries of the common module: Qt-free (runs on slicer-core) and the Slicer-application layer
+SCENE_LIB = SLICER_DIR / COMMON / "BrainFMSceneLib"
+MODULE_SUPPORT = SLICER_DIR / COMMON / "BrainFMModuleSupport"
 
 
 def module_py(module: str) -> Path:

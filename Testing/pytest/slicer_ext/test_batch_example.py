@@ -1,7 +1,7 @@
 """``BrainFMSlicer/batch_example.py`` on slicer-core: arguments, exit codes and a real folder run.
 
 ``slicer.util.loadVolume`` needs the Slicer application; the end-to-end test replaces it with the
-storage-node reader of BrainFMLib. Everything else is real: the module logic, the ``brainfm run``
+storage-node reader of BrainFMSceneLib. Everything else is real: the module logic, the ``brainfm run``
 child process (tiny random-weight model, CPU) and the atomic writes of the result files.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_bad_arguments_and_missing_application(tmp_path, capsys):
 def test_folder_run_saves_outputs_and_reports_failures(tmp_path, monkeypatch, scene, capsys):
     torch = pytest.importorskip("torch")
     from brainfm.models import BrainFMNet, ModelConfig, save_native
-    from BrainFMLib.volume_files import import_volume_file
+    from BrainFMSceneLib.volume_files import import_volume_file
 
     torch.manual_seed(0)
     net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads={"segmentation": 33}))

@@ -23,15 +23,15 @@ import sys
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 vtk = pytest.importorskip("vtk")
 torch = pytest.importorskip("torch")
 
 from fixtures import affine, blob_head, rotation  # noqa: E402
 
-from BrainFMLib.job import BrainFMJob  # noqa: E402
-from BrainFMLib.parameters import RunParameters  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
+from BrainFMSceneLib.job import BrainFMJob  # noqa: E402
+from BrainFMSceneLib.parameters import RunParameters  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
 
 N = int(os.environ.get("BRAINFM_GEOMETRY_QA_SIZE", "32"))
 MARKER_OFFSET_MM = np.array([0.22, -0.18, 0.12]) * N  # off-centre, no symmetry of the head maps it to itself

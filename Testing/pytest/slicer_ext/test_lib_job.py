@@ -14,15 +14,15 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 pytest.importorskip("nibabel")
 
 from fixtures import GEOMETRY_CASES  # noqa: E402
 
-from BrainFMLib._errors import InputError, ResourceError  # noqa: E402
-from BrainFMLib.job import BrainFMJob, JobOutcome  # noqa: E402
-from BrainFMLib.parameters import RunParameters  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
+from BrainFMSceneLib._errors import InputError, ResourceError  # noqa: E402
+from BrainFMSceneLib.job import BrainFMJob, JobOutcome  # noqa: E402
+from BrainFMSceneLib.parameters import RunParameters  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
 
 FAKE_MAIN = """
 import json, os, sys, time

@@ -1,4 +1,4 @@
-"""BrainFMLib ProcessRunner with real child processes (progress, errors, cancel of the tree)."""
+"""BrainFMSceneLib ProcessRunner with real child processes (progress, errors, cancel of the tree)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from BrainFMLib._errors import CancelledError, CheckpointError, InputError
-from BrainFMLib.process import LogEvent, ProcessResult, ProcessRunner, ProgressEvent, brainfm_command, parse_line
+from BrainFMSceneLib._errors import CancelledError, CheckpointError, InputError
+from BrainFMSceneLib.process import LogEvent, ProcessResult, ProcessRunner, ProgressEvent, brainfm_command, parse_line
 
 DEADLINE_S = 60  # generous upper bound for a loaded CI machine; never asserted on
 
@@ -167,7 +167,7 @@ def test_brainfm_command_is_an_argument_list(tmp_path):
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX sessions")
 def test_detached_grandchild_holding_the_pipe_does_not_hang_wait(tmp_path, monkeypatch):
-    import BrainFMLib.process as process_module
+    import BrainFMSceneLib.process as process_module
 
     monkeypatch.setattr(process_module, "ORPHAN_PIPE_GRACE_S", 0.3)
     pid_file = tmp_path / "detached.pid"

@@ -1,4 +1,4 @@
-"""BrainFMLib result import (engine-style case folder) and a real ``brainfm run`` through BrainFMJob."""
+"""BrainFMSceneLib result import (engine-style case folder) and a real ``brainfm run`` through BrainFMJob."""
 from __future__ import annotations
 
 import json
@@ -6,17 +6,17 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 nib = pytest.importorskip("nibabel")
 
 from fixtures import GEOMETRY_CASES, blob_head, label_head  # noqa: E402
 
-from BrainFMLib._errors import InputError  # noqa: E402
-from BrainFMLib.results import find_case_dir, import_results  # noqa: E402
-from BrainFMLib.scene_utils import parent_item_of, subject_hierarchy  # noqa: E402
-from BrainFMLib.segmentation_nodes import segment_summary  # noqa: E402
-from BrainFMLib.table_nodes import table_rows  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
+from BrainFMSceneLib._errors import InputError  # noqa: E402
+from BrainFMSceneLib.results import find_case_dir, import_results  # noqa: E402
+from BrainFMSceneLib.scene_utils import parent_item_of, subject_hierarchy  # noqa: E402
+from BrainFMSceneLib.segmentation_nodes import segment_summary  # noqa: E402
+from BrainFMSceneLib.table_nodes import table_rows  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume, ijk_to_ras, volume_to_array_and_affine  # noqa: E402
 
 SHAPE = (20, 24, 18)
 CSV = ("LabelValue,Name,Color_R,Color_G,Color_B,Color_A\n2,Left-Cerebral-White-Matter,245,245,245,255\n"
@@ -132,8 +132,8 @@ def test_real_brainfm_run_through_job(scene, tmp_path):
     ckpt_factory = pytest.importorskip("ckpt_factory")
     import sys
 
-    from BrainFMLib.job import BrainFMJob
-    from BrainFMLib.parameters import RunParameters
+    from BrainFMSceneLib.job import BrainFMJob
+    from BrainFMSceneLib.parameters import RunParameters
 
     _, weights, _ = ckpt_factory.write_native(tmp_path / "tiny", heads={"T1": 1, "segmentation": 33})
     aff = GEOMETRY_CASES["left_handed"]

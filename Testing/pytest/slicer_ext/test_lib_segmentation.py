@@ -1,23 +1,23 @@
-"""BrainFMLib segmentation import: names, colors, label values, terminology, geometry, hierarchy."""
+"""BrainFMSceneLib segmentation import: names, colors, label values, terminology, geometry, hierarchy."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 
 from fixtures import GEOMETRY_CASES, label_head  # noqa: E402
 
-from BrainFMLib._errors import InputError  # noqa: E402
-from BrainFMLib.label_tables import load_color_table_node, read_color_csv  # noqa: E402
-from BrainFMLib.scene_utils import parent_item_of, subject_hierarchy  # noqa: E402
-from BrainFMLib.segmentation_nodes import (  # noqa: E402
+from BrainFMSceneLib._errors import InputError  # noqa: E402
+from BrainFMSceneLib.label_tables import load_color_table_node, read_color_csv  # noqa: E402
+from BrainFMSceneLib.scene_utils import parent_item_of, subject_hierarchy  # noqa: E402
+from BrainFMSceneLib.segmentation_nodes import (  # noqa: E402
     LABEL_VALUE_TAG,
     add_segmentation_from_labels,
     segment_summary,
     segment_tag,
 )
-from BrainFMLib.volume_nodes import add_volume, volume_to_array_and_affine  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume, volume_to_array_and_affine  # noqa: E402
 
 SHAPE = (20, 24, 18)
 CSV = """LabelValue,Name,Color_R,Color_G,Color_B,Color_A,Category_CodingScheme,Category_CodeValue,Category_CodeMeaning,Type_CodingScheme,Type_CodeValue,Type_CodeMeaning,TypeModifier_CodingScheme,TypeModifier_CodeValue,TypeModifier_CodeMeaning,Region_CodingScheme,Region_CodeValue,Region_CodeMeaning,RegionModifier_CodingScheme,RegionModifier_CodeValue,RegionModifier_CodeMeaning
@@ -148,7 +148,7 @@ def test_bad_label_maps_and_tables(scene, tmp_path, table_csv):
 
 
 def test_label_table_sources_in_order(tmp_path, monkeypatch, table_csv):
-    import BrainFMLib.label_tables as lt
+    import BrainFMSceneLib.label_tables as lt
 
     assert lt.resolve_csv(tmp_path, csv_path=table_csv) == table_csv  # explicit path first
     if lt.engine_csv_path(tmp_path) is not None:  # brainfm installed: the engine's table

@@ -1,4 +1,4 @@
-"""BrainFMLib parameters, model registry, install logic (fake pip) and diagnostics."""
+"""BrainFMSceneLib parameters, model registry, install logic (fake pip) and diagnostics."""
 from __future__ import annotations
 
 import hashlib
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from BrainFMLib import __version__ as LIB_VERSION
-from BrainFMLib._errors import CheckpointError, ModelNotAvailableError
-from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
-from BrainFMLib.install import InstallError, InstallLogic, satisfies, split_requirement
-from BrainFMLib.parameters import RunParameters
-from BrainFMLib.registry import ModelRegistry, verify_checksum
-from BrainFMLib.signals import Signal
+from BrainFMSceneLib import __version__ as LIB_VERSION
+from BrainFMSceneLib._errors import CheckpointError, ModelNotAvailableError
+from BrainFMSceneLib.diagnostics import collect_diagnostics, format_diagnostics
+from BrainFMSceneLib.install import InstallError, InstallLogic, satisfies, split_requirement
+from BrainFMSceneLib.parameters import RunParameters
+from BrainFMSceneLib.registry import ModelRegistry, verify_checksum
+from BrainFMSceneLib.signals import Signal
 
 REPO = Path(__file__).resolve().parents[3]
-ENGINE_REQUIRES = ['torch>=2.1', 'numpy>=1.22', 'nibabel>=5.0', 'SimpleITK>=2.2', 'scikit-image>=0.21',
+ENGINE_REQUIRES = ['torch>=2.5', 'numpy>=1.22', 'nibabel>=5.0', 'SimpleITK>=2.2', 'scikit-image>=0.21',
                    'safetensors>=0.4', 'requests>=2', 'nilearn>=0.10; extra == "demo"']
 
 
@@ -138,7 +138,7 @@ def _pyproject_version():
 
 def test_install_logic_pins_brainfm_and_never_touches_skipped_packages(tmp_path):
     assert LIB_VERSION == _pyproject_version()  # the exact pin follows the engine's version
-    env = FakeEnv({"torch": "2.4.0", "numpy": "1.21.0", "nibabel": "5.2.0", "SimpleITK": None,
+    env = FakeEnv({"torch": "2.5.1", "numpy": "1.21.0", "nibabel": "5.2.0", "SimpleITK": None,
                    "scikit-image": None, "safetensors": "0.4.5", "requests": None})
     confirmations = []
     logic = InstallLogic(pip_runner=env.pip, metadata_reader=env.versions.get,
@@ -170,13 +170,13 @@ def test_install_logic_source_torch_and_declined(tmp_path):
     source = tmp_path / "BrainFMCore"
     source.mkdir()
     logic = InstallLogic(source=source, pip_runner=env.pip, metadata_reader=env.versions.get,
-                         requires_reader=lambda name: ["torch>=2.1", "numpy>=1.22"], torch_installer=install_torch,
+                         requires_reader=lambda name: ["torch>=2.5", "numpy>=1.22"], torch_installer=install_torch,
                          imported_modules=set)
     with pytest.raises(InstallError, match="declined"):
         logic.setup(confirm=lambda text: False)
     assert env.pip_calls == [] and torch_calls == []
     report = logic.setup(confirm=lambda text: "PyTorch" in text)
-    assert torch_calls == [">=2.1"] and env.pip_calls == [["install", "--no-deps", str(source)]]
+    assert torch_calls == [">=2.5"] and env.pip_calls == [["install", "--no-deps", str(source)]]
     assert report.installed[0] == "torch" and not report.needs_restart
     no_torch = InstallLogic(pip_runner=env.pip, metadata_reader={"torch": None}.get, requires_reader=lambda n: [])
     with pytest.raises(InstallError, match="PyTorch extension"):
@@ -214,7 +214,7 @@ def test_diagnostics_text(tmp_path, monkeypatch):
 
 def test_diagnostics_real_torch_probe():
     pytest.importorskip("torch")
-    from BrainFMLib.diagnostics import probe_torch
+    from BrainFMSceneLib.diagnostics import probe_torch
     import sys
 
     import torch

@@ -1,26 +1,26 @@
-"""BrainFMLib grid transforms (point mapping in RAS mm) and structure-volume tables."""
+"""BrainFMSceneLib grid transforms (point mapping in RAS mm) and structure-volume tables."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 
 from fixtures import GEOMETRY_CASES, label_head  # noqa: E402
 
-from BrainFMLib._errors import InputError  # noqa: E402
-from BrainFMLib.table_nodes import (  # noqa: E402
+from BrainFMSceneLib._errors import InputError  # noqa: E402
+from BrainFMSceneLib.table_nodes import (  # noqa: E402
     COLUMNS,
     add_structure_table,
     rows_from_csv,
     structure_rows,
     table_rows,
 )
-from BrainFMLib.transform_nodes import (  # noqa: E402
+from BrainFMSceneLib.transform_nodes import (  # noqa: E402
     displacement_to_grid_transform,
     grid_transform_to_displacement,
 )
-from BrainFMLib.volume_nodes import add_volume  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume  # noqa: E402
 
 SHAPE = (8, 9, 7)
 

@@ -1,16 +1,16 @@
-"""BrainFMLib volume exchange: node <-> array/affine <-> file, in world coordinates."""
+"""BrainFMSceneLib volume exchange: node <-> array/affine <-> file, in world coordinates."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMLib scene tests skipped")
+pytest.importorskip("slicer", reason="slicer-core wheel not installed - BrainFMSceneLib scene tests skipped")
 
 from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
 
-from BrainFMLib._errors import InputError  # noqa: E402
-from BrainFMLib.volume_files import export_volume_node, import_volume_file, read_volume_file  # noqa: E402
-from BrainFMLib.volume_nodes import (  # noqa: E402
+from BrainFMSceneLib._errors import InputError  # noqa: E402
+from BrainFMSceneLib.volume_files import export_volume_node, import_volume_file, read_volume_file  # noqa: E402
+from BrainFMSceneLib.volume_nodes import (  # noqa: E402
     add_volume,
     grid_permutation,
     ijk_to_ras,

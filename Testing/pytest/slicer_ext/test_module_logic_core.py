@@ -1,4 +1,4 @@
-"""The module *logic* classes on slicer-core: real scene, real BrainFMLib, real ``brainfm run`` child.
+"""The module *logic* classes on slicer-core: real scene, real BrainFMSceneLib, real ``brainfm run`` child.
 
 Only the Qt-only parts of Slicer are stubbed (``slicer_app_stubs``). This runs the same path as
 ``BrainFMSegmentationLogic().process(...)`` in Slicer: input checks, dependency check, export,
@@ -22,9 +22,9 @@ import BrainFMCommon  # noqa: E402
 import BrainFMRegistration  # noqa: E402
 import BrainFMSegmentation  # noqa: E402
 import BrainFMSynthesis  # noqa: E402
-from BrainFMLib._errors import CancelledError, CheckpointError, InputError, ResourceError  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume, ijk_to_ras  # noqa: E402
-from BrainFMModuleLib.logic import runParameters  # noqa: E402
+from BrainFMSceneLib._errors import CancelledError, CheckpointError, InputError, ResourceError  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume, ijk_to_ras  # noqa: E402
+from BrainFMModuleSupport.logic import runParameters  # noqa: E402
 from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
 
 
@@ -130,7 +130,7 @@ def test_bad_inputs_raise_before_anything_starts(scene, tiny_model):
 ])
 def test_device_check_messages(info, device, words):
     logic = BrainFMSegmentation.BrainFMSegmentationLogic()
-    logic._torchInfo = dict(info)  # what BrainFMLib.diagnostics.probe_torch reports from the child
+    logic._torchInfo = dict(info)  # what BrainFMSceneLib.diagnostics.probe_torch reports from the child
     with pytest.raises(ResourceError, match=words):
         logic.checkDevice(device)
     logic._torchInfo = {"torch": "2.3.0", "cuda_build": "12.1", "cuda_available": True, "gpus": [{"index": 0}]}
@@ -195,8 +195,8 @@ def test_fast_quality_with_auto_device_runs_without_cuda(scene, tiny_model):
 
 
 def test_out_of_memory_hint_never_recommends_the_setting_in_use():
-    from BrainFMLib.parameters import RunParameters
-    from BrainFMModuleLib.run import friendlyError
+    from BrainFMSceneLib.parameters import RunParameters
+    from BrainFMModuleSupport.run import friendlyError
 
     oom = ResourceError("out of memory on cpu even with 32^3 tiles")
     full_auto = str(friendlyError(oom, params=runParameters(tasks=("seg",), quality="full", device="auto")))
@@ -227,7 +227,7 @@ def test_cancel_and_wrong_checksum_leave_scene_unchanged(scene, tiny_model, tmp_
     # a registered weights file that changed afterwards: the child refuses it (checksum mismatch)
     import shutil
 
-    from BrainFMLib.registry import ModelRegistry
+    from BrainFMSceneLib.registry import ModelRegistry
 
     monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "cache"))
     (tmp_path / "copy").mkdir()
@@ -270,11 +270,37 @@ def test_in_slicer_self_tests_pass_on_slicer_core(scene, module, method):
 
 
 def test_docstring_examples_of_the_module_layer():
+    """Every module of BrainFMModuleSupport (walked, not listed) runs its examples."""
     import doctest
+    import importlib
+    import pkgutil
 
-    import BrainFMModuleLib.checks
-    import BrainFMModuleLib.run
+    import BrainFMModuleSupport
 
-    for module in (BrainFMModuleLib.checks, BrainFMModuleLib.run):
+    with_examples = set()
+    for info in pkgutil.iter_modules(BrainFMModuleSupport.__path__):
+        module = importlib.import_module(f"BrainFMModuleSupport.{info.name}")
         failed, attempted = doctest.testmod(module)
-        assert attempted > 0 and failed == 0, module.__name__
+        assert failed == 0, module.__name__
+        if attempted:
+            with_examples.add(info.name)
+    assert {"checks", "logic", "models", "run", "texts", "ui_contract"} <= with_examples
+
+
+def test_former_name_brainfmmodulelib_gives_the_same_modules():
+    """``BrainFMModuleLib`` (the former name of BrainFMModuleSupport) still imports, as the same modules."""
+    import sys
+
+    import BrainFMModuleSupport.testing
+
+    for name in [n for n in sys.modules if n == "BrainFMModuleLib" or n.startswith("BrainFMModuleLib.")]:
+        del sys.modules[name]  # import it afresh (another test may have imported it)
+    with pytest.warns(DeprecationWarning, match="BrainFMModuleSupport"):
+        import BrainFMModuleLib.testing
+    from BrainFMModuleLib import BrainFMRun
+    from BrainFMModuleLib.logic import BrainFMLogicBase
+
+    assert BrainFMModuleLib is BrainFMModuleSupport
+    assert BrainFMModuleLib.testing.BrainFMTestBase is BrainFMModuleSupport.testing.BrainFMTestBase
+    assert BrainFMRun is BrainFMCommon.BrainFMRun and BrainFMLogicBase is BrainFMCommon.BrainFMLogicBase
+    assert sys.modules["BrainFMModuleLib.widget"].BrainFMWidgetBase is BrainFMCommon.BrainFMWidgetBase

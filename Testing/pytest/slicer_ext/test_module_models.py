@@ -1,6 +1,6 @@
 """The model selector of the modules on slicer-core (Qt stubbed): the store's models, task filtering
 by heads, the no-model state before Apply, *Get official BrainFM weights…*, *Add model file…* (a real
-``brainfm models add`` child process), ids in parameter nodes, and ``BrainFMLib.registry.list_models``."""
+``brainfm models add`` child process), ids in parameter nodes, and ``BrainFMSceneLib.registry.list_models``."""
 from __future__ import annotations
 
 import subprocess
@@ -22,10 +22,10 @@ import BrainFMBiasField  # noqa: E402
 import BrainFMSegmentation  # noqa: E402
 import BrainFMSynthesis  # noqa: E402
 import ckpt_factory  # noqa: E402
-from BrainFMLib._errors import InputError, ModelNotAvailableError  # noqa: E402
-from BrainFMLib.registry import NOT_INSTALLED_MESSAGE, OFFICIAL_PAGE, list_models, sha256_file  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume  # noqa: E402
-from BrainFMModuleLib.models import migrateModelParameters  # noqa: E402
+from BrainFMSceneLib._errors import InputError, ModelNotAvailableError  # noqa: E402
+from BrainFMSceneLib.registry import NOT_INSTALLED_MESSAGE, OFFICIAL_PAGE, list_models, sha256_file  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume  # noqa: E402
+from BrainFMModuleSupport.models import migrateModelParameters  # noqa: E402
 from fake_widgets import FakeParameters, FakeWidget  # noqa: E402
 from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
 from slicer_static_helpers import UiFile, module_ui  # noqa: E402
@@ -93,7 +93,7 @@ def test_list_models_default_first_store_then_filtering(home, weights):
 def test_list_models_without_brainfm_says_it_is_not_installed(tmp_path):
     lib = Path(__file__).resolve().parents[3] / "BrainFMSlicer" / "BrainFMCommon"
     code = (f"import sys; sys.modules['brainfm'] = None; sys.path.insert(0, {str(lib)!r})\n"
-            "from BrainFMLib.registry import list_models\n"
+            "from BrainFMSceneLib.registry import list_models\n"
             "c = list_models(); print(len(c), c[0].id, c[0].available, c[0].message)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"1 default False {NOT_INSTALLED_MESSAGE}"
@@ -102,7 +102,7 @@ def test_list_models_without_brainfm_says_it_is_not_installed(tmp_path):
 def test_list_models_imports_no_torch(home):
     lib = Path(__file__).resolve().parents[3] / "BrainFMSlicer" / "BrainFMCommon"
     code = (f"import sys; sys.path.insert(0, {str(lib)!r})\n"
-            "from BrainFMLib.registry import list_models\n"
+            "from BrainFMSceneLib.registry import list_models\n"
             "list_models(); print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -63,7 +63,7 @@ def test_stub_wrapper_refuses_what_slicer_refuses():
 
 
 def test_run_steps_reports_skips_sets_up_each_step_and_cleans_up(scene, tmp_path, monkeypatch):
-    from BrainFMModuleLib.testing import BrainFMTestBase
+    from BrainFMModuleSupport.testing import BrainFMTestBase
 
     calls = []
     model_dir = tmp_path / "model"
@@ -106,8 +106,8 @@ def test_pip_and_torch_installers_raise_install_errors(monkeypatch):
     import sys
     import types
 
-    from BrainFMLib.install import InstallError
-    from BrainFMModuleLib import logic
+    from BrainFMSceneLib.install import InstallError
+    from BrainFMModuleSupport import logic
 
     seen = []
 

@@ -17,8 +17,10 @@ from PIL import Image
 from slicer_static_helpers import (
     ALL_MODULES,
     COMMON,
+    MODULE_SUPPORT,
     PYTORCH_INSTALL_TORCH_PARAMS,
     REPO,
+    SCENE_LIB,
     SLICER_DIR,
     SLICER_UTIL_API,
     TASK_MODULES,
@@ -67,7 +69,7 @@ def test_python_39_grammar(path):
 @pytest.mark.parametrize("module", ALL_MODULES)
 def test_no_heavy_import_at_module_level(module):
     """torch / brainfm are imported lazily (after the dependency check), never when Slicer loads the module."""
-    paths = [module_py(module)] + sorted((SLICER_DIR / COMMON / "BrainFMModuleLib").glob("*.py"))
+    paths = [module_py(module)] + sorted(MODULE_SUPPORT.glob("*.py"))
     for path in paths:
         heavy = top_level_imports(parse_py(path)) & HEAVY
         assert not heavy, f"{path.relative_to(REPO)} imports {heavy} at module level"
@@ -111,7 +113,7 @@ def test_module_classes_and_metadata(module):
 
 
 def test_acknowledgement_cites_the_papers():
-    text = literal_assignment(parse_py(module_py(COMMON)), "ACKNOWLEDGEMENT")
+    text = literal_assignment(parse_py(MODULE_SUPPORT / "texts.py"), "ACKNOWLEDGEMENT")
     for needle in ("BrainFM", "arXiv:2509.00549", "Brain-ID", "ECCV 2024", "PEPSI", "MICCAI 2024", "CIFL",
                    "Sequence-Invariant"):
         assert needle in text, f"acknowledgement does not cite {needle}"
@@ -196,10 +198,24 @@ def test_task_module_files_stay_thin(module):
     assert len(module_py(module).read_text().splitlines()) < 250
 
 
+def test_common_module_file_stays_thin():
+    """BrainFMCommon.py is the hidden module and its self-test only: the widget base, the texts and the
+    tables live in their own files of BrainFMModuleSupport (and are re-exported)."""
+    tree = parse_py(module_py(COMMON))
+    assert len(module_py(COMMON).read_text().splitlines()) < 150
+    assert sorted(n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))) == [
+        COMMON, f"{COMMON}Test"]
+    assert find_class(parse_py(MODULE_SUPPORT / "widget.py"), "BrainFMWidgetBase") is not None
+    exported = literal_assignment(tree, "__all__")
+    for name in ("BrainFMWidgetBase", "BrainFMLogicBase", "BrainFMRun", "ACKNOWLEDGEMENT", "CONTRIBUTORS", "helpText",
+                 "COMMON_WIDGETS", "COMMON_PARAMETERS", "QUALITY_CHOICES", "InputError", "checkInputVolume"):
+        assert name in exported, f"BrainFMCommon no longer exports {name}"
+
+
 # ------------------------------------------------------------------ uses of the real Slicer API
 def slicer_side_files():
     """Module files and the Slicer-application layer (the code that runs inside Slicer's Python)."""
-    return [module_py(m) for m in ALL_MODULES] + sorted((SLICER_DIR / COMMON / "BrainFMModuleLib").glob("*.py"))
+    return [module_py(m) for m in ALL_MODULES] + sorted(MODULE_SUPPORT.glob("*.py"))
 
 
 @pytest.mark.parametrize("path", slicer_side_files(), ids=lambda p: p.name)
@@ -261,20 +277,20 @@ def test_try_with_error_display_is_last_or_guarded(path):
 def test_pytorch_utils_install_torch_call():
     """PyTorchUtilsLogic.installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement)
     builds ``"torch" + torchVersionRequirement``: keywords only, and a bare version specifier."""
-    tree = parse_py(SLICER_DIR / COMMON / "BrainFMModuleLib" / "logic.py")
+    tree = parse_py(MODULE_SUPPORT / "logic.py")
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
              and n.func.attr == "installTorch"]
     assert calls, "installTorch is not called"
     for call in calls:
         assert not call.args and {k.arg for k in call.keywords} <= set(PYTORCH_INSTALL_TORCH_PARAMS)
-    requirement = literal_assignment(parse_py(SLICER_DIR / COMMON / "BrainFMLib" / "install.py"), "TORCH_REQUIREMENT")
+    requirement = literal_assignment(parse_py(SCENE_LIB / "install.py"), "TORCH_REQUIREMENT")
     assert re.match(r"^(>=|==|~=|<=|>|<|!=)\d", requirement), f"{requirement!r} would give 'torch{requirement}'"
 
 
 def test_widget_base_initialises_before_the_template_constructor():
     """Without a parent ``ScriptedLoadableModuleWidget.__init__`` calls ``setup()`` at once, so every
     attribute setup() uses must exist before it: the base constructor is the last statement."""
-    cls = find_class(parse_py(module_py(COMMON)), "BrainFMWidgetBase")
+    cls = find_class(parse_py(MODULE_SUPPORT / "widget.py"), "BrainFMWidgetBase")
     init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert ast.unparse(init.body[-1]) == "ScriptedLoadableModuleWidget.__init__(self, parent)"
 

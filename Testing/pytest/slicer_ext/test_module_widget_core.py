@@ -22,7 +22,7 @@ slicer_app_stubs.install()
 
 import BrainFMBiasField  # noqa: E402
 import BrainFMCommon  # noqa: E402
-from BrainFMLib.volume_nodes import add_volume  # noqa: E402
+from BrainFMSceneLib.volume_nodes import add_volume  # noqa: E402
 from fake_widgets import FakeParameters, FakeWidget  # noqa: E402
 from fixtures import GEOMETRY_CASES, blob_head  # noqa: E402
 from slicer_static_helpers import UiFile, module_ui  # noqa: E402

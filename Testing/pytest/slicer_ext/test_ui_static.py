@@ -13,7 +13,7 @@ import re
 import pytest
 
 from slicer_static_helpers import (
-    COMMON,
+    MODULE_SUPPORT,
     TASK_MODULES,
     GUI_CONNECTORS,
     UiFile,
@@ -52,10 +52,11 @@ def expected_classes(name: str) -> set:
 
 @pytest.fixture(scope="module")
 def common_tree():
-    """BrainFMCommon.py plus the widget mixins of BrainFMModuleLib (they use the same ``self.ui``)."""
-    tree = parse_py(module_py(COMMON))
-    mixin = parse_py(module_py(COMMON).parent / "BrainFMModuleLib" / "model_widget.py")
-    tree.body.extend(mixin.body)
+    """The widget base of BrainFMModuleSupport, its mixins (they use the same ``self.ui``) and the table
+    of the widgets every module provides (``ui_contract.py``)."""
+    tree = parse_py(MODULE_SUPPORT / "widget.py")
+    for name in ("model_widget.py", "ui_contract.py"):
+        tree.body.extend(parse_py(MODULE_SUPPORT / name).body)
     return tree
 
 
@@ -83,7 +84,7 @@ def test_every_ui_attribute_used_by_code_exists_with_expected_class(module, comm
     used = ui_attributes_used(tree) | ui_attributes_used(common_tree)
     assert "applyButton" in used
     for attr in sorted(used):
-        assert attr in ui.widgets, f"{name}.py (or BrainFMCommon.py) uses self.ui.{attr}, missing in {name}.ui"
+        assert attr in ui.widgets, f"{name}.py (or the widget base) uses self.ui.{attr}, missing in {name}.ui"
         assert ui.widgets[attr].cls in expected_classes(attr), (
             f"{name}.ui: {attr} is a {ui.widgets[attr].cls}, expected {sorted(expected_classes(attr))}")
 
@@ -91,7 +92,7 @@ def test_every_ui_attribute_used_by_code_exists_with_expected_class(module, comm
 def test_common_widgets_present(module, common_tree):
     name, ui, _ = module
     common = literal_assignment(common_tree, "COMMON_WIDGETS")
-    assert set(ui_attributes_used(common_tree)) <= set(common), "BrainFMCommon uses a widget not in COMMON_WIDGETS"
+    assert set(ui_attributes_used(common_tree)) <= set(common), "the widget base uses a widget not in COMMON_WIDGETS"
     for attr, cls in common.items():
         assert attr in ui.widgets, f"{name}.ui lacks the common widget {attr}"
         assert ui.widgets[attr].cls == cls, f"{name}.ui: {attr} is {ui.widgets[attr].cls}, expected {cls}"

@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 from brainfm_web.files import (
     AllowedFolders,
     UploadTooLarge,
@@ -94,7 +94,7 @@ def test_zip_holds_the_case_folder(tmp_path):
 
 
 def test_model_list_is_the_model_store_list_plus_given_files(tmp_path):
-    from BrainFMLib.registry import list_models
+    from BrainFMSceneLib.registry import list_models
     from brainfm_web.models import model_options
 
     weights = tmp_path / "mine.safetensors"

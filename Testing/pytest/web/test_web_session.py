@@ -15,8 +15,8 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed (pip install slicer-core)")
 nib = pytest.importorskip("nibabel")
 
-from BrainFMLib._errors import InputError  # noqa: E402
-from BrainFMLib.volume_nodes import ijk_to_ras, volume_to_array_and_affine  # noqa: E402
+from BrainFMSceneLib._errors import InputError  # noqa: E402
+from BrainFMSceneLib.volume_nodes import ijk_to_ras, volume_to_array_and_affine  # noqa: E402
 from brainfm_web.files import AllowedFolders  # noqa: E402
 from brainfm_web.session import WebSession  # noqa: E402
 from web_helpers import write_model  # noqa: E402

@@ -7,7 +7,7 @@ table has them); the reference image geometry is the input volume; the segmentat
 the input's subject-hierarchy folder. Optionally a labelmap volume node with the color table.
 
 >>> import numpy as np, slicer
->>> from BrainFMLib.segmentation_nodes import add_segmentation_from_labels
+>>> from BrainFMSceneLib.segmentation_nodes import add_segmentation_from_labels
 >>> scene = slicer.vtkMRMLScene()
 >>> lab = np.zeros((4, 4, 4), np.int32); lab[1:3, 1:3, 1:3] = 17
 >>> out = add_segmentation_from_labels(scene, lab, np.eye(4), name="seg")  # doctest: +SKIP
@@ -21,10 +21,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.label_tables import LabelEntry, entries_from_color_node, load_color_table_node
-from BrainFMLib.scene_utils import place_next_to, remove_nodes
-from BrainFMLib.volume_nodes import ijk_to_ras, reindex_to_grid, update_volume_from_array
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.label_tables import LabelEntry, entries_from_color_node, load_color_table_node
+from BrainFMSceneLib.scene_utils import place_next_to, remove_nodes
+from BrainFMSceneLib.volume_nodes import ijk_to_ras, reindex_to_grid, update_volume_from_array
 
 LABEL_VALUE_TAG = "BrainFM.LabelValue"
 DEFAULT_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"

@@ -4,7 +4,7 @@ The library must import before ``brainfm`` is installed (the install step runs f
 cannot import ``brainfm`` unconditionally. When ``brainfm`` is importable the engine's classes are
 used, so ``except brainfm.errors.InputError`` works on errors raised here too.
 
->>> from BrainFMLib._errors import InputError, BrainFMError
+>>> from BrainFMSceneLib._errors import InputError, BrainFMError
 >>> issubclass(InputError, BrainFMError) and InputError.exit_code == 2
 True
 """

@@ -6,7 +6,7 @@ node's ``IJKToRAS`` matrix). ``slicer.util.arrayFromVolume`` is ``[k, j, i]``; t
 transposition. Qt-free: works on the ``slicer-core`` wheel with any scene passed in explicitly.
 
 >>> import numpy as np, slicer
->>> from BrainFMLib.volume_nodes import add_volume, volume_to_array_and_affine
+>>> from BrainFMSceneLib.volume_nodes import add_volume, volume_to_array_and_affine
 >>> scene = slicer.vtkMRMLScene()
 >>> aff = np.diag([2.0, 1.0, 1.0, 1.0]); aff[:3, 3] = [-10, 0, 5]
 >>> node = add_volume(scene, np.zeros((3, 4, 5), np.float32), aff, "demo")
@@ -20,7 +20,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 
 try:  # the slicer / vtk modules exist in Slicer and in the slicer-core wheel
     import slicer
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - only documentation tools import withou
 
 def _require_slicer() -> None:
     if slicer is None:  # pragma: no cover
-        raise ImportError("BrainFMLib.volume_nodes needs the 'slicer' (or slicer-core) Python package")
+        raise ImportError("BrainFMSceneLib.volume_nodes needs the 'slicer' (or slicer-core) Python package")
 
 
 # -- matrices ---------------------------------------------------------------------------------

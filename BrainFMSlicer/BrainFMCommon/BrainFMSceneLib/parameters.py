@@ -4,7 +4,7 @@ The Slicer modules keep their GUI state in a parameter node; when Apply is press
 :class:`RunParameters`, check it with :meth:`RunParameters.is_valid` and turn it into the
 command-line options of the child process with :meth:`RunParameters.as_arg_list`.
 
->>> from BrainFMLib.parameters import RunParameters
+>>> from BrainFMSceneLib.parameters import RunParameters
 >>> p = RunParameters(tasks=("seg", "reg"), device="cuda:1")
 >>> p.is_valid()
 (True, '')

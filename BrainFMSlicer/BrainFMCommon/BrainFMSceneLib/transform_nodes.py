@@ -9,7 +9,7 @@ The grid uses the field's own geometry (oblique and left-handed grids supported 
 direction matrix) and trilinear interpolation between voxel centres.
 
 >>> import numpy as np, slicer
->>> from BrainFMLib.transform_nodes import displacement_to_grid_transform
+>>> from BrainFMSceneLib.transform_nodes import displacement_to_grid_transform
 >>> scene = slicer.vtkMRMLScene()
 >>> d = np.zeros((4, 4, 4, 3)); d[..., 0] = 2.5
 >>> node = displacement_to_grid_transform(scene, d, np.eye(4), "reg")
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.scene_utils import place_next_to
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.scene_utils import place_next_to
 
 
 def _grid_image(displacement_ijk3: np.ndarray, affine: np.ndarray) -> Any:

@@ -2,7 +2,7 @@
 
 :class:`ModelLogicMixin` (part of ``BrainFMLogicBase``) gives every module logic
 
-- :meth:`~ModelLogicMixin.modelChoices`: the model selector's entries (``BrainFMLib.registry.list_models``),
+- :meth:`~ModelLogicMixin.modelChoices`: the model selector's entries (``BrainFMSceneLib.registry.list_models``),
   only models that can do one of the module's tasks (``MODEL_TASKS``), the best-available entry first;
 - :meth:`~ModelLogicMixin.checkModel`: raises, before anything starts, when no model is available
   (with the message saying how to get one) or the chosen model lacks a head the run needs;
@@ -20,7 +20,7 @@ never a display text.
 import os
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
-from BrainFMLib._errors import InputError, ModelNotAvailableError
+from BrainFMSceneLib._errors import InputError, ModelNotAvailableError
 
 #: task -> words users read
 TASK_LABELS = {"t1": "T1w synthesis", "t2": "T2w synthesis", "flair": "FLAIR synthesis", "ct": "CT synthesis",
@@ -61,8 +61,8 @@ class ModelLogicMixin:
     MODEL_TASKS: Sequence[str] = ()
 
     def allModels(self) -> List[Any]:
-        """Every model a user can choose (``BrainFMLib.registry.list_models``), best-available entry first."""
-        from BrainFMLib.registry import list_models
+        """Every model a user can choose (``BrainFMSceneLib.registry.list_models``), best-available entry first."""
+        from BrainFMSceneLib.registry import list_models
 
         return list_models()
 
@@ -100,10 +100,10 @@ class ModelLogicMixin:
                      progressCallback: Optional[Callable[[float, str], None]] = None) -> Any:
         """Add the weights file ``path`` to the model store (``brainfm models add`` in a child process).
 
-        :return: the ``BrainFMLib.model_add.AddModelJob``; when ``waitForCompletion`` it has finished
+        :return: the ``BrainFMSceneLib.model_add.AddModelJob``; when ``waitForCompletion`` it has finished
             and its error is raised if it failed; ``job.model`` is the new ``ModelChoice``.
         """
-        from BrainFMLib.model_add import AddModelJob
+        from BrainFMSceneLib.model_add import AddModelJob
 
         self.setupPythonRequirements(interactive=False)
         job = AddModelJob(path, name=name, storage=storage, python=self.pythonExecutable,

@@ -1,6 +1,6 @@
 """What a module's ``process()`` returns: one BrainFM run, with its outputs named by module role.
 
-:class:`BrainFMRun` wraps ``BrainFMLib.job.BrainFMJob`` (export, ``brainfm run`` child process,
+:class:`BrainFMRun` wraps ``BrainFMSceneLib.job.BrainFMJob`` (export, ``brainfm run`` child process,
 import) and adds what the modules and scripts need: a ``status`` (``running``, ``completed``,
 ``failed``, ``cancelled``), ``outputs`` keyed by the parameter names of the module
 (``outputSegmentation``, ``outputVolume``...), the error as a ``brainfm.errors`` instance with an
@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional
 
-from BrainFMLib._errors import BrainFMError, CancelledError, ResourceError
+from BrainFMSceneLib._errors import BrainFMError, CancelledError, ResourceError
 
 ProgressCallback = Callable[[float, str], None]
 #: kept for scripts that imported it; :func:`outOfMemoryHint` adapts the advice to the run's settings
@@ -28,7 +28,7 @@ OOM_HINT = " Try Advanced > Quality: Fast, or Advanced > Device: CPU."
 class BrainFMRun:
     """State of one module run.
 
-    :param job: a ``BrainFMLib.job.BrainFMJob`` (not started yet).
+    :param job: a ``BrainFMSceneLib.job.BrainFMJob`` (not started yet).
     :param roles: module role -> output key of ``brainfm run`` (``{"outputVolume": "synth_t2"}``).
     """
 
@@ -123,9 +123,9 @@ class BrainFMRun:
 def outOfMemoryHint(params: Any = None) -> str:
     """What to change after running out of memory, never the setting the run already used.
 
-    :param params: the run's ``BrainFMLib.parameters.RunParameters`` (None: unknown).
+    :param params: the run's ``BrainFMSceneLib.parameters.RunParameters`` (None: unknown).
 
-    >>> from BrainFMLib.parameters import RunParameters
+    >>> from BrainFMSceneLib.parameters import RunParameters
     >>> outOfMemoryHint(RunParameters(device="auto"))
     " Try Advanced > Quality: Fast (processes the volume in tiles), or Advanced > Device: CPU (uses the computer's memory)."
     >>> outOfMemoryHint(RunParameters(device="cpu", tile_size=96))

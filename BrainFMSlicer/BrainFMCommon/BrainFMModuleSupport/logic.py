@@ -3,11 +3,11 @@
 Every task module's ``process()`` calls :meth:`BrainFMLogicBase.run`, which
 
 1. checks the input and output nodes (clear ``brainfm.errors.InputError`` messages),
-2. makes sure torch and ``brainfm`` are installed (``BrainFMLib.install``; one confirmation when
+2. makes sure torch and ``brainfm`` are installed (``BrainFMSceneLib.install``; one confirmation when
    interactive, nothing asked from scripts),
 3. checks the device (CPU-only torch with CUDA chosen, GPU index out of range),
 4. writes the input into a private temporary folder and starts ``PythonSlicer -m brainfm run``,
-5. imports the result files into the requested nodes (``BrainFMLib.job`` / ``results``) when it ends.
+5. imports the result files into the requested nodes (``BrainFMSceneLib.job`` / ``results``) when it ends.
 
 Console example::
 
@@ -25,13 +25,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from BrainFMLib._errors import InputError, ResourceError
-from BrainFMLib.parameters import RunParameters
-from BrainFMLib.job import BrainFMJob
+from BrainFMSceneLib._errors import InputError, ResourceError
+from BrainFMSceneLib.parameters import RunParameters
+from BrainFMSceneLib.job import BrainFMJob
 
-from BrainFMModuleLib.checks import checkInputVolume, checkOutputNodes
-from BrainFMModuleLib.models import ModelLogicMixin, migrateModelParameters
-from BrainFMModuleLib.run import BrainFMRun, ProgressCallback
+from BrainFMModuleSupport.checks import checkInputVolume, checkOutputNodes
+from BrainFMModuleSupport.models import ModelLogicMixin, migrateModelParameters
+from BrainFMModuleSupport.run import BrainFMRun, ProgressCallback
 
 QUALITY_SETTINGS = {
     # Full: whole volume at 1 mm, float32. Fast: 96-voxel tiles, and half precision on GPUs, which
@@ -100,7 +100,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
 
     # -- dependencies ----------------------------------------------------------------------------
     def setupPythonRequirements(self, *, interactive: bool = False, force: bool = False) -> None:
-        """Install torch (PyTorch extension) and ``brainfm`` if missing (``BrainFMLib.install``).
+        """Install torch (PyTorch extension) and ``brainfm`` if missing (``BrainFMSceneLib.install``).
 
         :param interactive: ask one confirmation listing the packages, and offer a restart when an
             already imported package was replaced. Scripts (False) install without asking.
@@ -109,7 +109,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         """
         if self._requirementsOk and not force:
             return
-        from BrainFMLib.install import InstallError, InstallLogic
+        from BrainFMSceneLib.install import InstallError, InstallLogic
 
         installer = InstallLogic(pip_runner=_pipInstall, torch_installer=_installTorch, log=self.log)
         if not installer.is_ready():
@@ -132,7 +132,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
     def torchInfo(self) -> Dict[str, Any]:
         """Torch version, CUDA build and GPUs as seen by the child interpreter (cached per session)."""
         if self._torchInfo is None:
-            from BrainFMLib.diagnostics import probe_torch
+            from BrainFMSceneLib.diagnostics import probe_torch
 
             self._torchInfo = probe_torch(self.pythonExecutable)
         return self._torchInfo
@@ -164,7 +164,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         """Recorded SHA-256 of a weights file known to the registry (official or custom entry)."""
         if not model or not os.path.isfile(model):
             return None
-        from BrainFMLib.registry import ModelRegistry
+        from BrainFMSceneLib.registry import ModelRegistry
 
         target = os.path.realpath(model)
         for choice in ModelRegistry(official_path=model).choices():
@@ -177,8 +177,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
 
         ``modelId`` (what the parameter node stores) or ``modelPath`` names the model to check.
         """
-        from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
-        from BrainFMLib.registry import ModelChoice, ModelRegistry, choice_for
+        from BrainFMSceneLib.diagnostics import collect_diagnostics, format_diagnostics
+        from BrainFMSceneLib.registry import ModelChoice, ModelRegistry, choice_for
 
         registry = ModelRegistry(official_path=modelPath)
         choice = choice_for(modelId) if modelId else registry.bundled_choice()
@@ -269,7 +269,7 @@ def _pipInstall(args: List[str]) -> None:
     ``slicer.util.pip_install`` raises ``subprocess.CalledProcessError`` (pip's output went to the
     Python console); it becomes the ``InstallError`` the ``InstallLogic`` contract promises.
     """
-    from BrainFMLib.install import InstallError
+    from BrainFMSceneLib.install import InstallError
 
     args = list(args)
     if args and args[0] == "install":
@@ -283,7 +283,7 @@ def _pipInstall(args: List[str]) -> None:
 
 def _installTorch(requirement: str) -> None:
     """torch installer for ``InstallLogic``: the PyTorch extension picks the CUDA build."""
-    from BrainFMLib.install import InstallError
+    from BrainFMSceneLib.install import InstallError
 
     try:
         import PyTorchUtils

@@ -11,7 +11,7 @@ earlier versions (a small JSON file). Checksums are SHA-256 (:func:`sha256_file`
 its own copy so that it imports before ``brainfm`` is installed).
 
 >>> import tempfile, pathlib
->>> from BrainFMLib.registry import ModelRegistry
+>>> from BrainFMSceneLib.registry import ModelRegistry
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
 >>> weights = tmp / "my_model.pth"; _ = weights.write_bytes(b"not really weights")
 >>> reg = ModelRegistry(custom_file=tmp / "custom.json", cache_setting=str(tmp / "cache"))
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from BrainFMLib._errors import CheckpointError, InputError, ModelNotAvailableError
+from BrainFMSceneLib._errors import CheckpointError, InputError, ModelNotAvailableError
 
 PathLike = Union[str, Path]
 DEFAULT_CACHE = Path("~/.cache/brainfm")

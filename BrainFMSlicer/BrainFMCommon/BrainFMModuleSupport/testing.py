@@ -18,7 +18,7 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from BrainFMLib._errors import CancelledError, InputError
+from BrainFMSceneLib._errors import CancelledError, InputError
 
 #: small oblique grid: 1.2 x 1.0 x 1.1 mm voxels rotated 15 degrees about S
 _ANGLE = math.radians(15.0)

@@ -1,7 +1,7 @@
 """Small scene helpers: subject-hierarchy placement and parent transforms.
 
 >>> import slicer
->>> from BrainFMLib.scene_utils import place_next_to, parent_item_of, subject_hierarchy
+>>> from BrainFMSceneLib.scene_utils import place_next_to, parent_item_of, subject_hierarchy
 >>> scene = slicer.vtkMRMLScene()
 >>> a = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "a")
 >>> b = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "b")

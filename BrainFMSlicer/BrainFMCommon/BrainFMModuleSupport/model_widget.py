@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - outside the Slicer application
     def _(text: str) -> str:
         return text
 
-from BrainFMLib.registry import OFFICIAL_PAGE, choice_for
+from BrainFMSceneLib.registry import OFFICIAL_PAGE, choice_for
 
 FILE_FILTER = "BrainFM weights (*.pth *.pt *.safetensors);;All files (*)"
 

@@ -3,7 +3,7 @@
 PyQt-style custom signals are not available (or crash) under PythonQt, so the library reports
 events through this class; the Slicer widgets connect plain callables to it.
 
->>> from BrainFMLib.signals import Signal
+>>> from BrainFMSceneLib.signals import Signal
 >>> s = Signal("float, str")
 >>> seen = []
 >>> s.connect(lambda f, m: seen.append((f, m)))

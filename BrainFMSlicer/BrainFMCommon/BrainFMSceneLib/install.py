@@ -1,17 +1,17 @@
 """Dependency check and installation logic (Qt-free; pip, metadata and torch installer injectable).
 
-Rules (slicer_anchors.md section 2): check versions with ``importlib.metadata`` (never by
-importing); install ``brainfm`` with an exact pin and ``--no-deps`` from the bundled source folder
-or wheel; never let pip replace ``torch``/``torchvision``/``SimpleITK``/``requests`` (skip list);
-install the other missing dependencies one by one; torch comes from the PyTorch extension
-(``PyTorchUtils``), called through an injected callable; ask one confirmation for everything;
-report ``needs_restart`` when an already imported package was replaced.
+Rules: check versions with ``importlib.metadata`` (never by importing); install ``brainfm`` with an
+exact pin and ``--no-deps`` from the bundled source folder or wheel; never let pip replace
+``torch``/``torchvision``/``SimpleITK``/``requests`` (skip list); install the other missing
+dependencies one by one; torch comes from the PyTorch extension (``PyTorchUtils``), called through
+an injected callable; ask one confirmation for everything; report ``needs_restart`` when an already
+imported package was replaced.
 
->>> from BrainFMLib.install import InstallLogic
+>>> from BrainFMSceneLib.install import InstallLogic
 >>> calls = []
->>> versions = {"torch": "2.3.0", "numpy": "1.26.4", "brainfm": None}
+>>> versions = {"torch": "2.5.1", "numpy": "1.26.4", "brainfm": None}
 >>> logic = InstallLogic(brainfm_version="0.1.0", pip_runner=calls.append,
-...                      metadata_reader=versions.get, requires_reader=lambda name: ["torch>=2.1", "numpy>=1.22"],
+...                      metadata_reader=versions.get, requires_reader=lambda name: ["torch>=2.5", "numpy>=1.22"],
 ...                      imported_modules=lambda: set())
 >>> report = logic.setup(confirm=lambda text: True)
 >>> calls
@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Set, Union
 
-from BrainFMLib import __version__ as LIB_VERSION
-from BrainFMLib._errors import BrainFMError
+from BrainFMSceneLib import __version__ as LIB_VERSION
+from BrainFMSceneLib._errors import BrainFMError
 
 #: packages pip must never install or replace inside Slicer
 SKIP_PACKAGES = ("torch", "torchvision", "torchaudio", "SimpleITK", "requests")
-TORCH_REQUIREMENT = ">=2.1"
+#: the engine's requirement (``brainfm`` reads PyTorch checkpoints safely with ``torch.serialization.safe_globals``)
+TORCH_REQUIREMENT = ">=2.5"
 #: distribution name -> import name (for needs_restart)
 IMPORT_NAMES = {"scikit-image": "skimage", "pillow": "PIL", "pyyaml": "yaml", "brainfm": "brainfm"}
 

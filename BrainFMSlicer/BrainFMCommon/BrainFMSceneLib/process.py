@@ -11,7 +11,7 @@ Child protocol: ``BRAINFM_PROGRESS <fraction> <message>`` lines, ``BRAINFM_ERROR
 writable (disk full, read-only, permission) / 130 cancelled.
 
 >>> import sys
->>> from BrainFMLib.process import ProcessRunner
+>>> from BrainFMSceneLib.process import ProcessRunner
 >>> code = "print('BRAINFM_PROGRESS 0.5000 half', flush=True)"
 >>> with ProcessRunner() as runner:
 ...     _ = runner.start([sys.executable, "-c", code])
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from BrainFMLib._errors import ERROR_TYPES, EXIT_CODE_TYPES, BrainFMError
-from BrainFMLib.signals import Signal
-from BrainFMLib.volume_files import private_temp_dir
+from BrainFMSceneLib._errors import ERROR_TYPES, EXIT_CODE_TYPES, BrainFMError
+from BrainFMSceneLib.signals import Signal
+from BrainFMSceneLib.volume_files import private_temp_dir
 
 PROGRESS_PREFIX = "BRAINFM_PROGRESS"
 ERROR_PREFIX = "BRAINFM_ERROR"

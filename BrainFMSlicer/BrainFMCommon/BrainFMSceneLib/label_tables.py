@@ -8,7 +8,7 @@ common module's ``Resources`` folder. The CSV is the Slicer >= 5.10 color-table 
 ``_CodingScheme``, ``_CodeValue``, ``_CodeMeaning``).
 
 >>> import tempfile, os
->>> from BrainFMLib.label_tables import read_color_csv
+>>> from BrainFMSceneLib.label_tables import read_color_csv
 >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
 >>> _ = open(path, "w").write("LabelValue,Name,Color_R,Color_G,Color_B,Color_A\\n17,Left-Hippocampus,220,216,20,255\\n")
 >>> e = read_color_csv(path)[17]
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 
 PathLike = Union[str, Path]
 #: Attribute set on color-table nodes created here (so repeated imports reuse one node).
@@ -142,7 +142,7 @@ def load_color_table_node(scene: Any, *, csv_path: Optional[PathLike] = None,
     """
     import slicer
 
-    from BrainFMLib.volume_files import private_temp_dir
+    from BrainFMSceneLib.volume_files import private_temp_dir
 
     if reuse:
         for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):

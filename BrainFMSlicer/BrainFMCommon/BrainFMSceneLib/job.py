@@ -4,8 +4,8 @@ This is what the Slicer modules' logic drives: non-blocking with :meth:`BrainFMJ
 ``QTimer`` or blocking with :meth:`BrainFMJob.wait` (``waitForCompletion`` in scripts). The input
 node is never modified; the temporary folder is removed at the end unless ``keep_temp``.
 
->>> from BrainFMLib.job import BrainFMJob
->>> from BrainFMLib.parameters import RunParameters
+>>> from BrainFMSceneLib.job import BrainFMJob
+>>> from BrainFMSceneLib.parameters import RunParameters
 >>> job = BrainFMJob(scene, input_node, RunParameters(tasks=("seg",), device="cpu"))  # doctest: +SKIP
 >>> job.progress.connect(lambda f, m: print(f"{f:.0%} {m}"))  # doctest: +SKIP
 >>> outcome = job.start().wait()  # doctest: +SKIP
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional
 
-from BrainFMLib._errors import InputError, ResourceError
-from BrainFMLib.parameters import RunParameters
-from BrainFMLib.process import ProcessResult, ProcessRunner, brainfm_command
-from BrainFMLib.results import ImportedResults, import_results
-from BrainFMLib.signals import Signal
-from BrainFMLib.volume_files import DEFAULT_EXPORT_SUFFIX, export_volume_node
+from BrainFMSceneLib._errors import InputError, ResourceError
+from BrainFMSceneLib.parameters import RunParameters
+from BrainFMSceneLib.process import ProcessResult, ProcessRunner, brainfm_command
+from BrainFMSceneLib.results import ImportedResults, import_results
+from BrainFMSceneLib.signals import Signal
+from BrainFMSceneLib.volume_files import DEFAULT_EXPORT_SUFFIX, export_volume_node
 
 _EXPORT_END, _RUN_END = 0.05, 0.95
 

@@ -9,8 +9,8 @@
   are re-indexed and the input node's geometry is copied exactly: output grid = input grid.
 
 >>> import numpy as np, slicer, tempfile, os
->>> from BrainFMLib.volume_nodes import add_volume
->>> from BrainFMLib.volume_files import export_volume_node, read_volume_file
+>>> from BrainFMSceneLib.volume_nodes import add_volume
+>>> from BrainFMSceneLib.volume_files import export_volume_node, read_volume_file
 >>> scene = slicer.vtkMRMLScene()
 >>> node = add_volume(scene, np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4), "in")
 >>> path = export_volume_node(node, os.path.join(tempfile.mkdtemp(), "in.nrrd"))
@@ -28,8 +28,8 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.volume_nodes import (
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.volume_nodes import (
     add_volume,
     ijk_to_ras,
     reindex_to_grid,

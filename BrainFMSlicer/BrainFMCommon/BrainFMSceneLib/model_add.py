@@ -3,7 +3,7 @@
 :class:`AddModelJob` runs ``python -m brainfm models add FILE --progress machine`` in a child process
 (the same code path as the command line: strict loading, SHA-256, copy into the store), reports its
 progress (hashing and copying a 1 GB file takes a while), can be cancelled and, when it completed,
-gives the new model as a :class:`~BrainFMLib.registry.ModelChoice` (from the child's
+gives the new model as a :class:`~BrainFMSceneLib.registry.ModelChoice` (from the child's
 ``BRAINFM_MODEL <json>`` line). The GUI polls it from a ``QTimer``; scripts call :meth:`wait`.
 
 >>> add_model_command("/data/brainfm_pretrained.pth", python="python")
@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Union
 
-from BrainFMLib._errors import BrainFMError, InputError
-from BrainFMLib.process import ProcessResult, ProcessRunner, default_python
-from BrainFMLib.registry import ModelChoice, choice_from_dict
+from BrainFMSceneLib._errors import BrainFMError, InputError
+from BrainFMSceneLib.process import ProcessResult, ProcessRunner, default_python
+from BrainFMSceneLib.registry import ModelChoice, choice_from_dict
 
 MODEL_PREFIX = "BRAINFM_MODEL"
 STORAGE = ("copy", "link", "reference")
@@ -58,7 +58,7 @@ class AddModelJob:
     :param storage: ``copy`` (default), ``link`` or ``reference``.
     :param base_env: environment of the child (in Slicer: the startup environment).
     Signals: ``progress(fraction, message)`` and ``log(text)`` of the underlying
-    :class:`~BrainFMLib.process.ProcessRunner`, emitted on the thread that calls :meth:`poll`.
+    :class:`~BrainFMSceneLib.process.ProcessRunner`, emitted on the thread that calls :meth:`poll`.
     """
 
     def __init__(self, path: Union[str, Path], *, name: Optional[str] = None, storage: str = "copy",

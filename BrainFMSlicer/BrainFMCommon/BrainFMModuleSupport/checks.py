@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - outside the Slicer application
     def tr(text: str) -> str:
         return text
 
-from BrainFMLib._errors import InputError
+from BrainFMSceneLib._errors import InputError
 
 QUALITY_CHOICES = ["Full", "Fast"]
 MODEL_DEFAULT = "Bundled default"

@@ -3,7 +3,7 @@
 Torch is probed in a child process by default (importing torch/CUDA into Slicer's own process
 just to show a version would lock files and cost memory); versions come from package metadata.
 
->>> from BrainFMLib.diagnostics import collect_diagnostics, format_diagnostics
+>>> from BrainFMSceneLib.diagnostics import collect_diagnostics, format_diagnostics
 >>> info = collect_diagnostics(torch_probe=lambda: {"torch": None})
 >>> "Python" in format_diagnostics(info)
 True
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from BrainFMLib import __version__ as LIB_VERSION
-from BrainFMLib.install import installed_version
+from BrainFMSceneLib import __version__ as LIB_VERSION
+from BrainFMSceneLib.install import installed_version
 
 _PROBE = r"""
 import json
@@ -70,8 +70,8 @@ def collect_diagnostics(*, registry: Any = None, model_choice: Any = None, pytho
                         verify_model: bool = True) -> Dict[str, Any]:
     """Everything support needs to know, as a JSON-serialisable dict.
 
-    :param registry: a :class:`BrainFMLib.registry.ModelRegistry` (cache folder, model choices).
-    :param model_choice: the selected :class:`~BrainFMLib.registry.ModelChoice` (path + checksum).
+    :param registry: a :class:`BrainFMSceneLib.registry.ModelRegistry` (cache folder, model choices).
+    :param model_choice: the selected :class:`~BrainFMSceneLib.registry.ModelChoice` (path + checksum).
     :param torch_probe: callable returning the torch part (default: :func:`probe_torch`).
     :param verify_model: compute the model file's SHA-256 (slow for large files).
     """
@@ -95,7 +95,7 @@ def collect_diagnostics(*, registry: Any = None, model_choice: Any = None, pytho
         if not model_choice.available:
             model["status"] = model_choice.message or "not available"
         elif verify_model and model_choice.path:
-            from BrainFMLib.registry import sha256_file
+            from BrainFMSceneLib.registry import sha256_file
 
             actual = sha256_file(model_choice.path)
             model["sha256"] = actual

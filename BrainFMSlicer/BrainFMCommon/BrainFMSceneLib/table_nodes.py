@@ -5,7 +5,7 @@ Rows come from the engine's ``seg_volumes.csv`` (:func:`rows_from_csv`), from
 computed here from a label array (:func:`structure_rows`).
 
 >>> import numpy as np, slicer
->>> from BrainFMLib.table_nodes import structure_rows, add_structure_table
+>>> from BrainFMSceneLib.table_nodes import structure_rows, add_structure_table
 >>> lab = np.zeros((4, 4, 4), np.int32); lab[:2] = 17
 >>> rows = structure_rows(lab, np.diag([2.0, 1.0, 1.0, 1.0]), names={17: "Left-Hippocampus"})
 >>> rows[0]["volume_mm3"]
@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.scene_utils import place_next_to
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.scene_utils import place_next_to
 
 COLUMNS = ("Label", "Name", "Voxels", "Volume (mm3)")
 _ALIASES = {

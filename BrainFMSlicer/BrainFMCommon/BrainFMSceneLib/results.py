@@ -14,7 +14,7 @@ Which output goes to which node (names ``"<input> <task>"``):
 Existing nodes passed in ``output_nodes`` are updated in place (they keep their identity);
 nodes created by a failed import are removed again, so the scene stays consistent.
 
->>> from BrainFMLib.results import output_display_name
+>>> from BrainFMSceneLib.results import output_display_name
 >>> output_display_name("MRHead", "seg")
 'MRHead segmentation'
 """
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from BrainFMLib._errors import InputError
-from BrainFMLib.scene_utils import place_next_to, remove_nodes
-from BrainFMLib.segmentation_nodes import SegmentationImport, add_segmentation_from_labels
-from BrainFMLib.table_nodes import add_structure_table, rows_from_csv, structure_rows
-from BrainFMLib.transform_nodes import displacement_to_grid_transform
-from BrainFMLib.volume_files import import_volume_file, read_volume_file
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.scene_utils import place_next_to, remove_nodes
+from BrainFMSceneLib.segmentation_nodes import SegmentationImport, add_segmentation_from_labels
+from BrainFMSceneLib.table_nodes import add_structure_table, rows_from_csv, structure_rows
+from BrainFMSceneLib.transform_nodes import displacement_to_grid_transform
+from BrainFMSceneLib.volume_files import import_volume_file, read_volume_file
 
 PathLike = Union[str, Path]
 
