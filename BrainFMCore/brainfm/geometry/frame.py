@@ -25,6 +25,7 @@ import numpy as np
 from brainfm.errors import InputError
 from brainfm.geometry.crop import BBox, crop, foreground_bbox
 from brainfm.geometry.grid import resample_to_grid
+from brainfm.geometry.mapping import GridMapper
 from brainfm.geometry.orient import is_axis_aligned, reorient_to_ras
 from brainfm.geometry.resample import check_order, resample_to_spacing
 from brainfm.volume import Volume
@@ -56,17 +57,28 @@ class FrameTransform:
             object.__setattr__(self, "crop_bbox", tuple((int(a), int(b)) for a, b in self.crop_bbox))
 
     # -- mapping ------------------------------------------------------------------------------
+    def mapper(self, *, antialias: bool = True) -> GridMapper:
+        """The :class:`~brainfm.geometry.mapping.GridMapper` from the network frame to the input grid:
+        build it once to map many outputs (it keeps its sampling grid); :meth:`to_input` uses it.
+
+        >>> import numpy as np
+        >>> tf = FrameTransform(np.diag([-1.0, -1.0, 1.0, 1.0]), (4, 4, 4), np.eye(4), (4, 4, 4))
+        >>> tf.mapper().kind                    # LPS-stored 1 mm input: the way back is a voxel copy
+        'exact'
+        """
+        return GridMapper(self.net_affine, self.net_shape, self.input_affine, self.input_shape, antialias=antialias)
+
     def to_input(self, net_volume: Volume, *, order: str = "linear", fill: float = 0.0,
                  antialias: bool = True) -> Volume:
         """Bring a volume on the net grid back onto the exact input grid (same shape and affine
         as the input). ``order="nearest"`` for label maps (dtype kept), ``"linear"`` otherwise;
-        input voxels outside the (cropped) net grid get ``fill``."""
+        input voxels outside the (cropped) net grid get ``fill``. Same values as
+        :func:`~brainfm.geometry.resample_to_grid` onto the input grid, computed by
+        :meth:`mapper` (exact copies when the grids share voxels)."""
         check_order(order)
         if not _same_grid(net_volume, self.net_affine, self.net_shape):
             raise InputError(f"volume grid {net_volume.shape} does not match the network frame {self.net_shape}")
-        out = resample_to_grid(net_volume, self.input_affine, self.input_shape, order=order, fill=fill,
-                               antialias=antialias)
-        return out
+        return self.mapper(antialias=antialias).volume(net_volume, order=order, fill=fill)
 
     def to_frame(self, volume: Volume, *, order: str = "linear") -> Volume:
         """Push another volume on the input grid (a mask, a second contrast, a label map) into the

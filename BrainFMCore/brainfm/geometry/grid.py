@@ -18,52 +18,22 @@ True
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
 from brainfm.errors import InputError
+from brainfm.geometry.exact import copy_exact, signed_permutation
 from brainfm.geometry.resample import antialias_sigmas, blur, check_order
 from brainfm.volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 _CHUNK = 1 << 22  # target voxels per slab (bounds coordinate memory to ~100 MB)
 DEFAULT_BACKEND = "torch"
 _TORCH_TYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64,
                                               np.bool_))  # measured faster on 2 cores: see Testing/benchmarks/bench_geometry.py
-
-
-def _signed_permutation(m: np.ndarray) -> Optional[Tuple[list, list, list]]:
-    """(source axis, sign, integer offset) per target axis when ``m`` maps target voxel indices
-    onto source voxel indices by a signed axis permutation and an integer shift."""
-    r, t = m[:3, :3], m[:3, 3]
-    rr = np.round(r)
-    if not np.allclose(r, rr, atol=1e-5) or not np.allclose(t, np.round(t), atol=1e-4):
-        return None
-    if not (np.abs(rr).sum(axis=0) == 1).all() or not (np.abs(rr).sum(axis=1) == 1).all():
-        return None
-    axes = [int(np.flatnonzero(rr[:, b])[0]) for b in range(3)]
-    signs = [int(rr[a, b]) for b, a in enumerate(axes)]
-    offs = [int(np.round(t[a])) for a in axes]
-    return axes, signs, offs
-
-
-def _exact_copy(data: np.ndarray, perm: Tuple[list, list, list], shape: Sequence[int], fill: float) -> np.ndarray:
-    """Copy voxels for a signed-permutation mapping with slices (no interpolation, dtype kept)."""
-    axes, signs, offs = perm
-    src = np.transpose(data, axes + list(range(3, data.ndim)))
-    out = np.full(tuple(shape) + data.shape[3:], fill, dtype=data.dtype)
-    dst_sl, src_sl = [], []
-    for b in range(3):
-        s, o, n_src = signs[b], offs[b], src.shape[b]
-        # target k maps to source s * k + o; keep 0 <= s * k + o < n_src and 0 <= k < shape[b]
-        k0, k1 = (max(0, -o), min(shape[b], n_src - o)) if s > 0 else (max(0, o - n_src + 1), min(shape[b], o + 1))
-        if k1 <= k0:
-            return out
-        dst_sl.append(slice(k0, k1))
-        first, last = s * k0 + o, s * (k1 - 1) + o
-        src_sl.append(slice(first, last + 1) if s > 0 else slice(first, last - 1 if last > 0 else None, -1))
-    out[tuple(dst_sl)] = src[tuple(src_sl)]
-    return out
 
 
 def _sample_scipy(src: np.ndarray, pts: np.ndarray, order: str) -> np.ndarray:
@@ -97,6 +67,43 @@ def _pull_scipy(data: np.ndarray, m: np.ndarray, shape: Tuple[int, int, int], or
         flat[i0:i0 + len(ii)] = vals.reshape(len(ii), base.shape[0], nch)
 
 
+def sample_grid_affine(m: np.ndarray, src_shape: Sequence[int]) -> Tuple["torch.Tensor", "torch.Tensor"]:
+    """``(ga, half)`` float32 torch tensors for ``grid_sample`` pull-back with the 4x4 voxel map ``m``
+    (target voxel index -> source voxel index) from a source of spatial shape ``src_shape``.
+
+    ``ga`` (3, 4) maps a target index ``(i, j, k, 1)`` to normalised ``grid_sample`` coordinates
+    ``g = 2 p / (n - 1) - 1`` of the source position ``p = m @ ijk``, rows reversed because
+    ``grid_sample`` orders them (z, y, x); ``|g| <= half`` per axis is inside the source (positions in
+    ``[-0.5, n - 0.5]``). Sampling uses ``padding_mode="border"``, which clamps into the volume.
+
+    >>> import numpy as np
+    >>> ga, half = sample_grid_affine(np.eye(4), (3, 5, 9))
+    >>> ga[:, 3].tolist(), [round(float(h), 4) for h in half]
+    ([-1.0, -1.0, -1.0], [1.125, 1.25, 1.5001])
+    """
+    import torch
+
+    n = np.asarray(src_shape, dtype=np.float64)
+    big = n > 1
+    scale = np.where(big, 2.0 / np.maximum(n - 1, 1), 2.0)
+    g_aff = np.diag(scale) @ m[:3, :]
+    g_aff[:, 3] -= np.where(big, 1.0, 0.0)
+    limit = np.where(big, 1.0 + (1.0 + 2e-4) / np.maximum(n - 1, 1), 1.0 + 2e-4)  # p in [-0.5, n - 0.5]
+    g_aff, limit = g_aff[::-1], limit[::-1]
+    half = torch.from_numpy(np.ascontiguousarray(limit)).to(torch.float32)
+    ga = torch.from_numpy(np.ascontiguousarray(g_aff)).to(torch.float32)
+    return ga, half
+
+
+def grid_base(ga: "torch.Tensor", shape: Sequence[int]) -> "torch.Tensor":
+    """``(Y, Z, 3)`` grid coordinates of the target plane ``i = 0`` (add ``i * ga[:, 0]`` for plane ``i``)."""
+    import torch
+
+    j = torch.arange(int(shape[1]), dtype=torch.float32)[:, None, None]
+    k = torch.arange(int(shape[2]), dtype=torch.float32)[None, :, None]
+    return j * ga[:, 1] + k * ga[:, 2] + ga[:, 3]
+
+
 def _pull_torch(data: np.ndarray, m: np.ndarray, shape: Tuple[int, int, int], order: str, fill: float,
                 out: np.ndarray) -> None:
     """Torch backend: coordinates, masks and ``grid_sample`` all in (multi-threaded) torch."""
@@ -107,20 +114,8 @@ def _pull_torch(data: np.ndarray, m: np.ndarray, shape: Tuple[int, int, int], or
     arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, 3, 0)
     src = torch.from_numpy(np.ascontiguousarray(arr))[None]  # (1, C, X, Y, Z)
     nch = src.shape[1]
-    n = np.asarray(data.shape[:3], dtype=np.float64)
-    # normalised grid_sample coordinates g = 2 p / (n - 1) - 1 of source position p = M @ ijk,
-    # rows reversed because grid_sample orders them (z, y, x); padding "border" clamps into the volume
-    big = n > 1
-    scale = np.where(big, 2.0 / np.maximum(n - 1, 1), 2.0)
-    g_aff = np.diag(scale) @ m[:3, :]
-    g_aff[:, 3] -= np.where(big, 1.0, 0.0)
-    limit = np.where(big, 1.0 + (1.0 + 2e-4) / np.maximum(n - 1, 1), 1.0 + 2e-4)  # p in [-0.5, n - 0.5]
-    g_aff, limit = g_aff[::-1], limit[::-1]
-    half = torch.from_numpy(np.ascontiguousarray(limit)).to(torch.float32)
-    ga = torch.from_numpy(np.ascontiguousarray(g_aff)).to(torch.float32)
-    j = torch.arange(shape[1], dtype=torch.float32)[:, None, None]
-    k = torch.arange(shape[2], dtype=torch.float32)[None, :, None]
-    base = j * ga[:, 1] + k * ga[:, 2] + ga[:, 3]  # (Y, Z, 3)
+    ga, half = sample_grid_affine(m, data.shape[:3])
+    base = grid_base(ga, shape)  # (Y, Z, 3)
     rows = max(1, _CHUNK // max(1, shape[1] * shape[2]))
     mode = "bilinear" if order == "linear" else "nearest"
     integer = out.dtype.kind in "iub"
@@ -137,6 +132,24 @@ def _pull_torch(data: np.ndarray, m: np.ndarray, shape: Tuple[int, int, int], or
                 vals = torch.round(vals)
             vals = torch.where(inside[..., None], vals, fill_t)
             res[i0:i0 + grid.shape[0]] = vals.to(res.dtype)
+
+
+def torch_samples_exactly(data: np.ndarray, order: str) -> bool:
+    """True when the torch backend (float32 ``grid_sample``) gives the exact result for ``data``:
+    linear order (float32 result), or nearest order on a type in the measured set whose integer
+    values stay below 2**24 (float32 holds them exactly).
+
+    >>> torch_samples_exactly(np.array([[[2 ** 24]]], np.int32), "nearest")
+    False
+    >>> torch_samples_exactly(np.zeros((2, 2, 2), np.uint8), "nearest")
+    True
+    """
+    if order == "linear":
+        return True
+    dtype = np.asarray(data).dtype
+    if dtype not in _TORCH_TYPES:
+        return False
+    return not (dtype.kind in "iu" and data.size and np.abs(data).max() >= 2 ** 24)
 
 
 def resample_to_grid(volume: Volume, affine: np.ndarray, shape: Sequence[int], *, order: str = "linear",
@@ -156,9 +169,10 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: Sequence[int], *
         raise InputError(f"target grid must be a 4x4 affine and 3 positive sizes, got {tgt.shape} and {shape}")
     m = np.linalg.inv(volume.affine) @ tgt
     data = volume.data
-    perm = _signed_permutation(m)
+    perm = signed_permutation(m)
     if perm is not None:
-        out = _exact_copy(data, perm, shape, fill)
+        out = np.empty(shape + data.shape[3:], dtype=data.dtype)
+        copy_exact(data, perm, out, fill)
         return Volume(out, tgt, dict(volume.meta))
     if order == "linear":
         factors = np.linalg.norm(m[:3, :3], axis=1)  # source voxels per target step, per source axis
@@ -170,8 +184,7 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: Sequence[int], *
     backend = backend or DEFAULT_BACKEND
     if backend not in ("torch", "scipy"):
         raise InputError(f"backend must be 'torch' or 'scipy', got {backend!r}")
-    if backend == "torch" and (out_dtype not in _TORCH_TYPES or (out_dtype.kind in "iu" and data.size and
-                                                                  np.abs(data).max() >= 2 ** 24)):
+    if backend == "torch" and not torch_samples_exactly(data, order):
         backend = "scipy"  # float32 sampling cannot hold such values exactly
     nch = 1 if data.ndim == 3 else data.shape[3]
     out = np.empty(shape + ((nch,) if data.ndim == 4 else ()), dtype=out_dtype)

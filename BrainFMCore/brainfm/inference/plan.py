@@ -139,7 +139,7 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
 
     ``channels``: raw outputs of the forward, name -> channels (``feat`` included when wanted).
     ``atlas``: whether registration also warps an atlas. ``grid_bytes``: the sampling grid kept for
-    mapping outputs onto the output grid (:class:`~brainfm.inference.outgrid.GridMapper`).
+    mapping outputs onto the output grid (:class:`~brainfm.geometry.GridMapper`).
     ``tile_size`` forces tiles of that edge. ``device_budget_bytes``: GPU memory available to the
     forward (CUDA); the tile is then chosen from it and the host side is checked against
     ``budget_bytes``.

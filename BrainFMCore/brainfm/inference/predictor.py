@@ -25,10 +25,9 @@ import torch
 from brainfm.errors import BrainFMError, InputError
 from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
-from brainfm.geometry import resample_to_grid
+from brainfm.geometry import GridMapper, resample_to_grid
 from brainfm.inference.headmask import HEAD_MASK_METHOD, head_mask
 from brainfm.inference.plan import MemoryPlan, check_plan, memory_advice, plan_memory
-from brainfm.inference.outgrid import GridMapper
 from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
 from brainfm.inference.tiling import MIN_TILE
@@ -379,8 +378,8 @@ class Predictor:
                  atlas: Optional[Volume], return_probabilities: bool, mask_background: bool) -> TaskContext:
         net_aff = prep.net.affine
         # one mapper per grid pair, built once: identity / exact copy / cached-grid resampling
-        # (same values as prep.frame.to_input)
-        to_input = GridMapper(net_aff, prep.net.shape, prep.frame.input_affine, prep.frame.input_shape)
+        # (the mapper behind prep.frame.to_input)
+        to_input = prep.frame.mapper()
         net_image = np.asarray(prep.net.data, np.float32)
         lo, hi = prep.norm_range
         if output_frame == "input":
@@ -441,11 +440,11 @@ def one_mm_grid(affine: np.ndarray, shape: Sequence[int], voxel_mm: float) -> Tu
 
 def _grid_bytes(prep: Prepared, output_frame: str) -> float:
     """Bytes of the sampling grid the output mapping keeps (0 when outputs are copied exactly)."""
-    from brainfm.inference.outgrid import GRID_CACHE_BYTES
+    from brainfm.geometry.mapping import GRID_CACHE_BYTES
 
     if output_frame != "input":
         return 0.0
-    m = GridMapper(prep.net.affine, prep.net.shape, prep.frame.input_affine, prep.frame.input_shape)
+    m = prep.frame.mapper()
     return 0.0 if m.exact else float(min(13 * int(np.prod(prep.frame.input_shape)), GRID_CACHE_BYTES))
 
 

@@ -53,7 +53,7 @@ class TaskContext:
             grid, or an axis permutation/flip with an integer shift): post-processors may then
             apply voxel-wise transforms after mapping instead of before (same result, less work).
         output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
-            (e.g. :meth:`brainfm.inference.outgrid.GridMapper.channels`).
+            (e.g. :meth:`brainfm.geometry.GridMapper.channels`).
         head_out, head_in: boolean masks of the head (:func:`brainfm.inference.headmask.head_mask`)
             on the output / input grid; labels are never painted outside them (None: no restriction).
         fine_factor: the network grid's voxel edge in mm when it is coarser than 1 mm (2 for the

@@ -1,6 +1,6 @@
 """The engine's fast paths give the same results as the straightforward ones: the streaming NIfTI
 writer (byte-identical to nibabel), the parallel gzip stream, the cached-grid output mapper (same
-values as FrameTransform.to_input), the channel-index segmentation table, torch sampling and
+values as the general pull-back resample_to_grid), the channel-index segmentation table, torch sampling and
 splatting, and the predictor's exact-grid shortcuts (same outputs as the generic mapping)."""
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import SimpleITK as sitk
 import torch
 
 import brainfm.io.writers as writers
-from brainfm.geometry import to_network_frame
+from brainfm.geometry import GridMapper, resample_to_grid, to_network_frame
+from brainfm.geometry import mapping
 from brainfm.inference import Predictor
-from brainfm.inference import outgrid
-from brainfm.inference.outgrid import GridMapper
 from brainfm.io import read_volume, write_volume
 from brainfm.labels import get_scheme, structure_volumes
 from brainfm.models import BrainFMNet, ModelConfig
@@ -111,26 +110,33 @@ def _crop_case() -> Volume:
 
 @pytest.mark.parametrize("case", list(GEOMETRY_CASES) + ["cropped"])
 def test_grid_mapper_equals_frame_to_input(case, monkeypatch):
+    """The mapper behind FrameTransform.to_input gives the values of the general pull-back
+    (resample_to_grid onto the input grid), for scalars, labels and channels."""
     vol = _crop_case() if case == "cropped" else blob_head((30, 34, 26), GEOMETRY_CASES[case])
     net, tf = to_network_frame(vol)
     m = GridMapper(tf.net_affine, tf.net_shape, tf.input_affine, tf.input_shape)
     expected = {"ras": "identity", "cropped": "exact", "lps_stored": "exact", "left_handed": "exact"}
     assert m.kind == expected.get(case, "resample")
+    assert tf.mapper().kind == m.kind
+
+    def ref_to_input(a, **kw):
+        return resample_to_grid(Volume(a, tf.net_affine), tf.input_affine, tf.input_shape, **kw).data
+
     rng = np.random.default_rng(2)
     arr = rng.random(net.shape, dtype=np.float32)
-    ref = tf.to_input(Volume(arr, tf.net_affine), order="linear", fill=-2.0).data
+    ref = ref_to_input(arr, order="linear", fill=-2.0)
     np.testing.assert_allclose(m(arr, "linear", -2.0), ref, rtol=0, atol=1e-6)
     lab = rng.integers(0, 40, net.shape).astype(np.uint8)
     got = m(lab, "nearest", 41)
     assert got.dtype == np.uint8
-    np.testing.assert_array_equal(got, tf.to_input(Volume(lab, tf.net_affine), order="nearest", fill=41).data)
+    np.testing.assert_array_equal(got, ref_to_input(lab, order="nearest", fill=41))
     ch = rng.random((3,) + net.shape, dtype=np.float32)
-    ref3 = np.stack([tf.to_input(Volume(c, tf.net_affine), fill=1.5).data for c in ch], -1)
+    ref3 = np.stack([ref_to_input(c, fill=1.5) for c in ch], -1)
     np.testing.assert_allclose(m.channels(ch, "linear", 1.5), ref3, rtol=0, atol=1e-6)
     np.testing.assert_allclose(m.channels(ch, "linear", 1.5), ref3, rtol=0, atol=1e-6)  # cached grid reused
-    monkeypatch.setattr(outgrid, "CHANNEL_BLOCK_BYTES", 1)  # one channel per grid_sample call
-    monkeypatch.setattr(outgrid, "GRID_CACHE_BYTES", 1)  # grid recomputed in slabs
-    monkeypatch.setattr(outgrid, "_CHUNK", 64)
+    monkeypatch.setattr(mapping, "CHANNEL_BLOCK_BYTES", 1)  # one channel per grid_sample call
+    monkeypatch.setattr(mapping, "GRID_CACHE_BYTES", 1)  # grid recomputed in slabs
+    monkeypatch.setattr(mapping, "_CHUNK", 64)
     m2 = GridMapper(tf.net_affine, tf.net_shape, tf.input_affine, tf.input_shape)
     np.testing.assert_allclose(m2.channels(ch, "linear", 1.5), ref3, rtol=0, atol=1e-6)
     half = m2.channels(ch, "linear", 1.5, dtype=np.float16)
@@ -192,7 +198,7 @@ def test_sample_at_and_splat_match_reference_implementations():
 @pytest.mark.parametrize("case", ["cropped", "lps_stored", "oblique"])
 def test_predictor_shortcuts_equal_the_generic_mapping(case):
     """Outputs of predict() (exact-grid shortcuts: transforms after mapping, index-based labels)
-    equal the post-processors run with the plain FrameTransform.to_input mapping."""
+    equal the post-processors run with the plain general pull-back (resample_to_grid onto the input grid)."""
     torch.manual_seed(0)
     heads = {"T1": 1, "CT": 1, "bias_field_log": 1, "distance": 4, "high_res_residual": 1, "segmentation": 33,
              "registration": 3}
@@ -208,7 +214,8 @@ def test_predictor_shortcuts_equal_the_generic_mapping(case):
     assert tf.net_shape == pred.raw["T1"].shape[1:]
 
     def generic(arr, order, fill):
-        return np.asarray(tf.to_input(Volume(arr, tf.net_affine), order=order, fill=fill).data)
+        return np.asarray(resample_to_grid(Volume(arr, tf.net_affine), tf.input_affine, tf.input_shape,
+                                           order=order, fill=fill).data)
 
     lo, hi = pred.metadata["intensity_normalisation"]["min"], pred.metadata["intensity_normalisation"]["max"]
     ctx = TaskContext(

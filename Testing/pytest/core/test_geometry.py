@@ -223,6 +223,35 @@ def test_to_input_inverts_the_network_frame(case):
         assert set(np.unique(back_lab.data)) <= set(np.unique(lab.data))
 
 
+@pytest.mark.parametrize("case", sorted(GEOMETRY_CASES) + ["cropped"])
+def test_to_input_equals_the_general_pull_back(case):
+    """FrameTransform.to_input (the production mapper) gives exactly what resample_to_grid onto the
+    input grid gives: values, dtype, metadata, for scalars, channels and every dtype path."""
+    img, _, _ = case_volumes("ras" if case == "cropped" else case)
+    net, tf = to_network_frame(img, crop_foreground=case == "cropped")
+    if case == "cropped":
+        net, tf = to_network_frame(img.with_data(np.pad(img.data[5:-5, 5:-5, 5:-5], 5)))
+    rng = np.random.default_rng(4)
+    arrays = {
+        "float32": rng.random(net.shape, dtype=np.float32),
+        "float64": rng.random(net.shape),
+        "int16": rng.integers(-50, 50, net.shape).astype(np.int16),
+        "uint16": rng.integers(0, 60000, net.shape).astype(np.uint16),  # SciPy path for nearest
+        "big_int": rng.integers(0, 2 ** 26, net.shape).astype(np.int64),  # beyond float32 integers
+        "channels": rng.random(net.shape + (3,), dtype=np.float32),
+    }
+    for name, arr in arrays.items():
+        vol = Volume(arr, tf.net_affine, {"task": name})
+        for order in ("linear", "nearest"):
+            got = tf.to_input(vol, order=order, fill=-3.0 if arr.dtype.kind != "u" else 7)
+            ref = resample_to_grid(vol, tf.input_affine, tf.input_shape, order=order,
+                                   fill=-3.0 if arr.dtype.kind != "u" else 7)
+            assert got.same_grid(img) and got.meta == {"task": name}, (name, order)
+            assert got.data.dtype == ref.data.dtype and got.data.shape == ref.data.shape, (name, order)
+            np.testing.assert_array_equal(got.data, ref.data, err_msg=f"{case} {name} {order}")
+            assert not np.shares_memory(got.data, arr)
+
+
 def test_fast_path_returns_the_same_array():
     img, _, _ = case_volumes("ras")
     net, tf = to_network_frame(img, crop_foreground=False)
