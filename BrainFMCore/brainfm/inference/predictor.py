@@ -147,17 +147,17 @@ class Predictor:
         return meta
 
     def _scheme(self) -> Any:
-        name = getattr(self.info, "label_scheme", None) if self.info is not None else None
-        try:
-            from brainfm.labels import get_scheme, scheme_for_channels
+        """The model's label scheme (:func:`brainfm.labels.decide_scheme` of its declared scheme and
+        its segmentation head), None when undecided (the segmentation task then decides by the
+        head's channel count, or writes channel indices)."""
+        from brainfm.labels import decide_scheme
 
-            if name:
-                return get_scheme(name)
-            if "segmentation" in self.head_names:
-                return scheme_for_channels(self.net.head.channels()["segmentation"])
+        name = getattr(self.info, "label_scheme", None) if self.info is not None else None
+        n_channels = self.net.head.channels()["segmentation"] if "segmentation" in self.head_names else None
+        try:
+            return decide_scheme(name or None, n_channels=n_channels)
         except BrainFMError:
             return None
-        return None
 
     def _atlas(self, atlas: Any, warnings: List[str]) -> Optional[Volume]:
         if isinstance(atlas, Volume):

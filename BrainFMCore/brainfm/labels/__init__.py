@@ -14,7 +14,7 @@ from brainfm.labels.export import (
     write_slicer_color_csv,
 )
 from brainfm.labels.freesurfer import freesurfer_lut, fs_color, fs_name
-from brainfm.labels.schemes import SCHEMES, LabelScheme, all_fs_values, get_scheme, scheme_for_channels
+from brainfm.labels.schemes import SCHEMES, LabelScheme, all_fs_values, decide_scheme, get_scheme, scheme_for_channels
 from brainfm.labels.volumes import EVAL17_FS, merge_hemispheres, structure_volumes
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "SCHEMES",
     "get_scheme",
     "scheme_for_channels",
+    "decide_scheme",
     "all_fs_values",
     "freesurfer_lut",
     "fs_name",

@@ -25,7 +25,7 @@ Schemes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -169,7 +169,7 @@ SCHEMES: Dict[str, LabelScheme] = {
 }
 
 #: default scheme for a segmentation head with that many channels
-_BY_CHANNELS = {56: "brainfm56", 18: "brainfm_left18", 33: "fs33"}
+SCHEME_BY_CHANNELS: Dict[int, str] = {56: "brainfm56", 18: "brainfm_left18", 33: "fs33"}
 
 
 def get_scheme(name: str) -> LabelScheme:
@@ -189,9 +189,35 @@ def get_scheme(name: str) -> LabelScheme:
 def scheme_for_channels(n: int) -> LabelScheme:
     """Default scheme for a segmentation head with ``n`` output channels (56, 18 or 33)."""
     try:
-        return SCHEMES[_BY_CHANNELS[int(n)]]
+        return SCHEMES[SCHEME_BY_CHANNELS[int(n)]]
     except KeyError:
         raise InputError(f"no label scheme has {n} channels (known: 56, 18, 33)") from None
+
+
+def decide_scheme(declared: Union[None, str, LabelScheme] = None, *, n_channels: Optional[int] = None) -> LabelScheme:
+    """The label scheme of a segmentation head: the engine's one rule (used by the predictor, the
+    segmentation task, model loading and training evaluation).
+
+    A declared scheme wins (a :class:`LabelScheme` as it is, or the scheme registered under that
+    name, e.g. a model's ``label_scheme``); without one, the default scheme for a head with
+    ``n_channels`` outputs (:func:`scheme_for_channels`). Raises
+    :class:`~brainfm.errors.InputError` for an unknown name, or when nothing is declared and no
+    scheme has ``n_channels`` channels (or ``n_channels`` is not given).
+
+    >>> decide_scheme("brainid33", n_channels=33).name, decide_scheme(n_channels=56).name
+    ('brainid33', 'brainfm56')
+    >>> decide_scheme(None, n_channels=7)
+    Traceback (most recent call last):
+    ...
+    brainfm.errors.InputError: no label scheme has 7 channels (known: 56, 18, 33)
+    """
+    if isinstance(declared, str) and declared:
+        return get_scheme(declared)
+    if declared is not None and not isinstance(declared, str):
+        return declared
+    if n_channels is None:
+        raise InputError("no label scheme declared and no segmentation head channel count to choose one by")
+    return scheme_for_channels(n_channels)
 
 
 def all_fs_values(schemes: Iterable[LabelScheme] = ()) -> List[int]:

@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from brainfm.errors import CheckpointError
+from brainfm.errors import CheckpointError, InputError
+from brainfm.labels.schemes import SCHEME_BY_CHANNELS, decide_scheme
 from brainfm.models.config import ModelConfig
 from brainfm.models.net import BrainFMNet
 
@@ -42,7 +43,8 @@ BRAINID_OUTPUT_UNITS: Dict[str, Any] = {
     "image": "T1-like anatomy divided by the white-matter median (WM ~ 1)",
     "segmentation": "softmax logits over the brainid33 classes (Brain-ID channel order)",
 }
-LABEL_SCHEME_BY_CHANNELS = {56: "brainfm56", 18: "brainfm_left18", 33: "fs33"}
+#: default label scheme by segmentation channel count (the table of :mod:`brainfm.labels.schemes`)
+LABEL_SCHEME_BY_CHANNELS = SCHEME_BY_CHANNELS
 SEGMENTATION_HEADS = ("segmentation", "seg")
 
 
@@ -86,10 +88,14 @@ class LoadedModel:
 
 
 def label_scheme_for(heads: Mapping[str, int]) -> Optional[str]:
-    """Label scheme name from the segmentation head's channel count (56, 18 or 33), else ``None``."""
+    """Label scheme name from the segmentation head's channel count (56, 18 or 33, by
+    :func:`brainfm.labels.decide_scheme`), else ``None``."""
     for name in SEGMENTATION_HEADS:
         if name in heads:
-            return LABEL_SCHEME_BY_CHANNELS.get(int(heads[name]))
+            try:
+                return decide_scheme(n_channels=int(heads[name])).name
+            except InputError:
+                return None
     return None
 
 

@@ -80,18 +80,19 @@ def labels_from_logits(logits: np.ndarray, fs_values: Sequence[int]) -> np.ndarr
 
 
 def _scheme_values(ctx: TaskContext, n_channels: int):
-    scheme = ctx.scheme
-    if scheme is None:
-        try:
-            from brainfm.labels import scheme_for_channels
+    """``(scheme, FreeSurfer number per channel)``: the scheme the predictor decided, else the one
+    :func:`brainfm.labels.decide_scheme` gives for the head's channel count; channel indices (with
+    a warning) when there is none."""
+    try:
+        from brainfm.labels import decide_scheme
 
-            scheme = scheme_for_channels(n_channels)
-        except Exception as exc:  # noqa: BLE001 - labels layer missing or unknown channel count
-            ctx.warnings.append(
-                f"no label scheme for a {n_channels}-class segmentation head ({exc}); "
-                "writing channel indices as labels"
-            )
-            return None, list(range(n_channels))
+        scheme = decide_scheme(ctx.scheme, n_channels=n_channels)
+    except Exception as exc:  # noqa: BLE001 - labels layer missing or unknown channel count
+        ctx.warnings.append(
+            f"no label scheme for a {n_channels}-class segmentation head ({exc}); "
+            "writing channel indices as labels"
+        )
+        return None, list(range(n_channels))
     return scheme, list(getattr(scheme, "fs_values"))
 
 

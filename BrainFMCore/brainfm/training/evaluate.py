@@ -53,11 +53,10 @@ def class_map_to(target_scheme: str, n_channels: int, *,
     >>> int(class_map_to("fs33", 33, source_scheme="brainid33")[1])  # Brain-ID channel 1 is label 14
     11
     """
-    from brainfm.labels import get_scheme
-    from brainfm.labels.schemes import scheme_for_channels
+    from brainfm.labels import decide_scheme, get_scheme
 
     tgt = get_scheme(target_scheme)
-    src = get_scheme(source_scheme) if source_scheme else scheme_for_channels(n_channels)
+    src = decide_scheme(source_scheme or None, n_channels=n_channels)
     if src.n_channels != n_channels:
         raise ValueError(f"label scheme {src.name} has {src.n_channels} classes, the head {n_channels}")
     if list(src.fs_values) == list(tgt.fs_values):

@@ -74,6 +74,40 @@ def test_left18_and_fs33_and_channel_lookup():
         fs33.channel_of_fs(np.array([2.5]))
 
 
+def test_one_rule_decides_the_label_scheme():
+    """decide_scheme: a declared scheme wins, else the channel count; model loading, the predictor
+    and training evaluation all follow it."""
+    import torch
+
+    from brainfm.inference import Predictor
+    from brainfm.labels import decide_scheme
+    from brainfm.models import BrainFMNet, ModelConfig
+    from brainfm.models.common import label_scheme_for
+    from brainfm.training.evaluate import class_map_to
+
+    assert decide_scheme("brainid33", n_channels=33) is get_scheme("brainid33")
+    assert decide_scheme(None, n_channels=33) is get_scheme("fs33")
+    assert decide_scheme(get_scheme("fs33"), n_channels=56) is get_scheme("fs33")  # an object as it is
+    with pytest.raises(InputError, match="unknown label scheme 'nope'"):
+        decide_scheme("nope", n_channels=33)
+    with pytest.raises(InputError, match="no label scheme has 7 channels"):
+        decide_scheme(None, n_channels=7)
+    with pytest.raises(InputError, match="no label scheme declared"):
+        decide_scheme()
+    assert [label_scheme_for({"segmentation": n}) for n in (56, 18, 33, 7)] == ["brainfm56", "brainfm_left18",
+                                                                              "fs33", None]
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=2, heads={"segmentation": 33}))
+    assert Predictor(net, device="cpu")._scheme() is get_scheme("fs33")
+    declared = type("Info", (), {"label_scheme": "brainid33", "voxel_mm": 1.0, "quality": {}})()
+    assert Predictor(type("M", (), {"net": net, "info": declared})(), device="cpu")._scheme() is get_scheme("brainid33")
+    unknown = type("Info", (), {"label_scheme": "nope", "voxel_mm": 1.0, "quality": {}})()
+    assert Predictor(type("M", (), {"net": net, "info": unknown})(), device="cpu")._scheme() is None
+    assert int(class_map_to("fs33", 33, source_scheme="brainid33")[1]) == 11
+    with pytest.raises(InputError, match="unknown label scheme"):
+        class_map_to("fs33", 33, source_scheme="nope")
+
+
 def test_fs33_labels_are_those_of_the_synthseg_training_maps(shared_data):
     import nibabel as nib
 
