@@ -166,13 +166,25 @@ def check_output_path(path: PathLike, *, overwrite: bool = True, forbid: Iterabl
 
 
 @contextlib.contextmanager
-def atomic_output(path: PathLike, *, mode: Optional[int] = None) -> Iterator[Path]:
+def atomic_output(path: PathLike, *, mode: Optional[int] = None, fsync: bool = False,
+                  keep_mode: bool = False) -> Iterator[Path]:
     """Yield a temporary path with the same file name as ``path`` inside a private folder in
     the target's folder. On normal exit every file written in that folder is moved next to
     ``path`` with ``os.replace`` (companion files such as a ``.raw`` data file first, ``path``
     last) and given ``mode`` (default: what the umask gives new files); on error nothing is
     moved and the temporary folder is removed. An ``OSError`` (disk full, read-only, permission)
     becomes a :class:`StorageError` naming ``path``.
+
+    ``fsync`` flushes each file to the disk before it is moved (files that must survive a power
+    cut: model weights, the model store's records); ``keep_mode`` leaves the files' permissions as
+    they are (a hard link placed into ``path`` shares its mode with the linked file).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_output(d / "w.bin", mode=0o600, fsync=True) as tmp:
+    ...     _ = tmp.write_bytes(b"weights")
+    >>> oct((d / "w.bin").stat().st_mode & 0o777), sorted(p.name for p in d.iterdir())
+    ('0o600', ['w.bin'])
     """
     target = Path(path)
     if not target.parent.is_dir():
@@ -189,7 +201,10 @@ def atomic_output(path: PathLike, *, mode: Optional[int] = None) -> Iterator[Pat
             raise InputError(f"writing {target} produced no file")
         companions = [p for p in tmpdir.iterdir() if p.name != target.name]
         for p in companions + [tmp]:
-            os.chmod(p, final_mode)
+            if fsync:
+                _fsync(p)
+            if not keep_mode:
+                os.chmod(p, final_mode)
             os.replace(p, target.parent / p.name)
     except StorageError:
         raise
@@ -197,3 +212,61 @@ def atomic_output(path: PathLike, *, mode: Optional[int] = None) -> Iterator[Pat
         raise storage_error(e, target) from e
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def replace_folder(src: PathLike, dest: PathLike) -> None:
+    """Move the finished folder ``src`` to ``dest`` (same file system), replacing an existing
+    ``dest`` last: the old folder is moved aside, ``src`` moved in, then the old one removed (put
+    back if the move fails), so ``dest`` is at every moment either the old or the new folder.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "new").mkdir(); (d / "out").mkdir()
+    >>> _ = (d / "new" / "a.txt").write_text("new"); _ = (d / "out" / "old.txt").write_text("old")
+    >>> replace_folder(d / "new", d / "out")
+    >>> sorted(p.name for p in d.iterdir()), sorted(p.name for p in (d / "out").iterdir())
+    (['out'], ['a.txt'])
+    """
+    src, dest = Path(src), Path(dest)
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=str(dest.parent)))
+    os.rmdir(old)
+    os.replace(dest, old)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        os.replace(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, *, mode: Optional[int] = None) -> Iterator[Path]:
+    """Yield a new private temporary folder next to ``path``; on normal exit it gets ``mode``
+    (default: what the umask gives new folders) and replaces ``path`` (:func:`replace_folder`), on
+    error it is removed and ``path`` is left as it was.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_folder(d / "step_1") as tmp:
+    ...     _ = (tmp / "meta.json").write_text("{}")
+    >>> sorted(p.name for p in d.iterdir()), [p.name for p in (d / "step_1").iterdir()]
+    (['step_1'], ['meta.json'])
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        make_folder(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent)))
+    try:
+        yield tmp
+        os.chmod(tmp, folder_mode() if mode is None else mode)
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -5,7 +5,7 @@ The JSON sidecar holds ``format`` ("brainfm-native"), ``format_version``, ``name
 ``provenance`` (training runs, iterations, ...), ``output_units``, ``voxel_mm`` (the working grid;
 1 when absent), ``quality`` (measured level and Dice, see :mod:`brainfm.evaluation.quality`; may be
 empty), ``weights_file``, ``weights_dtype`` and ``weights_sha256``; the weights' SHA-256 is verified on every load. Both files are written
-atomically (temporary file in the same folder + ``os.replace``); safetensors cannot run code.
+atomically (:func:`brainfm.io.atomic.atomic_output`); safetensors cannot run code.
 
 >>> import tempfile, pathlib, torch
 >>> from brainfm.models import BrainFMNet, ModelConfig, save_native, load_model
@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -30,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from brainfm.errors import CheckpointError
+from brainfm.io.atomic import atomic_output
 from brainfm.models.common import (
     BRAINFM_OUTPUT_UNITS, LoadedModel, ModelInfo, build_strict, label_scheme_for,
 )
@@ -67,20 +67,13 @@ def _info_fields(info: Union[ModelInfo, Mapping[str, Any], None]) -> Dict[str, A
 
 
 def _atomic_write(dest: Path, write) -> str:
-    """Write via ``write(tmp_path)`` to a temp file next to ``dest``, then ``os.replace``; returns sha256."""
-    fd, tmp = tempfile.mkstemp(dir=str(dest.parent), prefix="." + dest.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared/read by others
+    """Write via ``write(tmp_path)`` (:func:`brainfm.io.atomic.atomic_output`: a temporary file next
+    to ``dest``, flushed to the disk, then ``os.replace``); returns its sha256."""
+    # model files are meant to be shared/read by others: 0o644
+    with atomic_output(dest, mode=0o644, fsync=True) as tmp:
+        write(str(tmp))
         digest = sha256_file(tmp)
-        os.replace(tmp, dest)
-        return digest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return digest
 
 
 def save_native(net: BrainFMNet, path: PathLike, *, info: Union[ModelInfo, Mapping[str, Any], None] = None,

@@ -1,6 +1,7 @@
 """SHA-256 of weights files, and a cache so that an unchanged file is hashed once.
 
-:func:`sha256_file` is the engine's one implementation. :func:`cached_sha256` remembers the digest
+:func:`sha256_stream` is the engine's one implementation (:func:`sha256_file` for a file; a
+download or a copy hashes the bytes as it writes them). :func:`cached_sha256` remembers the digest
 of a file under its identity: resolved path, size, modification time (ns), inode (and, on POSIX,
 the inode change time, which any write, ``touch`` or ``chmod`` updates). Every Slicer Apply is a
 new process that would otherwise hash a ~1 GB checkpoint again; with the cache only the first
@@ -25,7 +26,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 from brainfm.errors import BrainFMError
 
@@ -36,9 +37,37 @@ MAX_ENTRIES = 256
 CHUNK = 1 << 22
 
 
+def sha256_stream(source: BinaryIO, *, sink: Optional[BinaryIO] = None, chunk_size: int = CHUNK,
+                  on_chunk: Optional[Callable[[int], None]] = None, cancel: Any = None) -> str:
+    """Hex SHA-256 of everything read from the binary stream ``source`` (in chunks of
+    ``chunk_size`` bytes), optionally writing each chunk to ``sink`` as it goes, so that a copy or a
+    download is hashed in the same pass.
+
+    ``cancel`` (a :class:`~brainfm.progress.CancelToken`) is checked before each chunk is used;
+    ``on_chunk(bytes_done)`` is called after each chunk.
+
+    >>> import io
+    >>> out = io.BytesIO()
+    >>> sha256_stream(io.BytesIO(b"abc"), sink=out, chunk_size=2)[:16], out.getvalue()
+    ('ba7816bf8f01cfea', b'abc')
+    """
+    h = hashlib.sha256()
+    done = 0
+    for block in iter(lambda: source.read(chunk_size), b""):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if sink is not None:
+            sink.write(block)
+        h.update(block)
+        done += len(block)
+        if on_chunk is not None:
+            on_chunk(done)
+    return h.hexdigest()
+
+
 def sha256_file(path: PathLike, *, chunk_size: int = CHUNK,
                 progress: Optional[Callable[[float, str], None]] = None, cancel: Any = None) -> str:
-    """Hex SHA-256 of a file, read in chunks.
+    """Hex SHA-256 of a file, read in chunks (:func:`sha256_stream`).
 
     ``progress(fraction, message)`` is called as the file is read; ``cancel`` (a
     :class:`~brainfm.progress.CancelToken`) is checked between chunks.
@@ -48,19 +77,29 @@ def sha256_file(path: PathLike, *, chunk_size: int = CHUNK,
     >>> sha256_file(p)[:16]
     'ba7816bf8f01cfea'
     """
-    h = hashlib.sha256()
     total = os.path.getsize(path) if progress is not None else 0
-    done = 0
-    name = Path(path).name
+    on_chunk = chunk_progress(progress, total, f"checking {Path(path).name} (SHA-256)")
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            if progress is not None and total:
-                done += len(block)
-                progress(min(done / total, 1.0), f"checking {name} (SHA-256)")
-    return h.hexdigest()
+        return sha256_stream(f, chunk_size=chunk_size, on_chunk=on_chunk, cancel=cancel)
+
+
+def chunk_progress(progress: Optional[Callable[[float, str], None]], total: int, message: str, *,
+                   start: float = 0.0, stop: float = 1.0) -> Optional[Callable[[int], None]]:
+    """``on_chunk(bytes_done)`` for :func:`sha256_stream` that reports
+    ``progress(start + (stop - start) * fraction, message)`` of ``total`` bytes; ``None`` without a
+    ``progress`` callback or a known size.
+
+    >>> seen = []
+    >>> chunk_progress(lambda f, m: seen.append((f, m)), 4, "copying", start=0.5)(2); seen
+    [(0.75, 'copying')]
+    """
+    if progress is None or not total:
+        return None
+
+    def on_chunk(done: int) -> None:
+        progress(start + (stop - start) * min(done / total, 1.0), message)
+
+    return on_chunk
 
 
 def file_identity(path: PathLike) -> Tuple[str, Dict[str, int]]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 from brainfm.errors import InputError, ResourceError
+from brainfm.io.atomic import atomic_output
 
 PathLike = Union[str, "os.PathLike[str]"]
 LOCK_TIMEOUT_S = 120.0
@@ -105,21 +105,14 @@ def read_json(path: PathLike, *, default: Any = None) -> Any:
 
 
 def write_json_atomic(path: PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, fsync,
-    ``os.replace``); the file is private to the user (0o600)."""
+    """Write ``data`` as JSON to ``path`` atomically (:func:`brainfm.io.atomic.atomic_output`:
+    temporary file in the same folder, fsync, ``os.replace``); the file is private to the user (0o600)."""
     p = Path(path)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(p.parent), prefix="." + p.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(p, mode=0o600, fsync=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

@@ -19,10 +19,8 @@ b'weights'
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from brainfm.errors import CheckpointError, InputError, ModelNotAvailableError
-from brainfm.models.hashing import cached_sha256, sha256_file  # noqa: F401 (sha256_file: public here)
+from brainfm.io.atomic import atomic_output
+from brainfm.models.hashing import cached_sha256, chunk_progress, sha256_file, sha256_stream  # noqa: F401 (sha256_file: public here)
 
 PathLike = Union[str, "os.PathLike[str]"]
 Entries = Optional[Union[PathLike, Sequence[Dict[str, Any]]]]
@@ -175,34 +174,20 @@ def download(url: str, dest: PathLike, *, sha256: str, progress: Optional[Callab
         raise InputError("download() needs the expected sha256 of the file")
     dest = Path(dest)
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(dest.parent), prefix="." + dest.name + ".", suffix=".part")
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_output(dest, mode=0o600, fsync=True) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
                     total = int(resp.headers.get("Content-Length") or 0)
-                    done = 0
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        out.write(block)
-                        h.update(block)
-                        done += len(block)
-                        if progress is not None and total:
-                            progress(min(done / total, 1.0), f"downloading {dest.name}")
+                    got = sha256_stream(resp, sink=out, chunk_size=1 << 20,
+                                        on_chunk=chunk_progress(progress, total, f"downloading {dest.name}"))
             except (urllib.error.URLError, OSError, ValueError) as e:
                 raise ModelNotAvailableError(f"cannot download {url}: {e}") from e
-            out.flush()
-            os.fsync(out.fileno())
-        got = h.hexdigest()
         if got.lower() != sha256.lower():
             raise CheckpointError(
                 f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
                 "the file may be corrupt or tampered with (nothing was saved)"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if progress is not None:
         progress(1.0, f"downloaded {dest.name}")
     return dest

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from brainfm.errors import CheckpointError, InputError, ModelNotAvailableError
+from brainfm.io.atomic import atomic_output
 from brainfm.models import hashing
 from brainfm.models.jsonfile import read_json, update_json
 
@@ -244,35 +245,16 @@ def _copy_verified(src: Path, dest: Path, sha256: str, progress: Progress, cance
                    start: float, stop: float) -> None:
     """Copy ``src`` to ``dest`` atomically, hashing the bytes written; a copy that does not match
     ``sha256`` (the file changed meanwhile) is discarded with :class:`CheckpointError`."""
-    import hashlib
-    import tempfile
-
     _private_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(dir=str(dest.parent), prefix="." + dest.name + ".", suffix=".part")
-    h = hashlib.sha256()
     total = max(src.stat().st_size, 1)
-    done = 0
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            for block in iter(lambda: inp.read(hashing.CHUNK), b""):
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                out.write(block)
-                h.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(start + (stop - start) * min(done / total, 1.0), f"copying {src.name} into the store")
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != sha256:
-            raise CheckpointError(f"{src} changed while it was being added (sha256 {h.hexdigest()}, expected "
+    with atomic_output(dest, mode=0o600, fsync=True) as tmp:
+        with open(tmp, "wb") as out, open(src, "rb") as inp:
+            got = hashing.sha256_stream(inp, sink=out, cancel=cancel, on_chunk=hashing.chunk_progress(
+                progress, total, f"copying {src.name} into the store", start=start, stop=stop))
+        if got != sha256:
+            raise CheckpointError(f"{src} changed while it was being added (sha256 {got}, expected "
                                   f"{sha256}); nothing was stored. Try again once the file is complete")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, dest)
-        hashing.remember(dest, sha256)  # the bytes just written were hashed: no second pass
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    hashing.remember(dest, sha256)  # the bytes just written were hashed: no second pass
 
 
 def _place(src: Path, dest: Path, storage: str, sha256: str, progress: Progress, cancel: Any,
@@ -283,14 +265,13 @@ def _place(src: Path, dest: Path, storage: str, sha256: str, progress: Progress,
         _copy_verified(src, dest, sha256, progress, cancel, start, stop)
         return
     _private_dir(dest.parent)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.link")
-    try:
-        os.link(src, tmp)
-    except OSError as e:
-        raise InputError(f"cannot hard-link {src} into the model store {dest.parent} ({e.strerror or e}); "
-                         "the store and the file must be on the same file system: add it without --link "
-                         "(copy) or with --reference") from None
-    os.replace(tmp, dest)
+    with atomic_output(dest, keep_mode=True) as tmp:  # a hard link shares its mode with the linked file
+        try:
+            os.link(src, tmp)
+        except OSError as e:
+            raise InputError(f"cannot hard-link {src} into the model store {dest.parent} ({e.strerror or e}); "
+                             "the store and the file must be on the same file system: add it without --link "
+                             "(copy) or with --reference") from None
 
 
 def add_model(path: PathLike, *, name: Optional[str] = None, storage: str = "copy",

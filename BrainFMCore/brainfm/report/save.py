@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from brainfm.errors import InputError, StorageError
-from brainfm.io.atomic import folder_mode, make_folder, same_path, storage_error
+from brainfm.io.atomic import folder_mode, make_folder, replace_folder, same_path, storage_error
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.report.summary import DEFAULT_UNITS, build_summary, output_kind, write_json
 from brainfm.volume import Volume
@@ -259,15 +259,4 @@ def _remove_empty(folders: List[Path]) -> None:
 
 def _commit(tmp: Path, out: Path) -> None:
     """Move the finished temporary folder to ``out`` (replacing an old case folder last)."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=str(out.parent)))
-    os.rmdir(old)
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)

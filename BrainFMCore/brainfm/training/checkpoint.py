@@ -20,10 +20,8 @@ True
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from brainfm.errors import CheckpointError
+from brainfm.io.atomic import atomic_folder, atomic_output
 from brainfm.models.hashing import sha256_file
 
 FORMAT = "brainfm-train-ckpt-1"
@@ -126,8 +125,7 @@ def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Opt
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{int(step):08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    with atomic_folder(final) as tmp:  # a complete checkpoint replaces an older one of that step, or none
         max_bytes = max(1, int(max_file_mb * 1024 * 1024) - 65536)  # leave room for headers
         net = unwrap(model)
         weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
@@ -156,12 +154,6 @@ def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Opt
         meta["files"] = {n: _sha256(tmp / n) for group in files.values() for n in group}
         meta["groups"] = files
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _write_latest(root, final.name)
     if keep_last > 0:
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
@@ -170,10 +162,8 @@ def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Opt
 
 
 def _write_latest(root: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=root)
-    with os.fdopen(fd, "w") as f:
-        f.write(name + "\n")
-    os.replace(tmp, root / "latest")
+    with atomic_output(root / "latest") as tmp:
+        tmp.write_text(name + "\n")
 
 
 def latest_checkpoint(run_dir: PathLike) -> Optional[Path]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
+
+from brainfm.io.atomic import atomic_output
 
 HELP = "evaluate a model on held-out prepared subjects (Dice, PSNR) -> JSON"
 
@@ -97,8 +97,6 @@ def main(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".eval-", suffix=".json", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
+        with atomic_output(out) as tmp, open(tmp, "w") as f:
             json.dump(report, f, indent=1)
-        os.replace(tmp, out)
     return 0

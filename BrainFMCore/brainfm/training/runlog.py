@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
+
+from brainfm.io.atomic import atomic_output
 
 PathLike = Union[str, Path]
 
@@ -54,13 +54,11 @@ class CsvLog:
             csv.DictWriter(f, fieldnames=self.header, restval="").writerow(row)
 
     def _rewrite(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".log-", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_output(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.header, restval="")
             w.writeheader()
             for r in self.rows:
                 w.writerow(r)
-        os.replace(tmp, self.path)
 
 
 def _num(v: Any) -> float:
@@ -129,10 +127,8 @@ def plot_loss_curve(csv_path: PathLike, png_path: PathLike, *, key: str = "loss"
     else:
         d.text((x0 + 10, (y0 + y1) // 2), "no data yet", fill="black")
     png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(prefix=".curve-", suffix=".png", dir=png_path.parent)
-    os.close(fd)
-    img.save(tmp)
-    os.replace(tmp, png_path)
+    with atomic_output(png_path) as tmp:
+        img.save(tmp, format="PNG")
     return str(png_path)
 
 

@@ -47,6 +47,7 @@ NOT_INSTALLED_MESSAGE = ("The brainfm package is not installed yet: it is instal
 
 def sha256_file(path: PathLike, *, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file (streamed)."""
+    # the engine's sha256_file (brainfm.models.hashing) is not used: this library imports before brainfm is installed
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):

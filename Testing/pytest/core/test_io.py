@@ -262,3 +262,32 @@ def test_atomic_output_commits_only_on_success(tmp_path):
             tmp.write_text("half")
             1 / 0
     assert target.read_text() == "a,b\n" and files_in(target.parent) == ["table.csv"]
+
+
+def test_atomic_helpers_keep_modes_and_leave_nothing_on_failure(tmp_path):
+    """fsync/mode for private files, keep_mode for a hard link (its mode belongs to the linked
+    file), and atomic_folder: a failed folder write leaves the old folder as it was."""
+    from brainfm.io.atomic import atomic_folder, atomic_output
+
+    with atomic_output(tmp_path / "private.json", mode=0o600, fsync=True) as tmp:
+        tmp.write_text("{}")
+    assert os.stat(tmp_path / "private.json").st_mode & 0o777 == 0o600
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"w")
+    os.chmod(src, 0o640)
+    with atomic_output(tmp_path / "store" / "w.bin", keep_mode=True) as tmp:
+        os.link(src, tmp)
+    linked = tmp_path / "store" / "w.bin"
+    assert linked.stat().st_ino == src.stat().st_ino and src.stat().st_mode & 0o777 == 0o640
+    with atomic_folder(tmp_path / "ckpt") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert files_in(tmp_path / "ckpt") == ["a.txt"] and os.stat(tmp_path / "ckpt").st_mode & 0o700 == 0o700
+    with pytest.raises(ZeroDivisionError):
+        with atomic_folder(tmp_path / "ckpt") as tmp:
+            (tmp / "b.txt").write_text("2")
+            1 / 0
+    assert files_in(tmp_path / "ckpt") == ["a.txt"]
+    with atomic_folder(tmp_path / "ckpt") as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert files_in(tmp_path / "ckpt") == ["b.txt"]
+    assert files_in(tmp_path) == ["ckpt", "private.json", "store", "weights.bin"]
