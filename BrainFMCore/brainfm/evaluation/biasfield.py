@@ -38,10 +38,10 @@ def otsu_mask(image: Volume) -> np.ndarray:
     """Head/foreground mask by Otsu's threshold (SimpleITK), largest values = 1."""
     import SimpleITK as sitk
 
-    from brainfm.evaluation.sitk_util import to_sitk
+    from brainfm.io.sitk_bridge import sitk_array, to_sitk
 
-    m = sitk.OtsuThreshold(to_sitk(image), 0, 1, 200)
-    return sitk.GetArrayFromImage(m).transpose(2, 1, 0).astype(bool)
+    m = sitk.OtsuThreshold(to_sitk(image, dtype=np.float32), 0, 1, 200)
+    return sitk_array(m).astype(bool)
 
 
 def n4_log_field(image: Volume, *, shrink: int = 4, mask: Optional[np.ndarray] = None,
@@ -53,14 +53,13 @@ def n4_log_field(image: Volume, *, shrink: int = 4, mask: Optional[np.ndarray] =
     """
     import SimpleITK as sitk
 
-    from brainfm.evaluation.sitk_util import to_sitk
+    from brainfm.io.sitk_bridge import sitk_array, to_sitk
 
     if threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
-    img = to_sitk(image)
+    img = to_sitk(image, dtype=np.float32)
     m = otsu_mask(image) if mask is None else np.asarray(mask, bool)
-    mimg = sitk.GetImageFromArray(np.ascontiguousarray(m.transpose(2, 1, 0)).astype(np.uint8))
-    mimg.CopyInformation(img)
+    mimg = to_sitk(image.with_data(m), dtype=np.uint8)  # the image's geometry
     t0 = time.perf_counter()
     small, small_mask = (img, mimg) if shrink <= 1 else (sitk.Shrink(img, [int(shrink)] * 3),
                                                          sitk.Shrink(mimg, [int(shrink)] * 3))
@@ -69,7 +68,7 @@ def n4_log_field(image: Volume, *, shrink: int = 4, mask: Optional[np.ndarray] =
     n4.Execute(small, small_mask)
     log_field = n4.GetLogBiasFieldAsImage(img)
     seconds = time.perf_counter() - t0
-    return sitk.GetArrayFromImage(log_field).transpose(2, 1, 0).astype(np.float32), seconds
+    return sitk_array(log_field).astype(np.float32), seconds
 
 
 def brain_mask_from_seg(seg: np.ndarray) -> np.ndarray:

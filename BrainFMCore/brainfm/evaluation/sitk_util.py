@@ -1,4 +1,5 @@
-"""Volume <-> SimpleITK image conversion (RAS affine <-> LPS direction/origin) for the anchors.
+"""Volume <-> SimpleITK image for the anchors: the conversion of :mod:`brainfm.io.sitk_bridge`,
+with float32 voxels by default (what the SimpleITK filters used by the evaluation expect).
 
 >>> import numpy as np
 >>> from brainfm.volume import Volume
@@ -12,35 +13,17 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from brainfm.io import sitk_bridge
+from brainfm.io.sitk_bridge import from_sitk
 from brainfm.volume import Volume
 
-_F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
+__all__ = ["to_sitk", "from_sitk"]
 
 
-def to_sitk(volume: Volume, *, dtype: type = np.float32):
-    """SimpleITK image of a 3D :class:`Volume` (``data[i, j, k]`` -> ITK index (i, j, k))."""
-    import SimpleITK as sitk
-
-    data = np.asarray(volume.data)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype))
-    lps = _F @ np.asarray(volume.affine, float)
-    sp = np.linalg.norm(lps[:3, :3], axis=0)
-    img.SetSpacing([float(s) for s in sp])
-    img.SetDirection([float(x) for x in (lps[:3, :3] / sp).ravel()])
-    img.SetOrigin([float(x) for x in lps[:3, 3]])
-    return img
-
-
-def from_sitk(img) -> Volume:
-    """:class:`Volume` of a 3D SimpleITK image (inverse of :func:`to_sitk`)."""
-    import SimpleITK as sitk
-
-    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-    sp = np.asarray(img.GetSpacing(), float)
-    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = d * sp
-    lps[:3, 3] = img.GetOrigin()
-    return Volume(np.ascontiguousarray(data), _F @ lps)
+def to_sitk(volume: Volume, *, dtype: Any = np.float32) -> Any:
+    """SimpleITK image of a 3D :class:`Volume` (:func:`brainfm.io.sitk_bridge.to_sitk`), float32 by default."""
+    return sitk_bridge.to_sitk(volume, dtype=dtype)

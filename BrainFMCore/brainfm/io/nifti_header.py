@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from brainfm.errors import InputError
+from brainfm.io.sitk_bridge import affine_from_itk
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -164,19 +165,11 @@ def _itk_affine(path: PathLike) -> Optional[np.ndarray]:
             reader.ReadImageInformation()
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-        dim = reader.GetDimension()
-        if dim < 3:
+        if reader.GetDimension() < 3:
             return None
-        d = np.array(reader.GetDirection(), np.float64).reshape(dim, dim)[:3, :3]
-        sp = np.array(reader.GetSpacing(), np.float64)[:3]
-        org = np.array(reader.GetOrigin(), np.float64)[:3]
+        return affine_from_itk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     except Exception:  # noqa: BLE001 - ITK's opinion is optional information
         return None
-    lps = np.diag([-1.0, -1.0, 1.0])
-    aff = np.eye(4)
-    aff[:3, :3] = lps @ d @ np.diag(sp)
-    aff[:3, 3] = lps @ org
-    return aff
 
 
 def inspect_geometry(path: PathLike, img: Any) -> HeaderGeometry:

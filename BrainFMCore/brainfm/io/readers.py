@@ -20,10 +20,9 @@ import numpy as np
 
 from brainfm.errors import InputError
 from brainfm.io.formats import EXTENSIONS, is_supported, split_ext
+from brainfm.io.sitk_bridge import LPS_TO_RAS, affine_from_itk  # noqa: F401 (LPS_TO_RAS: public here)
 from brainfm.volume import Volume
 
-#: LPS (ITK) <-> RAS (nibabel) world axes
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 VECTOR_INTENTS = ("vector", "displacement vector")
 
@@ -151,12 +150,7 @@ def sitk_arrays(img: Any, arr: np.ndarray, p: Path) -> Tuple[np.ndarray, np.ndar
     # numpy order from ITK is reversed ([t,] z, y, x [, c]); BrainFM wants [i, j, k (, t or c)]
     order = list(range(dim))[::-1] + ([dim] if ncomp > 1 else [])
     arr = np.transpose(arr, order)
-    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
-    spacing = np.array(img.GetSpacing(), dtype=np.float64)[:3]
-    origin = np.array(img.GetOrigin(), dtype=np.float64)[:3]
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = LPS_TO_RAS @ origin
+    affine = affine_from_itk(img.GetDirection(), img.GetSpacing(), img.GetOrigin())
     return arr, affine, arr.dtype, None
 
 

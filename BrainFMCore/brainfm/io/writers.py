@@ -30,7 +30,7 @@ import numpy as np
 from brainfm.errors import InputError, StorageError
 from brainfm.io.atomic import atomic_output, check_output_path
 from brainfm.io.formats import EXTENSIONS, split_ext
-from brainfm.io.readers import LPS_TO_RAS
+from brainfm.io.sitk_bridge import to_sitk
 from brainfm.volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -357,15 +357,7 @@ def _chain(first: List[bytes], rest: Iterable[np.ndarray]) -> Iterator:
 def _write_sitk(data: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
     import SimpleITK as sitk
 
-    m = LPS_TO_RAS @ affine[:3, :3]
-    spacing = np.linalg.norm(m, axis=0)
-    direction = m / spacing
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise InputError("this volume's affine has shear, which NRRD/MetaImage cannot store; write NIfTI instead")
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
-    img.SetSpacing([float(s) for s in spacing])
-    img.SetDirection([float(x) for x in direction.ravel()])
-    img.SetOrigin([float(x) for x in LPS_TO_RAS @ affine[:3, 3]])
+    img = to_sitk(Volume(data, affine))  # InputError for a sheared affine (ITK cannot store it)
     try:
         sitk.WriteImage(img, str(tmp), True)
     except RuntimeError as e:  # ITK reports no errno: a failed write here is the storage's refusal

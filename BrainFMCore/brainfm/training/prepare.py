@@ -21,6 +21,7 @@ import numpy as np
 
 from brainfm.errors import InputError
 from brainfm.io.atomic import atomic_output
+from brainfm.io.sitk_bridge import to_sitk
 from brainfm.models.hashing import sha256_file  # noqa: F401 (also used by callers as prepare.sha256_file)
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.volume import Volume
@@ -62,18 +63,6 @@ def render_t1_like(labels: np.ndarray) -> np.ndarray:
     return (values[idx] / max(values.max(), 1e-12) * 200.0).astype(np.float32)
 
 
-def _to_sitk(data: np.ndarray, affine: np.ndarray):
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)).astype(np.float32))
-    lps = _F @ affine
-    sp = np.linalg.norm(lps[:3, :3], axis=0)
-    img.SetSpacing([float(s) for s in sp])
-    img.SetDirection([float(x) for x in (lps[:3, :3] / sp).ravel()])
-    img.SetOrigin([float(x) for x in lps[:3, 3]])
-    return img
-
-
 def register_to_atlas(t1_like: Volume, atlas: Volume, *, nonlinear: bool = True,
                       threads: int = 1) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """Register the subject (fixed) to the atlas (moving) with SimpleITK: affine (Mattes MI,
@@ -84,7 +73,7 @@ def register_to_atlas(t1_like: Volume, atlas: Volume, *, nonlinear: bool = True,
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
     t0 = time.perf_counter()
-    fixed, moving = _to_sitk(t1_like.data, t1_like.affine), _to_sitk(atlas.data, atlas.affine)
+    fixed, moving = to_sitk(t1_like, dtype=np.float32), to_sitk(atlas, dtype=np.float32)
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg = sitk.ImageRegistrationMethod()
