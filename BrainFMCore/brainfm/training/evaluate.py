@@ -1,4 +1,5 @@
-"""Validation metrics (Dice, PSNR, L1) of a network on generator batches of held-out subjects.
+"""Validation metrics (Dice, PSNR, L1) of a network on generator batches of held-out subjects
+(Dice and PSNR: the numpy implementations of :mod:`brainfm.metrics`, on the tensors' values).
 
 >>> import torch
 >>> from brainfm.training.evaluate import dice_scores, psnr
@@ -13,29 +14,32 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+import numpy as np
 import torch
 
+from brainfm.metrics import dice_per_label, psnr_masked
 from brainfm.training.objectives import IMAGE_HEADS, target_of
 
 
 def dice_scores(pred: torch.Tensor, target: torch.Tensor, *, n_classes: int,
                 ignore_background: bool = True) -> Dict[int, float]:
-    """Hard Dice per class present in ``target`` (class maps of equal shape)."""
-    out: Dict[int, float] = {}
-    for c in range(1 if ignore_background else 0, n_classes):
-        t = target == c
-        nt = int(t.sum())
-        if nt == 0:
-            continue
-        p = pred == c
-        out[c] = float(2.0 * (p & t).sum() / (int(p.sum()) + nt))
-    return out
+    """Hard Dice per class present in ``target`` (class maps of equal shape), not rounded:
+    :func:`brainfm.metrics.dice_per_label` over the classes ``1 .. n_classes - 1`` (``0 ..`` with
+    ``ignore_background=False``) that ``target`` holds."""
+    p, t = _numpy(pred), _numpy(target)
+    first = 1 if ignore_background else 0
+    present = [int(c) for c in np.unique(t) if first <= c < n_classes]
+    return dice_per_label(p, t, labels=present, ndigits=None)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB (``inf`` for identical inputs)."""
-    mse = float(((pred.float() - target.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+    """Peak signal-to-noise ratio in dB over all voxels (``inf`` for identical inputs), not rounded:
+    :func:`brainfm.metrics.psnr_masked`."""
+    return psnr_masked(_numpy(pred.float()), _numpy(target.float()), data_range=data_range, ndigits=None)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
 
 
 def class_map_to(target_scheme: str, n_channels: int, *,

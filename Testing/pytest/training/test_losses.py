@@ -144,6 +144,28 @@ def test_config_files_and_overrides(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_validation_metrics_are_the_evaluation_metrics():
+    """Training validation's Dice and PSNR are brainfm.metrics' (the evaluation table's), unrounded:
+    classes absent from the target are skipped, even when predicted."""
+    import numpy as np
+
+    from brainfm.evaluation.metrics import dice_per_label as eval_dice, psnr_masked as eval_psnr
+    from brainfm.training.evaluate import dice_scores, psnr
+
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, (9, 8, 7))
+    p = np.where(rng.random(t.shape) < 0.3, rng.integers(0, 6, t.shape), t)  # classes 4, 5 only predicted
+    got = dice_scores(torch.from_numpy(p), torch.from_numpy(t), n_classes=6)
+    assert sorted(got) == [1, 2, 3]
+    ref = eval_dice(p, t, labels=[1, 2, 3], ndigits=None)
+    assert got == ref and all(round(v, 6) == r for v, r in zip(got.values(), eval_dice(p, t).values()))
+    assert sorted(dice_scores(torch.from_numpy(p), torch.from_numpy(t), n_classes=6, ignore_background=False)) == [0, 1, 2, 3]
+    x, y = rng.random((5, 6, 7)).astype(np.float32), rng.random((5, 6, 7)).astype(np.float32)
+    assert psnr(torch.from_numpy(x), torch.from_numpy(y), data_range=2.0) == eval_psnr(x, y, data_range=2.0, ndigits=None)
+    assert round(psnr(torch.from_numpy(x), torch.from_numpy(y), data_range=2.0), 4) == eval_psnr(x, y, data_range=2.0)
+    assert psnr(torch.from_numpy(x), torch.from_numpy(x)) == float("inf")
+
+
 def test_metrics_and_cross_scheme_class_map():
     from brainfm.labels import get_scheme
     from brainfm.training.evaluate import class_map_to, dice_scores, evaluate_batches, psnr
