@@ -10,10 +10,9 @@ Public entry points (each documented in its module):
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from brainfm.volume import Volume  # noqa: E402
-from brainfm.errors import (  # noqa: E402
+from brainfm._version import __version__
+from brainfm.volume import Volume
+from brainfm.errors import (
     BrainFMError,
     InputError,
     CheckpointError,
@@ -22,7 +21,7 @@ from brainfm.errors import (  # noqa: E402
     ResourceError,
     StorageError,
 )
-from brainfm.progress import CancelToken, ProgressCallback  # noqa: E402
+from brainfm.progress import CancelToken, ProgressCallback
 
 __all__ = [
     "__version__",

@@ -21,6 +21,12 @@ SAMPLE_NAME = "sample_scan.nii.gz"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``demo`` on an ``argparse`` sub-parser collection (the ``run`` model options included).
+
+    >>> a = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["-o", "demo_out"])
+    >>> a.output, a.seed, a.model, a.tasks
+    ('demo_out', 0, 'default', 'all')
+    """
     p = subparsers.add_parser("demo", help=HELP, description=__doc__.split("\n\n")[0] if __doc__ else HELP)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample-scan degradation")

@@ -14,6 +14,8 @@ import platform
 import sys
 from typing import Any, Dict, Optional
 
+from brainfm._version import __version__
+
 HELP = "show versions, devices, model and atlas status"
 
 
@@ -101,12 +103,17 @@ def _atlas_info(spec: Optional[str]) -> Dict[str, Any]:
 
 
 def collect(args: argparse.Namespace) -> Dict[str, Any]:
-    """Everything ``brainfm info`` reports, as a dict."""
-    import brainfm
+    """Everything ``brainfm info`` reports, as a dict.
+
+    >>> args = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["--model", "no_such_model.pth"])
+    >>> info = collect(args)
+    >>> info["brainfm"] == __version__, info["model"]["available"], "cuda_available" in info["torch"]
+    (True, False, True)
+    """
     from brainfm.models import registry
 
     return {
-        "brainfm": brainfm.__version__,
+        "brainfm": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,

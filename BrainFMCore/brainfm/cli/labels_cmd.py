@@ -12,6 +12,16 @@ HELP = "export label tables (Slicer colour CSV, FreeSurfer LUT)"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``labels`` on an ``argparse`` sub-parser collection.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp() + "/fs33_lut.txt"
+    >>> args = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+    ...     ["--format", "fs-lut", "--scheme", "fs33", "-o", out])
+    >>> main(args)  # doctest: +ELLIPSIS
+    wrote .../fs33_lut.txt
+    0
+    """
     from brainfm.labels import SCHEMES
 
     p = subparsers.add_parser("labels", help=HELP, description=HELP)
@@ -25,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Write the chosen table; prints its path."""
     from brainfm.labels import write_freesurfer_lut, write_slicer_color_csv
 
     writer = write_slicer_color_csv if args.format == "slicer-csv" else write_freesurfer_lut

@@ -1,9 +1,11 @@
 """Entry point of the ``brainfm`` command (also ``python -m brainfm``).
 
-Subcommands are modules with ``HELP`` (one line), ``add_parser(subparsers) -> parser`` and
-``main(args) -> int``, registered in :data:`COMMANDS` by module path and imported only when used,
-so ``brainfm --help`` stays fast and a missing optional part (training) only disables its
-subcommand. Other packages can add commands with :func:`register_command`.
+Subcommands are modules of :mod:`brainfm.cli` with ``HELP`` (one line),
+``add_parser(subparsers) -> parser`` and ``main(args) -> int``, registered in :data:`COMMANDS` by
+module path and imported only when used, so ``brainfm --help`` stays fast. A command module of an
+optional part of the engine (:data:`OPTIONAL_PARTS`: training, evaluation) imports that part when it
+is loaded, so an installation without it lists the command as not available. Other packages can
+add commands with :func:`register_command`.
 
 Exit codes: 0 success, the :mod:`brainfm.errors` code of a failure (2 bad input, 3 model/
 checkpoint, 4 resources, 5 output not writable / I/O error, 130 cancelled), 1 otherwise.
@@ -19,6 +21,7 @@ import sys
 from types import ModuleType
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from brainfm._version import __version__
 from brainfm.errors import BrainFMError, CancelledError
 
 #: command name -> (module path, one-line help)
@@ -28,12 +31,16 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "info": ("brainfm.cli.info", "show versions, devices, model and atlas status"),
     "labels": ("brainfm.cli.labels_cmd", "export label tables (Slicer colour CSV, FreeSurfer LUT)"),
     "models": ("brainfm.cli.models_cmd", "list, add, verify and remove the models of the local model store"),
-    "prepare": ("brainfm.training.cli_prepare", "prepare training data (training extension)"),
-    "train": ("brainfm.training.cli_train", "train a model with the synthetic generator (training extension)"),
-    "finetune": ("brainfm.training.cli_finetune", "fine-tune a model (training extension)"),
-    "evaluate": ("brainfm.training.cli_evaluate", "evaluate a model (training extension)"),
-    "eval-table": ("brainfm.evaluation.cli_eval_table", "compute the model-card evaluation table (training extension)"),
+    "prepare": ("brainfm.cli.prepare_cmd", "prepare training data (training extension)"),
+    "train": ("brainfm.cli.train_cmd", "train a model with the synthetic generator (training extension)"),
+    "finetune": ("brainfm.cli.finetune_cmd", "fine-tune a model (training extension)"),
+    "evaluate": ("brainfm.cli.evaluate_cmd", "evaluate a model (training extension)"),
+    "eval-table": ("brainfm.cli.eval_table_cmd", "compute the model-card evaluation table (training extension)"),
 }
+
+#: parts of the engine an installation may leave out; a command that needs a missing one is listed
+#: as not available instead of failing
+OPTIONAL_PARTS: Tuple[str, ...] = ("brainfm.training", "brainfm.evaluation")
 
 
 def register_command(name: str, module: str, help: str) -> None:
@@ -41,21 +48,22 @@ def register_command(name: str, module: str, help: str) -> None:
     COMMANDS[name] = (module, help)
 
 
-def _load(module_path: str) -> Optional[ModuleType]:
-    """Import a command module; None when it (or its package) is not installed."""
+def _is_part_of(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _load(module_path: str) -> Tuple[Optional[ModuleType], str]:
+    """Import a command module: ``(module, "")``, or ``(None, what is not installed)`` when the
+    module (or its package) or an optional part of the engine it needs is missing."""
     try:
-        return importlib.import_module(module_path)
+        return importlib.import_module(module_path), ""
     except ModuleNotFoundError as e:
         missing = e.name or ""
-        if module_path == missing or module_path.startswith(missing + "."):
-            return None
+        if missing and _is_part_of(module_path, missing):
+            return None, module_path
+        if any(_is_part_of(missing, part) for part in OPTIONAL_PARTS):
+            return None, missing
         raise
-
-
-def _version() -> str:
-    import brainfm
-
-    return brainfm.__version__
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
@@ -65,17 +73,17 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         description="BrainFM: one brain foundation model for synthesis, segmentation, distance maps, "
                     "bias field, registration and super-resolution of any-contrast brain scans.",
     )
-    parser.add_argument("--version", action="version", version=f"brainfm {_version()}")
+    parser.add_argument("--version", action="version", version=f"brainfm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_path, help_text) in COMMANDS.items():
         if command is not None and name != command:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
-        module = _load(module_path)
+        module, missing = _load(module_path)
         if module is None:
             p = sub.add_parser(name, help=help_text, description=f"{name}: not available in this installation")
-            p.set_defaults(_module=None, _module_path=module_path)
+            p.set_defaults(_module=None, _module_path=missing)
             continue
         p = module.add_parser(sub)
         p.set_defaults(_module=module, _module_path=module_path)

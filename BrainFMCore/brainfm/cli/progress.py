@@ -3,6 +3,8 @@
 Modes: ``bar`` (tqdm on stderr), ``machine`` (lines ``BRAINFM_PROGRESS <fraction> <message>`` on
 stdout, flushed, for the Slicer child process) and ``none``. Reported fractions never go
 backwards. Failures in machine mode are one ``BRAINFM_ERROR {"type": ..., "message": ...}`` line.
+The lines themselves are formatted and parsed by :mod:`brainfm.progress_protocol` (whose names this
+module re-exports).
 
 >>> import io
 >>> buf = io.StringIO()
@@ -15,20 +17,23 @@ backwards. Failures in machine mode are one ``BRAINFM_ERROR {"type": ..., "messa
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
-from typing import Any, Callable, Dict, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, Optional, TextIO
 
 from brainfm.progress import CancelToken
+from brainfm.progress_protocol import (  # noqa: F401 - re-exported: the protocol as seen from the command line
+    ERROR_PREFIX,
+    PROGRESS_PREFIX,
+    format_error_line,
+    format_progress_line,
+    one_line,
+    parse_progress_line,
+)
 
-PROGRESS_PREFIX = "BRAINFM_PROGRESS"
-ERROR_PREFIX = "BRAINFM_ERROR"
 MODES = ("bar", "machine", "none")
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+#: the machine-mode error line of an exception (:func:`brainfm.progress_protocol.format_error_line`)
+error_line = format_error_line
 
 
 class ProgressReporter:
@@ -47,7 +52,7 @@ class ProgressReporter:
         self.last = f
         if self.mode == "machine":
             out = self.stream or sys.stdout
-            out.write(f"{PROGRESS_PREFIX} {f:.4f} {_one_line(message)}\n")
+            out.write(format_progress_line(f, message) + "\n")
             out.flush()
         elif self.mode == "bar":
             if self._bar is None:
@@ -56,7 +61,7 @@ class ProgressReporter:
                 self._bar = tqdm(total=1000, file=self.stream or sys.stderr, unit="", leave=True,
                                  bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
             self._bar.update(int(round(f * 1000)) - self._bar.n)
-            self._bar.set_postfix_str(_one_line(message)[:60], refresh=True)
+            self._bar.set_postfix_str(one_line(message)[:60], refresh=True)
 
     def note(self, text: str) -> None:
         """Print a line for the user on stderr (above the bar when one is shown), in every mode."""
@@ -64,7 +69,7 @@ class ProgressReporter:
             self._bar.write(text, file=self.stream or sys.stderr)
         else:
             stream = sys.stderr if self.mode == "machine" or self.stream is None else self.stream
-            stream.write(_one_line(text) + "\n")
+            stream.write(one_line(text) + "\n")
             stream.flush()
 
     def close(self) -> None:
@@ -74,33 +79,16 @@ class ProgressReporter:
             self._bar = None
 
 
-def parse_progress_line(line: str) -> Optional[Tuple[float, str]]:
-    """``(fraction, message)`` of a machine progress line, None for other lines."""
-    parts = line.rstrip("\n").split(" ", 2)
-    if len(parts) < 2 or parts[0] != PROGRESS_PREFIX:
-        return None
-    try:
-        return float(parts[1]), (parts[2] if len(parts) > 2 else "")
-    except ValueError:
-        return None
-
-
-def error_line(exc: BaseException) -> str:
-    """The machine-mode error line for ``exc``."""
-    return f"{ERROR_PREFIX} " + json.dumps({"type": type(exc).__name__, "message": _one_line(str(exc)),
-                                            "exit_code": int(getattr(exc, "exit_code", 1))})
-
-
 def report_error(exc: BaseException, *, machine: bool, debug: bool = False) -> None:
     """Print ``exc`` as one line (stderr), plus the machine line on stdout in machine mode."""
     if debug:
         import traceback
 
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    sys.stderr.write(f"brainfm: error: {_one_line(str(exc)) or type(exc).__name__}\n")
+    sys.stderr.write(f"brainfm: error: {one_line(str(exc)) or type(exc).__name__}\n")
     sys.stderr.flush()
     if machine:
-        sys.stdout.write(error_line(exc) + "\n")
+        sys.stdout.write(format_error_line(exc) + "\n")
         sys.stdout.flush()
 
 

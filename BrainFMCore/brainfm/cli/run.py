@@ -63,6 +63,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``run`` on an ``argparse`` sub-parser collection.
+
+    >>> a = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["scan.nii.gz", "-o", "out"])
+    >>> a.inputs, a.tasks, a.model, a.device, a.precision, a.progress
+    (['scan.nii.gz'], 'all', 'default', 'auto', 'auto', 'bar')
+    """
     p = subparsers.add_parser("run", help=HELP, description=__doc__.split("\n\n")[0] if __doc__ else HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT_OR_FOLDER", help="image files or folders of them")
     p.add_argument("-o", "--output", required=True, help="output folder (one sub-folder per case)")
@@ -92,7 +98,11 @@ def shard() -> Tuple[int, int, Optional[int]]:
 
 
 def pick_device(device: str, world: int, local_rank: Optional[int]) -> str:
-    """``cuda:LOCAL_RANK`` for ``auto`` under a multi-process launch with CUDA, else ``device``."""
+    """``cuda:LOCAL_RANK`` for ``auto`` under a multi-process launch with CUDA, else ``device``.
+
+    >>> pick_device("cpu", 2, 1), pick_device("auto", 1, None)   # explicit, or a single process
+    ('cpu', 'auto')
+    """
     if device == "auto" and world > 1 and local_rank is not None:
         import torch
 

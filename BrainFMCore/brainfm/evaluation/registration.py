@@ -2,7 +2,7 @@
 
 A and B are the 2 held-out label maps (training_seg_19/20) rendered as noise-free T1-like images
 with the generator's physics (MPRAGE, nominal tissue parameters, no deformation:
-:func:`brainfm.training.prepare.render_t1_like`). The model predicts atlas coordinates for both.
+:func:`brainfm.generator.physics.render_t1_like`). The model predicts atlas coordinates for both.
 A's labels are splatted into atlas space (1 mm grid, majority vote per atlas voxel, holes filled
 with the nearest labelled atlas voxel), then read back at B's predicted coordinates (nearest).
 Dice vs B's own labels on the 31 per-hemisphere structures of the 17-class evaluation (and merged).
@@ -34,7 +34,7 @@ MAX_ATLAS_MM = 256.0  #: atlas coordinates beyond +-this (mm) are ignored when s
 
 def render_image(labels: Volume) -> Volume:
     """Noise-free physics T1 rendering (no deformation) of a FreeSurfer label map."""
-    from brainfm.training.prepare import render_t1_like
+    from brainfm.generator.physics import render_t1_like
 
     return labels.with_data(render_t1_like(np.asarray(labels.data)))
 

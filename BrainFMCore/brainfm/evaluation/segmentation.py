@@ -26,7 +26,7 @@ from brainfm.labels import EVAL17_FS, merge_hemispheres
 
 GOAL = ">= 0.80 merged-17 mean Dice, then >= 0.85"
 MESHNET_ANCHOR = {"method": "MeshNet (brainchop)", "mean_dice_merged17": 0.782,
-                  "source": "published number quoted in the issue; not re-measured here"}
+                  "source": "published number (brainchop); not re-measured here"}
 
 
 def eval_labels_lr() -> List[int]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from typing import Dict, Tuple
 
+import numpy as np
 import torch
 
-from brainfm.generator.labels import TISSUES, tissue_of_compact
+from brainfm.generator.labels import TISSUES, tissue_of_compact, to_compact
 
 # Nominal 3 T tissue parameters [PD, T1 (s), T2 (s), T2* (s)] per tissue class.
 TISSUE_PARAMS: Dict[str, Tuple[float, float, float, float]] = {
@@ -108,6 +109,20 @@ def render(params: torch.Tensor, protocol: dict) -> torch.Tensor:
         return mprage(pd, t1, t2s, tr=protocol["tr"], ti=protocol["ti"], te=protocol["te"],
                       flip=protocol["flip"])
     raise ValueError(f"unknown sequence {k!r}")
+
+
+def render_t1_like(labels: np.ndarray) -> np.ndarray:
+    """Noise-free T1-like rendering (the standard MPRAGE, nominal tissue parameters, no deformation)
+    of a FreeSurfer label map: float32, 0 for background, scaled so the brightest tissue class is 200.
+
+    >>> import numpy as np
+    >>> img = render_t1_like(np.array([[[0, 2, 3, 4]]]))   # background, WM, cortex, CSF
+    >>> [round(float(v)) for v in img.ravel()]
+    [0, 70, 34, 10]
+    """
+    values = render(nominal_params(), STANDARD_PROTOCOLS["T1"]).numpy()
+    idx = to_compact(torch.from_numpy(np.asarray(labels).astype(np.int64))).numpy()
+    return (values[idx] / max(values.max(), 1e-12) * 200.0).astype(np.float32)
 
 
 def _logu(g: torch.Generator, lo: float, hi: float) -> float:

@@ -28,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from brainfm._version import __version__
 from brainfm.errors import CheckpointError
 from brainfm.io.atomic import atomic_output
 from brainfm.models.common import (
@@ -112,12 +113,7 @@ def save_native(net: BrainFMNet, path: PathLike, *, info: Union[ModelInfo, Mappi
         "weights_sha256": digest,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    try:
-        from brainfm import __version__ as brainfm_version
-
-        meta["brainfm_version"] = brainfm_version
-    except ImportError:  # pragma: no cover
-        pass
+    meta["brainfm_version"] = __version__
     text = json.dumps(meta, indent=2, sort_keys=False, default=_json_default) + "\n"
     _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return weights_path, json_path

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional
 from brainfm.errors import BrainFMError, ModelNotAvailableError
 from brainfm.models import store
 from brainfm.models.jsonfile import read_json
+from brainfm.models.quality import quality_label
 from brainfm.models.task_heads import tasks_for_heads
 
 #: the authors' page with the download link of the official weights (README, section "Downloads")
@@ -107,8 +108,6 @@ def default_model() -> DefaultModel:
                             f"the bundled compact model ({level} quality)")
     notes = []
     if bundled is not None:
-        from brainfm.evaluation.quality import quality_label
-
         label = quality_label(bundled["quality"]) or "of unmeasured quality"
         notes.append(f"The bundled compact model is {label}, so it is not used by default "
                      "(choose it explicitly with --model bundled).")
@@ -120,8 +119,6 @@ def default_model() -> DefaultModel:
 
 def quality_text(quality: Optional[Dict[str, Any]]) -> str:
     """``release`` / ``preview (merged-17 Dice ...)`` / ``below preview quality (...)`` / ``unmeasured``."""
-    from brainfm.evaluation.quality import quality_label
-
     if not quality or not quality.get("level"):
         return "unmeasured"
     return quality_label(quality) or str(quality.get("level"))

@@ -230,7 +230,7 @@ def _describe_loaded(info: Any, tasks: List[str]) -> Dict[str, Any]:
 def _inspect(path: Path, progress: Progress, cancel: Any) -> Dict[str, Any]:
     """Load ``path`` strictly (weights on the meta device: shapes checked, nothing allocated)."""
     from brainfm.models.loading import load_model
-    from brainfm.tasks.registry import available_tasks
+    from brainfm.models.task_heads import tasks_for_heads
 
     if progress is not None:
         progress(0.0, f"checking {path.name}")
@@ -238,7 +238,7 @@ def _inspect(path: Path, progress: Progress, cancel: Any) -> Dict[str, Any]:
                                    cancel=cancel)
     loaded = load_model(path, expected_sha256=digest, map_location="meta")
     info = loaded.info
-    return {**_describe_loaded(info, available_tasks(loaded.net.head_names)), "sha256": info.sha256}
+    return {**_describe_loaded(info, tasks_for_heads(loaded.net.head_names)), "sha256": info.sha256}
 
 
 def _copy_verified(src: Path, dest: Path, sha256: str, progress: Progress, cancel: Any,

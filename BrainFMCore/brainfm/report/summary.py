@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from brainfm._version import __version__
 from brainfm.io.atomic import atomic_output
 from brainfm.volume import Volume
 
@@ -103,9 +104,7 @@ def utc_now() -> str:
 
 def environment() -> Dict[str, Any]:
     """brainfm/python versions and the host (no user names or paths)."""
-    import brainfm
-
-    return {"brainfm": brainfm.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    return {"brainfm": __version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
 def build_summary(metadata: Mapping[str, Any], *, outputs: Mapping[str, Dict[str, Any]],

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from brainfm.errors import InputError
-from brainfm.models.task_heads import TASK_HEADS
+from brainfm.models.task_heads import TASK_HEADS, tasks_for_heads
 from brainfm.tasks import bias, distance, features, registration, segmentation, superres, synthesis
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
@@ -80,9 +80,9 @@ def _head_for(spec: TaskSpec, heads: Sequence[str]) -> str:
 
 
 def available_tasks(heads: Iterable[str]) -> List[str]:
-    """Tasks the model's heads support, in canonical order (``feat`` always)."""
-    hs = list(heads)
-    return [n for n, s in TASKS.items() if n == FEAT or _head_for(s, hs)]
+    """Tasks the model's heads support, in canonical order (``feat`` always):
+    :func:`brainfm.models.task_heads.tasks_for_heads`."""
+    return tasks_for_heads(heads)
 
 
 def resolve_tasks(requested: Iterable[str], heads: Iterable[str]) -> List[str]:

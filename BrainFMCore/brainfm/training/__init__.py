@@ -9,9 +9,13 @@ Modules (imported lazily; nothing heavy happens on ``import brainfm.training``):
 - ``checkpoint``: atomic, pickle-free training checkpoints with exact resume;
 - ``data``: prepared subjects -> generator batches (``prepare`` writes the prepared subjects);
 - ``trainer``: the loop (bf16 on CUDA, time box, DDP via torchrun, validation, logs);
-- ``finetune``: head-only / frozen-encoder / full fine-tuning on real images;
-- ``evaluate``: Dice / PSNR on held-out subjects;
-- ``cli_train`` / ``cli_finetune`` / ``cli_evaluate`` / ``cli_prepare``: the ``brainfm`` subcommands.
+- ``finetune`` / ``finetune_options``: head-only / frozen-encoder / full fine-tuning on real images
+  (options: given > YAML > defaults);
+- ``evaluate`` / ``heldout``: Dice / PSNR on held-out subjects (``brainfm evaluate``);
+- ``restore`` / ``export``: the network of a training checkpoint, written as a native model.
+
+The ``brainfm prepare``, ``train``, ``finetune`` and ``evaluate`` commands (:mod:`brainfm.cli`)
+call these modules.
 
 >>> from brainfm.training.config import TrainConfig
 >>> TrainConfig().model.num_levels

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from brainfm.errors import InputError
 
@@ -20,6 +20,12 @@ DEFAULT_HEADS: Dict[str, int] = {
     "T1": 1, "T2": 1, "FLAIR": 1, "CT": 1, "high_res_residual": 1,
     "segmentation": 33, "distance": 4, "bias_field_log": 1, "registration": 3,
 }
+
+#: overrides of a smoke run (``brainfm train --smoke``): a tiny model and batch, 4 steps, to check a setup
+SMOKE_OVERRIDES: Tuple[str, ...] = (
+    "model.f_maps=4", "model.num_levels=3", "model.num_groups=4", "generator.size=24",
+    "generator.n_samples=2", "data.val_samples=1", "run.max_steps=4", "run.ckpt_every=2",
+    "run.log_every=1", "optim.warmup_steps=2")
 
 
 @dataclass

@@ -1,15 +1,17 @@
 """Write a trained network in the native model format (``brainfm.models.save_native``) so the engine,
 the CLI and the Slicer modules can load it like any other model.
 
->>> from brainfm.training.export import export_native  # doctest: +SKIP
->>> export_native(net, "runs/x/model", cfg=cfg, step=1000)  # doctest: +SKIP
-PosixPath('runs/x/model/brainfm-compact.safetensors')
+>>> import tempfile
+>>> from brainfm.models import BrainFMNet, ModelConfig
+>>> net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"T1": 1}))
+>>> export_native(net, tempfile.mkdtemp(), name="tiny", step=3).name
+'tiny.safetensors'
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch  # noqa: F401
 
@@ -46,3 +48,18 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
     out.mkdir(parents=True, exist_ok=True)
     weights, _json = save_native(net, out / name, info=info, fp16=dtype == "fp16")
     return Path(weights)
+
+
+def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], *, dtype: str = "fp32") -> Tuple[Path, int]:
+    """Export the network of a training checkpoint (a checkpoint folder, or a run folder: its latest
+    checkpoint) with the configuration it was trained with; returns ``(weights path, step)``.
+    :class:`~brainfm.errors.CheckpointError` when there is no checkpoint."""
+    from brainfm.errors import CheckpointError
+    from brainfm.training.restore import find_checkpoint, model_from_checkpoint
+
+    found = find_checkpoint(checkpoint)
+    if found is None:
+        raise CheckpointError(f"no training checkpoint in {checkpoint}")
+    net, cfg, meta = model_from_checkpoint(found)
+    step = int(meta["step"])
+    return export_native(net, out_dir, cfg=cfg, step=step, dtype=dtype), step

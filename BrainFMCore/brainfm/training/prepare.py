@@ -6,6 +6,13 @@ Each cache file holds ``labels`` (uint16, RAS 1 mm, cropped to the head + 4 mm),
 plus ``atlas_residual`` (3, gx, gy, gz) float16 mm on a coarse grid every ``atlas_step`` voxels
 (the non-linear part). :func:`load_subject` rebuilds the dense atlas-coordinate map and the
 surface distance maps on the requested device.
+
+>>> import tempfile
+>>> folder = Path(tempfile.mkdtemp())
+>>> for name in ("b.nii.gz", "a.mgz", "notes.txt"):
+...     _ = (folder / name).write_bytes(b"")
+>>> [p.name for p in list_label_maps(folder)]   # label-map files only, sorted
+['a.mgz', 'b.nii.gz']
 """
 from __future__ import annotations
 
@@ -33,6 +40,14 @@ ATLAS_STEP = 5  # voxels (mm) between nodes of the stored residual grid
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
 
 
+def __getattr__(name: str):  # ``render_t1_like`` moved to the generator's physics; still importable from here
+    if name == "render_t1_like":
+        from brainfm.generator.physics import render_t1_like
+
+        return render_t1_like
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _stem(p: Path) -> str:
     for ext in LABEL_EXTS:
         if p.name.endswith(ext):
@@ -51,16 +66,6 @@ def list_label_maps(label_dir: Union[str, Path]) -> List[Path]:
     return files
 
 
-def render_t1_like(labels: np.ndarray) -> np.ndarray:
-    """Noise-free T1-like (MPRAGE, nominal tissue parameters) rendering of a FreeSurfer label map."""
-    import torch
-
-    from brainfm.generator import physics
-    from brainfm.generator.labels import to_compact
-
-    values = physics.render(physics.nominal_params(), physics.STANDARD_PROTOCOLS["T1"]).numpy()
-    idx = to_compact(torch.from_numpy(labels.astype(np.int64))).numpy()
-    return (values[idx] / max(values.max(), 1e-12) * 200.0).astype(np.float32)
 
 
 def register_to_atlas(t1_like: Volume, atlas: Volume, *, nonlinear: bool = True,
@@ -181,6 +186,7 @@ def prepare_subject(path: Union[str, Path], out_dir: Union[str, Path], *, atlas_
                           read_volume(path, kind="label")) if images_dir else {}
     atlas = read_volume(atlas_path, kind="image")
     from brainfm.generator.labels import BRAIN_LABELS
+    from brainfm.generator.physics import render_t1_like
 
     # the atlas is a brain template: register the skull-stripped rendering
     t1 = net.with_data(render_t1_like(np.where(np.isin(net.data, BRAIN_LABELS), net.data, 0)))

@@ -6,9 +6,13 @@ The data come from a *batch source* (see :mod:`brainfm.training.data`): ``source
 world_size)`` returns a generator batch that depends only on (seed, step, rank), so an interrupted run
 resumed from its checkpoint sees exactly the batches it would have seen.
 
->>> from brainfm.training.trainer import Trainer  # doctest: +SKIP
->>> Trainer(cfg, source=source).fit().step  # doctest: +SKIP
-200
+>>> from brainfm.training.config import TrainConfig, apply_overrides
+>>> cfg = apply_overrides(TrainConfig(), ["model.f_maps=4", "model.num_levels=3", "model.num_groups=2"])
+>>> net = build_model(cfg)
+>>> architecture_of(cfg)["f_maps"], sorted(net.config.heads)[:3]
+(4, ['CT', 'FLAIR', 'T1'])
+
+A run: ``Trainer(cfg, source=source_from_config(cfg, "cpu")).fit()`` (see :mod:`brainfm.training.data`).
 """
 from __future__ import annotations
 

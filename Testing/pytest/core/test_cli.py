@@ -208,7 +208,7 @@ def test_info_json(tmp_path, model, capsys):
     assert code == 0 and json.loads(stdout)["model"]["available"] is False
 
 
-def test_labels_export_and_unavailable_subcommand(tmp_path, capsys):
+def test_labels_export(tmp_path, capsys):
     from brainfm.labels import get_scheme, read_freesurfer_lut
 
     code, _, _ = _run(["labels", "--format", "fs-lut", "-o", str(tmp_path / "l.txt"), "--scheme", "fs33"], capsys)
@@ -216,11 +216,25 @@ def test_labels_export_and_unavailable_subcommand(tmp_path, capsys):
     assert sorted(read_freesurfer_lut(tmp_path / "l.txt")) == sorted(get_scheme("fs33").fs_values)
     code, _, _ = _run(["labels", "-o", str(tmp_path / "c.csv")], capsys)
     assert code == 0 and (tmp_path / "c.csv").read_text().startswith("LabelValue,Name,")
-    import importlib.util
 
-    if importlib.util.find_spec("brainfm.training.cli_evaluate") is None:
-        code, _, err = _run(["evaluate"], capsys)
-        assert code == 1 and "not available in this installation" in err
+
+@pytest.mark.parametrize("command, part", [("evaluate", "brainfm.training"), ("train", "brainfm.training"),
+                                           ("eval-table", "brainfm.evaluation")])
+def test_commands_of_a_missing_part_are_not_available(command, part, tmp_path, capsys, monkeypatch):
+    """An installation without the training (or evaluation) part lists its commands as not available
+    (exit 1, one line) while the other commands keep working."""
+    import sys
+
+    from brainfm.cli.main import COMMANDS, build_parser
+
+    monkeypatch.setitem(sys.modules, part, None)  # what `import` sees when the part is not installed
+    module = COMMANDS[command][0]
+    monkeypatch.delitem(sys.modules, module, raising=False)  # loaded again, as in a fresh process
+    code, _, err = _run([command], capsys)
+    assert code == 1 and err == f"brainfm {command}: not available in this installation ({part} is not installed)\n"
+    assert command in build_parser().format_help()  # still listed by `brainfm --help`
+    code, _, err = _run(["labels", "-o", str(tmp_path / "c.csv")], capsys)
+    assert code == 0, err
 
 
 def test_python_m_brainfm_help():

@@ -36,9 +36,9 @@ from slicer_static_helpers import (  # noqa: E402
     parse_py,
 )
 
-#: where the engine keeps the progress line protocol (the first module that defines a name wins:
-#: the protocol may live in the neutral progress layer or with the command line)
-PROGRESS_MODULES = ("brainfm.progress", "brainfm.cli.progress")
+#: where the engine keeps the progress line protocol (format and parse) and its command-line reporter
+PROTOCOL_MODULE = "brainfm.progress_protocol"
+REPORTER_MODULE = "brainfm.cli.progress"
 
 
 def engine_attr(name: str, *modules: str) -> Any:
@@ -80,11 +80,11 @@ def engine_outputs() -> Dict[str, str]:
 
 # ------------------------------------------------------------------------- progress line protocol
 def test_progress_and_error_lines_are_the_engines():
-    assert process.PROGRESS_PREFIX == engine_attr("PROGRESS_PREFIX", *PROGRESS_MODULES)
-    assert process.ERROR_PREFIX == engine_attr("ERROR_PREFIX", *PROGRESS_MODULES)
+    assert process.PROGRESS_PREFIX == engine_attr("PROGRESS_PREFIX", PROTOCOL_MODULE)
+    assert process.ERROR_PREFIX == engine_attr("ERROR_PREFIX", PROTOCOL_MODULE)
     assert process.CANCELLED_EXIT_CODE == CancelledError.exit_code == 130
     # what the engine prints in machine mode is what the library reads
-    reporter = engine_attr("ProgressReporter", *PROGRESS_MODULES)
+    reporter = engine_attr("ProgressReporter", REPORTER_MODULE)
     buf = io.StringIO()
     report = reporter("machine", stream=buf)
     report(0.25, "reading  scan.nii")
@@ -94,12 +94,45 @@ def test_progress_and_error_lines_are_the_engines():
     events = [process.parse_line(line) for line in buf.getvalue().splitlines()]
     assert events == [process.ProgressEvent(0.25, "reading scan.nii"), process.ProgressEvent(0.25, "late"),
                       process.ProgressEvent(1.0, "")]
-    error_line = engine_attr("error_line", *PROGRESS_MODULES)
+    error_line = engine_attr("format_error_line", PROTOCOL_MODULE)
     line = error_line(InputError("'head.nii' is 2D; BrainFM needs a 3D volume"))
     assert process.parse_line(line) == ("InputError", "'head.nii' is 2D; BrainFM needs a 3D volume")
     # and the other way round: the library's example line is one the engine reads
-    parse_progress_line = engine_attr("parse_progress_line", *PROGRESS_MODULES)
+    parse_progress_line = engine_attr("parse_progress_line", PROTOCOL_MODULE)
     assert parse_progress_line("BRAINFM_PROGRESS 0.5000 half") == (0.5, "half")
+
+
+@pytest.mark.parametrize("fraction, message", [(0.0, "start"), (0.4242, "predicting tile 3/8"), (1.0, ""),
+                                                (0.5, "two  spaces\nand a newline"), (0.123456, "rounded")])
+def test_progress_line_format_is_the_libraries(fraction, message):
+    """The engine's progress lines are exactly the library's protocol: the prefix, the fraction with
+    4 decimals, the message on one line; the library and the engine read each line alike."""
+    format_progress_line = engine_attr("format_progress_line", PROTOCOL_MODULE)
+    parse_progress_line = engine_attr("parse_progress_line", PROTOCOL_MODULE)
+    line = format_progress_line(fraction, message)
+    one_line = " ".join(message.split())
+    assert line == f"{process.PROGRESS_PREFIX} {fraction:.4f} {one_line}"
+    event = process.parse_line(line + "\n")
+    assert event == process.ProgressEvent(round(fraction, 4), one_line)
+    assert parse_progress_line(line) == (event.fraction, event.message)
+
+
+def test_error_line_format_is_the_libraries():
+    """The engine's error lines carry what the library reads (type, message) plus the exit code, as JSON."""
+    format_error_line = engine_attr("format_error_line", PROTOCOL_MODULE)
+    parse_error_line = engine_attr("parse_error_line", PROTOCOL_MODULE)
+    exc = CancelledError("cancelled by\nthe user")
+    line = format_error_line(exc)
+    assert line.startswith(process.ERROR_PREFIX + " {")
+    assert process.parse_line(line) == ("CancelledError", "cancelled by the user")
+    assert parse_error_line(line) == {"type": "CancelledError", "message": "cancelled by the user",
+                                      "exit_code": process.CANCELLED_EXIT_CODE}
+    # the line the library's own tests feed it is one the engine reads the same way
+    library_line = '{} {{"type": "ResourceError", "message": "CUDA out of memory"}}'.format(process.ERROR_PREFIX)
+    assert process.parse_line(library_line) == ("ResourceError", "CUDA out of memory")
+    assert parse_error_line(library_line) == {"type": "ResourceError", "message": "CUDA out of memory"}
+    assert parse_error_line("BRAINFM_PROGRESS 0.5000 half") is None and engine_attr(
+        "parse_progress_line", PROTOCOL_MODULE)(library_line) is None
 
 
 # -------------------------------------------------------------------------------- brainfm run

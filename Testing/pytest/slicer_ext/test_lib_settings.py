@@ -132,8 +132,19 @@ class FakeEnv:
 
 
 def _pyproject_version():
-    text = (REPO / "BrainFMCore" / "pyproject.toml").read_text()
-    return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+    """The engine's version as its ``pyproject.toml`` declares it: a literal ``version = "..."``, or
+    the ``[tool.setuptools.dynamic]`` attribute it names (read from that module's source, as the
+    build reads it without importing the engine)."""
+    core = REPO / "BrainFMCore"
+    text = (core / "pyproject.toml").read_text()
+    literal = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    if literal:
+        return literal.group(1)
+    assert re.search(r'^dynamic\s*=\s*\[[^]]*"version"', text, re.M), "pyproject.toml declares no version"
+    attr = re.search(r'^version\s*=\s*\{\s*attr\s*=\s*"([\w.]+)\.(\w+)"\s*\}', text, re.M)
+    module, name = attr.group(1), attr.group(2)
+    source = (core / Path(*module.split("."))).with_suffix(".py").read_text()
+    return re.search(rf'^{name}\s*=\s*"([^"]+)"', source, re.M).group(1)
 
 
 def test_install_logic_pins_brainfm_and_never_touches_skipped_packages(tmp_path):

@@ -284,14 +284,3 @@ def test_shared_data_synthesis_baseline_matches_anchor(shared_data):
     for k, v in now.items():
         assert v["psnr"] == pytest.approx(stored[k]["psnr"], abs=1e-3)
         assert v["ssim"] == pytest.approx(stored[k]["ssim"], abs=1e-4)
-
-
-@pytest.mark.parametrize("name", ["metrics", "rows", "segmentation", "robustness", "synthesis", "biasfield",
-                                  "registration", "ct", "speed", "table", "datasets", "sitk_util", "anchors"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"brainfm.evaluation.{name}")
-    failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert attempted > 0 and failed == 0, name

@@ -12,8 +12,9 @@ import torch
 
 from brainfm.errors import InputError
 from brainfm.generator import Generator
-from brainfm.training import cli_prepare
-from brainfm.training.prepare import list_prepared, load_subject, prepare_dataset, render_t1_like
+from brainfm.cli import prepare_cmd
+from brainfm.generator.physics import render_t1_like
+from brainfm.training.prepare import list_prepared, load_subject, prepare_dataset
 from fixtures import label_head
 
 SHIFT = np.array([6.0, -4.0, 3.0])  # atlas world = subject world + SHIFT
@@ -136,15 +137,21 @@ def test_bad_inputs(dataset, tmp_path):
         load_subject(bad)
 
 
-def test_cli_prepare(dataset, tmp_path, capsys):
+def test_prepare_command(dataset, tmp_path, capsys):
     lab_dir, atlas, _ = dataset
     parser = argparse.ArgumentParser()
-    p = cli_prepare.add_parser(parser.add_subparsers())
+    p = prepare_cmd.add_parser(parser.add_subparsers())
     args = p.parse_args([str(lab_dir), "-o", str(tmp_path / "cli"), "--atlas", str(atlas),
                          "--affine-only", "--progress", "machine", "--workers", "2"])
-    assert cli_prepare.main(args) == 0
+    assert prepare_cmd.main(args) == 0
     out = capsys.readouterr().out
     assert "BRAINFM_PROGRESS 1.0000" in out and "prepared 2, skipped 0" in out
+
+
+def test_the_renderer_is_still_importable_from_prepare():
+    from brainfm.training import prepare
+
+    assert prepare.render_t1_like is render_t1_like  # moved to the generator's physics; the old name remains
 
 
 def test_non_1mm_oblique_map_resampled_to_1mm_ras(dataset, tmp_path):

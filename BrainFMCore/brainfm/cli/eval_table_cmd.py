@@ -15,11 +15,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import brainfm.evaluation  # noqa: F401 - the evaluation part; without it `brainfm` lists this command as not available
+
 HELP = "compute the model-card evaluation table (Dice, PSNR/SSIM, N4, registration, CT, speed)"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``eval-table``."""
+    """Register ``eval-table``.
+
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> a = add_parser(sub).parse_args(["--model", "bundled", "--data", "data", "-o", "out", "--rows", "speed"])
+    >>> a.rows, a.device, a.samseg_python
+    (['speed'], 'auto', None)
+    """
     from brainfm.evaluation.table import ROWS
 
     p = subparsers.add_parser("eval-table", help=HELP, description=__doc__,

@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, List
 
-HELP = "train a model with the synthetic generator (time-boxed, resumable, multi-GPU with torchrun)"
+import brainfm.training  # noqa: F401 - the training part; without it `brainfm` lists this command as not available
 
-SMOKE = ["model.f_maps=4", "model.num_levels=3", "model.num_groups=4", "generator.size=24",
-         "generator.n_samples=2", "data.val_samples=1", "run.max_steps=4", "run.ckpt_every=2",
-         "run.log_every=1", "optim.warmup_steps=2"]
+HELP = "train a model with the synthetic generator (time-boxed, resumable, multi-GPU with torchrun)"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,8 +39,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def overrides_of(args: argparse.Namespace) -> List[str]:
-    """Command-line options as config overrides (``--smoke`` first, so --set/options win)."""
-    ov: List[str] = list(SMOKE) if getattr(args, "smoke", False) else []
+    """Command-line options as config overrides (``--smoke`` first, so --set/options win).
+
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> args = add_parser(sub).parse_args(["--smoke", "--steps", "8", "--out", "run1"])
+    >>> overrides_of(args)[0], overrides_of(args)[-2:]
+    ('model.f_maps=4', ['run.out_dir=run1', 'run.max_steps=8'])
+    """
+    from brainfm.training.config import SMOKE_OVERRIDES
+
+    ov: List[str] = list(SMOKE_OVERRIDES) if getattr(args, "smoke", False) else []
     ov += list(args.set or [])
     for opt, key in (("prepared", "data.prepared"), ("out", "run.out_dir"), ("minutes", "run.minutes"),
                      ("steps", "run.max_steps"), ("device", "run.device")):
@@ -52,16 +58,9 @@ def overrides_of(args: argparse.Namespace) -> List[str]:
     return ov
 
 
-def _reporter(mode: str):
-    if mode == "none":
-        return None
-    from brainfm.cli.progress import ProgressReporter
-
-    return ProgressReporter(mode)
-
-
 def main(args: argparse.Namespace) -> int:
     """Run training; prints a JSON summary line at the end (rank 0)."""
+    from brainfm.cli.progress import CancelOnSignal, ProgressReporter
     from brainfm.progress import CancelToken
     from brainfm.training.config import load_config
     from brainfm.training.dist import DistInfo
@@ -69,7 +68,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides_of(args))
     info = DistInfo.from_env()
     if args.export_from:
-        return _export_only(cfg, Path(args.export_from))
+        from brainfm.training.export import export_checkpoint
+
+        out, step = export_checkpoint(Path(args.export_from), Path(cfg.run.out_dir) / "model",
+                                      dtype=cfg.run.export_dtype)
+        print(json.dumps({"model": str(out), "step": step}))
+        return 0
     from brainfm.training.data import source_from_config
     from brainfm.training.dist import select_device
     from brainfm.training.trainer import Trainer
@@ -77,42 +81,16 @@ def main(args: argparse.Namespace) -> int:
     device = select_device(cfg.run.device, info)
     source = source_from_config(cfg, device)
     token = CancelToken()
-    rep = _reporter(args.progress) if info.is_main else None
+    reporter = ProgressReporter(args.progress) if info.is_main else None
     try:
-        from brainfm.cli.progress import CancelOnSignal
-
-        guard: Any = CancelOnSignal(token)
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        guard = contextlib.nullcontext()
-    with guard:
-        res = Trainer(cfg, source=source, resume=args.resume, init_from=args.init, progress=rep,
-                      cancel=token, info=info).fit()
-    if rep is not None and hasattr(rep, "close"):
-        rep.close()
+        with CancelOnSignal(token):
+            res = Trainer(cfg, source=source, resume=args.resume, init_from=args.init, progress=reporter,
+                          cancel=token, info=info).fit()
+    finally:
+        if reporter is not None:
+            reporter.close()
     if info.is_main:
         print(json.dumps({"step": res.step, "start_step": res.start_step, "stopped": res.stopped,
                           "checkpoint": str(res.checkpoint), "model": str(res.native_model),
                           "log": str(res.log_csv), "val": res.val, "seconds": round(res.seconds, 1)}))
-    return 0
-
-
-def _export_only(cfg: Any, ckpt_path: Path) -> int:
-    from brainfm.errors import CheckpointError
-    from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
-    from brainfm.training.config import TrainConfig
-    from brainfm.training.export import export_native
-    from brainfm.training.trainer import build_model
-
-    found = ckpt_path if (ckpt_path / "meta.json").is_file() else latest_checkpoint(ckpt_path)
-    if found is None:
-        raise CheckpointError(f"no training checkpoint in {ckpt_path}")
-    meta = read_meta(found)
-    run_cfg = TrainConfig.from_dict(meta.get("config") or {})
-    net = build_model(run_cfg)
-    load_checkpoint(found, model=net, restore_rng=False)
-    out = export_native(net, Path(cfg.run.out_dir) / "model", cfg=run_cfg, step=int(meta["step"]),
-                        dtype=cfg.run.export_dtype)
-    print(json.dumps({"model": str(out), "step": meta["step"]}))
     return 0

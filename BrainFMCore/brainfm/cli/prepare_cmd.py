@@ -1,16 +1,18 @@
 """``brainfm prepare LABEL_DIR -o OUT --atlas gca.mgz [--workers N]``: cache label maps for training.
 
 >>> import argparse
->>> from brainfm.training import cli_prepare
+>>> from brainfm.cli import prepare_cmd
 >>> sub = argparse.ArgumentParser().add_subparsers()
->>> a = cli_prepare.add_parser(sub).parse_args(["labels", "-o", "out", "--atlas", "gca.mgz"])
+>>> a = prepare_cmd.add_parser(sub).parse_args(["labels", "-o", "out", "--atlas", "gca.mgz"])
 >>> a.workers, a.unknown, a.affine_only
 (1, 'zero', False)
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable, Optional
+
+import brainfm.training  # noqa: F401 - the training part; without it `brainfm` lists this command as not available
 
 HELP = "prepare label maps for training (1 mm RAS crop + atlas registration cache)"
 
@@ -31,11 +33,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _progress(kind: str):
+def progress_printer(kind: str) -> Optional[Callable[[float, str], None]]:
+    """The progress callback of ``--progress kind``: machine protocol lines, ``[ 42.0%] message``
+    lines (``bar``: one line per subject, readable in logs) or None.
+
+    >>> progress_printer("bar")(0.42, "subject_1")
+    [ 42.0%] subject_1
+    >>> progress_printer("machine")(0.5, "subject_2")
+    BRAINFM_PROGRESS 0.5000 subject_2
+    """
     if kind == "none":
         return None
     if kind == "machine":
-        return lambda f, m: print(f"BRAINFM_PROGRESS {f:.4f} {m}", flush=True)
+        from brainfm.progress_protocol import format_progress_line
+
+        return lambda f, m: print(format_progress_line(f, m), flush=True)
     return lambda f, m: print(f"[{100 * f:5.1f}%] {m}", flush=True)
 
 
@@ -45,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
 
     res = prepare_dataset(args.label_dir, args.output, atlas_path=args.atlas, images_dir=args.images,
                           workers=args.workers, unknown=args.unknown, nonlinear=not args.affine_only,
-                          progress=_progress(args.progress))
+                          progress=progress_printer(args.progress))
     unknown = {k: v["unknown_labels"] for k, v in res["subjects"].items() if v.get("unknown_labels")}
     for name, vals in sorted(unknown.items()):
         print(f"warning: {name}: unknown label values {vals} were set to 0")

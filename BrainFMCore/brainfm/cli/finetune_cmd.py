@@ -10,16 +10,14 @@ import argparse
 import json
 from typing import Any, Dict
 
+import brainfm.training  # noqa: F401 - the training part; without it `brainfm` lists this command as not available
+
 HELP = "fine-tune a model on images + labels (or images + target images)"
 
 
-DEFAULTS = {"model": "default", "task": "seg", "mode": "head", "head": None, "label_scheme": "fs33",
-            "steps": 500, "minutes": 0.0, "lr": 1e-3, "size": 96, "n_samples": 2, "name": "brainfm-finetuned",
-            "device": "auto", "resume": "auto"}
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``finetune`` (options left out come from ``--config``, then from DEFAULTS)."""
+    """Register ``finetune`` (options left out come from ``--config``, then from
+    :data:`brainfm.training.finetune_options.FINETUNE_DEFAULTS`)."""
     p = subparsers.add_parser("finetune", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with any of the options below (e.g. Training/configs/finetune.yaml)")
@@ -44,36 +42,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def resolve_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """Command line > --config YAML > DEFAULTS."""
-    from brainfm.errors import InputError
+    """Command line > --config YAML > defaults (:func:`brainfm.training.finetune_options.finetune_options`).
 
-    conf: Dict[str, Any] = {}
-    if getattr(args, "config", None):
-        import yaml
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> o = resolve_options(add_parser(sub).parse_args(["--data", "d", "--out", "o", "--steps", "20"]))
+    >>> o["steps"], o["model"], o["task"]
+    (20, 'default', 'seg')
+    """
+    from brainfm.training.finetune_options import FINETUNE_DEFAULTS, finetune_options
 
-        try:
-            conf = yaml.safe_load(open(args.config)) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"cannot read fine-tuning config {args.config}: {e}") from None
-        unknown = sorted(set(conf) - set(DEFAULTS))
-        if unknown:
-            raise InputError(f"unknown fine-tuning config keys {unknown}; known: {sorted(DEFAULTS)}")
-    out = {}
-    for k, d in DEFAULTS.items():
-        v = getattr(args, k, None)
-        out[k] = v if v is not None else conf.get(k, d)
-    return out
+    return finetune_options({key: getattr(args, key, None) for key in FINETUNE_DEFAULTS},
+                            config=getattr(args, "config", None))
 
 
 def main(args: argparse.Namespace) -> int:
-    from brainfm.training.cli_train import _reporter
+    """Fine-tune; prints a JSON line with the written model, the step reached and the validation."""
+    from brainfm.cli.progress import ProgressReporter
     from brainfm.training.finetune import finetune
 
     o = resolve_options(args)
-    rep = _reporter(args.progress)
+    reporter = ProgressReporter(args.progress)
     model = o.pop("model")
-    res = finetune(model, args.data, args.out, overrides=args.set, progress=rep, **o)
-    if rep is not None:
-        rep.close()
+    try:
+        res = finetune(model, args.data, args.out, overrides=args.set, progress=reporter, **o)
+    finally:
+        reporter.close()
     print(json.dumps({"model": str(res.native_model), "step": res.step, "val": res.val}))
     return 0
