@@ -11,18 +11,7 @@ import ckpt_factory
 from bad_inputs import SCENARIOS, out_entries, run_scenario
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    _net, weights, _json = ckpt_factory.write_native(d / "tiny", heads={"T1": 1, "segmentation": 33})
-    return weights
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "cache"))
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "BRAINFM_ATLAS"):
-        monkeypatch.delenv(var, raising=False)
+from cli_fixtures import _private_cache, model  # noqa: E402,F401 - shared fixtures
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
