@@ -58,6 +58,22 @@ def run_totals(run: Path, meta: Dict[str, Any]) -> Dict[str, float]:
             "run_steps": int(meta["step"])}
 
 
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path made relative to the repository (or cut to its name), so the
+    shipped sidecar names no folder of the machine that trained it."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value)
+        try:
+            return str(path.resolve().relative_to(REPO))
+        except ValueError:
+            return path.name
+    return value
+
+
 def recent_losses(run: Path, n: int = 50) -> Dict[str, float]:
     p = run / "log.csv"
     if not p.is_file():
@@ -136,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     today = datetime.date.today().isoformat()
     hardware = args.hardware or f"{cpu_name()}, {os.cpu_count()} cores"
     provenance = {"trained_by": "brainfm.training", "step": int(meta["step"]), "totals": totals,
-                  "recipe": cfg.to_dict(), "recent_losses": losses, "date": today, "hardware": hardware}
+                  "recipe": portable(cfg.to_dict()), "recent_losses": losses, "date": today, "hardware": hardware}
 
     def info(quality: Dict[str, Any]) -> ModelInfo:
         return ModelInfo(name=NAME, version=f"{today}-step{totals['steps']}", format="native", sha256="",

@@ -145,6 +145,9 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     meta = json.loads((bundled / "brainfm-compact.json").read_text())
     assert meta["quality"]["real_t1_dice17"] == 0.31 and meta["voxel_mm"] == 2.0
     assert meta["weights_dtype"] == "float16" and meta["provenance"]["totals"]["steps"] == 2
+    # the shipped sidecar names no folder of the training machine
+    assert meta["provenance"]["recipe"]["run"]["out_dir"] == "run"
+    assert str(tmp_path) not in (bundled / "brainfm-compact.json").read_text()
     sha = json.loads(reg.read_text())["entries"][0]["sha256"]
     assert sha == meta["weights_sha256"]
     # a worse model: a history row, but the bundled weights stay
