@@ -32,13 +32,12 @@ from brainfm.inference.prediction import TILING_NOTE, Prediction
 from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepare
 from brainfm.inference.tiling import MIN_TILE
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
+from brainfm.models.task_heads import COARSE_GRID_HIDDEN_HEADS, served_heads  # noqa: F401 (public name kept here)
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
 
 OUTPUT_FRAMES = ("input", "1mm")
-#: heads whose task needs a 1 mm working grid (hidden for models with ``voxel_mm > 1``)
-COARSE_GRID_HIDDEN_HEADS = ("high_res_residual",)
 
 
 class _Monotone:
@@ -115,8 +114,7 @@ class Predictor:
         #: edge (mm) of the network frame's voxels: the model's working resolution
         self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
         #: heads that serve tasks: a model working on a grid coarser than 1 mm offers no 1 mm super-resolution
-        self.task_heads: List[str] = [h for h in self.head_names
-                                      if not (h in COARSE_GRID_HIDDEN_HEADS and self.voxel_mm > 1.0 + 1e-6)]
+        self.task_heads: List[str] = served_heads(self.head_names, voxel_mm=self.voxel_mm)
         self.available_tasks: List[str] = available_tasks(self.task_heads)
         self._atlas_cache: Dict[str, Optional[Volume]] = {}
 

@@ -47,6 +47,19 @@ def test_native_file_keeps_voxel_size_and_quality(tmp_path):
         load_model(w)
 
 
+@pytest.mark.parametrize("voxel_mm", [1.0, 2.0])
+def test_model_lists_offer_the_tasks_the_predictor_runs(tmp_path, voxel_mm):
+    """What ``brainfm info``, ``brainfm models`` and the Slicer selector read from a file is what runs."""
+    from brainfm.models.selection import describe_file
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads=dict(HEADS)))
+    w, _ = save_native(net, tmp_path / "m", info={"name": "m", "voxel_mm": voxel_mm})
+    listed = describe_file(w)["tasks"]
+    assert listed == Predictor.from_pretrained(str(w), device="cpu").available_tasks
+    assert ("sr" in listed) is (voxel_mm == 1.0)
+
+
 def test_predictor_runs_on_the_model_grid_and_returns_the_input_grid():
     head = blob_head((44, 52, 40))
     p1, p2 = tiny(1.0), tiny(2.0)
