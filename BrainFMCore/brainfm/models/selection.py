@@ -78,12 +78,12 @@ def bundled_model() -> Optional[Dict[str, Any]]:
         meta = {}
     heads = {str(k): int(v) for k, v in (meta.get("heads") or {}).items()}
     quality = meta.get("quality") if isinstance(meta.get("quality"), dict) else {}
+    voxel_mm = float(meta.get("voxel_mm") or 1.0)
     return {
         "name": "bundled", "format": "native", "model_name": str(meta.get("name") or "brainfm-compact"),
         "version": str(meta.get("version") or ""), "path": str(weights), "sha256": meta.get("weights_sha256"),
-        "size_bytes": weights.stat().st_size, "heads": heads,
-        "tasks": tasks_for_heads(heads, voxel_mm=float(meta.get("voxel_mm") or 1.0)),
-        "label_scheme": meta.get("label_scheme"), "voxel_mm": float(meta.get("voxel_mm") or 1.0),
+        "size_bytes": weights.stat().st_size, "heads": heads, "tasks": tasks_for_heads(heads, voxel_mm=voxel_mm),
+        "label_scheme": meta.get("label_scheme"), "voxel_mm": voxel_mm,
         "quality": dict(quality or {}), "storage": "bundled",
     }
 
@@ -170,9 +170,9 @@ def describe_file(path: "str | Path") -> Optional[Dict[str, Any]]:
         if isinstance(meta, dict) and meta.get("format") == "brainfm-native":
             heads = {str(k): int(v) for k, v in (meta.get("heads") or {}).items()}
             quality = meta.get("quality") if isinstance(meta.get("quality"), dict) else {}
+            voxel_mm = float(meta.get("voxel_mm") or 1.0)
             return {"name": None, "format": "native", "model_name": meta.get("name"), "heads": heads,
-                    "tasks": tasks_for_heads(heads, voxel_mm=float(meta.get("voxel_mm") or 1.0)),
-                    "label_scheme": meta.get("label_scheme"),
-                    "voxel_mm": float(meta.get("voxel_mm") or 1.0), "quality": dict(quality or {}),
+                    "tasks": tasks_for_heads(heads, voxel_mm=voxel_mm), "label_scheme": meta.get("label_scheme"),
+                    "voxel_mm": voxel_mm, "quality": dict(quality or {}),
                     "quality_text": quality_text(quality), "sha256": meta.get("weights_sha256")}
     return None
