@@ -146,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta = read_meta(ck)
     cfg = TrainConfig.from_dict(meta.get("config") or {})
     net = build_model(cfg)
-    load_checkpoint(ck, model=net, restore_rng=False)
+    load_checkpoint(ck, model=net, restore_rng=False, use_average=True)  # the exported model
     totals = run_totals(run, meta)
     losses = recent_losses(run)
     today = datetime.date.today().isoformat()

@@ -29,6 +29,7 @@ def stage(run: Path, dest: Path) -> Path:
 
     from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
     from brainfm.training.config import TrainConfig
+    from brainfm.training.ema import build_ema
     from brainfm.training.optim import from_config
     from brainfm.training.trainer import build_model
 
@@ -40,11 +41,13 @@ def stage(run: Path, dest: Path) -> Path:
     net = build_model(cfg)
     opt, sched = from_config(net.parameters(), cfg.optim)
     gen = torch.Generator()
-    load_checkpoint(ck, model=net, optimizer=opt, scheduler=sched, generator=gen)
+    ema = build_ema(net, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    load_checkpoint(ck, model=net, optimizer=opt, scheduler=sched, generator=gen, averaged=ema)
     with tempfile.TemporaryDirectory() as tmp:
         out = save_checkpoint(tmp, model=net, optimizer=opt, scheduler=sched, step=int(meta["step"]),
                               config=meta.get("config"), architecture=meta.get("architecture"), generator=gen,
-                              extra=meta.get("extra"), optim_dtype="bf16", max_file_mb=16.0, keep_last=1)
+                              extra=meta.get("extra"), optim_dtype="bf16", max_file_mb=16.0, keep_last=1,
+                              averaged=ema if meta["groups"].get("ema") else None)
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)

@@ -1,7 +1,8 @@
 """Training checkpoints with exact resume, written atomically, without pickle.
 
 A checkpoint is a folder ``<run>/checkpoints/step_<NNNNNNNN>/`` holding
-``model-NN.safetensors`` (fp32 weights, sharded under ``max_file_mb``), ``optim-NN.safetensors``
+``model-NN.safetensors`` (fp32 weights, sharded under ``max_file_mb``), ``ema-NN.safetensors`` (the moving
+average of the weights, :mod:`brainfm.training.ema`, when the run keeps one), ``optim-NN.safetensors``
 (AdamW moments and step counters; fp32 for exact resume or bf16 for half the size) and ``meta.json``
 (step, config, architecture, optimizer param groups, scheduler state, RNG states of python/numpy/torch
 CPU/CUDA and of the data generator, SHA-256 of every file). ``<run>/checkpoints/latest`` names the newest.
@@ -117,9 +118,11 @@ def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Opt
                     scheduler: Any = None, step: int, config: Optional[Dict[str, Any]] = None,
                     architecture: Optional[Dict[str, Any]] = None, generator: Optional[torch.Generator] = None,
                     extra: Optional[Dict[str, Any]] = None, optim_dtype: str = "fp32",
-                    max_file_mb: float = 16.0, keep_last: int = 2) -> Path:
+                    max_file_mb: float = 16.0, keep_last: int = 2,
+                    averaged: Optional[torch.nn.Module] = None) -> Path:
     """Write ``<run_dir>/checkpoints/step_<step>/`` atomically and point ``latest`` at it.
 
+    ``averaged`` (an :class:`~torch.optim.swa_utils.AveragedModel`) is saved as the group ``ema``.
     Keeps the newest ``keep_last`` checkpoints (0 keeps all). Returns the checkpoint folder.
     """
     root = Path(run_dir) / "checkpoints"
@@ -130,6 +133,9 @@ def save_checkpoint(run_dir: PathLike, *, model: torch.nn.Module, optimizer: Opt
         net = unwrap(model)
         weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
         files = {"model": _write_shards(weights, tmp, "model", max_bytes)}
+        if averaged is not None:
+            avg = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in averaged.state_dict().items()}
+            files["ema"] = _write_shards(avg, tmp, "ema", max_bytes)
         meta: Dict[str, Any] = {
             "format": FORMAT, "step": int(step), "time": time.time(), "config": config or {},
             "architecture": architecture or {}, "param_names": list(weights),
@@ -196,8 +202,14 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
 def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Any = None, generator: Optional[torch.Generator] = None,
                     architecture: Optional[Dict[str, Any]] = None, restore_rng: bool = True,
-                    verify: bool = True) -> Dict[str, Any]:
+                    verify: bool = True, averaged: Optional[torch.nn.Module] = None,
+                    use_average: bool = False) -> Dict[str, Any]:
     """Restore model (strict), optimizer, scheduler and RNG states; returns the checkpoint's meta.
+
+    ``averaged`` (an :class:`~torch.optim.swa_utils.AveragedModel`) receives the checkpoint's moving
+    average when it has one (it is left as it is otherwise). ``use_average`` loads that average into
+    ``model`` instead of the last weights (for export and evaluation; the last weights when the
+    checkpoint has no average).
 
     Raises :class:`CheckpointError` naming every mismatch when the checkpoint was written for another
     architecture (``architecture`` dict or tensor names/shapes) or a file fails its SHA-256 check.
@@ -218,7 +230,13 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
                                   + " (to start a new model use another --out, or --resume none)")
     net = unwrap(model)
     dev = next(iter(net.state_dict().values())).device if net.state_dict() else "cpu"
-    weights = _read_shards(p, meta["groups"]["model"], "cpu")
+    has_average = bool(meta["groups"].get("ema"))
+    if use_average and has_average:
+        from brainfm.training.ema import averaged_weights
+
+        weights = averaged_weights(_read_shards(p, meta["groups"]["ema"], "cpu"))
+    else:
+        weights = _read_shards(p, meta["groups"]["model"], "cpu")
     own = net.state_dict()
     problems = [f"missing {k}" for k in own if k not in weights]
     problems += [f"unexpected {k}" for k in weights if k not in own]
@@ -229,6 +247,13 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
         raise CheckpointError(f"checkpoint {p} does not match the model architecture: "
                               + "; ".join(problems[:12]) + more)
     net.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=True)
+    if averaged is not None and has_average:
+        avg = _read_shards(p, meta["groups"]["ema"], "cpu")
+        adev = next(iter(averaged.state_dict().values())).device
+        try:
+            averaged.load_state_dict({k: v.to(adev) for k, v in avg.items()}, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"the weight average in {p} does not match the model: {e}") from None
     if optimizer is not None and "optimizer" in meta:
         flat = _read_shards(p, meta["groups"].get("optim", []), "cpu")
         state: Dict[int, Dict[str, torch.Tensor]] = {}

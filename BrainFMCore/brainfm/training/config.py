@@ -90,6 +90,7 @@ class OptimSection:
     lr_drops: List[int] = field(default_factory=list)
     lr_drop_factor: float = 0.1
     clip_grad_norm: float = 1.0
+    ema_decay: float = 0.0  # > 0: keep a moving average of the weights and export it (brainfm.training.ema)
 
 
 @dataclass

@@ -30,11 +30,15 @@ def find_checkpoint(path: PathLike) -> Optional[Path]:
     return p if (p / "meta.json").is_file() else latest_checkpoint(p)
 
 
-def model_from_checkpoint(checkpoint: PathLike) -> Tuple[torch.nn.Module, TrainConfig, Dict[str, Any]]:
+def model_from_checkpoint(checkpoint: PathLike, *, use_average: bool = True
+                          ) -> Tuple[torch.nn.Module, TrainConfig, Dict[str, Any]]:
     """``(network, its training configuration, the checkpoint's meta)`` of a checkpoint folder;
-    :class:`~brainfm.errors.CheckpointError` when it is not a complete training checkpoint."""
+    :class:`~brainfm.errors.CheckpointError` when it is not a complete training checkpoint.
+
+    The network holds the moving average of the weights when the run kept one (the model the run
+    exports), else its last weights; ``use_average=False`` always gives the last weights."""
     meta = read_meta(checkpoint)
     cfg = TrainConfig.from_dict(meta.get("config") or {})
     net = build_model(cfg)
-    load_checkpoint(checkpoint, model=net, restore_rng=False)
+    load_checkpoint(checkpoint, model=net, restore_rng=False, use_average=use_average)
     return net, cfg, meta

@@ -1,5 +1,5 @@
-"""The training loop: AdamW + warm-up/step decay, bf16 autocast on CUDA, gradient clipping, a time box,
-atomic checkpoints with exact resume, validation (Dice + PSNR) on held-out subjects, CSV/TensorBoard
+"""The training loop: AdamW + warm-up/step decay, bf16 autocast on CUDA, gradient clipping, an optional
+moving average of the weights (exported and validated instead of the last weights), a time box, atomic checkpoints with exact resume, validation (Dice + PSNR) on held-out subjects, CSV/TensorBoard
 logs, a loss-curve PNG, torchrun DDP (one process per GPU; Gloo on CPU) and clear OOM messages.
 
 The data come from a *batch source* (see :mod:`brainfm.training.data`): ``source.batch(step, rank,
@@ -31,6 +31,7 @@ from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.training import checkpoint as ckpt
 from brainfm.training import dist as D
 from brainfm.training.config import TrainConfig
+from brainfm.training.ema import build_ema
 from brainfm.training.evaluate import evaluate_batches, summarize
 from brainfm.training.objectives import build_objective
 from brainfm.training.optim import from_config as build_optim
@@ -92,6 +93,7 @@ class Trainer:
         self.info = info or D.DistInfo.from_env()
         self._model = model
         self.model: Optional[torch.nn.Module] = model  # the (unwrapped) network after fit()
+        self.ema: Optional[torch.nn.Module] = None  # its moving average (optim.ema_decay > 0)
         self.out_dir = Path(cfg.run.out_dir)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -141,6 +143,7 @@ class Trainer:
         if cl:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
+        self.ema = build_ema(model, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         objective = build_objective(cfg.loss)
         optimizer, scheduler = build_optim(model.parameters(), cfg.optim)
         amp = self._precision(device)
@@ -152,7 +155,7 @@ class Trainer:
         resume_from = self._resume_path()
         if resume_from is not None:
             meta = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
-                                        generator=gen, architecture=architecture_of(cfg))
+                                        generator=gen, architecture=architecture_of(cfg), averaged=self.ema)
             start = int(meta["step"])
             self._cpu_base = float((meta.get("extra") or {}).get("cpu_seconds", 0.0))
             self._gpu_base = float((meta.get("extra") or {}).get("gpu_seconds", 0.0))
@@ -224,6 +227,8 @@ class Trainer:
                 if cfg.optim.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad_norm)
                 optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(model)
             lr_used = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
@@ -254,17 +259,22 @@ class Trainer:
                 res.checkpoint = self._save(model, optimizer, scheduler, gen, step)
                 last_ckpt, t_ckpt = step, time.monotonic()
             if run.val_every and step % run.val_every == 0:
-                res.val = self._validate(model, amp, step, log)
+                res.val = self._validate(self.exported_net(), amp, step, log)
         res.step = step
         if step != last_ckpt or res.checkpoint is None:
             res.checkpoint = self._save(model, optimizer, scheduler, gen, step)
-        res.val = self._validate(model, amp, step, log) if step > start or not res.val else res.val
+        res.val = self._validate(self.exported_net(), amp, step, log) if step > start or not res.val else res.val
         if main:
-            res.native_model = self._export(model, step)
+            res.native_model = self._export(self.exported_net(), step)
             res.curve_png = Path(plot_loss_curve(self.out_dir / "log.csv", self.out_dir / "loss_curve.png"))
         tb.close()
         res.seconds = time.monotonic() - t_start
         return res
+
+    def exported_net(self) -> torch.nn.Module:
+        """The network a run validates and exports: the moving average of the weights when the run keeps
+        one (``optim.ema_decay`` > 0), else the trained network itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def cpu_seconds(self) -> float:
         """Process CPU seconds (all threads, generator included) spent training on the CPU, across resumes."""
@@ -298,7 +308,7 @@ class Trainer:
             found = p if (p / "meta.json").is_file() else ckpt.latest_checkpoint(p)
             if found is None:
                 raise CheckpointError(f"no training checkpoint found in {p}")
-            ckpt.load_checkpoint(found, model=model, restore_rng=False)
+            ckpt.load_checkpoint(found, model=model, restore_rng=False, use_average=True)
             return
         from brainfm.models import load_model
 
@@ -319,7 +329,7 @@ class Trainer:
             path = ckpt.save_checkpoint(self.out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                                         step=step, config=self.cfg.to_dict(), architecture=architecture_of(self.cfg),
                                         generator=gen, optim_dtype=r.optim_dtype, max_file_mb=r.max_file_mb,
-                                        keep_last=r.keep_last,
+                                        keep_last=r.keep_last, averaged=self.ema,
                                         extra={"world_size": self.info.world_size,
                                                "cpu_seconds": round(self.cpu_seconds(), 1),
                                                "gpu_seconds": round(self.gpu_seconds(), 1)})
