@@ -1,17 +1,25 @@
 """Finish a training run: export, evaluate, write the model card's history row, and bundle the weights
 into the package (and commit them) only when the evaluation improves on the bundled model.
 
-    python Training/bundle_model.py --run runs/cpu --data ../shared/data [--no-commit] [--device-note TEXT]
+    python Training/bundle_model.py --run runs/cpu --data ../shared/data [--no-commit] [--hardware TEXT]
+    python Training/bundle_model.py --measure-only [--weights last|average]   # a point of the curve
 
 Called by `bash Training/cpu_train.sh finish` (after a clean stop) and after a GPU window. Steps:
-1. the newest checkpoint of --run -> fp16 native model in <run>/export/ (provenance: steps, CPU-hours,
-   GPU-minutes, totals carried over from the weights the run started from);
+1. the newest checkpoint of --run -> fp16 native model in <run>/export/ (the moving average of the
+   weights when the run keeps one; provenance: steps, CPU-hours, GPU-minutes, totals carried over from
+   the weights the run started from);
 2. quality on the development data (brainfm.evaluation.quality: merged-17 Dice on the real T1 and on
    the held-out label maps) -> <run>/export/quality.json;
 3. better than the bundled model (real-T1 Dice, then held-out Dice)? -> write it to
    BrainFMCore/brainfm/models/bundled/ with its quality, record its SHA-256 in registry.json;
-4. a row in the model card's "Training history" table (shipped or not);
+4. a row in the model card's "Training history" table (shipped or not), and the points measured
+   during the run (<run>/quality.jsonl, from --measure-only) and this one added to the learning curve
+   (Training/training_curve.py: training_curve.csv and .png beside the model card);
 5. one git commit of exactly those files (weights only when they improved), unless --no-commit.
+
+--measure-only (`bash Training/cpu_train.sh eval`) does steps 1-2 on the latest checkpoint of a run
+that may still be training and appends the point to <run>/quality.jsonl; nothing in the repository
+changes.
 """
 from __future__ import annotations
 
@@ -25,6 +33,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import training_curve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "BrainFMCore" / "brainfm"
@@ -83,6 +94,27 @@ def recent_losses(run: Path, n: int = 50) -> Dict[str, float]:
     return {"loss": mean("loss"), "seg_ce": mean("seg_ce"), "seg_dice": mean("seg_dice")} if rows else {}
 
 
+def objective_label(weights: Dict[str, float]) -> str:
+    """How the loss terms were weighted, in words for the curve: equal, or segmentation first."""
+    seg = max(float(weights.get("seg_ce", 1.0)), float(weights.get("seg_dice", 1.0)))
+    others = [float(v) for k, v in weights.items() if k not in ("seg_ce", "seg_dice", "contrastive")]
+    return "segmentation first" if others and seg > max(others) else "equal weights"
+
+
+def curve_point(q: Dict[str, Any], totals: Dict[str, Any], *, date: str, hardware: str, weights: str,
+                objective: str) -> Dict[str, Any]:
+    """A row of the learning curve (Training/training_curve.py) from a measurement."""
+    return {"date": date, "hardware": hardware, "steps": totals["steps"], "cpu_hours": totals["cpu_hours"],
+            "gpu_minutes": totals["gpu_minutes"], "weights": weights, "objective": objective,
+            "real_t1_dice17": q.get("real_t1_dice17"), "heldout_dice17": q.get("heldout_dice17")}
+
+
+def run_points(run: Path) -> List[Dict[str, Any]]:
+    """The points measured during the run (``<run>/quality.jsonl``)."""
+    p = run / "quality.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+
+
 def bundled_quality() -> Optional[Dict[str, Any]]:
     j = BUNDLED / f"{NAME}.json"
     if not j.is_file():
@@ -129,6 +161,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--no-commit", action="store_true")
     ap.add_argument("--hardware", default=None, help="text for the history row (default: this CPU)")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="measure the latest checkpoint into <run>/quality.jsonl; change nothing else")
+    ap.add_argument("--weights", choices=("average", "last"), default="average",
+                    help="with --measure-only: the moving average (the exported model) or the last weights")
     args = ap.parse_args(argv)
 
     from brainfm.evaluation.quality import measure_quality
@@ -146,11 +182,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta = read_meta(ck)
     cfg = TrainConfig.from_dict(meta.get("config") or {})
     net = build_model(cfg)
-    load_checkpoint(ck, model=net, restore_rng=False, use_average=True)  # the exported model
+    use_average = args.weights == "average"
+    load_checkpoint(ck, model=net, restore_rng=False, use_average=use_average)  # the exported model
+    weights_kind = "average" if use_average and meta["groups"].get("ema") else "last"
     totals = run_totals(run, meta)
     losses = recent_losses(run)
     today = datetime.date.today().isoformat()
     hardware = args.hardware or f"{cpu_name()}, {os.cpu_count()} cores"
+    objective = objective_label(cfg.loss.weights)
     provenance = {"trained_by": "brainfm.training", "step": int(meta["step"]), "totals": totals,
                   "recipe": portable(cfg.to_dict()), "recent_losses": losses, "date": today, "hardware": hardware}
 
@@ -160,10 +199,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                          provenance=provenance, output_units=dict(BRAINFM_OUTPUT_UNITS),
                          voxel_mm=float(cfg.model.voxel_mm), quality=quality)
 
-    export = run / "export"
+    export = run / ("measure" if args.measure_only else "export")
     weights, _ = save_native(net, export / NAME, info=info({}), fp16=True)
     q = measure_quality(weights, args.data)
     (export / "quality.json").write_text(json.dumps(q, indent=1))
+    point = curve_point(q, totals, date=today, hardware=hardware, weights=weights_kind, objective=objective)
+    if args.measure_only:
+        with open(run / "quality.jsonl", "a") as f:
+            f.write(json.dumps(point) + "\n")
+        print(json.dumps({"checkpoint": str(ck), "weights": weights_kind, "totals": totals, "quality": q}))
+        return 0
     old = bundled_quality()
     ship = better(q, old)
     print(json.dumps({"checkpoint": str(ck), "totals": totals, "losses": losses, "quality": q,
@@ -181,6 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"{losses.get('loss', float('nan')):.3f} / {losses.get('seg_ce', float('nan')):.3f}",
                         f"{q.get('heldout_dice17', float('nan')):.3f}", f"{q['real_t1_dice17']:.3f}",
                         ("yes, " + q["level"]) if ship else "no (not better)"])
+    curve_csv, curve_png = BUNDLED / training_curve.CURVE_CSV.name, BUNDLED / training_curve.CURVE_PNG.name
+    rows = training_curve.add_points(run_points(run) + [point], curve_csv)
+    training_curve.plot_curve(rows, curve_png)
+    (run / "quality.jsonl").unlink(missing_ok=True)  # its points are in the curve now
+    files += [curve_csv, curve_png]
     if not args.no_commit:
         rel = [str(Path(f).resolve().relative_to(REPO)) for f in files]
         subprocess.run(["git", "-C", str(REPO), "add", "--", *rel], check=True)

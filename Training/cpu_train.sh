@@ -4,6 +4,8 @@
 #   bash Training/cpu_train.sh start     # nice 19; resumes runs/cpu, else starts from the bundled weights
 #   bash Training/cpu_train.sh status    # running or not, step, recent losses, CPU-hours
 #   bash Training/cpu_train.sh stop      # clean stop: checkpoint, validation, export
+#   bash Training/cpu_train.sh eval      # measure the latest checkpoint (Dice) while it trains: a curve point
+#                                        #   (eval --weights last: the last weights instead of their average)
 #   bash Training/cpu_train.sh finish    # stop, export, evaluate, model-card row, bundle + commit if better
 #                                        #   (finish --no-commit: everything but the git commit)
 #
@@ -90,10 +92,15 @@ cmd_finish() {
   "$PY" "$REPO/Training/bundle_model.py" --run "$RUN" --data "$SHARED" "$@"
 }
 
+cmd_eval() {
+  "$PY" "$REPO/Training/bundle_model.py" --run "$RUN" --data "$SHARED" --measure-only "$@"
+}
+
 case "${1:-}" in
   start) cmd_start ;;
+  eval) shift; cmd_eval "$@" ;;
   status) cmd_status ;;
   stop) cmd_stop ;;
   finish) shift; cmd_finish "$@" ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

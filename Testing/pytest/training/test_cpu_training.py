@@ -3,6 +3,7 @@ command (start / status / stop / start again resumes) and the finishing step tha
 only when they are better."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainfm.training.checkpoint import latest_checkpoint, read_meta
+from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from brainfm.training.runlog import read_csv_log
-from brainfm.training.trainer import Trainer
+from brainfm.training.trainer import Trainer, build_model
 from fixtures import label_head
 from train_helpers import tiny_config, tiny_source
 
@@ -156,6 +157,48 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     rows = [l for l in card.read_text().splitlines() if l.startswith("| 2")]
     assert len(rows) == 2 and "yes, below-preview" in rows[0] and "no (not better)" in rows[1]
     assert card.read_text().rstrip().endswith("text")  # the rest of the card untouched
+    # the learning curve beside the card: one point per step and weights (the second finish replaced it)
+    curve = list(csv.DictReader(open(bundled / "training_curve.csv")))
+    assert [(c["steps"], c["weights"], c["real_t1_dice17"]) for c in curve] == [("2", "last", "0.29")]
+    assert (bundled / "training_curve.png").stat().st_size > 10_000
+
+
+def test_points_measured_while_training_join_the_curve_at_finish(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, "run.max_steps=2", "model.voxel_mm=2.0", "optim.ema_decay=0.9")
+    Trainer(cfg, source=tiny_source(cfg), resume="none").fit()
+    mod, bundled, card, reg = _bundle_module(tmp_path, monkeypatch)
+    before = card.read_text()
+    measured, dice = [], iter([0.3, 0.2, 0.35])
+
+    def fake_quality(weights, data, **kw):  # the real measurement needs the development data
+        from brainfm.models import load_model
+
+        measured.append(load_model(weights).net.state_dict())
+        return {"real_t1_dice17": next(dice), "heldout_dice17": 0.05, "level": "below-preview"}
+
+    monkeypatch.setattr("brainfm.evaluation.quality.measure_quality", fake_quality)
+    args = ["--run", str(run), "--data", str(tmp_path), "--no-commit"]
+    assert mod.main(args + ["--measure-only"]) == 0
+    assert mod.main(args + ["--measure-only", "--weights", "last"]) == 0
+    # measuring changes nothing beside the model
+    assert card.read_text() == before and not (bundled / "training_curve.csv").exists()
+    assert not (bundled / "brainfm-compact.safetensors").exists()
+    points = [json.loads(l) for l in (run / "quality.jsonl").read_text().splitlines()]
+    assert [(p["steps"], p["weights"]) for p in points] == [(2, "average"), (2, "last")]
+    # the average and the last weights differ, and each measurement saw the one it names
+    net_avg, net_last = build_model(cfg), build_model(cfg)
+    ck = latest_checkpoint(run)
+    load_checkpoint(ck, model=net_avg, restore_rng=False, use_average=True)
+    load_checkpoint(ck, model=net_last, restore_rng=False)
+    for got, want in zip(measured, (net_avg.state_dict(), net_last.state_dict())):
+        assert all(torch.allclose(got[k], want[k].half().float()) for k in want)
+    assert not all(torch.equal(net_avg.state_dict()[k], net_last.state_dict()[k]) for k in net_last.state_dict())
+    # finish: its own point (average weights, as exported) replaces the measured one of the same kind
+    assert mod.main(args) == 0
+    curve = list(csv.DictReader(open(bundled / "training_curve.csv")))
+    assert [(c["steps"], c["weights"], c["real_t1_dice17"]) for c in curve] == [("2", "average", "0.35"), ("2", "last", "0.2")]
+    assert not (run / "quality.jsonl").exists()
 
 
 def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
