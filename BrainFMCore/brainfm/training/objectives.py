@@ -87,8 +87,8 @@ class BrainFMObjective:
             if int(seg_t.max()) >= pred.shape[1] or int(seg_t.min()) < 0:
                 raise ValueError(f"segmentation target has class {int(seg_t.max())} but the head has "
                                  f"{pred.shape[1]} channels (label scheme mismatch)")
-            parts["seg_ce"], wts["seg_ce"] = L.cross_entropy_loss(pred, seg_t), self.w["seg_ce"]
-            parts["seg_dice"], wts["seg_dice"] = L.soft_dice_loss(pred, seg_t), self.w["seg_dice"]
+            parts["seg_ce"], parts["seg_dice"] = L.segmentation_losses(pred, seg_t)
+            wts["seg_ce"], wts["seg_dice"] = self.w["seg_ce"], self.w["seg_dice"]
         pred, tgt = out.get("bias_field_log"), target_of(batch, "bias_field_log", n)
         if pred is not None and tgt is not None and tgt.shape == pred.shape:
             brain = mask_of(batch, "brain", n)

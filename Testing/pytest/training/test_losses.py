@@ -52,6 +52,37 @@ def test_dice_and_cross_entropy():
     assert float(L.soft_dice_loss(uniform, t)) == pytest.approx(float((1 - dice).mean()), rel=1e-5)
 
 
+def _one_hot_reference(logits, t, eps=1e-5):
+    """Cross-entropy and soft Dice written out with a one-hot volume (the textbook form)."""
+    p = torch.softmax(logits.float(), 1)
+    onehot = F.one_hot(t, logits.shape[1]).movedim(-1, 1).float()
+    ce = -(torch.log(p) * onehot).sum(1).mean()
+    dims = (2, 3, 4)
+    dice = 2 * (p * onehot).sum(dims) / ((p + onehot).sum(dims)).clamp_min(eps)
+    present = (onehot.sum(dims) > 0).float()
+    return ce, (((1 - dice) * present).sum(1) / present.sum(1)).mean()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_bf16"])
+def test_segmentation_losses_match_the_one_hot_form_in_value_and_gradient(layout):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 7, 6, 5, 4, generator=g) * 3
+    t = torch.randint(0, 6, (2, 6, 5, 4), generator=g)  # class 6 absent: not averaged in
+    if layout != "contiguous":
+        logits = logits.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    a = logits.detach().clone().requires_grad_(True)
+    b = logits.detach().clone().requires_grad_(True)
+    ce, dice = L.segmentation_losses(a, t[:, None])  # (N,1,...) targets as the generator gives them
+    ce_ref, dice_ref = _one_hot_reference(b, t)
+    assert ce.item() == pytest.approx(ce_ref.item(), rel=1e-5)
+    assert dice.item() == pytest.approx(dice_ref.item(), rel=1e-5)
+    assert L.soft_dice_loss(logits, t).item() == pytest.approx(dice_ref.item(), rel=1e-5)
+    (ce + 0.7 * dice).backward()
+    (ce_ref + 0.7 * dice_ref).backward()
+    torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2 if layout != "contiguous" else 1e-4,
+                               atol=1e-7 if layout == "contiguous" else 1e-5)
+
+
 def test_contrastive_losses_prefer_matching_views():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(32, 16, generator=g)
