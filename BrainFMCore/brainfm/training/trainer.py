@@ -204,8 +204,9 @@ class Trainer:
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     out = net(inputs)
                     loss, parts = objective(out, batch, generator=gen)
-                # keep every head in the graph so DDP sees a gradient for all parameters
-                loss = loss + sum(v.float().mean() * 0.0 for v in out.values())
+                if info.distributed:  # keep every head in the graph so DDP sees a gradient for all
+                    # parameters (on one process this would cost 12 % of a CPU step for nothing)
+                    loss = loss + sum(v.float().mean() * 0.0 for v in out.values())
                 finite = bool(torch.isfinite(loss).item())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # always: under DDP every rank must join the gradient all-reduce
