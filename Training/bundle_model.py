@@ -10,7 +10,8 @@ Called by `bash Training/cpu_train.sh finish` (after a clean stop) and after a G
    the weights the run started from);
 2. quality on the development data (brainfm.evaluation.quality: merged-17 Dice on the real T1 and on
    the held-out label maps) -> <run>/export/quality.json;
-3. better than the bundled model (real-T1 Dice, then held-out Dice)? -> write it to
+3. better than the bundled model (never a lower quality level; within a level, the mean of real-T1 and
+   held-out Dice, see `better`)? -> write it to
    BrainFMCore/brainfm/models/bundled/ with its quality, record its SHA-256 in registry.json;
 4. a row in the model card's "Training history" table (shipped or not), and the points measured
    during the run (<run>/quality.jsonl, from --measure-only) and this one added to the learning curve
@@ -123,12 +124,29 @@ def bundled_quality() -> Optional[Dict[str, Any]]:
 
 
 def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
+    """Whether measured weights ``new`` should replace the bundled ones (``old``).
+
+    Never for a lower quality level (a preview model is not replaced by a below-preview one); a higher
+    level always; within a level, a higher mean of the real-T1 and held-out Dice (by more than 0.002),
+    so that a single real scan does not decide alone; on a tie, the higher real-T1 Dice.
+
+    >>> better({"real_t1_dice17": 0.30, "heldout_dice17": 0.30}, {"real_t1_dice17": 0.31, "heldout_dice17": 0.20})
+    True
+    >>> better({"real_t1_dice17": 0.69, "heldout_dice17": 0.90}, {"real_t1_dice17": 0.71, "heldout_dice17": 0.5})
+    False
+    """
+    from brainfm.models.quality import LEVELS, quality_level
+
     if old is None:
         return True
-    a, b = float(new.get("real_t1_dice17") or 0), float(old.get("real_t1_dice17") or 0)
-    if abs(a - b) > 0.002:
-        return a > b
-    return float(new.get("heldout_dice17") or 0) > float(old.get("heldout_dice17") or 0)
+    real = lambda q: float(q.get("real_t1_dice17") or 0)  # noqa: E731
+    mean = lambda q: (real(q) + float(q.get("heldout_dice17") or 0)) / 2  # noqa: E731
+    level_new, level_old = (LEVELS.index(quality_level(real(q))) for q in (new, old))
+    if level_new != level_old:
+        return level_new > level_old
+    if abs(mean(new) - mean(old)) > 0.002:
+        return mean(new) > mean(old)
+    return real(new) > real(old)
 
 
 def append_history_row(row: List[str]) -> None:

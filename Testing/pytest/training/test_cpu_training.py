@@ -140,7 +140,7 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     Trainer(cfg, source=tiny_source(cfg), resume="none").fit()
     mod, bundled, card, reg = _bundle_module(tmp_path, monkeypatch)
     scores = iter([{"real_t1_dice17": 0.31, "heldout_dice17": 0.4, "level": "below-preview"},
-                   {"real_t1_dice17": 0.29, "heldout_dice17": 0.5, "level": "below-preview"}])
+                   {"real_t1_dice17": 0.29, "heldout_dice17": 0.41, "level": "below-preview"}])
     monkeypatch.setattr("brainfm.evaluation.quality.measure_quality", lambda *a, **k: dict(next(scores)))
     assert mod.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--no-commit"]) == 0
     meta = json.loads((bundled / "brainfm-compact.json").read_text())
@@ -238,3 +238,17 @@ def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
     # the CPU run continues from the adopted state
     cfg3 = tiny_config(run, "run.max_steps=5")
     assert Trainer(cfg3, source=tiny_source(cfg3), resume="auto").fit().start_step == 4
+
+
+@pytest.mark.parametrize("new, old, ship", [
+    ((0.30, 0.30), (0.31, 0.20), True),    # a higher mean of real-T1 and held-out Dice
+    ((0.33, 0.10), (0.31, 0.20), False),   # a better real T1 alone does not decide
+    ((0.310, 0.201), (0.31, 0.20), False),  # within 0.002: the real T1 decides (a tie here)
+    ((0.69, 0.90), (0.71, 0.50), False),   # never a lower level (below preview vs preview)
+    ((0.71, 0.10), (0.69, 0.90), True),    # a higher level always
+    ((0.10, 0.10), None, True),            # nothing bundled yet
+])
+def test_which_weights_replace_the_bundled_ones(tmp_path, monkeypatch, new, old, ship):
+    mod = _bundle_module(tmp_path, monkeypatch)[0]
+    q = lambda v: None if v is None else {"real_t1_dice17": v[0], "heldout_dice17": v[1]}  # noqa: E731
+    assert mod.better(q(new), q(old)) is ship
