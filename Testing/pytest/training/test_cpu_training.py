@@ -208,11 +208,17 @@ def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     run = tmp_path / "cpu"
-    cfg = tiny_config(run, "run.max_steps=2")
+    cfg = tiny_config(run, "run.max_steps=2", "optim.ema_decay=0.9")
     Trainer(cfg, source=tiny_source(cfg), resume="none").fit()
     staged = mod.stage(run, tmp_path / "dev" / "ckpt")
     meta = json.loads((staged / "meta.json").read_text())
     assert meta["step"] == 2 and meta["optim_dtype"] == "bf16" and (staged / "log.csv").is_file()
+    # the moving average travels with the staged checkpoint, unchanged
+    avg_run, avg_staged = build_model(cfg), build_model(cfg)
+    load_checkpoint(latest_checkpoint(run), model=avg_run, restore_rng=False, use_average=True)
+    load_checkpoint(staged, model=avg_staged, restore_rng=False, use_average=True)
+    assert meta["groups"]["ema"] and all(torch.equal(a, b) for a, b in zip(avg_run.state_dict().values(),
+                                                                           avg_staged.state_dict().values()))
     # the window: resume the staged checkpoint elsewhere and train 2 more steps
     win = tmp_path / "window"
     dst = win / "checkpoints" / "step_00000002"
@@ -221,7 +227,7 @@ def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
         shutil.copy(f, dst / f.name)
     (win / "checkpoints" / "latest").write_text("step_00000002\n")
     shutil.copy(staged / "log.csv", win / "log.csv")
-    cfg2 = tiny_config(win, "run.max_steps=4")
+    cfg2 = tiny_config(win, "run.max_steps=4", "optim.ema_decay=0.9")
     res = Trainer(cfg2, source=tiny_source(cfg2), resume="auto").fit()
     assert res.start_step == 2 and res.step == 4
     out = tmp_path / "OUT"
@@ -236,7 +242,7 @@ def test_gpu_handoff_stages_and_adopts_one_continuing_run(tmp_path):
     with pytest.raises(SystemExit, match="not newer"):
         mod.adopt(out, run)
     # the CPU run continues from the adopted state
-    cfg3 = tiny_config(run, "run.max_steps=5")
+    cfg3 = tiny_config(run, "run.max_steps=5", "optim.ema_decay=0.9")
     assert Trainer(cfg3, source=tiny_source(cfg3), resume="auto").fit().start_step == 4
 
 
