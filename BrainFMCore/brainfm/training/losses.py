@@ -92,17 +92,21 @@ def segmentation_losses(logits: torch.Tensor, target: torch.Tensor, *, eps: floa
     """
     t = _class_map(target)
     lp = torch.log_softmax(logits.float(), dim=1)
-    ce = -lp.gather(1, t.unsqueeze(1)).mean()
-    return ce, _soft_dice(lp, t, eps=eps, present_only=present_only)
+    lp_target = lp.gather(1, t.unsqueeze(1))
+    return -lp_target.mean(), _soft_dice(lp, t, eps=eps, present_only=present_only, lp_target=lp_target)
 
 
-def _soft_dice(log_probs: torch.Tensor, t: torch.Tensor, *, eps: float, present_only: bool) -> torch.Tensor:
+def _soft_dice(log_probs: torch.Tensor, t: torch.Tensor, *, eps: float, present_only: bool,
+               lp_target: Optional[torch.Tensor] = None) -> torch.Tensor:
     """1 - soft Dice from log-probabilities (N,C,...) and a class map (N,...): per class, the
-    intersection is the sum of the target class's probability over its voxels (a scatter-add, no one-hot)."""
+    intersection is the sum of the target class's probability over its voxels (a scatter-add, no one-hot).
+    ``lp_target``: the log-probabilities of the target classes, when already gathered."""
     n, c = log_probs.shape[:2]
     dims = tuple(range(2, log_probs.dim()))
     idx = t.reshape(n, -1)
-    p_target = log_probs.gather(1, t.unsqueeze(1)).exp().reshape(n, -1)
+    if lp_target is None:
+        lp_target = log_probs.gather(1, t.unsqueeze(1))
+    p_target = lp_target.exp().reshape(n, -1)
     inter = log_probs.new_zeros(n, c).scatter_add(1, idx, p_target)
     count = log_probs.new_zeros(n, c).scatter_add(1, idx, torch.ones_like(p_target))
     dice = 2 * inter / (log_probs.exp().sum(dims) + count).clamp_min(eps)
