@@ -103,10 +103,11 @@ def objective_label(weights: Dict[str, float]) -> str:
 
 
 def curve_point(q: Dict[str, Any], totals: Dict[str, Any], *, date: str, hardware: str, weights: str,
-                objective: str) -> Dict[str, Any]:
+                objective: str, input_antialias: bool = True) -> Dict[str, Any]:
     """A row of the learning curve (Training/training_curve.py) from a measurement."""
     return {"date": date, "hardware": hardware, "steps": totals["steps"], "cpu_hours": totals["cpu_hours"],
             "gpu_minutes": totals["gpu_minutes"], "weights": weights, "objective": objective,
+            "input_antialias": bool(input_antialias),
             "real_t1_dice17": q.get("real_t1_dice17"), "heldout_dice17": q.get("heldout_dice17")}
 
 
@@ -190,6 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo
     from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
     from brainfm.training.config import TrainConfig
+    from brainfm.training.export import trained_input_antialias
     from brainfm.training.trainer import build_model
 
     run = Path(args.run)
@@ -215,13 +217,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return ModelInfo(name=NAME, version=f"{today}-step{totals['steps']}", format="native", sha256="",
                          config=net.config, label_scheme=cfg.model.label_scheme, atlas={"name": "gca"},
                          provenance=provenance, output_units=dict(BRAINFM_OUTPUT_UNITS),
-                         voxel_mm=float(cfg.model.voxel_mm), quality=quality)
+                         voxel_mm=float(cfg.model.voxel_mm), quality=quality,
+                         input_antialias=trained_input_antialias(cfg.model.voxel_mm))
 
     export = run / ("measure" if args.measure_only else "export")
     weights, _ = save_native(net, export / NAME, info=info({}), fp16=True)
     q = measure_quality(weights, args.data)
     (export / "quality.json").write_text(json.dumps(q, indent=1))
-    point = curve_point(q, totals, date=today, hardware=hardware, weights=weights_kind, objective=objective)
+    point = curve_point(q, totals, date=today, hardware=hardware, weights=weights_kind, objective=objective,
+                        input_antialias=trained_input_antialias(cfg.model.voxel_mm))
     if args.measure_only:
         with open(run / "quality.jsonl", "a") as f:
             f.write(json.dumps(point) + "\n")

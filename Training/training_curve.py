@@ -20,7 +20,7 @@ BUNDLED = REPO / "BrainFMCore" / "brainfm" / "models" / "bundled"
 CURVE_CSV = BUNDLED / "training_curve.csv"
 CURVE_PNG = BUNDLED / "training_curve.png"
 FIELDS = ["date", "hardware", "steps", "cpu_hours", "gpu_minutes", "weights", "objective",
-          "real_t1_dice17", "heldout_dice17"]
+          "input_antialias", "real_t1_dice17", "heldout_dice17"]
 
 
 def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
@@ -28,17 +28,25 @@ def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for r in rows:  # rows written before a column existed: its default
+        r["input_antialias"] = r.get("input_antialias") or "True"
+    return rows
 
 
 def add_points(points: Sequence[Mapping[str, Any]], path: Path = CURVE_CSV) -> List[Dict[str, str]]:
     """Add ``points`` (dicts with the keys of :data:`FIELDS`) to the curve, replacing rows measured at
-    the same step with the same weights; rows stay in step order. Written atomically; returns the rows."""
-    rows = {(r["steps"], r["weights"]): r for r in read_curve(path)}
+    the same step with the same weights and input resampling; rows stay in step order. Written
+    atomically; returns the rows."""
+    def key(r: Mapping[str, str]) -> tuple:
+        return (r["steps"], r["weights"], r.get("input_antialias") or "True")
+
+    rows = {key(r): r for r in read_curve(path)}
     for p in points:
         row = {k: ("" if p.get(k) is None else str(p.get(k))) for k in FIELDS}
-        rows[(row["steps"], row["weights"])] = row
-    ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"]))
+        row["input_antialias"] = row["input_antialias"] or "True"
+        rows[key(row)] = row
+    ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"], r["input_antialias"] == "False"))
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
@@ -60,16 +68,20 @@ def plot_curve(rows: Sequence[Mapping[str, str]], png: Path = CURVE_PNG, *, prev
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for weights, marker in (("last", "o"), ("average", "D")):
-        rs = [r for r in rows if r["weights"] == weights]
+    series = [(w, aa) for w in ("last", "average") for aa in ("True", "False")]
+    for weights, aa in series:
+        rs = [r for r in rows if r["weights"] == weights and (r.get("input_antialias") or "True") == aa]
         if not rs:
             continue
+        marker = {"last": "o", "average": "D"}[weights]
+        name = weights + (" weights" if aa == "True" else " weights, inputs not anti-aliased")
         for ax, key in ((axes[0], "steps"), (axes[1], "cpu_hours")):
             x = [float(r[key]) for r in rs]
-            ax.plot(x, [float(r["real_t1_dice17"]) for r in rs], marker + "-", color="tab:blue",
-                    alpha=1.0 if weights == "average" else 0.55, label=f"real T1 ({weights} weights)")
-            ax.plot(x, [float(r["heldout_dice17"]) for r in rs], marker + "--", color="tab:orange",
-                    alpha=1.0 if weights == "average" else 0.55, label=f"held-out maps ({weights} weights)")
+            colors = ("tab:blue", "tab:orange") if aa == "True" else ("tab:purple", "tab:red")
+            ax.plot(x, [float(r["real_t1_dice17"]) for r in rs], marker + "-", color=colors[0],
+                    alpha=1.0 if weights == "average" else 0.55, label=f"real T1 ({name})")
+            ax.plot(x, [float(r["heldout_dice17"]) for r in rs], marker + "--", color=colors[1],
+                    alpha=1.0 if weights == "average" else 0.55, label=f"held-out maps ({name})")
     changes = [r for prev, r in zip(rows, rows[1:]) if r["objective"] != prev["objective"]]
     for ax, key, label in ((axes[0], "steps", "steps"), (axes[1], "cpu_hours", "CPU-hours")):
         for level, name in ((preview, "preview"), (release, "release")):

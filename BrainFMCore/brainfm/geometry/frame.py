@@ -154,14 +154,15 @@ def _background(volume: Volume, order: str) -> float:
     return float(np.min(volume.data))
 
 
-def _uncropped(volume: Volume, spacing: float, order: str, method: str, *, ras: Optional[Volume] = None) -> Volume:
+def _uncropped(volume: Volume, spacing: float, order: str, method: str, *, ras: Optional[Volume] = None,
+               antialias: bool = True) -> Volume:
     ras = reorient_to_ras(volume) if ras is None else ras
     if method == "exact":
         return ras
     if method == "separable":
-        return resample_to_spacing(ras, spacing, order=order, exact=True)
+        return resample_to_spacing(ras, spacing, order=order, exact=True, antialias=antialias)
     affine, shape = _ras_grid(ras, spacing)
-    return resample_to_grid(ras, affine, shape, order=order, fill=_background(ras, order))
+    return resample_to_grid(ras, affine, shape, order=order, fill=_background(ras, order), antialias=antialias)
 
 
 def _foreground_subgrid(ras: Volume, affine: np.ndarray, shape: Tuple[int, int, int], threshold: Optional[float],
@@ -183,13 +184,14 @@ def _foreground_subgrid(ras: Volume, affine: np.ndarray, shape: Tuple[int, int, 
 
 def to_network_frame(volume: Volume, *, spacing: float = 1.0, crop_foreground: bool = True,
                      margin_mm: float = 4.0, is_label: bool = False,
-                     threshold: Optional[float] = None) -> Tuple[Volume, FrameTransform]:
+                     threshold: Optional[float] = None, antialias: bool = True) -> Tuple[Volume, FrameTransform]:
     """Bring ``volume`` into the network frame: RAS voxel order, ``spacing`` mm isotropic, the
     net affine diagonal and positive. Steps: exact reorientation; resampling (Gaussian anti-alias
     on downsampled axes then trilinear, or nearest for ``is_label``); for oblique inputs a
     world-coordinate resampling onto a RAS grid; optional crop to the foreground box
     (voxels > ``threshold``, default: above the image minimum; labels: non-zero) grown by
     ``margin_mm``. Input already RAS at ``spacing`` without crop: the same array is returned.
+    ``antialias=False`` skips the Gaussian filter (the grid and the interpolation stay the same).
     Returns ``(net_volume, transform)``; ``transform.to_input`` maps results back exactly.
     """
     if spacing <= 0:
@@ -217,9 +219,9 @@ def to_network_frame(volume: Volume, *, spacing: float = 1.0, crop_foreground: b
         sub_aff = full_aff.copy()
         sub_aff[:3, 3] = full_aff[:3, :3] @ offset + full_aff[:3, 3]
         net = resample_to_grid(ras, sub_aff, tuple(b - a for a, b in sub), order=order,
-                               fill=_background(ras, order))
+                               fill=_background(ras, order), antialias=antialias)
     else:
-        net = _uncropped(volume, spacing, order, method, ras=ras)
+        net = _uncropped(volume, spacing, order, method, ras=ras, antialias=antialias)
     bbox: Optional[BBox] = None
     if crop_foreground:
         local = foreground_bbox(net, threshold=thr, margin_vox=margin)

@@ -113,6 +113,8 @@ class Predictor:
         self.head_names: List[str] = list(getattr(net, "head_names", None) or net.head.names)
         #: edge (mm) of the network frame's voxels: the model's working resolution
         self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
+        #: inputs are low-pass filtered before resampling to a coarser working grid, as the model expects
+        self.input_antialias: bool = bool(getattr(self.info, "input_antialias", True))
         #: heads that serve tasks: a model working on a grid coarser than 1 mm offers no 1 mm super-resolution
         self.task_heads: List[str] = served_heads(self.head_names, voxel_mm=self.voxel_mm)
         self.available_tasks: List[str] = available_tasks(self.task_heads)
@@ -142,6 +144,7 @@ class Predictor:
             meta["quality"] = dict(info.quality)
         meta["heads"] = list(self.head_names)
         meta["voxel_mm"] = self.voxel_mm
+        meta["input_antialias"] = self.input_antialias
         return meta
 
     def _scheme(self) -> Any:
@@ -259,7 +262,7 @@ class Predictor:
         cb(0.0, "preprocessing")
         t0, c0 = time.perf_counter(), time.process_time()
         prep = prepare(image, crop_foreground=crop_foreground, allow_anisotropic=allow_anisotropic,
-                       spacing=self.voxel_mm)
+                       spacing=self.voxel_mm, antialias=self.input_antialias)
         warnings = list(prep.warnings)
         timings["preprocess"], cpu["preprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()

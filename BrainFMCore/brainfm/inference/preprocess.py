@@ -77,12 +77,13 @@ def normalise(image: Volume) -> Tuple[Volume, Tuple[float, float], bool]:
 
 
 def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic: bool = False,
-            spacing: float = 1.0) -> Prepared:
+            spacing: float = 1.0, antialias: bool = True) -> Prepared:
     """Read, validate, normalise and move ``image`` to the network frame (RAS, ``spacing`` mm).
 
     ``allow_anisotropic`` accepts voxels more anisotropic than 8:1 (refused by default: results on
     such thick slices are unreliable). ``spacing`` is the model's working voxel size
-    (:attr:`brainfm.models.ModelInfo.voxel_mm`)."""
+    (:attr:`brainfm.models.ModelInfo.voxel_mm`); ``antialias`` whether the image is low-pass filtered
+    before it is resampled to a coarser grid (:attr:`brainfm.models.ModelInfo.input_antialias`)."""
     from brainfm.geometry import to_network_frame
     from brainfm.io import validate_image
 
@@ -99,7 +100,7 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
             f"the input looks like CT in Hounsfield units (min {float(np.min(vol.data)):.0f}, "
             f"max {float(np.max(vol.data)):.0f}); clamped to [0, 80] HU before normalising, like the reference"
         )
-    net, frame = to_network_frame(norm, spacing=spacing, crop_foreground=crop_foreground)
+    net, frame = to_network_frame(norm, spacing=spacing, crop_foreground=crop_foreground, antialias=antialias)
     return Prepared(
         image=vol,
         net=net,

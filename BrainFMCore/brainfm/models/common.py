@@ -63,6 +63,9 @@ class ModelInfo:
     output_units: Dict[str, Any] = field(default_factory=dict)
     source: Optional[str] = None  # path of the main weights file
     voxel_mm: float = 1.0  # edge of the network frame's voxels: inputs are resampled to this grid
+    #: whether inputs are low-pass filtered (Gaussian anti-alias) before they are resampled to a coarser
+    #: working grid; False for models trained on images sampled at their grid without that filter
+    input_antialias: bool = True
     #: measured quality (``brainfm.evaluation.quality``): ``{"level", "real_t1_dice17", ...}``; empty if unknown
     quality: Dict[str, Any] = field(default_factory=dict)
 
@@ -72,7 +75,7 @@ class ModelInfo:
             "name": self.name, "version": self.version, "format": self.format, "sha256": self.sha256,
             "config": self.config.to_dict(), "label_scheme": self.label_scheme, "atlas": self.atlas,
             "provenance": self.provenance, "output_units": self.output_units, "source": self.source,
-            "voxel_mm": self.voxel_mm, "quality": dict(self.quality),
+            "voxel_mm": self.voxel_mm, "input_antialias": self.input_antialias, "quality": dict(self.quality),
         }
 
 

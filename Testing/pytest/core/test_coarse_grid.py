@@ -226,3 +226,68 @@ def test_labels_are_never_painted_outside_the_head(voxel_mm):
     counted = {row["value"]: row["voxels"] for row in rows if row["voxels"]}
     assert counted == {2: int((seg == 2).sum())}
     assert "Otsu" in res.metadata["label_mask"]
+
+
+@pytest.mark.parametrize("case", ["ras", "oblique"])
+def test_network_frame_without_anti_alias_filter_keeps_the_grid(case):
+    """``antialias=False`` only drops the Gaussian filter: the same lattice of 2 mm voxels (the
+    foreground box may be tighter: no filter halo), sharper values."""
+    from brainfm.geometry import to_network_frame
+    from brainfm.geometry.resample import resample_to_spacing
+
+    vol = blob_head((40, 48, 36), GEOMETRY_CASES[case])
+    smooth, tf_s = to_network_frame(vol, spacing=2.0)
+    sharp, tf_p = to_network_frame(vol, spacing=2.0, antialias=False)
+    assert np.allclose(smooth.affine[:3, :3], sharp.affine[:3, :3])
+    shift = np.linalg.solve(smooth.affine[:3, :3], sharp.affine[:3, 3] - smooth.affine[:3, 3])
+    assert np.allclose(shift, np.round(shift), atol=1e-6)  # whole voxels of one lattice
+    assert all(ps <= pp and pp + n <= ps + m for ps, pp, n, m in
+               zip(np.zeros(3), shift, sharp.shape, smooth.shape))  # inside the filtered box
+    sub = tuple(slice(int(round(a)), int(round(a)) + n) for a, n in zip(shift, sharp.shape))
+    assert not np.allclose(np.asarray(smooth.data)[sub], sharp.data)
+    # sharper: more variance between neighbouring 2 mm voxels
+    grad = lambda a: float(np.abs(np.diff(np.asarray(a), axis=0)).mean())  # noqa: E731
+    assert grad(sharp.data) > grad(np.asarray(smooth.data)[sub])
+    if case == "ras":  # axis-aligned: exactly the unfiltered separable resampling, cropped
+        ref = resample_to_spacing(vol, 2.0, exact=True, antialias=False)
+        box = tuple(slice(a, b) for a, b in tf_p.crop_bbox)
+        np.testing.assert_allclose(sharp.data, np.asarray(ref.data)[box], rtol=0, atol=1e-5)
+
+
+def test_predictor_resamples_inputs_as_the_model_expects(tmp_path):
+    """The sidecar's ``input_antialias`` reaches the network input, and the prediction records it."""
+    from brainfm.inference.preprocess import prepare
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads=dict(HEADS)))
+    vol = blob_head((40, 48, 36), GEOMETRY_CASES["lps_stored"])
+    seen = {}
+    for flag in (True, False):
+        w, j = save_native(net, tmp_path / f"m{flag}", info={"name": "m", "voxel_mm": 2.0, "input_antialias": flag})
+        assert json.loads(j.read_text())["input_antialias"] is flag
+        pred = Predictor.from_pretrained(str(w), device="cpu", channels_last=False)
+        assert pred.input_antialias is flag
+        hook = pred.net.register_forward_pre_hook(lambda m, args: seen.__setitem__(flag, args[0].detach().clone()))
+        out = pred.predict(vol, tasks=["seg"])
+        hook.remove()
+        assert out.metadata["model"]["input_antialias"] is flag
+        expect = prepare(vol, spacing=2.0, antialias=flag).net.data
+        np.testing.assert_allclose(seen[flag][0, 0].numpy(), expect, rtol=0, atol=1e-6)
+    assert not torch.allclose(seen[True], seen[False])
+    # sidecars written before the field: filtered, as before
+    meta = json.loads(j.read_text())
+    del meta["input_antialias"]
+    j.write_text(json.dumps(meta))
+    assert load_model(w).info.input_antialias is True
+
+
+def test_models_trained_on_a_coarser_grid_are_exported_without_the_filter(tmp_path):
+    from brainfm.training.config import TrainConfig, apply_overrides
+    from brainfm.training.export import export_native
+    from brainfm.training.trainer import build_model
+
+    for vox, flag in ((2.0, False), (1.0, True)):
+        cfg = apply_overrides(TrainConfig(), ["model.f_maps=4", "model.num_levels=3", "model.num_groups=2",
+                                              f"model.voxel_mm={vox}"])
+        w = export_native(build_model(cfg), tmp_path / str(vox), cfg=cfg)
+        assert load_model(w).info.input_antialias is flag
