@@ -193,6 +193,9 @@ class Generator:
         # ---- deform labels (nearest) and continuous maps (trilinear)
         lab = to_compact(subject.labels.to(dev))
         centre = _centroid(to_device(brain_mask_compact(), dev)[lab])
+        if cfg.shift_mm > 0:  # drawn only when asked, so that other settings keep their random stream
+            shift = (torch.rand(3, generator=g) * 2.0 - 1.0) * float(cfg.shift_mm)
+            centre = centre + shift.to(centre.device)
         coords = sampling_coords(size, A, disp, centre, voxel_mm=vox)
         lab = sample_voxels(lab[None, None].float(), coords, mode="nearest").round().long()
         real = {k: sample_voxels(im.to(dev, torch.float32)[None, None], coords)

@@ -48,6 +48,7 @@ class GeneratorConfig:
     svf_std: Range = (0.0, 4.0)  # voxels (velocity at control points)
     svf_steps: int = 7
     svf_downsample: int = 2  # integrate the SVF on a grid this much coarser
+    shift_mm: float = 0.0  # window centre: the brain's centroid plus a uniform shift up to this per axis (mm)
     # contrast mode probabilities (normalised)
     p_gmm: float = 0.5
     p_physics: float = 0.35

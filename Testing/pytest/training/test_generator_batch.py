@@ -190,3 +190,26 @@ def test_torch_band_distance_matches_scipy():
     assert ref.min() == -4.0 and ref.max() == 4.0
     # sign convention: negative inside the left white surface, positive in the right hemisphere
     assert ref[1][lab == 2].max() < 0 and ref[1][lab == 41].min() > 0
+
+
+def test_window_centre_shift_moves_the_window_over_the_anatomy():
+    """``shift_mm``: the window centre is the brain's centroid plus a uniform shift per axis (mm);
+    the atlas coordinates under the window's centre show where the window went."""
+    rigid = replace(GeneratorConfig(), rotation_deg=0.0, shear=0.0, scaling=0.0, svf_std=(0.0, 0.0), p_flip=0.0)
+    s = _subject()
+
+    def centre_coords(cfg, seed):
+        reg = Generator(cfg).sample(s, n_samples=1, size=S, seed=seed).targets["registration"][0]
+        mid = slice(S // 2 - 1, S // 2 + 1)
+        return reg[:, mid, mid, mid].mean((1, 2, 3)) * 100.0  # atlas mm at the window centre
+
+    moved = []
+    for seed in range(6):
+        still = centre_coords(rigid, seed)
+        shifted = centre_coords(replace(rigid, shift_mm=10.0), seed)
+        d = shifted - still
+        assert float(d.abs().max()) <= 10.0 + 1e-3
+        moved.append(d)
+    moved = torch.stack(moved)
+    assert float(moved.abs().max()) > 3.0  # the windows moved
+    assert float(moved.std(0).min()) > 1.0  # differently for each sample, on every axis
