@@ -189,21 +189,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     from brainfm.evaluation.quality import measure_quality
     from brainfm.models import save_native
     from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo
-    from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
-    from brainfm.training.config import TrainConfig
+    from brainfm.training.checkpoint import latest_checkpoint
     from brainfm.training.export import trained_input_antialias
-    from brainfm.training.trainer import build_model
+    from brainfm.training.restore import model_from_checkpoint
 
     run = Path(args.run)
     ck = latest_checkpoint(run)
     if ck is None:
         print(f"bundle_model: no checkpoint in {run}", file=sys.stderr)
         return 2
-    meta = read_meta(ck)
-    cfg = TrainConfig.from_dict(meta.get("config") or {})
-    net = build_model(cfg)
     use_average = args.weights == "average"
-    load_checkpoint(ck, model=net, restore_rng=False, use_average=use_average)  # the exported model
+    net, cfg, meta = model_from_checkpoint(ck, use_average=use_average)  # the exported model
+    antialias = trained_input_antialias(cfg.model.voxel_mm)
     weights_kind = "average" if use_average and meta["groups"].get("ema") else "last"
     totals = run_totals(run, meta)
     losses = recent_losses(run)
@@ -218,14 +215,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                          config=net.config, label_scheme=cfg.model.label_scheme, atlas={"name": "gca"},
                          provenance=provenance, output_units=dict(BRAINFM_OUTPUT_UNITS),
                          voxel_mm=float(cfg.model.voxel_mm), quality=quality,
-                         input_antialias=trained_input_antialias(cfg.model.voxel_mm))
+                         input_antialias=antialias)
 
     export = run / ("measure" if args.measure_only else "export")
     weights, _ = save_native(net, export / NAME, info=info({}), fp16=True)
     q = measure_quality(weights, args.data)
     (export / "quality.json").write_text(json.dumps(q, indent=1))
     point = curve_point(q, totals, date=today, hardware=hardware, weights=weights_kind, objective=objective,
-                        input_antialias=trained_input_antialias(cfg.model.voxel_mm))
+                        input_antialias=antialias)
     if args.measure_only:
         with open(run / "quality.jsonl", "a") as f:
             f.write(json.dumps(point) + "\n")

@@ -231,10 +231,11 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
     net = unwrap(model)
     dev = next(iter(net.state_dict().values())).device if net.state_dict() else "cpu"
     has_average = bool(meta["groups"].get("ema"))
+    avg = _read_shards(p, meta["groups"]["ema"], "cpu") if has_average and (use_average or averaged is not None) else {}
     if use_average and has_average:
         from brainfm.training.ema import averaged_weights
 
-        weights = averaged_weights(_read_shards(p, meta["groups"]["ema"], "cpu"))
+        weights = averaged_weights(avg)
     else:
         weights = _read_shards(p, meta["groups"]["model"], "cpu")
     own = net.state_dict()
@@ -248,7 +249,6 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
                               + "; ".join(problems[:12]) + more)
     net.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=True)
     if averaged is not None and has_average:
-        avg = _read_shards(p, meta["groups"]["ema"], "cpu")
         adev = next(iter(averaged.state_dict().values())).device
         try:
             averaged.load_state_dict({k: v.to(adev) for k, v in avg.items()}, strict=True)
