@@ -20,7 +20,9 @@ BUNDLED = REPO / "BrainFMCore" / "brainfm" / "models" / "bundled"
 CURVE_CSV = BUNDLED / "training_curve.csv"
 CURVE_PNG = BUNDLED / "training_curve.png"
 FIELDS = ["date", "hardware", "steps", "cpu_hours", "gpu_minutes", "weights", "objective",
-          "input_antialias", "real_t1_dice17", "heldout_dice17"]
+          "input_antialias", "input_aligned", "real_t1_dice17", "heldout_dice17"]
+#: columns added after the first rows were written, and the value those rows had
+DEFAULTS = {"input_antialias": "True", "input_aligned": "False"}
 
 
 def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
@@ -30,23 +32,26 @@ def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:  # rows written before a column existed: its default
-        r["input_antialias"] = r.get("input_antialias") or "True"
+        for k, v in DEFAULTS.items():
+            r[k] = r.get(k) or v
     return rows
 
 
 def add_points(points: Sequence[Mapping[str, Any]], path: Path = CURVE_CSV) -> List[Dict[str, str]]:
     """Add ``points`` (dicts with the keys of :data:`FIELDS`) to the curve, replacing rows measured at
-    the same step with the same weights and input resampling; rows stay in step order. Written
+    the same step with the same weights and input handling; rows stay in step order. Written
     atomically; returns the rows."""
     def key(r: Mapping[str, str]) -> tuple:
-        return (r["steps"], r["weights"], r.get("input_antialias") or "True")
+        return (r["steps"], r["weights"]) + tuple(r.get(k) or v for k, v in DEFAULTS.items())
 
     rows = {key(r): r for r in read_curve(path)}
     for p in points:
         row = {k: ("" if p.get(k) is None else str(p.get(k))) for k in FIELDS}
-        row["input_antialias"] = row["input_antialias"] or "True"
+        for k, v in DEFAULTS.items():
+            row[k] = row[k] or v
         rows[key(row)] = row
-    ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"], r["input_antialias"] == "False"))
+    ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"], r["input_aligned"] == "True",
+                                                   r["input_antialias"] == "False"))
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
@@ -67,21 +72,29 @@ def plot_curve(rows: Sequence[Mapping[str, str]], png: Path = CURVE_PNG, *, prev
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    series = [(w, aa) for w in ("last", "average") for aa in ("True", "False")]
-    for weights, aa in series:
-        rs = [r for r in rows if r["weights"] == weights and (r.get("input_antialias") or "True") == aa]
-        if not rs:
-            continue
-        marker = {"last": "o", "average": "D"}[weights]
-        name = weights + (" weights" if aa == "True" else " weights, inputs not anti-aliased")
-        for ax, key in ((axes[0], "steps"), (axes[1], "cpu_hours")):
-            x = [float(r[key]) for r in rs]
-            colors = ("tab:blue", "tab:orange") if aa == "True" else ("tab:purple", "tab:red")
-            ax.plot(x, [float(r["real_t1_dice17"]) for r in rs], marker + "-", color=colors[0],
-                    alpha=1.0 if weights == "average" else 0.55, label=f"real T1 ({name})")
-            ax.plot(x, [float(r["heldout_dice17"]) for r in rs], marker + "--", color=colors[1],
-                    alpha=1.0 if weights == "average" else 0.55, label=f"held-out maps ({name})")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
+    # how the input reached the network: the measurements before the backbone aligned its input are
+    # drawn faded (see the model card)
+    series = [("True", "False", "aligned input", ("tab:blue", "tab:orange"), 1.0),
+              ("False", "False", "unaligned, not anti-aliased", ("tab:purple", "tab:red"), 0.45),
+              ("False", "True", "unaligned", ("tab:blue", "tab:orange"), 0.3)]
+    for weights in ("last", "average"):
+        for aligned, aa, name, colors, alpha in series:
+            rs = [r for r in rows if r["weights"] == weights and (r.get("input_aligned") or "False") == aligned
+                  and (r.get("input_antialias") or "True") == aa]
+            if aligned == "True":  # the filter barely matters once aligned: one series
+                rs = [r for r in rows if r["weights"] == weights and r.get("input_aligned") == "True"]
+            if not rs:
+                continue
+            marker = {"last": "o", "average": "D"}[weights]
+            label = f"{weights} weights, {name}"
+            a = alpha if weights == "average" else alpha * 0.6
+            for ax, key in ((axes[0], "steps"), (axes[1], "cpu_hours")):
+                x = [float(r[key]) for r in rs]
+                ax.plot(x, [float(r["real_t1_dice17"]) for r in rs], marker + "-", color=colors[0], alpha=a,
+                        label=f"real T1 ({label})")
+                ax.plot(x, [float(r["heldout_dice17"]) for r in rs], marker + "--", color=colors[1], alpha=a,
+                        label=f"held-out maps ({label})")
     changes = [r for prev, r in zip(rows, rows[1:]) if r["objective"] != prev["objective"]]
     for ax, key, label in ((axes[0], "steps", "steps"), (axes[1], "cpu_hours", "CPU-hours")):
         for level, name in ((preview, "preview"), (release, "release")):
@@ -95,9 +108,10 @@ def plot_curve(rows: Sequence[Mapping[str, str]], png: Path = CURVE_PNG, *, prev
         ax.set_ylabel("merged-17 Dice")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
     fig.suptitle("brainfm-compact: merged-17 Dice while training")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     tmp = png.with_name(png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

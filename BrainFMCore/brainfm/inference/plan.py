@@ -12,7 +12,8 @@ holds when the forward is planned (``baseline``) and adds, per phase:
   once: one task's outputs when they are handed on as they are produced (``streaming``, the
   ``brainfm run`` command), all of them otherwise.
 
-The largest tile (multiple of 16) whose forward phase fits is chosen; the whole volume runs at
+The largest tile (multiple of 16 and of the backbone's :func:`aligned_voxels` side multiple) whose
+forward phase fits is chosen, its activations counted on the padded side; the whole volume runs at
 once when it fits. When even the smallest tile (:data:`MIN_PLAN_TILE`, at least the network's
 ``2 ** (levels - 1)``) does not fit, the plan is over budget and :func:`check_plan` raises a
 :class:`~brainfm.errors.ResourceError` before any work, with advice that applies to the request.
@@ -102,6 +103,17 @@ def min_tile(num_levels: int) -> int:
     return max(MIN_PLAN_TILE, 2 ** (max(int(num_levels), 1) - 1))
 
 
+def aligned_voxels(shape: Sequence[int], num_levels: int) -> float:
+    """Voxels the backbone computes for an input of ``shape``: each side padded to a multiple of
+    ``2 ** (num_levels - 1)`` (:attr:`brainfm.models.unet.UNet3D.size_multiple`).
+
+    >>> aligned_voxels((80, 81, 17), 5)
+    245760.0
+    """
+    m = 2 ** (max(int(num_levels), 1) - 1)
+    return float(np.prod([-(-int(n) // m) * m for n in shape[:3]]))
+
+
 def _raw_bytes(voxels: float, channels: Mapping[str, int], reduce: Mapping[str, str]) -> float:
     total = 0.0
     for name, c in channels.items():
@@ -154,19 +166,22 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
                                              probabilities=probabilities, seg_channels=seg_channels, f_maps=f_maps,
                                              atlas=atlas))
     lo = min_tile(num_levels)
+    step = max(16, 2 ** (max(int(num_levels), 1) - 1))  # tiles the backbone needs no padding for
 
     def tile_cost(edge: Optional[int]):
         """(device bytes of one tile, host bytes of the forward phase, band rows)."""
         if edge is None or edge >= max(shape):
             # whole volume: head outputs full size, reduced right after the forward
-            dev = devmod.forward_bytes(voxels, f_maps, autocast_dtype_=amp_dtype, channels_last=channels_last)
+            dev = devmod.forward_bytes(aligned_voxels(shape, num_levels), f_maps, autocast_dtype_=amp_dtype,
+                                       channels_last=channels_last)
             heads = voxels * 4.0 * n_ch
             return SLACK * (dev + heads), SLACK * (heads + finished), shape[0]
         tiles = plan_tiles(shape, edge, tile_overlap)
         tv = float(np.prod([min(edge, s) for s in shape]))
         rows = band_rows(tiles, shape[0])
         band = 4.0 * (n_ch + 1.0) * rows * shape[1] * shape[2]
-        dev = devmod.forward_bytes(tv, f_maps, autocast_dtype_=amp_dtype, channels_last=channels_last)
+        dev = devmod.forward_bytes(aligned_voxels([min(edge, s) for s in shape], num_levels), f_maps,
+                                   autocast_dtype_=amp_dtype, channels_last=channels_last)
         heads = 1.5 * tv * 4.0 * n_ch
         return SLACK * (dev + heads), SLACK * (band + heads + finished), rows
 
@@ -185,18 +200,18 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
         tile = None
     else:
         tile = None
-        edge = (int(max(shape)) // 16) * 16
+        edge = (int(max(shape)) // step) * step
         while edge >= lo:
             if edge < max(shape) and fits(edge):
                 tile = edge
                 break
-            edge -= 16
+            edge -= step
         if tile is None:  # nothing fits: the smallest tiles (check_plan reports it)
             tile = lo if max(shape) > lo else None
     dev, host, rows = tile_cost(tile)
-    fallback = max(lo, ((tile or max(shape)) // 2 // 16) * 16)
+    fallback = max(lo, ((tile or max(shape)) // 2 // step) * step)
     if tile is None:
-        fallback = max(lo, min(((int(max(shape)) // 2) // 16) * 16, 128))
+        fallback = max(lo, min(((int(max(shape)) // 2) // step) * step, 128))
     plan = MemoryPlan(tile_size=tile, fallback_tile=fallback, budget_bytes=float(budget_bytes),
                       baseline_bytes=float(baseline_bytes), forward_bytes=(host if on_gpu else dev + host),
                       postprocess_bytes=post, band_rows=rows, reduce=reduce, streaming=streaming,

@@ -6,6 +6,14 @@ Each ``SingleConv`` is GroupNorm (on its input) -> bias-free 3x3x3 conv (padding
 Every encoder after the first max-pools (2, floor mode) first; decoders upsample with legacy ``nearest``
 interpolation to the skip tensor's size and concatenate ``[skip, up]``.
 
+**Input alignment.** With floor pooling and nearest upsampling, a side that is not a multiple of
+``2 ** (num_levels - 1)`` puts the coarse features up to one coarse voxel (16 voxels for 5 levels)
+away from the anatomy they describe. The backbone therefore pads its input at the high end of each axis
+with the volume's minimum (zero, the background, for min-max normalised inputs) to the next multiple (:attr:`UNet3D.size_multiple`) and crops every output back
+(``align_input=False`` feeds the volume as it is, like the reference demo). On a real T1 the compact
+2 mm model scored merged-17 Dice 0.50 unaligned and 0.65 aligned; inputs that are already multiples
+(every training window) are unchanged.
+
 When autograd is off (``torch.no_grad`` / ``torch.inference_mode``) :meth:`UNet3D.forward` runs a
 memory-lean path (:mod:`brainfm.models.lean`): GroupNorm is applied in place on tensors the network
 owns, skip tensors are dropped as soon as they are used, and the first decoder convolution is split
@@ -97,17 +105,19 @@ class UNet3D(nn.Module):
     """The BrainFM backbone: ``num_levels`` encoder levels of ``f_maps * 2**k`` channels.
 
     ``unit_feat`` L2-normalises the final feature over channels (eps 1e-12), as the official
-    BrainFM model does (Brain-ID does not).
+    BrainFM model does (Brain-ID does not). ``align_input`` pads the input to a multiple of
+    :attr:`size_multiple` and crops the outputs back (see the module docstring).
     """
 
     def __init__(self, in_channels: int = 1, f_maps: int = 64, num_levels: int = 6, num_groups: int = 8,
-                 unit_feat: bool = True) -> None:
+                 unit_feat: bool = True, *, align_input: bool = True) -> None:
         super().__init__()
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2 (got {num_levels})")
         ch = [f_maps * 2**k for k in range(num_levels)]
         self.in_channels, self.f_maps, self.num_levels = in_channels, f_maps, num_levels
         self.num_groups, self.unit_feat = num_groups, bool(unit_feat)
+        self.align_input = bool(align_input)
         self.encoders = nn.ModuleList(
             Encoder(in_channels if k == 0 else ch[k - 1], ch[k], pool=k > 0, num_groups=num_groups)
             for k in range(num_levels)
@@ -116,6 +126,11 @@ class UNet3D(nn.Module):
         self.decoders = nn.ModuleList(
             Decoder(rev[j] + rev[j + 1], rev[j + 1], num_groups=num_groups) for j in range(num_levels - 1)
         )
+
+    @property
+    def size_multiple(self) -> int:
+        """Side length multiple at which every pooling level lines up (``2 ** (num_levels - 1)``)."""
+        return 2 ** (self.num_levels - 1)
 
     @property
     def out_channels(self) -> int:
@@ -145,6 +160,8 @@ class UNet3D(nn.Module):
     def _run(self, x: Tensor, *, keep_all: bool) -> List[Tensor]:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise InputError(f"the network expects a (N, {self.in_channels}, X, Y, Z) tensor, got {tuple(x.shape)}")
+        size = tuple(int(n) for n in x.shape[2:])
+        x = self._aligned(x)
         lean = not torch.is_grad_enabled()
         skips: List[Tensor] = []
         for k, enc in enumerate(self.encoders):
@@ -173,5 +190,29 @@ class UNet3D(nn.Module):
         x = self._normalize(x, inplace=lean)
         if keep_all:
             feats[-1] = x
-            return feats
-        return [x]
+            return [_crop(f, size, 2 ** (len(feats) - 1 - i)) for i, f in enumerate(feats)]
+        return [_crop(x, size, 1)]
+
+    def _aligned(self, x: Tensor) -> Tensor:
+        """``x`` padded at the high end of each axis to a multiple of :attr:`size_multiple`
+        (``x`` itself when aligned or ``align_input`` is off; the memory format is kept)."""
+        m = self.size_multiple
+        pads = [(-int(n)) % m for n in x.shape[2:]]
+        if not self.align_input or not any(pads):
+            return x
+        shape = list(x.shape[:2]) + [int(n) + p for n, p in zip(x.shape[2:], pads)]
+        fmt = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) \
+            and not x.is_contiguous() else torch.contiguous_format
+        # the padding takes each volume's minimum (its background once min-max normalised), which
+        # keeps the features invariant to a positive affine change of intensities
+        y = x.amin(dim=(2, 3, 4), keepdim=True).expand(shape).contiguous(memory_format=fmt)
+        y[:, :, :x.shape[2], :x.shape[3], :x.shape[4]] = x
+        return y
+
+
+def _crop(x: Tensor, size: "tuple[int, ...]", stride: int) -> Tensor:
+    """The part of a level-``stride`` feature that covers an input of spatial ``size``."""
+    keep = [-(-n // stride) for n in size]
+    if list(x.shape[2:]) == keep:
+        return x
+    return x[:, :, :keep[0], :keep[1], :keep[2]]

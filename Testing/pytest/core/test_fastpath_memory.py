@@ -255,3 +255,18 @@ def test_samseg_peer_is_optional_and_shown_as_a_column():
     assert "SAMSEG 0.4a0: merged-17 Dice 0.815, 523 s, 4.39 GB (1 threads)" in md[2]
     assert md[3].split("|")[4].strip() == "-"
     assert "peer" not in markdown_table(rows[1:])  # no peer: the table keeps its columns
+
+
+def test_plan_counts_the_padded_side_and_picks_tiles_that_need_no_padding():
+    # the backbone pads each side to a multiple of 2 ** (levels - 1): 81 voxels cost 96 at 5 levels
+    kw = dict(output_voxels=0.0, f_maps=16, channels={"T1": 1}, tasks=[], baseline_bytes=0.0,
+              device=torch.device("cpu"))
+    aligned = plan_memory((80, 80, 80), num_levels=5, budget_bytes=64e9, **kw)
+    odd = plan_memory((81, 80, 80), num_levels=5, budget_bytes=64e9, **kw)
+    assert aligned.tile_size is None and odd.tile_size is None
+    act = devmod.forward_bytes(96 * 80 * 80, 16) - devmod.forward_bytes(80 ** 3, 16)
+    assert odd.forward_bytes - aligned.forward_bytes == pytest.approx(1.15 * act, rel=0.02)
+    # a 6-level network (official BrainFM) gets tiles that are multiples of 32 when it must tile
+    for levels, step in ((5, 16), (6, 32)):
+        small = plan_memory((300, 300, 300), num_levels=levels, budget_bytes=1.0e9, **kw)
+        assert small.tile_size is not None and small.tile_size % step == 0 and small.fallback_tile % step == 0

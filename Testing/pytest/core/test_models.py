@@ -67,8 +67,15 @@ def test_full_official_net_keys_and_groupnorm_groups():
     assert enc0.SingleConv1.LeakyReLU.negative_slope == 0.01
 
 
-def reference_forward(sd, x, levels, unit_feat=True, groups=8):
-    """Independent functional re-statement of the reference forward (reference §1.1)."""
+def reference_forward(sd, x, levels, unit_feat=True, groups=8, align=True):
+    """Independent functional re-statement of the reference forward (reference §1.1); ``align``:
+    pad the high end of each axis (with the volume's minimum) to a multiple of 2 ** (levels - 1) first, crop at the end."""
+    size = x.shape[2:]
+    if align:
+        m = 2 ** (levels - 1)
+        lo = x.amin(dim=(2, 3, 4), keepdim=True)
+        x = F.pad(x - lo, sum(((0, (-n) % m) for n in reversed(size)), ())) + lo
+
     def single(prefix, h):
         c = h.shape[1]
         h = F.group_norm(h, 1 if c < groups else groups, sd[prefix + "groupnorm.weight"], sd[prefix + "groupnorm.bias"])
@@ -87,6 +94,7 @@ def reference_forward(sd, x, levels, unit_feat=True, groups=8):
         up = F.interpolate(x, size=skip.shape[2:], mode="nearest")
         p = f"backbone.decoders.{j}.basic_module."
         x = single(p + "SingleConv2.", single(p + "SingleConv1.", torch.cat([skip, up], 1)))
+    x = x[:, :, :size[0], :size[1], :size[2]]
     return F.normalize(x, dim=1) if unit_feat else x
 
 
@@ -104,6 +112,31 @@ def test_forward_matches_functional_reference_on_odd_size(grad, shape):
     assert y.shape == (shape[0], 8) + shape[2:]
     assert torch.allclose(y, ref, atol=1e-9), (y - ref).abs().max()
     assert torch.equal(x, x0)  # input untouched (also on the in-place inference path)
+    net.backbone.align_input = False  # the volume as it is, like the reference demo
+    with torch.set_grad_enabled(grad):
+        y_raw = net.backbone(x)
+    raw = reference_forward({k: v.detach() for k, v in net.state_dict().items()}, x0, 3, align=False)
+    assert torch.allclose(y_raw, raw, atol=1e-9), (y_raw - raw).abs().max()
+    assert not torch.allclose(y_raw, y, atol=1e-3)  # alignment changes odd sizes
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_aligned_input_gives_the_features_of_the_padded_volume(align):
+    # the model sees a 2 mm brain window of 80^3 in training; an input of any other size must get the
+    # features it would get inside a zero-padded aligned window, otherwise the coarse levels are shifted
+    net = random_net(ModelConfig(f_maps=8, num_levels=4), seed=7).double()
+    net.backbone.align_input = align
+    assert net.backbone.size_multiple == 8
+    x = torch.rand(1, 1, 21, 18, 13, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    padded = F.pad(x - x.min(), (0, 3, 0, 6, 0, 3)) + x.min()  # 24 x 24 x 16, background = the minimum
+    with torch.inference_mode():
+        y, y_pad = net.backbone(x), net.backbone(padded)[:, :, :21, :18, :13]
+        feats = net.backbone.get_feature(x)
+    assert y.shape == (1, 8, 21, 18, 13)
+    assert torch.allclose(y, y_pad, atol=1e-9) is align
+    if align:  # every level covers the input: ceil(size / stride) voxels
+        assert [tuple(f.shape[2:]) for f in feats] == [(3, 3, 2), (6, 5, 4), (11, 9, 7), (21, 18, 13)]
+        assert torch.allclose(feats[-1], y, atol=1e-9)
 
 
 @pytest.mark.parametrize("coarse,size", [((4, 5, 3), (9, 11, 7)), ((3, 3, 3), (6, 7, 6)), ((5, 2, 4), (5, 4, 9))])
@@ -123,9 +156,9 @@ def test_get_feature_levels_coarse_to_fine():
     with torch.inference_mode():
         feats = net.backbone.get_feature(torch.rand(1, 1, 19, 23, 17))
         last = net.backbone(torch.rand(1, 1, 19, 23, 17))
-    assert [tuple(f.shape) for f in feats] == [(1, 32, 4, 5, 4), (1, 16, 9, 11, 8), (1, 8, 19, 23, 17)]
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 5, 6, 5), (1, 16, 10, 12, 9), (1, 8, 19, 23, 17)]
     assert torch.allclose(feats[-1].norm(dim=1), torch.ones(1, 19, 23, 17), atol=1e-5)
-    assert not torch.allclose(feats[1].norm(dim=1), torch.ones(1, 9, 11, 8), atol=1e-2)  # only the last is unit
+    assert not torch.allclose(feats[1].norm(dim=1), torch.ones(1, 10, 12, 9), atol=1e-2)  # only the last is unit
     assert last.shape == feats[-1].shape
 
 

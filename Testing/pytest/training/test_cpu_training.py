@@ -140,7 +140,9 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     Trainer(cfg, source=tiny_source(cfg), resume="none").fit()
     mod, bundled, card, reg = _bundle_module(tmp_path, monkeypatch)
     scores = iter([{"real_t1_dice17": 0.31, "heldout_dice17": 0.4, "level": "below-preview"},
-                   {"real_t1_dice17": 0.29, "heldout_dice17": 0.41, "level": "below-preview"}])
+                   {"real_t1_dice17": 0.29, "heldout_dice17": 0.41, "level": "below-preview"},
+                   # the bundled weights measured again (the code changed since they were shipped)
+                   {"real_t1_dice17": 0.33, "heldout_dice17": 0.42, "level": "below-preview"}])
     monkeypatch.setattr("brainfm.evaluation.quality.measure_quality", lambda *a, **k: dict(next(scores)))
     assert mod.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--no-commit"]) == 0
     meta = json.loads((bundled / "brainfm-compact.json").read_text())
@@ -151,15 +153,18 @@ def test_finish_bundles_only_better_weights(tmp_path, monkeypatch):
     assert str(tmp_path) not in (bundled / "brainfm-compact.json").read_text()
     sha = json.loads(reg.read_text())["entries"][0]["sha256"]
     assert sha == meta["weights_sha256"]
-    # a worse model: a history row, but the bundled weights stay
+    # a worse model than the bundled one measured again: a history row; the bundled weights stay and
+    # their sidecar gets the new measurement
     assert mod.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path), "--no-commit"]) == 0
-    assert json.loads((bundled / "brainfm-compact.json").read_text())["quality"]["real_t1_dice17"] == 0.31
+    meta2 = json.loads((bundled / "brainfm-compact.json").read_text())
+    assert meta2["quality"]["real_t1_dice17"] == 0.33 and meta2["weights_sha256"] == sha
     rows = [l for l in card.read_text().splitlines() if l.startswith("| 2")]
     assert len(rows) == 2 and "yes, below-preview" in rows[0] and "no (not better)" in rows[1]
     assert card.read_text().rstrip().endswith("text")  # the rest of the card untouched
     # the learning curve beside the card: one point per step and weights (the second finish replaced it)
     curve = list(csv.DictReader(open(bundled / "training_curve.csv")))
-    assert [(c["steps"], c["weights"], c["real_t1_dice17"]) for c in curve] == [("2", "last", "0.29")]
+    assert [(c["steps"], c["weights"], c["real_t1_dice17"], c["input_aligned"]) for c in curve] == \
+        [("2", "last", "0.29", "True")]
     assert (bundled / "training_curve.png").stat().st_size > 10_000
 
 
