@@ -104,11 +104,11 @@ def objective_label(weights: Dict[str, float]) -> str:
 
 
 def curve_point(q: Dict[str, Any], totals: Dict[str, Any], *, date: str, hardware: str, weights: str,
-                objective: str, input_antialias: bool = True) -> Dict[str, Any]:
+                objective: str, input_antialias: bool = True, test_time_flip: bool = False) -> Dict[str, Any]:
     """A row of the learning curve (Training/training_curve.py) from a measurement."""
     return {"date": date, "hardware": hardware, "steps": totals["steps"], "cpu_hours": totals["cpu_hours"],
             "gpu_minutes": totals["gpu_minutes"], "weights": weights, "objective": objective,
-            "input_antialias": bool(input_antialias), "input_aligned": True,
+            "input_antialias": bool(input_antialias), "input_aligned": True, "test_time_flip": bool(test_time_flip),
             "real_t1_dice17": q.get("real_t1_dice17"), "heldout_dice17": q.get("heldout_dice17")}
 
 
@@ -212,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from brainfm.models import save_native
     from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo
     from brainfm.training.checkpoint import latest_checkpoint
-    from brainfm.training.export import trained_input_antialias
+    from brainfm.training.export import trained_input_antialias, trained_test_time_flip
     from brainfm.training.restore import model_from_checkpoint
 
     run = Path(args.run)
@@ -223,6 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     use_average = args.weights == "average"
     net, cfg, meta = model_from_checkpoint(ck, use_average=use_average)  # the exported model
     antialias = trained_input_antialias(cfg.model.voxel_mm)
+    flip = trained_test_time_flip(cfg)
     weights_kind = "average" if use_average and meta["groups"].get("ema") else "last"
     totals = run_totals(run, meta)
     losses = recent_losses(run)
@@ -237,14 +238,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                          config=net.config, label_scheme=cfg.model.label_scheme, atlas={"name": "gca"},
                          provenance=provenance, output_units=dict(BRAINFM_OUTPUT_UNITS),
                          voxel_mm=float(cfg.model.voxel_mm), quality=quality,
-                         input_antialias=antialias)
+                         input_antialias=antialias, test_time_flip=flip)
 
     export = run / ("measure" if args.measure_only else "export")
     weights, _ = save_native(net, export / NAME, info=info({}), fp16=True)
     q = measure_quality(weights, args.data)
     (export / "quality.json").write_text(json.dumps(q, indent=1))
     point = curve_point(q, totals, date=today, hardware=hardware, weights=weights_kind, objective=objective,
-                        input_antialias=antialias)
+                        input_antialias=antialias, test_time_flip=flip)
     if args.measure_only:
         with open(run / "quality.jsonl", "a") as f:
             f.write(json.dumps(point) + "\n")

@@ -20,9 +20,9 @@ BUNDLED = REPO / "BrainFMCore" / "brainfm" / "models" / "bundled"
 CURVE_CSV = BUNDLED / "training_curve.csv"
 CURVE_PNG = BUNDLED / "training_curve.png"
 FIELDS = ["date", "hardware", "steps", "cpu_hours", "gpu_minutes", "weights", "objective",
-          "input_antialias", "input_aligned", "real_t1_dice17", "heldout_dice17"]
+          "input_antialias", "input_aligned", "test_time_flip", "real_t1_dice17", "heldout_dice17"]
 #: columns added after the first rows were written, and the value those rows had
-DEFAULTS = {"input_antialias": "True", "input_aligned": "False"}
+DEFAULTS = {"input_antialias": "True", "input_aligned": "False", "test_time_flip": "False"}
 
 
 def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
@@ -51,7 +51,7 @@ def add_points(points: Sequence[Mapping[str, Any]], path: Path = CURVE_CSV) -> L
             row[k] = row[k] or v
         rows[key(row)] = row
     ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"], r["input_aligned"] == "True",
-                                                   r["input_antialias"] == "False"))
+                                                   r["test_time_flip"] == "True", r["input_antialias"] == "False"))
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
@@ -75,15 +75,17 @@ def plot_curve(rows: Sequence[Mapping[str, str]], png: Path = CURVE_PNG, *, prev
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     # how the input reached the network: the measurements before the backbone aligned its input are
     # drawn faded (see the model card)
-    series = [("True", "False", "aligned input", ("tab:blue", "tab:orange"), 1.0),
-              ("False", "False", "unaligned, not anti-aliased", ("tab:purple", "tab:red"), 0.45),
-              ("False", "True", "unaligned", ("tab:blue", "tab:orange"), 0.3)]
+    series = [(lambda r: r["input_aligned"] == "True" and r["test_time_flip"] == "True",
+               "aligned input, flip-averaged", ("tab:green", "tab:olive"), 1.0),
+              (lambda r: r["input_aligned"] == "True" and r["test_time_flip"] != "True",
+               "aligned input", ("tab:blue", "tab:orange"), 1.0),
+              (lambda r: r["input_aligned"] != "True" and r["input_antialias"] == "False",
+               "unaligned, not anti-aliased", ("tab:purple", "tab:red"), 0.45),
+              (lambda r: r["input_aligned"] != "True" and r["input_antialias"] != "False",
+               "unaligned", ("tab:blue", "tab:orange"), 0.3)]
     for weights in ("last", "average"):
-        for aligned, aa, name, colors, alpha in series:
-            rs = [r for r in rows if r["weights"] == weights and (r.get("input_aligned") or "False") == aligned
-                  and (r.get("input_antialias") or "True") == aa]
-            if aligned == "True":  # the filter barely matters once aligned: one series
-                rs = [r for r in rows if r["weights"] == weights and r.get("input_aligned") == "True"]
+        for keep, name, colors, alpha in series:
+            rs = [r for r in rows if r["weights"] == weights and keep({**DEFAULTS, **{k: v for k, v in r.items() if v}})]
             if not rs:
                 continue
             marker = {"last": "o", "average": "D"}[weights]

@@ -18,6 +18,7 @@ from typing import Dict
 import torch
 
 from brainfm.generator import physics
+from brainfm.models.mirror import flip_distance, flip_registration  # noqa: F401 (the generator's flips)
 from brainfm.generator.ct import nominal_hu
 from brainfm.generator.interp import blur, to_device
 from brainfm.generator.labels import FS33, compact_to_fs33
@@ -57,17 +58,6 @@ def segmentation_fs33(labels: torch.Tensor) -> torch.Tensor:
 def one_hot_fs33(seg: torch.Tensor) -> torch.Tensor:
     """One-hot (B, 33, S...) float of fs33 class indices (B, S...)."""
     return torch.nn.functional.one_hot(seg, len(FS33)).movedim(-1, 1).float()
-
-
-def flip_distance(d: torch.Tensor) -> torch.Tensor:
-    """Mirror (B, 4, X, Y, Z) distance maps along x and swap lp<->rp, lw<->rw."""
-    return d.flip(2)[:, [2, 3, 0, 1]]
-
-
-def flip_registration(r: torch.Tensor) -> torch.Tensor:
-    """Mirror (B, 3, X, Y, Z) atlas coordinates along x and negate the x coordinate."""
-    r = r.flip(2)
-    return torch.cat([-r[:, :1], r[:, 1:]], 1)
 
 
 def distance_target(d: torch.Tensor, *, scale: float, max_distance: float) -> torch.Tensor:

@@ -10,6 +10,10 @@ Tiles are blended by :class:`~brainfm.inference.tiling.TileAccumulator` band by 
 stores an output compactly as soon as its rows are final (``"argmax"``: the segmentation label
 decision, 1 byte per voxel; ``"float16"``: features). Segmentation is blended as **logits**.
 
+With ``test_time_flip`` every tile also runs mirrored left-right (axis 0 of the RAS network frame) and
+each head output is averaged with the mirrored-back output (:func:`brainfm.models.mirror.mirror_output`;
+segmentation channels swapped with ``lr_partner``); the feature is the one of the unmirrored input.
+
 >>> import numpy as np, torch
 >>> from brainfm.inference.forward import run_network
 >>> class Toy(torch.nn.Module):
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from brainfm.errors import ResourceError
 from brainfm.inference.device import autocast
 from brainfm.inference.tiling import MIN_TILE, TileAccumulator, plan_tiles
+from brainfm.models.mirror import can_mirror, mirror_output
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 
 #: advice used when the caller gives none (true on every device)
@@ -64,9 +69,35 @@ def forward_tile(
     want_feat: bool,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
+    test_time_flip: bool = False,
+    lr_partner: Sequence[int] = (),
 ) -> Dict[str, torch.Tensor]:
     """One forward of ``x`` (1, 1, X, Y, Z): requested raw head outputs (+ ``feat``), fp32
-    (channels-last strides when ``channels_last``)."""
+    (channels-last strides when ``channels_last``); with ``test_time_flip``, each head averaged with
+    its output for the mirrored input (see the module docstring)."""
+    res = _forward_once(net, x, heads, want_feat, amp_dtype, channels_last)
+    if not test_time_flip:
+        return res
+    both = [h for h in heads if can_mirror(h, int(res[h].shape[1]), lr_partner=lr_partner)]
+    if not both:
+        return res
+    mirrored = _forward_once(net, x.flip(2), both, False, amp_dtype, channels_last)
+    with torch.inference_mode():
+        for h in both:
+            back = mirror_output(h, mirrored.pop(h), lr_partner=lr_partner)
+            res[h] = res[h].add_(back).mul_(0.5)
+            del back
+    return res
+
+
+def _forward_once(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    heads: Sequence[str],
+    want_feat: bool,
+    amp_dtype: Optional[torch.dtype],
+    channels_last: bool,
+) -> Dict[str, torch.Tensor]:
     heads = list(heads)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -105,13 +136,17 @@ def run_network(
     cancel: Optional[CancelToken] = None,
     reduce: Optional[Dict[str, str]] = None,
     channels_last: bool = False,
+    test_time_flip: bool = False,
+    lr_partner: Sequence[int] = (),
 ) -> Dict[str, np.ndarray]:
     """Raw outputs ``name -> (C, X, Y, Z)`` float32 for the normalised network-frame ``image``.
 
     ``tile_size=None`` runs the whole volume at once; otherwise cubic tiles of that edge with
     ``tile_overlap`` and cosine blending. ``reduce`` (name -> ``"argmax"`` / ``"float16"``) stores
     outputs compactly (see :class:`~brainfm.inference.tiling.TileAccumulator`; an ``argmax`` output
-    is ``(X, Y, Z)`` channel indices). ``cancel`` is checked between tiles.
+    is ``(X, Y, Z)`` channel indices). ``cancel`` is checked between tiles. ``test_time_flip``:
+    average every head with its output for the left-right mirrored input (``lr_partner``: the
+    segmentation head's partner channels, :attr:`brainfm.labels.LabelScheme.lr_partner`).
     """
     cb = ensure_callback(progress)
     shape = tuple(int(s) for s in image.shape[:3])
@@ -124,7 +159,7 @@ def run_network(
             cancel.raise_if_cancelled()
         cb(i / n, f"network forward, tile {i + 1}/{n}" if n > 1 else "network forward")
         x = src[sl][None, None].contiguous().to(device)
-        out = forward_tile(net, x, heads, want_feat, amp_dtype, channels_last)
+        out = forward_tile(net, x, heads, want_feat, amp_dtype, channels_last, test_time_flip, lr_partner)
         del x
         acc.add(sl, out)  # type: ignore[arg-type]
         del out

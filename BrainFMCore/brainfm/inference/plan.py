@@ -146,7 +146,7 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
                 probabilities: bool = False, amp_dtype: Optional[torch.dtype] = None,
                 channels_last: bool = False, tile_size: Optional[int] = None, tile_overlap: float = 0.25,
                 budget_given: bool = False, device_budget_bytes: Optional[float] = None,
-                atlas: bool = True, grid_bytes: float = 0.0) -> MemoryPlan:
+                atlas: bool = True, grid_bytes: float = 0.0, test_time_flip: bool = False) -> MemoryPlan:
     """Plan tiles and compact accumulation for a network-frame shape (see the module docstring).
 
     ``channels``: raw outputs of the forward, name -> channels (``feat`` included when wanted).
@@ -154,12 +154,13 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
     mapping outputs onto the output grid (:class:`~brainfm.geometry.GridMapper`).
     ``tile_size`` forces tiles of that edge. ``device_budget_bytes``: GPU memory available to the
     forward (CUDA); the tile is then chosen from it and the host side is checked against
-    ``budget_bytes``.
+    ``budget_bytes``. ``test_time_flip``: a tile's head outputs are held twice (the mirrored pass).
     """
     reduce = dict(reduce or {})
     shape = tuple(int(s) for s in net_shape[:3])
     voxels = float(np.prod(shape))
     n_ch = float(sum(channels.values()))
+    n_tile_ch = n_ch * (2.0 if test_time_flip else 1.0)  # head outputs of a tile held at once
     seg_channels = int(channels.get("segmentation", 0))
     finished = _raw_bytes(voxels, channels, reduce)
     post = SLACK * (finished + float(grid_bytes) + _output_bytes(tasks, output_voxels, channels, streaming=streaming,
@@ -174,7 +175,7 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
             # whole volume: head outputs full size, reduced right after the forward
             dev = devmod.forward_bytes(aligned_voxels(shape, num_levels), f_maps, autocast_dtype_=amp_dtype,
                                        channels_last=channels_last)
-            heads = voxels * 4.0 * n_ch
+            heads = voxels * 4.0 * n_tile_ch
             return SLACK * (dev + heads), SLACK * (heads + finished), shape[0]
         tiles = plan_tiles(shape, edge, tile_overlap)
         tv = float(np.prod([min(edge, s) for s in shape]))
@@ -182,7 +183,7 @@ def plan_memory(net_shape: Sequence[int], *, output_voxels: float, f_maps: int, 
         band = 4.0 * (n_ch + 1.0) * rows * shape[1] * shape[2]
         dev = devmod.forward_bytes(aligned_voxels([min(edge, s) for s in shape], num_levels), f_maps,
                                    autocast_dtype_=amp_dtype, channels_last=channels_last)
-        heads = 1.5 * tv * 4.0 * n_ch
+        heads = 1.5 * tv * 4.0 * n_tile_ch
         return SLACK * (dev + heads), SLACK * (band + heads + finished), rows
 
     on_gpu = device_budget_bytes is not None

@@ -66,7 +66,9 @@ class Predictor:
     default 60 % of the free GPU memory), ``tile_size`` (force tiling with cubes of that edge,
     >= 16), ``tile_overlap`` (fraction in [0, 1)), ``threads`` (torch CPU threads),
     ``channels_last`` (run in the ``channels_last_3d`` memory format; default: on the CPU for
-    compact-width networks, :func:`brainfm.inference.device.use_channels_last`).
+    compact-width networks, :func:`brainfm.inference.device.use_channels_last`), ``test_time_flip``
+    (also run the left-right mirrored input and average the two, twice the network time; default:
+    the model's :attr:`~brainfm.models.ModelInfo.test_time_flip`).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Predictor:
         tile_overlap: float = 0.25,
         threads: Optional[int] = None,
         channels_last: Optional[bool] = None,
+        test_time_flip: Optional[bool] = None,
     ) -> None:
         net = getattr(loaded_model, "net", loaded_model)
         if not isinstance(net, torch.nn.Module) or not hasattr(net, "head"):
@@ -115,6 +118,9 @@ class Predictor:
         self.voxel_mm: float = float(getattr(self.info, "voxel_mm", 1.0) or 1.0)
         #: inputs are low-pass filtered before resampling to a coarser working grid, as the model expects
         self.input_antialias: bool = bool(getattr(self.info, "input_antialias", True))
+        #: each prediction is averaged with the one of the left-right mirrored input
+        self.test_time_flip: bool = (bool(getattr(self.info, "test_time_flip", False)) if test_time_flip is None
+                                     else bool(test_time_flip))
         #: heads that serve tasks: a model working on a grid coarser than 1 mm offers no 1 mm super-resolution
         self.task_heads: List[str] = served_heads(self.head_names, voxel_mm=self.voxel_mm)
         self.available_tasks: List[str] = available_tasks(self.task_heads)
@@ -138,13 +144,15 @@ class Predictor:
     def _model_meta(self) -> Dict[str, Any]:
         info = self.info
         if info is None:
-            return {"name": "unnamed", "heads": list(self.head_names), "voxel_mm": self.voxel_mm}
+            return {"name": "unnamed", "heads": list(self.head_names), "voxel_mm": self.voxel_mm,
+                    "test_time_flip": self.test_time_flip}
         meta = {k: getattr(info, k, None) for k in ("name", "version", "format", "sha256", "label_scheme")}
         if getattr(info, "quality", None):
             meta["quality"] = dict(info.quality)
         meta["heads"] = list(self.head_names)
         meta["voxel_mm"] = self.voxel_mm
         meta["input_antialias"] = self.input_antialias
+        meta["test_time_flip"] = self.test_time_flip
         return meta
 
     def _scheme(self) -> Any:
@@ -159,6 +167,11 @@ class Predictor:
             return decide_scheme(name or None, n_channels=n_channels)
         except BrainFMError:
             return None
+
+    def _lr_partner(self) -> Tuple[int, ...]:
+        """Left/right partner of each segmentation channel (empty when the scheme is undecided)."""
+        scheme = self._scheme()
+        return tuple(scheme.lr_partner) if scheme is not None else ()
 
     def _atlas(self, atlas: Any, warnings: List[str]) -> Optional[Volume]:
         if isinstance(atlas, Volume):
@@ -212,7 +225,8 @@ class Predictor:
                            streaming=streaming, probabilities=probabilities, amp_dtype=self.amp_dtype,
                            channels_last=self.channels_last, tile_size=self.tile_size,
                            tile_overlap=self.tile_overlap, budget_given=given_host,
-                           device_budget_bytes=device_budget, atlas=atlas, grid_bytes=grid_bytes)
+                           device_budget_bytes=device_budget, atlas=atlas, grid_bytes=grid_bytes,
+                           test_time_flip=self.test_time_flip)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(
@@ -301,7 +315,7 @@ class Predictor:
             fallback_tile_size=plan.fallback_tile, heads=raw_heads, want_feat=FEAT in heads,
             device=self.device, amp_dtype=self.amp_dtype, tile_overlap=self.tile_overlap,
             progress=scaled(cb, 0.1, 0.8), cancel=cancel, reduce=reduce, channels_last=self.channels_last,
-            advice="; ".join(advice),
+            advice="; ".join(advice), test_time_flip=self.test_time_flip, lr_partner=self._lr_partner(),
         )
         labels = {h: (raw.pop(h), channels[h]) for h, how in reduce.items() if how == "argmax"}
         timings["forward"], cpu["forward"] = time.perf_counter() - t0, time.process_time() - c0

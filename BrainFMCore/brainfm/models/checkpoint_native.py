@@ -62,7 +62,7 @@ def _info_fields(info: Union[ModelInfo, Mapping[str, Any], None]) -> Dict[str, A
         return {}
     if is_dataclass(info):
         d = {k: getattr(info, k) for k in ("name", "version", "label_scheme", "atlas", "provenance", "output_units",
-                                           "voxel_mm", "input_antialias", "quality")}
+                                           "voxel_mm", "input_antialias", "test_time_flip", "quality")}
         return d
     return dict(info)
 
@@ -108,6 +108,7 @@ def save_native(net: BrainFMNet, path: PathLike, *, info: Union[ModelInfo, Mappi
         "output_units": units,
         "voxel_mm": float(fields.get("voxel_mm") or 1.0),
         "input_antialias": bool(fields.get("input_antialias", True)),
+        "test_time_flip": bool(fields.get("test_time_flip", False)),
         "quality": dict(fields.get("quality") or {}),
         "weights_file": weights_path.name,
         "weights_dtype": "float16" if fp16 else "float32",
@@ -206,6 +207,7 @@ def load_native(path: PathLike, *, expected_sha256: Optional[str] = None, map_lo
         source=str(weights_path),
         voxel_mm=_voxel_mm(meta, json_path),
         input_antialias=bool(meta.get("input_antialias", True)),
+        test_time_flip=bool(meta.get("test_time_flip", False)),
         quality=dict(meta.get("quality") or {}) if isinstance(meta.get("quality"), dict) else {},
     )
     return LoadedModel(net, info)

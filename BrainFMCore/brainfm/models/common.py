@@ -66,6 +66,9 @@ class ModelInfo:
     #: whether inputs are low-pass filtered (Gaussian anti-alias) before they are resampled to a coarser
     #: working grid; False for models trained on images sampled at their grid without that filter
     input_antialias: bool = True
+    #: whether predictions average the outputs of the input and of its left-right mirror (models trained
+    #: with mirrored samples; twice the network time)
+    test_time_flip: bool = False
     #: measured quality (``brainfm.evaluation.quality``): ``{"level", "real_t1_dice17", ...}``; empty if unknown
     quality: Dict[str, Any] = field(default_factory=dict)
 
@@ -75,7 +78,8 @@ class ModelInfo:
             "name": self.name, "version": self.version, "format": self.format, "sha256": self.sha256,
             "config": self.config.to_dict(), "label_scheme": self.label_scheme, "atlas": self.atlas,
             "provenance": self.provenance, "output_units": self.output_units, "source": self.source,
-            "voxel_mm": self.voxel_mm, "input_antialias": self.input_antialias, "quality": dict(self.quality),
+            "voxel_mm": self.voxel_mm, "input_antialias": self.input_antialias,
+            "test_time_flip": self.test_time_flip, "quality": dict(self.quality),
         }
 
 
