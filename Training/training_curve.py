@@ -25,16 +25,18 @@ FIELDS = ["date", "hardware", "steps", "cpu_hours", "gpu_minutes", "weights", "o
 DEFAULTS = {"input_antialias": "True", "input_aligned": "False", "test_time_flip": "False"}
 
 
+def _filled(r: Mapping[str, Any]) -> Dict[str, str]:
+    """A row with the value of :data:`DEFAULTS` for every column it lacks or left empty."""
+    return {**{k: ("" if v is None else str(v)) for k, v in r.items()},
+            **{k: str(r.get(k) or v) for k, v in DEFAULTS.items()}}
+
+
 def read_curve(path: Path = CURVE_CSV) -> List[Dict[str, str]]:
     """The rows of the curve (empty when there is none yet)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:  # rows written before a column existed: its default
-        for k, v in DEFAULTS.items():
-            r[k] = r.get(k) or v
-    return rows
+        return [_filled(r) for r in csv.DictReader(f)]  # rows older than a column: its default
 
 
 def add_points(points: Sequence[Mapping[str, Any]], path: Path = CURVE_CSV) -> List[Dict[str, str]]:
@@ -42,13 +44,11 @@ def add_points(points: Sequence[Mapping[str, Any]], path: Path = CURVE_CSV) -> L
     the same step with the same weights and input handling; rows stay in step order. Written
     atomically; returns the rows."""
     def key(r: Mapping[str, str]) -> tuple:
-        return (r["steps"], r["weights"]) + tuple(r.get(k) or v for k, v in DEFAULTS.items())
+        return (r["steps"], r["weights"]) + tuple(r[k] for k in DEFAULTS)
 
     rows = {key(r): r for r in read_curve(path)}
     for p in points:
-        row = {k: ("" if p.get(k) is None else str(p.get(k))) for k in FIELDS}
-        for k, v in DEFAULTS.items():
-            row[k] = row[k] or v
+        row = _filled({k: p.get(k) for k in FIELDS})
         rows[key(row)] = row
     ordered = sorted(rows.values(), key=lambda r: (int(r["steps"]), r["weights"], r["input_aligned"] == "True",
                                                    r["test_time_flip"] == "True", r["input_antialias"] == "False"))
@@ -85,7 +85,7 @@ def plot_curve(rows: Sequence[Mapping[str, str]], png: Path = CURVE_PNG, *, prev
                "unaligned", ("tab:blue", "tab:orange"), 0.3)]
     for weights in ("last", "average"):
         for keep, name, colors, alpha in series:
-            rs = [r for r in rows if r["weights"] == weights and keep({**DEFAULTS, **{k: v for k, v in r.items() if v}})]
+            rs = [r for r in rows if r["weights"] == weights and keep(_filled(r))]
             if not rs:
                 continue
             marker = {"last": "o", "average": "D"}[weights]
