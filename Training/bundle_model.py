@@ -96,11 +96,29 @@ def recent_losses(run: Path, n: int = 50) -> Dict[str, float]:
     return {"loss": mean("loss"), "seg_ce": mean("seg_ce"), "seg_dice": mean("seg_dice")} if rows else {}
 
 
+# the loss terms of each task, as the learning curve names them
+TASK_TERMS = {"segmentation": ("seg_ce", "seg_dice"), "synthesis": ("image", "image_grad"),
+              "bias field": ("bias_field_log",), "distance": ("distance",),
+              "registration": ("registration", "registration_grad"), "super-resolution": ("sr", "sr_grad")}
+
+
 def objective_label(weights: Dict[str, float]) -> str:
-    """How the loss terms were weighted, in words for the curve: equal, or segmentation first."""
-    seg = max(float(weights.get("seg_ce", 1.0)), float(weights.get("seg_dice", 1.0)))
-    others = [float(v) for k, v in weights.items() if k not in ("seg_ce", "seg_dice", "contrastive")]
-    return "segmentation first" if others and seg > max(others) else "equal weights"
+    """How the loss terms were weighted, in words for the curve: ``equal weights``, or the tasks of
+    the largest weight first (a term left out has the objective's default weight, 1).
+
+    >>> cpu = {"image": 0.2, "image_grad": 0.2, "seg_ce": 1.0, "seg_dice": 1.0, "bias_field_log": 0.2,
+    ...        "distance": 0.2, "registration": 0.2, "registration_grad": 0.2, "sr": 0.2, "sr_grad": 0.2}
+    >>> objective_label(cpu)
+    'segmentation first'
+    >>> objective_label({**cpu, "image": 1.0, "image_grad": 1.0})
+    'segmentation + synthesis first'
+    >>> objective_label({})  # the objective's defaults: every term at 1
+    'equal weights'
+    """
+    task_weight = {task: max(float(weights.get(k, 1.0)) for k in terms) for task, terms in TASK_TERMS.items()}
+    top = max(task_weight.values())
+    first = [task for task, w in task_weight.items() if w == top]
+    return "equal weights" if len(first) == len(task_weight) else " + ".join(first) + " first"
 
 
 def curve_point(q: Dict[str, Any], totals: Dict[str, Any], *, date: str, hardware: str, weights: str,

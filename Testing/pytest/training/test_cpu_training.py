@@ -263,3 +263,18 @@ def test_which_weights_replace_the_bundled_ones(tmp_path, monkeypatch, new, old,
     mod = _bundle_module(tmp_path, monkeypatch)[0]
     q = lambda v: None if v is None else {"real_t1_dice17": v[0], "heldout_dice17": v[1]}  # noqa: E731
     assert mod.better(q(new), q(old)) is ship
+
+
+def test_the_curve_names_the_tasks_weighted_first(tmp_path, monkeypatch):
+    import doctest
+
+    from brainfm.training.config import load_config
+
+    mod, *_ = _bundle_module(tmp_path, monkeypatch)
+    assert doctest.testmod(mod).failed == 0
+    cpu = load_config(REPO / "Training" / "configs" / "cpu.yaml")
+    assert mod.objective_label(cpu.loss.weights) == "segmentation + synthesis first"
+    assert mod.objective_label(load_config(REPO / "Training" / "configs" / "pretrain.yaml").loss.weights) == "equal weights"
+    # every weighted term of the objective belongs to a task the label can name
+    named = {k for terms in mod.TASK_TERMS.values() for k in terms}
+    assert set(cpu.loss.weights) - {"contrastive"} <= named
