@@ -104,7 +104,7 @@ TASK_TERMS = {"segmentation": ("seg_ce", "seg_dice"), "synthesis": ("image", "im
 
 def objective_label(weights: Dict[str, float]) -> str:
     """How the loss terms were weighted, in words for the curve: ``equal weights``, or the tasks of
-    the largest weight first (a term left out has the objective's default weight, 1).
+    the largest weight first (a term left out has the objective's default weight).
 
     >>> cpu = {"image": 0.2, "image_grad": 0.2, "seg_ce": 1.0, "seg_dice": 1.0, "bias_field_log": 0.2,
     ...        "distance": 0.2, "registration": 0.2, "registration_grad": 0.2, "sr": 0.2, "sr_grad": 0.2}
@@ -115,7 +115,10 @@ def objective_label(weights: Dict[str, float]) -> str:
     >>> objective_label({})  # the objective's defaults: every term at 1
     'equal weights'
     """
-    task_weight = {task: max(float(weights.get(k, 1.0)) for k in terms) for task, terms in TASK_TERMS.items()}
+    from brainfm.training.objectives import BrainFMObjective
+
+    full = BrainFMObjective(weights).w  # the weights the objective applies, its defaults included
+    task_weight = {task: max(float(full[k]) for k in terms) for task, terms in TASK_TERMS.items()}
     top = max(task_weight.values())
     first = [task for task, w in task_weight.items() if w == top]
     return "equal weights" if len(first) == len(task_weight) else " + ".join(first) + " first"

@@ -275,6 +275,9 @@ def test_the_curve_names_the_tasks_weighted_first(tmp_path, monkeypatch):
     cpu = load_config(REPO / "Training" / "configs" / "cpu.yaml")
     assert mod.objective_label(cpu.loss.weights) == "segmentation + synthesis first"
     assert mod.objective_label(load_config(REPO / "Training" / "configs" / "pretrain.yaml").loss.weights) == "equal weights"
-    # every weighted term of the objective belongs to a task the label can name
+    # every term the objective weighs belongs to a task the label can name
+    from brainfm.training.objectives import BrainFMObjective
+
     named = {k for terms in mod.TASK_TERMS.values() for k in terms}
+    assert set(BrainFMObjective().w) == named
     assert set(cpu.loss.weights) - {"contrastive"} <= named
