@@ -104,7 +104,9 @@ TASK_TERMS = {"segmentation": ("seg_ce", "seg_dice"), "synthesis": ("image", "im
 
 def objective_label(weights: Dict[str, float]) -> str:
     """How the loss terms were weighted, in words for the curve: ``equal weights``, or the tasks of
-    the largest weight first (a term left out has the objective's default weight).
+    the largest weight up to 1 first (a term left out has the objective's default weight), then any
+    task weighted above 1 with its factor. Terms differ in scale (the bias field's log-field MSE is
+    about 0.01), so a weight above 1 compensates a small term rather than putting its task first.
 
     >>> cpu = {"image": 0.2, "image_grad": 0.2, "seg_ce": 1.0, "seg_dice": 1.0, "bias_field_log": 0.2,
     ...        "distance": 0.2, "registration": 0.2, "registration_grad": 0.2, "sr": 0.2, "sr_grad": 0.2}
@@ -112,6 +114,8 @@ def objective_label(weights: Dict[str, float]) -> str:
     'segmentation first'
     >>> objective_label({**cpu, "image": 1.0, "image_grad": 1.0})
     'segmentation + synthesis first'
+    >>> objective_label({**cpu, "image": 1.0, "image_grad": 1.0, "bias_field_log": 20.0})
+    'segmentation + synthesis first, bias field x20'
     >>> objective_label({})  # the objective's defaults: every term at 1
     'equal weights'
     """
@@ -119,9 +123,12 @@ def objective_label(weights: Dict[str, float]) -> str:
 
     full = BrainFMObjective(weights).w  # the weights the objective applies, its defaults included
     task_weight = {task: max(float(full[k]) for k in terms) for task, terms in TASK_TERMS.items()}
-    top = max(task_weight.values())
-    first = [task for task, w in task_weight.items() if w == top]
-    return "equal weights" if len(first) == len(task_weight) else " + ".join(first) + " first"
+    raised = [f"{task} x{w:g}" for task, w in task_weight.items() if w > 1.0]
+    rest = {task: w for task, w in task_weight.items() if w <= 1.0}
+    top = max(rest.values()) if rest else 0.0
+    first = [task for task, w in rest.items() if w == top]
+    head = "equal weights" if len(first) == len(rest) else " + ".join(first) + " first"
+    return ", ".join([head] + raised)
 
 
 def curve_point(q: Dict[str, Any], totals: Dict[str, Any], *, date: str, hardware: str, weights: str,

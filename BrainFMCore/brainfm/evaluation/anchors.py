@@ -1,7 +1,7 @@
 """Anchors of the evaluation table, measured once and stored in ``anchors.json`` (next to this file)
 with the command that measured them.
 
-``python -m brainfm.evaluation.anchors --data ../shared/data --only n4 synthesis syn [--n4-full]``
+``python -m brainfm.evaluation.anchors --data ../shared/data --only n4 n4_applied synthesis syn [--n4-full]``
 measures and merges the results into ``anchors.json`` (written atomically). SyN needs ``antspyx``
 (not a brainfm dependency; it was measured once with antspyx 0.6.3 installed in a separate folder
 put on ``PYTHONPATH``).
@@ -29,6 +29,9 @@ WHAT: Dict[str, str] = {
     "n4_seg3d": "Anchor of the bias-field row: SimpleITK N4 on the seg3D MR scan, timed at shrink factors 4 and 2 "
                 "(and 1 with --n4-full); correlation_with_finest compares each log field with the finest one "
                 "inside the Otsu head mask.",
+    "n4_applied_t1": "Anchor of the bias-field row: SimpleITK N4 (shrink 4, Otsu mask) on the voxelmorph real T1 "
+                     "multiplied by known smooth fields (brainfm.evaluation.biasfield.APPLIED); correlation of N4's "
+                     "log field with each applied log field inside the FreeSurfer brain mask.",
     "synthesis_baseline": "Anchor of the synthesis row: the input image itself scored as the other contrast "
                           "(PSNR in dB / SSIM in the brain after a linear intensity fit) on the stroke "
                           "T1/T2/FLAIR scans.",
@@ -86,6 +89,17 @@ def measure_n4(data_root: Path, *, full_resolution: bool, threads: int = 2) -> D
     return res
 
 
+def measure_n4_applied(data_root: Path, *, threads: int = 2) -> Dict[str, Any]:
+    """N4 (shrink 4) on the real T1 under each applied field of the bias row: its correlations."""
+    from brainfm.evaluation.biasfield import APPLIED, applied_field_correlations, applied_t1, n4_log_field
+
+    image, brain, fields = applied_t1(data_root)
+    corrs = applied_field_correlations(lambda v: n4_log_field(v, shrink=4, threads=threads)[0], image, brain, fields)
+    return {"mean_correlation": round(float(np.mean(corrs)), 4), "correlations": corrs, "fields": dict(APPLIED),
+            "settings": "SimpleITK N4BiasFieldCorrectionImageFilter, shrink 4, 4 levels x 50 iterations, Otsu mask, "
+                        f"{threads} threads"}
+
+
 def _dice_of_moved(moved: np.ndarray, truth: np.ndarray) -> Dict[str, Any]:
     from brainfm.evaluation.segmentation import dice_report
 
@@ -133,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m brainfm.evaluation.anchors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="shared data root")
-    p.add_argument("--only", nargs="+", choices=("n4", "synthesis", "syn"), required=True)
+    p.add_argument("--only", nargs="+", choices=("n4", "n4_applied", "synthesis", "syn"), required=True)
     p.add_argument("--n4-full", action="store_true", help="also run N4 at full resolution (minutes)")
     p.add_argument("--n4-note", default=None, help="note stored with the N4 anchor (e.g. why no full resolution)")
     p.add_argument("--threads", type=int, default=2)
@@ -153,6 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "what": WHAT["n4_seg3d"]}
         if a.n4_note:
             results["n4_seg3d"]["note"] = a.n4_note
+    if "n4_applied" in a.only:
+        results["n4_applied_t1"] = {**measure_n4_applied(root, threads=a.threads), **stamp, "what": WHAT["n4_applied_t1"]}
     if "synthesis" in a.only:
         from brainfm.evaluation.synthesis import measure_baselines
 

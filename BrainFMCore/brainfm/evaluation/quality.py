@@ -34,13 +34,17 @@ def _seg_dice(predictor: Any, image: Any, truth: np.ndarray) -> Dict[str, Any]:
 
 
 def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *,
-                    heldout: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
+                    heldout: bool = True, bias: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
     """Dice of ``model`` (a path, registry id or :class:`~brainfm.inference.Predictor`) on the real
-    T1 and, with ``heldout``, on the held-out label maps; plus its :func:`quality_level`.
+    T1 and, with ``heldout``, on the held-out label maps; plus its :func:`quality_level`. With
+    ``bias`` and a bias-field head, also ``bias_applied_corr``: the mean correlation of its log
+    bias field with known fields applied to the real T1
+    (:func:`brainfm.evaluation.biasfield.applied_field_correlations`; below
+    :data:`~brainfm.models.quality.BIAS_USABLE_CORR` bias results carry a warning).
 
     Returns ``{"real_t1_dice17", "real_t1_dice_lr", "heldout_dice17", "labels_outside_head",
-    "level", "seconds"}``. Needs the development data under ``data_root`` (InputError naming the
-    missing file otherwise).
+    ["bias_applied_corr",] "level", "seconds"}``. Needs the development data under ``data_root``
+    (InputError naming the missing file otherwise).
     """
     from brainfm.evaluation import datasets
     from brainfm.evaluation.registration import render_image
@@ -62,6 +66,12 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
             scores.append(r["dice17"])
             out["labels_outside_head"] += r["labels_outside_head"]
         out["heldout_dice17"] = round(float(np.mean(scores)), 4)
+    if bias and "bias" in getattr(predictor, "available_tasks", []):
+        from brainfm.evaluation.biasfield import applied_field_correlations, applied_t1, model_log_field
+
+        t1, brain, fields = applied_t1(data_root)
+        corrs = applied_field_correlations(model_log_field(predictor), t1, brain, fields)
+        out["bias_applied_corr"] = round(float(np.mean(corrs)), 4)
     out["level"] = quality_level(out["real_t1_dice17"])
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -33,6 +33,7 @@ from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepar
 from brainfm.inference.tiling import MIN_TILE
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
 from brainfm.models.task_heads import COARSE_GRID_HIDDEN_HEADS, served_heads  # noqa: F401 (public name kept here)
+from brainfm.models.quality import task_warnings
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
@@ -350,6 +351,7 @@ class Predictor:
         timings["postprocess"], cpu["postprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         warnings += ctx.warnings
+        warnings += task_warnings(getattr(self.info, "quality", None), task_list)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
             "model": self._model_meta(),

@@ -9,15 +9,27 @@
 ('below-preview', 'preview', 'release')
 >>> quality_label({"level": "preview", "real_t1_dice17": 0.734})
 'preview (merged-17 Dice 0.734 on a real T1)'
+
+A model's quality can also say that one of its tasks is not reliable yet: ``bias_applied_corr`` is
+the correlation of its log bias field with known fields applied to a real T1 (1 is a perfect
+estimate); below :data:`BIAS_USABLE_CORR` every bias result carries a warning
+(:func:`task_warnings`).
+
+>>> task_warnings({"bias_applied_corr": -0.05}, ["seg", "bias"])[0][:45]
+"this model's bias field is not reliable yet: "
+>>> task_warnings({"bias_applied_corr": 0.9}, ["bias"]), task_warnings({"bias_applied_corr": -0.05}, ["seg"])
+([], [])
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
 PREVIEW_DICE = 0.70
 RELEASE_DICE = 0.80
 LEVELS = ("below-preview", "preview", "release")
+#: below this correlation with known applied fields a model's bias field is flagged as not reliable
+BIAS_USABLE_CORR = 0.5
 
 
 def quality_level(real_t1_dice17: Optional[float]) -> str:
@@ -39,3 +51,27 @@ def quality_label(quality: Optional[Mapping[str, Any]]) -> str:
     if isinstance(dice, (int, float)):
         text += f" (merged-17 Dice {float(dice):.3f} on a real T1)"
     return text
+
+
+def unreliable_tasks(quality: Optional[Mapping[str, Any]]) -> List[str]:
+    """The tasks (``bias``) this model's measured ``quality`` says it does not do reliably yet.
+
+    >>> unreliable_tasks({"bias_applied_corr": 0.1}), unreliable_tasks({"level": "preview"})
+    (['bias'], [])
+    """
+    corr = (quality or {}).get("bias_applied_corr")
+    if isinstance(corr, (int, float)) and math.isfinite(corr) and corr < BIAS_USABLE_CORR:
+        return ["bias"]
+    return []
+
+
+def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str]) -> List[str]:
+    """Warnings for the ``tasks`` this model's measured ``quality`` says it does not do reliably yet."""
+    out: List[str] = []
+    if "bias" in tasks and "bias" in unreliable_tasks(quality):
+        corr = float((quality or {})["bias_applied_corr"])
+        out.append(f"this model's bias field is not reliable yet: its log field correlates {corr:.2f} "
+                   "with known fields applied to a real T1 (1 is a perfect estimate); for bias correction "
+                   "add the official BrainFM weights (brainfm models add) or use N4 (in 3D Slicer: "
+                   "N4ITK MRI Bias correction)")
+    return out

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from brainfm.errors import BrainFMError, ModelNotAvailableError
 from brainfm.models import store
 from brainfm.models.jsonfile import read_json
-from brainfm.models.quality import quality_label
+from brainfm.models.quality import quality_label, unreliable_tasks
 from brainfm.models.task_heads import tasks_for_heads
 
 #: the authors' page with the download link of the official weights (README, section "Downloads")
@@ -119,10 +119,15 @@ def default_model() -> DefaultModel:
 
 
 def quality_text(quality: Optional[Dict[str, Any]]) -> str:
-    """``release`` / ``preview (merged-17 Dice ...)`` / ``below preview quality (...)`` / ``unmeasured``."""
+    """``release`` / ``preview (merged-17 Dice ...)`` / ``below preview quality (...)`` / ``unmeasured``,
+    followed by ``; bias field not reliable yet`` when its measured quality says so
+    (:func:`brainfm.models.quality.unreliable_tasks`)."""
     if not quality or not quality.get("level"):
         return "unmeasured"
-    return quality_label(quality) or str(quality.get("level"))
+    text = quality_label(quality) or str(quality.get("level"))
+    if "bias" in unreliable_tasks(quality):
+        text += "; bias field not reliable yet"
+    return text
 
 
 def available_models() -> List[Dict[str, Any]]:

@@ -29,7 +29,7 @@ def test_shipped_files_hold_no_machine_paths_or_work_notes():
 
 def test_the_anchors_say_what_they_are_and_how_they_were_measured():
     anchors = json.loads((CORE / "brainfm" / "evaluation" / "anchors.json").read_text())
-    assert set(anchors) == {"n4_seg3d", "synthesis_baseline", "registration"}
+    assert set(anchors) == {"n4_seg3d", "n4_applied_t1", "synthesis_baseline", "registration"}
     for name, anchor in anchors.items():
         assert anchor["what"].startswith("Anchor of the "), name
         assert anchor["command"].startswith("python -m brainfm.evaluation.anchors --data ../shared/data --only "), name

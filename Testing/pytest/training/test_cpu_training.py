@@ -273,7 +273,7 @@ def test_the_curve_names_the_tasks_weighted_first(tmp_path, monkeypatch):
     mod, *_ = _bundle_module(tmp_path, monkeypatch)
     assert doctest.testmod(mod).failed == 0
     cpu = load_config(REPO / "Training" / "configs" / "cpu.yaml")
-    assert mod.objective_label(cpu.loss.weights) == "segmentation + synthesis first"
+    assert mod.objective_label(cpu.loss.weights) == "segmentation + synthesis first, bias field x20"
     assert mod.objective_label(load_config(REPO / "Training" / "configs" / "pretrain.yaml").loss.weights) == "equal weights"
     # every term the objective weighs belongs to a task the label can name
     from brainfm.training.objectives import BrainFMObjective

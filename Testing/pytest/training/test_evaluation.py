@@ -221,6 +221,38 @@ def test_bias_row_oracle_field_correlates_with_n4(data_root):
     assert flat["metrics"]["correlation_with_n4"] < 0.5 and flat["passed"] is False
 
 
+def test_bias_row_scores_fields_applied_to_the_real_t1(data_root):
+    from brainfm.evaluation.biasfield import applied_t1, evaluate_bias
+
+    t1, brain, fields = applied_t1(data_root)
+    keep = np.asarray(t1.data).copy()
+    clean = np.asarray(t1.data, np.float64)
+    inside = clean > 0
+
+    def knows_the_scan(img, tasks):
+        # the field is the scan over the clean T1 (1 outside it); on these tiny data seg3D is the
+        # same T1 times exp(0.4 x) on the same grid, so the oracle answers that one too
+        ratio = np.where(inside, np.asarray(img.data, np.float64) / np.where(inside, clean, 1.0), 1.0)
+        return {"bias_field": img.with_data(ratio.astype(np.float32))}
+
+    anchors = {"n4_applied_t1": {"mean_correlation": 0.83}, "n4_seg3d": {"shrink2_seconds": 1e6}}
+    r = evaluate_bias(Oracle(["bias"], knows_the_scan), data_root, shrink=2, anchors=anchors)
+    m = r["metrics"]
+    assert len(fields) == 3 and all(abs(float(f[brain].mean())) < 1e-5 and f[brain].std() > 0.05 for f in fields)
+    assert m["correlation_with_applied_each"] == pytest.approx([1.0] * 3, abs=1e-3)
+    assert m["n4_correlation_with_applied"] == 0.83 and "(N4 0.830)" in r["headline"]
+    assert r["anchor"]["n4_applied_t1"]["mean_correlation"] == 0.83
+    assert r["metrics"]["correlation_with_n4"] > 0.8 and r["passed"] is True
+    assert np.array_equal(np.asarray(datasets.load(data_root, "voxelmorph_vol").data), keep)
+
+    def blind(img, tasks):                            # a field that ignores the scan
+        return {"bias_field": img.with_data(np.exp(0.2 * np.linspace(-1, 1, img.shape[1]))[None, :, None]
+                                            * np.ones(img.shape, np.float32))}
+    r2 = evaluate_bias(Oracle(["bias"], blind), data_root, shrink=2)
+    assert max(abs(c) for c in r2["metrics"]["correlation_with_applied_each"]) < 0.9
+    assert r2["metrics"]["n4_correlation_with_applied"] is None and "N4 0." not in r2["headline"].split(";")[1]
+
+
 def test_eval_table_cli_tiny_model(data_root, tiny_model, tmp_path):
     from brainfm.cli.main import main
 
@@ -284,3 +316,32 @@ def test_shared_data_synthesis_baseline_matches_anchor(shared_data):
     for k, v in now.items():
         assert v["psnr"] == pytest.approx(stored[k]["psnr"], abs=1e-3)
         assert v["ssim"] == pytest.approx(stored[k]["ssim"], abs=1e-4)
+
+
+def test_quality_measures_the_bias_field_and_results_warn_when_it_is_unreliable(data_root, tiny_model):
+    from brainfm.evaluation.biasfield import applied_field_correlations, applied_t1, model_log_field
+    from brainfm.evaluation.quality import measure_quality
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+    from brainfm.models.quality import BIAS_USABLE_CORR
+
+    loaded = load_model(tiny_model)
+    p = Predictor(loaded, device="cpu")
+    q = measure_quality(p, data_root)
+    t1, brain, fields = applied_t1(data_root)
+    expected = float(np.mean(applied_field_correlations(model_log_field(p), t1, brain, fields)))
+    assert q["bias_applied_corr"] == pytest.approx(expected, abs=1e-4) and -1.0 <= expected <= 1.0
+    assert q["level"] == "below-preview" and "bias_applied_corr" not in measure_quality(p, data_root, bias=False)
+
+    image = datasets.load(data_root, "voxelmorph_vol")
+    loaded.info.quality = {"bias_applied_corr": BIAS_USABLE_CORR - 0.01}
+    warned = Predictor(loaded, device="cpu").predict(image, tasks=["seg", "bias"]).warnings
+    assert [w for w in warned if w.startswith("this model's bias field is not reliable yet")]
+    seg_only = Predictor(loaded, device="cpu").predict(image, tasks=["seg"]).warnings
+    assert not [w for w in seg_only if "bias field" in w]
+    from brainfm.models.selection import quality_text
+    assert quality_text({"level": "preview", "real_t1_dice17": 0.72, "bias_applied_corr": -0.03}) == \
+        "preview (merged-17 Dice 0.720 on a real T1); bias field not reliable yet"
+    loaded.info.quality = {"bias_applied_corr": 0.9}
+    assert not [w for w in Predictor(loaded, device="cpu").predict(image, tasks=["bias"]).warnings
+                if "bias field" in w]
