@@ -9,11 +9,13 @@ bias ranges of the corruption sets are fractions of that scale unless noted.
 True
 >>> GeneratorConfig(p_gmm=1.0, p_physics=0.0, p_ct=0.0).p_gmm
 1.0
+>>> GeneratorConfig(mild={"bias_std": [0.0, 0.2]}).mild.bias_std  # a corruption set from a config file
+(0.0, 0.2)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Mapping, Tuple
 
 from brainfm.errors import InputError
 
@@ -83,6 +85,16 @@ class GeneratorConfig:
     severe: CorruptionParams = field(default=SEVERE)
 
     def __post_init__(self) -> None:
+        for name, default in (("mild", MILD), ("severe", SEVERE)):  # a mapping from a config file
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                unknown = sorted(set(value) - set(CorruptionParams.__dataclass_fields__))
+                if unknown:
+                    raise InputError(f"GeneratorConfig.{name}: unknown keys {unknown}; choose from "
+                                     f"{sorted(CorruptionParams.__dataclass_fields__)}")
+                merged = {**default.__dict__, **{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                                                 for k, v in value.items()}}
+                object.__setattr__(self, name, CorruptionParams(**merged))
         for name in ("p_gmm", "p_physics", "p_ct", "p_black_background", "p_skull_strip",
                      "p_pathology", "p_flip", "p_rician", "p_real_input", "p_mix_real", "severe_fraction"):
             v = getattr(self, name)

@@ -129,6 +129,19 @@ def test_mild_samples_less_corrupted_than_severe():
         assert max(abs(np.log(x["gamma"])) for x in info[:2]) < 0.05
 
 
+def test_corruption_sets_come_from_a_config_file():
+    # a YAML config gives the sets as mappings (lists for ranges); unset fields keep the defaults
+    cfg = GeneratorConfig(mild={"bias_std": [0.2, 0.3]}, severe_fraction=0.0)
+    assert isinstance(cfg.mild, CorruptionParams) and cfg.mild.bias_std == (0.2, 0.3)
+    assert cfg.mild.noise_std == GeneratorConfig().mild.noise_std and cfg.severe == GeneratorConfig().severe
+    b = Generator(cfg).sample(_subject(), n_samples=2, size=S, seed=0)
+    assert [x["severity"] for x in b.params["samples"]] == ["mild", "mild"]
+    assert all(0.2 <= x["bias_std"] <= 0.3 for x in b.params["samples"])
+    assert float(b.targets["bias_field_log"].flatten(1).std(1).min()) > 0.03  # real fields in mild samples
+    with pytest.raises(InputError, match="unknown keys"):
+        GeneratorConfig(severe={"bias": [0.0, 1.0]})
+
+
 def test_pathology_in_white_matter_and_signs():
     cfg = replace(GeneratorConfig(), p_pathology=1.0, lesion_threshold=(1.0, 1.0), lesion_scale=(0.2, 0.2))
     b = Generator(cfg).sample(_subject(), n_samples=1, size=S, seed=0)
