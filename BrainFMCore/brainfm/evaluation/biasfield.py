@@ -125,8 +125,6 @@ def applied_field_correlations(estimate_log: Callable[[Volume], np.ndarray], ima
     >>> applied_field_correlations(oracle, img, np.ones(img.shape, bool), [0.2 * x, 0.1 * y * z])
     [1.0, 1.0]
     """
-    from brainfm.evaluation.metrics import correlation
-
     data = np.asarray(image.data, np.float64)
     return [round(float(correlation(estimate_log(image.with_data((data * np.exp(f)).astype(np.float32))), f,
                                     mask=mask)), 4) for f in fields]
