@@ -14,7 +14,7 @@ True
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Tuple
 
 from brainfm.errors import InputError
@@ -92,9 +92,8 @@ class GeneratorConfig:
                 if unknown:
                     raise InputError(f"GeneratorConfig.{name}: unknown keys {unknown}; choose from "
                                      f"{sorted(CorruptionParams.__dataclass_fields__)}")
-                merged = {**default.__dict__, **{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                                 for k, v in value.items()}}
-                object.__setattr__(self, name, CorruptionParams(**merged))
+                given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in value.items()}
+                object.__setattr__(self, name, replace(default, **given))
         for name in ("p_gmm", "p_physics", "p_ct", "p_black_background", "p_skull_strip",
                      "p_pathology", "p_flip", "p_rician", "p_real_input", "p_mix_real", "severe_fraction"):
             v = getattr(self, name)
