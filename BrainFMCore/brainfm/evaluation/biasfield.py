@@ -152,14 +152,15 @@ def evaluate_bias(predictor: Any, data_root: Path, *, shrink: int = 4,
         return na_row("bias field", "bias field", GOAL)
     image = datasets.load(data_root, "seg3d_mr")
     t0 = time.perf_counter()
-    pred = predictor.predict(image, tasks=["bias"])
+    # one pass of the backbone gives the field and, where the model segments, the brain mask
+    with_seg = has_task(predictor, "seg")
+    pred = predictor.predict(image, tasks=["bias", "seg"] if with_seg else ["bias"])
     seconds = time.perf_counter() - t0
     log_model = np.log(np.maximum(np.asarray(pred["bias_field"].data, np.float64), 1e-6))
     head = otsu_mask(image)
     mask, mask_kind = head, "head (Otsu)"
-    if has_task(predictor, "seg"):
-        seg = predictor.predict(image, tasks=["seg"])["seg"].data
-        brain = brain_mask_from_seg(seg) & head
+    if with_seg:
+        brain = brain_mask_from_seg(np.asarray(pred["seg"].data)) & head
         if brain.sum() > 1000:
             mask, mask_kind = brain, "brain (model segmentation) within the Otsu head mask"
     log_n4, n4_seconds = n4_log_field(image, shrink=shrink, mask=head)

@@ -220,6 +220,18 @@ def test_bias_row_oracle_field_correlates_with_n4(data_root):
         data_root, shrink=2)
     assert flat["metrics"]["correlation_with_n4"] < 0.5 and flat["passed"] is False
 
+    def both(img, tasks):                             # a model with both heads answers both at once
+        out = {"bias_field": answer(img, ["bias"])["bias_field"]}
+        if "seg" in tasks:
+            out["seg"] = img.with_data(np.where(np.asarray(img.data) > 0, 2, 0).astype(np.int32))
+        return out
+
+    segmenter = Oracle(["bias", "seg"], both)
+    r3 = evaluate_bias(segmenter, data_root, shrink=2)
+    assert r3["metrics"]["mask"].startswith("brain (model segmentation)")
+    assert r3["metrics"]["correlation_with_n4"] > 0.8
+    assert segmenter.calls == 1 + len(r3["metrics"]["correlation_with_applied_each"])  # one pass on seg3D
+
 
 def test_bias_row_scores_fields_applied_to_the_real_t1(data_root):
     from brainfm.evaluation.biasfield import applied_t1, evaluate_bias
