@@ -74,6 +74,25 @@ class Batch:
     params: Dict[str, Any]
 
 
+def _subvoxel_labels(lab: torch.Tensor, coords: torch.Tensor, affine: torch.Tensor, voxel_mm: float,
+                     per_axis: int) -> Optional[torch.Tensor]:
+    """Compact labels (M, 1, S...) at ``per_axis``**3 points spread evenly inside each output voxel
+    (the voxel's sub-voxel centres), or None for ``per_axis`` 1. ``coords`` are the source
+    coordinates of the voxel centres; the displacement is taken as constant inside a voxel."""
+    if per_axis <= 1:
+        return None
+    src = lab[None, None].float()
+    steps = [(k + 0.5) / per_axis - 0.5 for k in range(per_axis)]
+    a = to_device(affine.to(torch.float32), coords.device)
+    out = []
+    for dx in steps:
+        for dy in steps:
+            for dz in steps:
+                d = a @ (float(voxel_mm) * torch.tensor([dx, dy, dz], device=coords.device))
+                out.append(sample_voxels(src, coords + d.view(1, 3, 1, 1, 1), mode="nearest"))
+    return torch.cat(out, 0).round().long()
+
+
 def _centroid(mask: torch.Tensor) -> torch.Tensor:
     """Centroid (3,) in voxels of a boolean (X, Y, Z) mask (volume centre if empty), no sync."""
     m = mask.float()
@@ -197,6 +216,7 @@ class Generator:
             shift = (torch.rand(3, generator=g) * 2.0 - 1.0) * float(cfg.shift_mm)
             centre = centre + shift.to(centre.device)
         coords = sampling_coords(size, A, disp, centre, voxel_mm=vox)
+        sub = _subvoxel_labels(lab, coords, A, vox, cfg.pv_subsamples)
         lab = sample_voxels(lab[None, None].float(), coords, mode="nearest").round().long()
         real = {k: sample_voxels(im.to(dev, torch.float32)[None, None], coords)
                 for k, im in subject.images.items()}
@@ -207,6 +227,7 @@ class Generator:
             reg = sample_voxels(subject.atlas_coords.to(dev, torch.float32)[None], coords)
         if flip:
             lab = to_device(compact_flip_perm(), dev)[lab.flip(2)]
+            sub = to_device(compact_flip_perm(), dev)[sub.flip(2)] if sub is not None else None
             real = {k: im.flip(2) for k, im in real.items()}
             dist = tg.flip_distance(dist) if dist is not None else None
             reg = tg.flip_registration(reg) if reg is not None else None
@@ -216,6 +237,7 @@ class Generator:
         if pathology:
             les = lesion_mask(to_device(wm_mask_compact(), dev)[lab], gd, scale=les_scale, threshold=les_thr)
         gen_lab = torch.where(les, torch.full_like(lab, _LESION), lab)
+        paint_lab = gen_lab if sub is None else torch.where(les, torch.full_like(sub, _LESION), sub)
 
         # ---- targets (shared by the samples)
         t: Dict[str, torch.Tensor] = tg.render_image_targets(gen_lab)
@@ -235,7 +257,7 @@ class Generator:
         strip = torch.rand(n, generator=g) < cfg.p_skull_strip
         mu, sd, info = self._contrasts(g, n, subject_params, strip)
         pv = torch.tensor([self._u(g, *cfg.pv_sigma) for _ in range(n)])
-        img = paint(gen_lab, mu, sd, pv_sigma=pv, generator=gd, max_pv=cfg.pv_sigma[1])
+        img = paint(paint_lab, mu, sd, pv_sigma=pv, generator=gd, max_pv=cfg.pv_sigma[1])
         mri_real = [k for k in real if k != "CT"]
         for i in range(n):
             if mri_real and float(torch.rand((), generator=g)) < cfg.p_real_input:

@@ -59,6 +59,8 @@ class GeneratorConfig:
     gmm_sigma: Range = (5.0, 25.0)
     p_black_background: float = 0.5
     pv_sigma: Range = (0.3, 1.0)  # partial-volume smoothing of the mean image (voxels)
+    pv_subsamples: int = 1  # labels drawn at this many points per axis inside each output voxel and
+                            # their intensities averaged (partial volume of a coarse grid; 1 = centre only)
     physics_jitter: float = 0.1  # relative per-subject jitter of the tissue parameters
     p_skull_strip: float = 0.25  # per sample: extra-cerebral labels -> background in the input
     # pathology
@@ -101,5 +103,7 @@ class GeneratorConfig:
                 raise InputError(f"GeneratorConfig.{name} = {v} is not a probability in [0, 1]")
         if self.p_gmm + self.p_physics + self.p_ct <= 0:
             raise InputError("GeneratorConfig: p_gmm + p_physics + p_ct must be > 0")
+        if not 1 <= int(self.pv_subsamples) <= 4:
+            raise InputError(f"GeneratorConfig.pv_subsamples = {self.pv_subsamples} must be 1 to 4")
         if self.svf_steps < 1 or self.svf_downsample < 1:
             raise InputError("GeneratorConfig: svf_steps and svf_downsample must be >= 1")

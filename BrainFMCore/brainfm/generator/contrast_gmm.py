@@ -61,17 +61,24 @@ def lesion_contrast(m: torch.Tensor, s: torch.Tensor,
 
 def paint(labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
           pv_sigma: torch.Tensor, generator: torch.Generator, max_pv: float = 1.0) -> torch.Tensor:
-    """Images (N, 1, S...) from compact labels (1, 1, S...) and (N, K) means/stds.
+    """Images (N, 1, S...) from compact labels (M, 1, S...) and (N, K) means/stds.
 
+    With M > 1 the label maps are M points inside each voxel (sub-voxel samples) and a voxel's mean
+    and texture std are their averages: the partial volume of a voxel that holds several tissues.
     ``pv_sigma`` (N,) voxels of partial-volume smoothing; texture noise uses ``generator``
     (on the device of ``labels``). Negative values are clipped to 0.
     """
     dev = labels.device
     mean, std = to_device(mean, dev), to_device(std, dev)
-    n = mean.shape[0]
-    idx = labels.reshape(1, -1).expand(n, -1)
-    mu = torch.gather(mean, 1, idx).view(n, 1, *labels.shape[2:])
-    sd = torch.gather(std, 1, idx).view(n, 1, *labels.shape[2:])
+    n, m = mean.shape[0], labels.shape[0]
+    mu = sd = None
+    for j in range(m):
+        idx = labels[j].reshape(1, -1).expand(n, -1)
+        mu_j = torch.gather(mean, 1, idx).view(n, 1, *labels.shape[2:])
+        sd_j = torch.gather(std, 1, idx).view(n, 1, *labels.shape[2:])
+        mu, sd = (mu_j, sd_j) if mu is None else (mu + mu_j, sd + sd_j)
+    if m > 1:
+        mu, sd = mu / m, sd / m
     mu = blur(mu, pv_sigma.view(-1, 1).expand(n, 3), max_sigma=max_pv)
     noise = torch.randn(mu.shape, generator=generator, device=dev)
     return (mu + sd * noise).clamp_min(0)

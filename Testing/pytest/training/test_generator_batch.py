@@ -226,3 +226,35 @@ def test_window_centre_shift_moves_the_window_over_the_anatomy():
     moved = torch.stack(moved)
     assert float(moved.abs().max()) > 3.0  # the windows moved
     assert float(moved.std(0).min()) > 1.0  # differently for each sample, on every axis
+
+
+def test_subvoxel_partial_volume_mixes_the_tissues_of_a_coarse_voxel():
+    from brainfm.generator.batch import _subvoxel_labels
+    from brainfm.generator.contrast_gmm import paint
+
+    # 1 mm stripes along x (labels 1, 2, 1, 2, ...); a 2 mm voxel centred between two stripes holds
+    # half of each
+    lab = torch.from_numpy(np.tile((np.arange(16) % 2 + 1)[:, None, None], (1, 16, 16))).long()
+    centres = torch.stack(torch.meshgrid(*[torch.arange(4, 12, 2.0) + 0.5] * 3, indexing="ij"))[None]
+    assert _subvoxel_labels(lab, centres, torch.eye(3), 2.0, 1) is None
+    sub = _subvoxel_labels(lab, centres, torch.eye(3), 2.0, 2)
+    assert sub.shape == (8, 1, 4, 4, 4)
+    assert torch.equal((sub == 1).sum(0), torch.full((1, 4, 4, 4), 4))     # 4 of 8 points in each stripe
+    mean = torch.tensor([[0.0, 40.0, 200.0]])
+    img = paint(sub, mean, torch.zeros(1, 3), pv_sigma=torch.zeros(1), generator=torch.Generator())
+    assert torch.allclose(img, torch.full_like(img, 120.0))                # the two tissues' average
+    one = paint(sub[:1], mean, torch.zeros(1, 3), pv_sigma=torch.zeros(1), generator=torch.Generator())
+    assert set(one.unique().tolist()) <= {40.0, 200.0}                     # the centre label only
+
+
+def test_subvoxel_partial_volume_keeps_the_targets_and_the_random_stream():
+    s = _subject(shell=True)
+    a = Generator().sample(s, n_samples=2, size=S, seed=4, voxel_mm=2.0)
+    b = Generator(GeneratorConfig(pv_subsamples=2)).sample(s, n_samples=2, size=S, seed=4, voxel_mm=2.0)
+    for k in a.targets:
+        if k not in ("high_res_residual",):
+            assert torch.equal(a.targets[k], b.targets[k]), k
+    assert not torch.equal(a.inputs, b.inputs)
+    assert float((a.inputs - b.inputs).abs().mean()) < 0.05                # same anatomy, edges differ
+    with pytest.raises(InputError, match="pv_subsamples"):
+        GeneratorConfig(pv_subsamples=0)
