@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from brainfm.errors import InputError
 from brainfm.generator import ct as ct_mod
@@ -22,7 +23,7 @@ from brainfm.generator.corrupt import degrade, gamma, sample_resolution
 from brainfm.generator.deform import random_affine, random_svf, sampling_coords, svf_to_displacement
 from brainfm.generator.interp import grid_shape, sample_voxels, to_device, upsample_noise
 from brainfm.generator.labels import (ALL_LABELS, LESION_LABEL, brain_mask_compact,
-                                      compact_flip_perm, to_compact, wm_mask_compact)
+                                      compact_flip_perm, compact_mask, to_compact, wm_mask_compact)
 from brainfm.generator.pathology import lesion_mask
 from brainfm.generator import targets as tg
 
@@ -91,6 +92,22 @@ def _subvoxel_labels(lab: torch.Tensor, coords: torch.Tensor, affine: torch.Tens
                 d = a @ (float(voxel_mm) * torch.tensor([dx, dy, dz], device=coords.device))
                 out.append(sample_voxels(src, coords + d.view(1, 3, 1, 1, 1), mode="nearest"))
     return torch.cat(out, 0).round().long()
+
+
+def brain_surface_mask(lab: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boolean mask (same shape as the compact label map ``lab`` (1, 1, S...)) of the brain without
+    its CSF, closed with a cube of ``radius`` voxels: what a brain extraction that hugs the cortex
+    keeps (sulci narrower than the closing stay inside)."""
+    csf = to_device(compact_mask((24,)), lab.device)[lab]
+    brain = (to_device(brain_mask_compact(), lab.device)[lab] & ~csf).float()
+    if radius <= 0:
+        return brain > 0
+    r = int(radius)
+    # the anatomy continues past the window's faces the way it meets them (replicate, 2r for the two passes)
+    padded = F.pad(brain, (2 * r,) * 6, mode="replicate")
+    grown = F.max_pool3d(padded, 2 * r + 1, stride=1, padding=r)
+    closed = -F.max_pool3d(-grown, 2 * r + 1, stride=1, padding=r)
+    return closed[..., 2 * r:-2 * r, 2 * r:-2 * r, 2 * r:-2 * r] > 0
 
 
 def _centroid(mask: torch.Tensor) -> torch.Tensor:
@@ -239,11 +256,18 @@ class Generator:
         gen_lab = torch.where(les, torch.full_like(lab, _LESION), lab)
         paint_lab = gen_lab if sub is None else torch.where(les, torch.full_like(sub, _LESION), sub)
 
+        # ---- brain extraction at the cortex (drawn only when asked, so other settings keep their stream)
+        surface = None
+        if cfg.p_tight_strip > 0 and float(torch.rand((), generator=g)) < cfg.p_tight_strip:
+            surface = brain_surface_mask(lab, max(0, int(round(self._u(g, *cfg.tight_strip_mm) / vox))))
+
         # ---- targets (shared by the samples)
         t: Dict[str, torch.Tensor] = tg.render_image_targets(gen_lab)
         for k, im in real.items():
             t[k] = im / 1000.0 if k == "CT" else tg.minmax(im)
         seg = tg.segmentation_fs33(lab[:, 0])
+        if surface is not None:  # what the extraction removed is background
+            seg = torch.where(surface[:, 0], seg, torch.zeros_like(seg))
         t["segmentation"] = tg.one_hot_fs33(seg) if one_hot else seg
         if dist is not None:
             t["distance"] = tg.distance_target(dist, scale=dscale, max_distance=cfg.max_distance)
@@ -255,6 +279,8 @@ class Generator:
 
         # ---- contrasts
         strip = torch.rand(n, generator=g) < cfg.p_skull_strip
+        if surface is not None:
+            strip = torch.ones_like(strip)
         mu, sd, info = self._contrasts(g, n, subject_params, strip)
         pv = torch.tensor([self._u(g, *cfg.pv_sigma) for _ in range(n)])
         img = paint(paint_lab, mu, sd, pv_sigma=pv, generator=gd, max_pv=cfg.pv_sigma[1])
@@ -272,6 +298,9 @@ class Generator:
                     mix = mix + wk * 255.0 * t[k][0]
                 img[i] = mix
                 info[i]["mixed_real"] = dict(zip(["synthetic"] + mri_real, w))
+
+        if surface is not None:  # outside the extracted brain: the background's mean
+            img = torch.where(surface, img, mu[:, :1].to(img.device).view(-1, 1, 1, 1, 1))
 
         # ---- corruption: mild samples first, then severe (half each by default)
         if cfg.severe_fraction == 0.5:
@@ -304,5 +333,5 @@ class Generator:
                                         "high_res_residual": high / mx - x},
                      params={"flip": flip, "affine": A.tolist(), "distance_scale": dscale,
                              "spacing": spacing, "thickness": thickness, "resolution": res_kind,
-                             "voxel_mm": vox,
+                             "voxel_mm": vox, "brain_surface_strip": surface is not None,
                              "rician": rician, "pathology": pathology, "samples": info})

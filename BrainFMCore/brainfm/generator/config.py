@@ -63,6 +63,9 @@ class GeneratorConfig:
                             # their intensities averaged (partial volume of a coarse grid; 1 = centre only)
     physics_jitter: float = 0.1  # relative per-subject jitter of the tissue parameters
     p_skull_strip: float = 0.25  # per sample: extra-cerebral labels -> background in the input
+    p_tight_strip: float = 0.0  # per batch: every sample stripped at the brain's surface (a closing of the
+                                # brain without CSF): the CSF outside it -> background in input and target
+    tight_strip_mm: Range = (2.0, 6.0)  # radius of that closing (how far the mask bridges sulci)
     # pathology
     p_pathology: float = 0.3
     lesion_scale: Range = (0.04, 0.1)
@@ -96,7 +99,7 @@ class GeneratorConfig:
                                      f"{sorted(CorruptionParams.__dataclass_fields__)}")
                 given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in value.items()}
                 object.__setattr__(self, name, replace(default, **given))
-        for name in ("p_gmm", "p_physics", "p_ct", "p_black_background", "p_skull_strip",
+        for name in ("p_gmm", "p_physics", "p_ct", "p_black_background", "p_skull_strip", "p_tight_strip",
                      "p_pathology", "p_flip", "p_rician", "p_real_input", "p_mix_real", "severe_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

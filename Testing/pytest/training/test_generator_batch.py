@@ -258,3 +258,39 @@ def test_subvoxel_partial_volume_keeps_the_targets_and_the_random_stream():
     assert float((a.inputs - b.inputs).abs().mean()) < 0.05                # same anatomy, edges differ
     with pytest.raises(InputError, match="pv_subsamples"):
         GeneratorConfig(pv_subsamples=0)
+
+
+def test_brain_extraction_at_the_cortex_removes_the_outer_csf_from_input_and_target():
+    from brainfm.generator.batch import brain_surface_mask
+    from brainfm.generator.labels import ALL_LABELS, to_compact
+
+    # the toy head: a CSF shell (24) around cortex; the closing keeps the brain, not the shell
+    lab = to_compact(torch.from_numpy(label_head((32, 32, 32))))[None, None]
+    for radius in (0, 2):
+        m = brain_surface_mask(lab, radius)
+        csf = lab == ALL_LABELS.index(24)
+        assert m.shape == lab.shape and not bool((m & csf).any()) and bool(csf.any())
+        assert bool(m[(lab > 0) & ~csf].all())
+    s = _subject(shell=True)
+    cfg = GeneratorConfig(p_tight_strip=1.0, tight_strip_mm=(2.0, 2.0), p_real_input=0.0, p_mix_real=0.0)
+    b = Generator(cfg).sample(s, n_samples=2, size=S, seed=5)
+    plain = Generator(replace(cfg, p_tight_strip=0.0)).sample(s, n_samples=2, size=S, seed=5)
+    seg, seg0 = b.targets["segmentation"], plain.targets["segmentation"]
+    csf = FS33.index(24)
+    assert b.params["brain_surface_strip"] and not plain.params["brain_surface_strip"]
+    # the shell is outside the closed brain but for a few voxels of concavities the closing bridged
+    assert int((seg == csf).sum()) < 0.1 * int((seg0 == csf).sum())
+    assert torch.equal(seg[seg0 != csf], seg0[seg0 != csf])                # the rest of the target kept
+    assert all(info["skull_stripped"] for info in b.params["samples"])
+    # without blur, bias or noise, the removed shell looks like the background around the head
+    clean = replace(cfg, pv_sigma=(0.0, 0.0), p_res_iso=1.0, severe_fraction=0.0, p_pathology=0.0,
+                    mild={"gamma_std": 0.0, "bias_std": (0.0, 0.0), "noise_std": (0.0, 0.0)})
+    c = Generator(clean).sample(s, n_samples=2, size=S, seed=5)
+    c0 = Generator(replace(clean, p_tight_strip=0.0)).sample(s, n_samples=2, size=S, seed=5)
+    removed = (c0.targets["segmentation"] == csf) & (c.targets["segmentation"] == 0)
+    outside = c.targets["head_mask"][:, 0] == 0
+    assert int(removed.sum()) > 1000
+    for i in range(2):
+        x = c.inputs[i, 0][None]
+        assert abs(float(x[removed].mean()) - float(x[outside].mean())) < 0.02
+
