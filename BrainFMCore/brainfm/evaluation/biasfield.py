@@ -178,11 +178,11 @@ def evaluate_bias(predictor: Any, data_root: Path, *, shrink: int = 4,
     ref_name = "full res" if n4_full is not None else "shrink 2"
     metrics = {"correlation_with_n4": corr, "correlation_with_applied": applied_mean,
                "correlation_with_applied_each": applied, "n4_correlation_with_applied": n4_applied,
-               "model_seconds": round(seconds, 2),
+               "model_seconds": round(seconds, 2), "model_tasks": ["bias", "seg"] if with_seg else ["bias"],
                f"n4_shrink{shrink}_seconds_here": round(n4_seconds, 2), "mask": mask_kind,
                "device": str(getattr(predictor, "device", "?"))}
     passed = bool(corr >= 0.8 and applied_mean >= 0.8 and n4_ref is not None and seconds < float(n4_ref))
     n4_text = "" if n4_applied is None else f" (N4 {n4_applied:.3f})"
     return row("bias field", metrics=metrics, anchor=anchor, goal=GOAL, passed=passed,
                headline=f"corr {corr:.3f} with N4; {applied_mean:.3f} with fields applied to a real T1{n4_text}; "
-                        f"{seconds:.1f} s (N4 {ref_name}: {n4_ref} s)")
+                        f"{seconds:.1f} s{' with the brain mask' if with_seg else ''} (N4 {ref_name}: {n4_ref} s)")

@@ -231,6 +231,8 @@ def test_bias_row_oracle_field_correlates_with_n4(data_root):
     assert r3["metrics"]["mask"].startswith("brain (model segmentation)")
     assert r3["metrics"]["correlation_with_n4"] > 0.8
     assert segmenter.calls == 1 + len(r3["metrics"]["correlation_with_applied_each"])  # one pass on seg3D
+    assert r3["metrics"]["model_tasks"] == ["bias", "seg"] and " s with the brain mask (N4" in r3["headline"]
+    assert r["metrics"]["model_tasks"] == ["bias"] and "with the brain mask" not in r["headline"]
 
 
 def test_bias_row_scores_fields_applied_to_the_real_t1(data_root):
