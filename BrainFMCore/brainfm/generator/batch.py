@@ -75,14 +75,14 @@ class Batch:
     params: Dict[str, Any]
 
 
-def _subvoxel_labels(lab: torch.Tensor, coords: torch.Tensor, affine: torch.Tensor, voxel_mm: float,
+def _subvoxel_labels(src: torch.Tensor, coords: torch.Tensor, affine: torch.Tensor, voxel_mm: float,
                      per_axis: int) -> Optional[torch.Tensor]:
     """Compact labels (M, 1, S...) at ``per_axis``**3 points spread evenly inside each output voxel
-    (the voxel's sub-voxel centres), or None for ``per_axis`` 1. ``coords`` are the source
-    coordinates of the voxel centres; the displacement is taken as constant inside a voxel."""
+    (the voxel's sub-voxel centres), or None for ``per_axis`` 1. ``src`` is the compact label map as
+    float (1, 1, X, Y, Z); ``coords`` are the source coordinates of the voxel centres; the
+    displacement is taken as constant inside a voxel."""
     if per_axis <= 1:
         return None
-    src = lab[None, None].float()
     steps = [(k + 0.5) / per_axis - 0.5 for k in range(per_axis)]
     a = to_device(affine.to(torch.float32), coords.device)
     out = []
@@ -233,8 +233,9 @@ class Generator:
             shift = (torch.rand(3, generator=g) * 2.0 - 1.0) * float(cfg.shift_mm)
             centre = centre + shift.to(centre.device)
         coords = sampling_coords(size, A, disp, centre, voxel_mm=vox)
-        sub = _subvoxel_labels(lab, coords, A, vox, cfg.pv_subsamples)
-        lab = sample_voxels(lab[None, None].float(), coords, mode="nearest").round().long()
+        src = lab[None, None].float()
+        sub = _subvoxel_labels(src, coords, A, vox, cfg.pv_subsamples)
+        lab = sample_voxels(src, coords, mode="nearest").round().long()
         real = {k: sample_voxels(im.to(dev, torch.float32)[None, None], coords)
                 for k, im in subject.images.items()}
         dist = reg = None
@@ -243,8 +244,9 @@ class Generator:
         if subject.atlas_coords is not None:
             reg = sample_voxels(subject.atlas_coords.to(dev, torch.float32)[None], coords)
         if flip:
-            lab = to_device(compact_flip_perm(), dev)[lab.flip(2)]
-            sub = to_device(compact_flip_perm(), dev)[sub.flip(2)] if sub is not None else None
+            perm = to_device(compact_flip_perm(), dev)
+            lab = perm[lab.flip(2)]
+            sub = perm[sub.flip(2)] if sub is not None else None
             real = {k: im.flip(2) for k, im in real.items()}
             dist = tg.flip_distance(dist) if dist is not None else None
             reg = tg.flip_registration(reg) if reg is not None else None

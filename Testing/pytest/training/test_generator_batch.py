@@ -234,7 +234,7 @@ def test_subvoxel_partial_volume_mixes_the_tissues_of_a_coarse_voxel():
 
     # 1 mm stripes along x (labels 1, 2, 1, 2, ...); a 2 mm voxel centred between two stripes holds
     # half of each
-    lab = torch.from_numpy(np.tile((np.arange(16) % 2 + 1)[:, None, None], (1, 16, 16))).long()
+    lab = torch.from_numpy(np.tile((np.arange(16) % 2 + 1)[:, None, None], (1, 16, 16))).float()[None, None]
     centres = torch.stack(torch.meshgrid(*[torch.arange(4, 12, 2.0) + 0.5] * 3, indexing="ij"))[None]
     assert _subvoxel_labels(lab, centres, torch.eye(3), 2.0, 1) is None
     sub = _subvoxel_labels(lab, centres, torch.eye(3), 2.0, 2)
