@@ -30,11 +30,11 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from brainfm.errors import ResourceError
 from brainfm.inference.device import autocast
 from brainfm.inference.tiling import MIN_TILE, TileAccumulator, plan_tiles
+from brainfm.models.heads import head_float
 from brainfm.models.mirror import can_mirror, mirror_output
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 
@@ -116,7 +116,7 @@ def _forward_once(
         res = {}
         for h in heads:
             conv = _head_conv(net, h)
-            res[h] = F.conv3d(feat, conv.weight.float(), None if conv.bias is None else conv.bias.float())
+            res[h] = head_float(conv, feat)
         if want_feat:
             res["feat"] = feat
         return res

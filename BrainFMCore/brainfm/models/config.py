@@ -47,7 +47,8 @@ class ModelConfig:
 
     ``heads`` maps a head name (``T1``, ``segmentation``, ...) to its output channel count.
     ``head_in_channels`` is the input width of the heads (defaults to ``f_maps``: the heads read the
-    last, full-resolution decoder feature).
+    last, full-resolution decoder feature). ``head_hidden`` maps some heads to the width of a residual
+    per-voxel hidden layer (:class:`~brainfm.models.heads.ResidualHead`; empty for official models).
     """
 
     in_channels: int = 1
@@ -57,9 +58,11 @@ class ModelConfig:
     unit_feat: bool = True
     heads: Dict[str, int] = field(default_factory=dict)
     head_in_channels: Optional[int] = None
+    head_hidden: Dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.heads = {str(k): int(v) for k, v in dict(self.heads).items()}
+        self.head_hidden = {str(k): int(v) for k, v in dict(self.head_hidden or {}).items()}
         if self.head_in_channels is None:
             self.head_in_channels = int(self.f_maps)
         self.validate()
@@ -90,6 +93,11 @@ class ModelConfig:
                 problems.append(f"head {name!r} has {ch} output channels")
             if not name.isidentifier():
                 problems.append(f"head name {name!r} is not a valid identifier")
+        for name, width in self.head_hidden.items():
+            if name not in self.heads:
+                problems.append(f"hidden layer for {name!r}, which is not a head ({sorted(self.heads)})")
+            if width < 1:
+                problems.append(f"head {name!r} has a hidden layer of {width} channels")
         if self.head_in_channels != self.f_maps:
             problems.append(
                 f"heads take {self.head_in_channels} input channels but the feature has {self.f_maps}"
@@ -127,12 +135,15 @@ class ModelConfig:
             "unit_feat": bool(self.unit_feat),
             "heads": dict(self.heads),
             "head_in_channels": int(self.head_in_channels or self.f_maps),
+            # only when present, so models without hidden layers keep the description older readers know
+            **({"head_hidden": dict(self.head_hidden)} if self.head_hidden else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
         """Build from :meth:`to_dict` output; unknown keys are rejected with a clear message."""
-        known = {"in_channels", "f_maps", "num_levels", "num_groups", "unit_feat", "heads", "head_in_channels"}
+        known = {"in_channels", "f_maps", "num_levels", "num_groups", "unit_feat", "heads", "head_in_channels",
+                 "head_hidden"}
         extra = sorted(set(data) - known)
         if extra:
             raise CheckpointError(f"unknown architecture fields {extra}; known fields are {sorted(known)}")

@@ -32,7 +32,8 @@ class BrainFMNet(nn.Module):
         self.config = config
         self.backbone = UNet3D(config.in_channels, config.f_maps, config.num_levels, config.num_groups,
                                config.unit_feat)
-        self.head = TaskHeads(config.heads, in_channels=int(config.head_in_channels or config.f_maps))
+        self.head = TaskHeads(config.heads, in_channels=int(config.head_in_channels or config.f_maps),
+                              hidden=config.head_hidden)
 
     @property
     def head_names(self) -> List[str]:

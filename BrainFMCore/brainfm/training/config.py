@@ -37,6 +37,8 @@ class ModelSection:
     num_groups: int = 8
     unit_feat: bool = True
     heads: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HEADS))
+    # per-voxel hidden layers of some heads ({"segmentation": 64}; brainfm.models.heads.ResidualHead)
+    head_hidden: Dict[str, int] = field(default_factory=dict)
     label_scheme: str = "fs33"
     name: str = "brainfm-compact"
     voxel_mm: float = 1.0  # the grid the network works on (training windows and inference frame)
@@ -188,7 +190,7 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     """
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "heads":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("heads", "head_hidden"):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v

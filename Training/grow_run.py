@@ -1,0 +1,46 @@
+"""Grow a training run's network from its latest checkpoint (e.g. add a hidden layer to a head).
+
+    python Training/grow_run.py --config Training/configs/cpu.yaml --from runs/cpu --out runs/cpu-grown \
+        --set "model.head_hidden={segmentation: 64}"
+
+writes runs/cpu-grown/checkpoints/step_<N>/ for the configured model, at the step of the latest checkpoint
+of runs/cpu (or of the checkpoint folder given). The grown network computes what the old one did; its
+added tensors are trained from there (``brainfm train --config ... --set run.out_dir=runs/cpu-grown``).
+The source run is only read. See brainfm.training.grow.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="training configuration of the grown model (YAML)")
+    ap.add_argument("--from", dest="source", required=True, help="run folder or checkpoint folder to grow")
+    ap.add_argument("--out", required=True, help="new, empty run folder")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    a = ap.parse_args(argv)
+    from brainfm.errors import BrainFMError
+    from brainfm.training.checkpoint import latest_checkpoint
+    from brainfm.training.config import load_config
+    from brainfm.training.grow import grow_checkpoint
+
+    try:
+        cfg = load_config(a.config, [*a.overrides, f"run.out_dir={a.out}"])
+        src = Path(a.source)
+        ckpt = src if (src / "meta.json").is_file() else latest_checkpoint(src)
+        if ckpt is None:
+            print(f"grow_run: no checkpoint in {src}", file=sys.stderr)
+            return 2
+        out = grow_checkpoint(ckpt, a.out, cfg)
+    except BrainFMError as e:
+        print(f"grow_run: {e}", file=sys.stderr)
+        return 2
+    print(f"grow_run: {ckpt} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
