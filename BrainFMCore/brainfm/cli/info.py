@@ -72,9 +72,8 @@ def _model_info(spec: str, expected: Optional[str]) -> Dict[str, Any]:
         digest = cached_sha256(path)
         out["sha256"] = digest
         if expected is None:
-            entry = next((e for e in registry.list_entries(kind="model")
-                          if e.get("filename") == path.name and e.get("sha256")), None)
-            expected = entry.get("sha256") if entry else known.get("sha256")
+            entry = registry.entry_for_file(path)  # the registered file itself, not a namesake elsewhere
+            expected = (entry or {}).get("sha256") or known.get("sha256")
         if expected:
             out["verification"] = "verified" if digest.lower() == expected.lower() else "MISMATCH"
             out["expected_sha256"] = expected

@@ -85,6 +85,23 @@ def get_entry(entry_id: str, *, registry: Entries = None) -> Dict[str, Any]:
     )
 
 
+def entry_for_file(path: PathLike, *, registry: Entries = None) -> Optional[Dict[str, Any]]:
+    """The registry model entry whose local file is ``path`` (the bundled folder or the download
+    cache), else None: a file elsewhere that only shares a registered file name is not that entry.
+
+    >>> entry_for_file("/somewhere/else/brainfm-compact.safetensors") is None
+    True
+    """
+    p = Path(path).expanduser().resolve()
+    for e in _entries(registry):
+        if e.get("kind") != "model" or not e.get("filename"):
+            continue
+        homes = [BUNDLED_DIR] if e.get("bundled") else [cache_dir() / "models"]
+        if any((h / e["filename"]).resolve() == p for h in homes):
+            return e
+    return None
+
+
 def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
     """Path of the weights for ``spec``, checked against its recorded SHA-256 where one is known.
 

@@ -208,6 +208,22 @@ def test_info_json(tmp_path, model, capsys):
     assert code == 0 and json.loads(stdout)["model"]["available"] is False
 
 
+def test_info_does_not_check_a_namesake_of_a_registered_file_against_it(tmp_path, model, capsys):
+    """A model the user trained keeps the default name of the bundled file; it is not that file."""
+    import shutil
+
+    from brainfm.models import registry
+
+    bundled = next(e for e in registry.list_entries(kind="model") if e.get("bundled"))
+    mine = tmp_path / "mine" / bundled["filename"]
+    mine.parent.mkdir()
+    shutil.copy(model, mine)
+    code, stdout, _ = _run(["info", "--json", "--model", str(mine)], capsys)
+    assert code == 0 and json.loads(stdout)["model"]["verification"] != "MISMATCH"
+    assert registry.entry_for_file(mine) is None
+    assert registry.entry_for_file(registry.BUNDLED_DIR / bundled["filename"])["id"] == bundled["id"]
+
+
 def test_labels_export(tmp_path, capsys):
     from brainfm.labels import get_scheme, read_freesurfer_lut
 
