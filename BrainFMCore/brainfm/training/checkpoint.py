@@ -199,6 +199,17 @@ def read_meta(path: PathLike) -> Dict[str, Any]:
     return meta
 
 
+def verify_files(path: PathLike, meta: Dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when a file listed in the checkpoint's ``meta`` is missing or
+    fails its SHA-256."""
+    p = Path(path)
+    for name, digest in meta.get("files", {}).items():
+        if not (p / name).is_file():
+            raise CheckpointError(f"checkpoint {p} is incomplete: {name} is missing")
+        if _sha256(p / name) != digest:
+            raise CheckpointError(f"checkpoint file {p / name} is corrupt (SHA-256 mismatch)")
+
+
 def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Any = None, generator: Optional[torch.Generator] = None,
                     architecture: Optional[Dict[str, Any]] = None, restore_rng: bool = True,
@@ -217,11 +228,7 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
     p = Path(path)
     meta = read_meta(p)
     if verify:
-        for name, digest in meta.get("files", {}).items():
-            if not (p / name).is_file():
-                raise CheckpointError(f"checkpoint {p} is incomplete: {name} is missing")
-            if _sha256(p / name) != digest:
-                raise CheckpointError(f"checkpoint file {p / name} is corrupt (SHA-256 mismatch)")
+        verify_files(p, meta)
     if architecture is not None and meta.get("architecture"):
         diffs = [f"{k}: checkpoint {meta['architecture'].get(k)!r} vs model {v!r}"
                  for k, v in architecture.items() if meta["architecture"].get(k) != v]

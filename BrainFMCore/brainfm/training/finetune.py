@@ -219,7 +219,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     cfg = apply_overrides(TrainConfig(), [
         f"model.f_maps={c.f_maps}", f"model.num_levels={c.num_levels}", f"model.num_groups={c.num_groups}",
         f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
-        f"model.head_hidden={hidden_yaml}", f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
+        f"model.head_hidden={hidden_yaml}",
+        f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
         f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
         "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",
         f"run.device={device}", f"run.seed={seed}", "run.ckpt_every=100", "run.log_every=5",

@@ -29,18 +29,19 @@ from typing import Dict, Union
 import torch
 
 from brainfm.errors import CheckpointError
-from brainfm.training.checkpoint import _read_shards, read_meta, restore_rng_state, save_checkpoint
+from brainfm.training.checkpoint import _read_shards, read_meta, restore_rng_state, save_checkpoint, verify_files
+from brainfm.training.config import TrainConfig
 
 PathLike = Union[str, Path]
 
 
-def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg) -> Path:
+def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig) -> Path:
     """Write ``<run_dir>/checkpoints/step_<N>/`` for ``cfg`` (a :class:`~brainfm.training.config.TrainConfig`)
     from the checkpoint folder ``checkpoint`` of step N; returns the new checkpoint folder.
 
     Raises :class:`CheckpointError` when ``cfg``'s model lacks a tensor of the checkpoint's model or
-    shapes differ (growing only adds), or when ``run_dir`` already has checkpoints (never overwritten).
-    The source checkpoint is only read.
+    shapes differ (growing only adds), when a file of the checkpoint fails its SHA-256, or when
+    ``run_dir`` already has checkpoints (never overwritten). The source checkpoint is only read.
     """
     from brainfm.models import BrainFMNet, ModelConfig
     from brainfm.training.ema import build_ema
@@ -49,6 +50,7 @@ def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg) -> Path:
 
     src = Path(checkpoint)
     meta = read_meta(src)
+    verify_files(src, meta)
     out_root = Path(run_dir) / "checkpoints"
     if out_root.is_dir() and any(out_root.iterdir()):
         raise CheckpointError(f"{out_root} already holds checkpoints; grow into an empty run folder")
@@ -56,7 +58,7 @@ def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg) -> Path:
     if not old_arch:
         raise CheckpointError(f"checkpoint {src} records no architecture; it cannot be grown")
     with torch.device("meta"):
-        old_names = [n for n, _ in BrainFMNet(ModelConfig(**old_arch)).named_parameters()]
+        old_names = [n for n, _ in BrainFMNet(ModelConfig.from_dict(old_arch)).named_parameters()]
     weights = _read_shards(src, meta["groups"]["model"], "cpu")
     net = build_model(cfg)
     own = net.state_dict()

@@ -84,6 +84,14 @@ def test_growing_refuses_to_remove_tensors_or_overwrite(grown, tmp_path):
     fewer = tiny_config(tmp_path / "fewer", "model.heads={T1: 1, segmentation: 33}")
     with pytest.raises(CheckpointError, match="is not in the new model"):
         grow_checkpoint(first.checkpoint, tmp_path / "fewer", fewer)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(first.checkpoint, broken)
+    weights = next(broken.glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        grow_checkpoint(broken, tmp_path / "from_broken", new_cfg)
     wider = tiny_config(tmp_path / "wider", "model.f_maps=8")
     with pytest.raises(CheckpointError, match=r"checkpoint \(4, .* vs new model \(8"):
         grow_checkpoint(first.checkpoint, tmp_path / "wider", wider)
