@@ -25,7 +25,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -262,15 +262,7 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
         except RuntimeError as e:
             raise CheckpointError(f"the weight average in {p} does not match the model: {e}") from None
     if optimizer is not None and "optimizer" in meta:
-        flat = _read_shards(p, meta["groups"].get("optim", []), "cpu")
-        state: Dict[int, Dict[str, torch.Tensor]] = {}
-        for key, t in flat.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = t
-        groups = meta["optimizer"]["param_groups"]
-        for g in groups:
-            if "betas" in g:
-                g["betas"] = tuple(g["betas"])
+        state, groups = read_optimizer_state(p, meta)
         own_groups = optimizer.state_dict()["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in own_groups]:
             raise CheckpointError(f"optimizer state in {p} covers another set of parameters "
@@ -280,10 +272,32 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
             for name, t in list(st.items()):
                 if name == "step" and torch.is_tensor(t):
                     st[name] = t.to("cpu", torch.float32)
-    if scheduler is not None and "scheduler" in meta:
-        sd = dict(meta["scheduler"])
-        sd["lr_lambdas"] = [None] * len(getattr(scheduler, "lr_lambdas", [None]))
-        scheduler.load_state_dict(sd)
+    if scheduler is not None:
+        restore_scheduler(scheduler, meta)
     if restore_rng and meta.get("rng"):
         restore_rng_state(meta["rng"], generator)
     return meta
+
+
+def read_optimizer_state(path: PathLike, meta: Dict[str, Any]
+                         ) -> Tuple[Dict[int, Dict[str, torch.Tensor]], List[Dict[str, Any]]]:
+    """The optimizer's per-parameter state ``{index: {name: tensor}}`` and its param groups (betas as
+    tuples), as saved in the checkpoint folder ``path`` (empty state when it saved none)."""
+    flat = _read_shards(Path(path), meta["groups"].get("optim", []), "cpu")
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, t in flat.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = t
+    groups = [dict(g) for g in meta["optimizer"]["param_groups"]]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return state, groups
+
+
+def restore_scheduler(scheduler: Any, meta: Dict[str, Any]) -> None:
+    """Load the checkpoint's scheduler state (its ``lr_lambdas`` come from the live scheduler)."""
+    if "scheduler" in meta:
+        sd = dict(meta["scheduler"])
+        sd["lr_lambdas"] = [None] * len(getattr(scheduler, "lr_lambdas", [None]))
+        scheduler.load_state_dict(sd)

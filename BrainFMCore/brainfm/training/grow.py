@@ -24,12 +24,13 @@ from there with ``brainfm train`` (same step, learning-rate schedule, random str
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Union
+from typing import Union
 
 import torch
 
 from brainfm.errors import CheckpointError
-from brainfm.training.checkpoint import _read_shards, read_meta, restore_rng_state, save_checkpoint, verify_files
+from brainfm.training.checkpoint import (_read_shards, read_meta, read_optimizer_state, restore_rng_state,
+                                         restore_scheduler, save_checkpoint, verify_files)
 from brainfm.training.config import TrainConfig
 
 PathLike = Union[str, Path]
@@ -79,26 +80,16 @@ def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig) -
 
     optimizer, scheduler = build_optim(net.parameters(), cfg.optim)
     if "optimizer" in meta:
-        flat = _read_shards(src, meta["groups"].get("optim", []), "cpu")
-        old_state: Dict[int, Dict[str, torch.Tensor]] = {}
-        for key, t in flat.items():
-            pid, name = key.split(".", 1)
-            old_state.setdefault(int(pid), {})[name] = t
+        old_state, groups = read_optimizer_state(src, meta)
         index = {n: i for i, n in enumerate(old_names)}
         new_names = [n for n, _ in net.named_parameters()]
         state = {j: old_state[index[n]] for j, n in enumerate(new_names) if index.get(n) in old_state}
-        groups = [dict(g) for g in meta["optimizer"]["param_groups"]]
         if len(groups) != 1:
             raise CheckpointError(f"checkpoint {src} has {len(groups)} optimizer parameter groups; "
                                   "growing handles one")
         groups[0]["params"] = list(range(len(new_names)))
-        if "betas" in groups[0]:
-            groups[0]["betas"] = tuple(groups[0]["betas"])
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    if "scheduler" in meta:
-        sd = dict(meta["scheduler"])
-        sd["lr_lambdas"] = [None] * len(getattr(scheduler, "lr_lambdas", [None]))
-        scheduler.load_state_dict(sd)
+    restore_scheduler(scheduler, meta)
     gen = torch.Generator()
     if meta.get("rng"):
         restore_rng_state(meta["rng"], gen)
