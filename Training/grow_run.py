@@ -1,4 +1,5 @@
-"""Grow a training run's network from its latest checkpoint (e.g. add a hidden layer to a head).
+"""Grow a training run's network from its latest checkpoint (e.g. add a hidden layer to a head, or
+residual full-resolution blocks with ``--set "model.refine=[32]"``).
 
     python Training/grow_run.py --config Training/configs/cpu.yaml --from runs/cpu --out runs/cpu-grown \
         --set "model.head_hidden={segmentation: 64}"

@@ -238,11 +238,13 @@ def extract_state_dict(obj: Any, path: Path) -> Dict[str, Any]:
 
 _ENC = re.compile(r"^backbone\.encoders\.(\d+)\.")
 _HEAD = re.compile(r"^head\.final_conv_(\w+)\.weight$")
+_REFINE = re.compile(r"^backbone\.refine\.(\d+)\.conv1\.weight$")
 
 
 def infer_config(state_dict: Mapping[str, Any], *, unit_feat: bool = True, num_groups: int = 8) -> ModelConfig:
     """Architecture from key names and shapes (reference §2.4): levels = number of encoder indices,
-    ``f_maps`` = out channels of encoder 0's second conv, heads = every ``head.final_conv_<name>``."""
+    ``f_maps`` = out channels of encoder 0's second conv, heads = every ``head.final_conv_<name>``,
+    ``refine`` = the inner width of every ``backbone.refine.<i>`` block (native models)."""
     sd = normalize_keys(state_dict)
     levels = sorted({int(m.group(1)) for k in sd for m in [_ENC.match(k)] if m})
     first = "backbone.encoders.0.basic_module.SingleConv{}.conv.weight"
@@ -265,9 +267,14 @@ def infer_config(state_dict: Mapping[str, Any], *, unit_feat: bool = True, num_g
             head_in.add(int(v.shape[1]))
     if len(head_in) > 1:
         raise CheckpointError(f"heads take different input widths {sorted(head_in)}; not a BrainFM TaskHead set")
+    blocks = {int(m.group(1)): int(v.shape[0]) for k, v in sd.items() for m in [_REFINE.match(k)]
+              if m and isinstance(v, Tensor) and v.dim() == 5}
+    if sorted(blocks) != list(range(len(blocks))):
+        raise CheckpointError(f"refinement block indices are not consecutive: {sorted(blocks)}")
     return ModelConfig(
         in_channels=int(w1.shape[1]), f_maps=int(w2.shape[0]), num_levels=len(levels), num_groups=int(num_groups),
         unit_feat=bool(unit_feat), heads=heads, head_in_channels=head_in.pop() if head_in else None,
+        refine=[blocks[i] for i in range(len(blocks))],
     )
 
 

@@ -49,6 +49,8 @@ class ModelConfig:
     ``head_in_channels`` is the input width of the heads (defaults to ``f_maps``: the heads read the
     last, full-resolution decoder feature). ``head_hidden`` maps some heads to the width of a residual
     per-voxel hidden layer (:class:`~brainfm.models.heads.ResidualHead`; empty for official models).
+    ``refine`` lists the inner widths of residual full-resolution blocks after the last decoder
+    (:class:`~brainfm.models.unet.RefineBlock`; empty for official models).
     """
 
     in_channels: int = 1
@@ -59,10 +61,14 @@ class ModelConfig:
     heads: Dict[str, int] = field(default_factory=dict)
     head_in_channels: Optional[int] = None
     head_hidden: Dict[str, int] = field(default_factory=dict)
+    refine: List[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.heads = {str(k): int(v) for k, v in dict(self.heads).items()}
         self.head_hidden = {str(k): int(v) for k, v in dict(self.head_hidden or {}).items()}
+        if isinstance(self.refine, (str, bytes)) or not isinstance(self.refine, (list, tuple)):
+            raise CheckpointError(f"invalid model architecture: refine must be a list of widths (got {self.refine!r})")
+        self.refine = [int(w) for w in self.refine]
         if self.head_in_channels is None:
             self.head_in_channels = int(self.f_maps)
         self.validate()
@@ -98,6 +104,9 @@ class ModelConfig:
                 problems.append(f"hidden layer for {name!r}, which is not a head ({sorted(self.heads)})")
             if width < 1:
                 problems.append(f"head {name!r} has a hidden layer of {width} channels")
+        for width in self.refine:
+            if width < 1:
+                problems.append(f"a refinement block of {width} channels")
         if self.head_in_channels != self.f_maps:
             problems.append(
                 f"heads take {self.head_in_channels} input channels but the feature has {self.f_maps}"
@@ -123,6 +132,8 @@ class ModelConfig:
         for j in range(self.num_levels - 1):
             skip, up = f[-2 - j], f[-1 - j]
             out += [skip + up, skip]
+        for width in self.refine:
+            out += [self.f_maps, width]
         return out
 
     def to_dict(self) -> Dict[str, Any]:
@@ -137,13 +148,14 @@ class ModelConfig:
             "head_in_channels": int(self.head_in_channels or self.f_maps),
             # only when present, so models without hidden layers keep the description older readers know
             **({"head_hidden": dict(self.head_hidden)} if self.head_hidden else {}),
+            **({"refine": list(self.refine)} if self.refine else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
         """Build from :meth:`to_dict` output; unknown keys are rejected with a clear message."""
         known = {"in_channels", "f_maps", "num_levels", "num_groups", "unit_feat", "heads", "head_in_channels",
-                 "head_hidden"}
+                 "head_hidden", "refine"}
         extra = sorted(set(data) - known)
         if extra:
             raise CheckpointError(f"unknown architecture fields {extra}; known fields are {sorted(known)}")

@@ -31,7 +31,7 @@ class BrainFMNet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = UNet3D(config.in_channels, config.f_maps, config.num_levels, config.num_groups,
-                               config.unit_feat)
+                               config.unit_feat, refine=config.refine)
         self.head = TaskHeads(config.heads, in_channels=int(config.head_in_channels or config.f_maps),
                               hidden=config.head_hidden)
 

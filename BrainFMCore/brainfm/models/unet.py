@@ -21,6 +21,11 @@ over ``[skip, up]`` with ``up`` convolved in slabs, so neither the concatenation
 feature exists at full resolution (about 2.7x less peak memory than the plain forward on CPU).
 The caller's input is never modified.
 
+**Refinement blocks** (``refine``, native models only): residual blocks at full resolution after the
+last decoder, ``x + conv(GroupNorm(LeakyReLU(conv(GroupNorm(x)))))`` with an inner width of their own
+(:class:`RefineBlock`). Their output convolution starts at zero, so adding blocks to a trained backbone
+changes none of its outputs (:func:`brainfm.training.grow.grow_checkpoint` grows a run with them).
+
 >>> import torch
 >>> net = UNet3D(f_maps=8, num_levels=3)
 >>> with torch.no_grad():
@@ -32,7 +37,7 @@ True
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,16 +106,40 @@ class Decoder(nn.Module):
         return self.basic_module(torch.cat((encoder_features, x), dim=1))
 
 
+class RefineBlock(nn.Module):
+    """Residual full-resolution block ``x + conv2(GN(LeakyReLU(conv1(GN(x)))))`` (3x3x3 convs, ``channels
+    -> width -> channels``); ``conv2`` starts at zero, so a new block is the identity.
+
+    >>> blk = RefineBlock(8, 16, num_groups=4)
+    >>> x = torch.rand(1, 8, 5, 6, 7)
+    >>> bool(torch.equal(blk(x), x))
+    True
+    """
+
+    def __init__(self, channels: int, width: int, *, num_groups: int = 8) -> None:
+        super().__init__()
+        self.groupnorm1 = nn.GroupNorm(group_count(channels, num_groups), channels)
+        self.conv1 = nn.Conv3d(channels, width, 3, padding=1, bias=False)
+        self.groupnorm2 = nn.GroupNorm(group_count(width, num_groups), width)
+        self.conv2 = nn.Conv3d(width, channels, 3, padding=1, bias=False)
+        nn.init.zeros_(self.conv2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.leaky_relu(self.conv1(self.groupnorm1(x)), _LEAKY_SLOPE)
+        return x + self.conv2(self.groupnorm2(h))
+
+
 class UNet3D(nn.Module):
     """The BrainFM backbone: ``num_levels`` encoder levels of ``f_maps * 2**k`` channels.
 
     ``unit_feat`` L2-normalises the final feature over channels (eps 1e-12), as the official
     BrainFM model does (Brain-ID does not). ``align_input`` pads the input to a multiple of
-    :attr:`size_multiple` and crops the outputs back (see the module docstring).
+    :attr:`size_multiple` and crops the outputs back (see the module docstring). ``refine`` lists the
+    inner widths of residual :class:`RefineBlock` s after the last decoder (none for official models).
     """
 
     def __init__(self, in_channels: int = 1, f_maps: int = 64, num_levels: int = 6, num_groups: int = 8,
-                 unit_feat: bool = True, *, align_input: bool = True) -> None:
+                 unit_feat: bool = True, *, align_input: bool = True, refine: Sequence[int] = ()) -> None:
         super().__init__()
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2 (got {num_levels})")
@@ -126,6 +155,9 @@ class UNet3D(nn.Module):
         self.decoders = nn.ModuleList(
             Decoder(rev[j] + rev[j + 1], rev[j + 1], num_groups=num_groups) for j in range(num_levels - 1)
         )
+        # no attribute at all without blocks: official state dicts and module listings stay as they are
+        if refine:
+            self.refine = nn.ModuleList(RefineBlock(f_maps, int(w), num_groups=num_groups) for w in refine)
 
     @property
     def size_multiple(self) -> int:
@@ -187,6 +219,10 @@ class UNet3D(nn.Module):
                 x = decoder_owned(dec, holder, x)
             if keep_all:
                 feats.append(x)
+        for blk in getattr(self, "refine", ()):
+            x = blk(x)
+        if keep_all and hasattr(self, "refine"):
+            feats[-1] = x
         x = self._normalize(x, inplace=lean)
         if keep_all:
             feats[-1] = x

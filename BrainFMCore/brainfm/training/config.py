@@ -39,6 +39,8 @@ class ModelSection:
     heads: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_HEADS))
     # per-voxel hidden layers of some heads ({"segmentation": 64}; brainfm.models.heads.ResidualHead)
     head_hidden: Dict[str, int] = field(default_factory=dict)
+    # residual full-resolution blocks after the last decoder, by inner width ([32]; brainfm.models.unet.RefineBlock)
+    refine: List[int] = field(default_factory=list)
     label_scheme: str = "fs33"
     name: str = "brainfm-compact"
     voxel_mm: float = 1.0  # the grid the network works on (training windows and inference frame)

@@ -74,7 +74,8 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     heads[head] = int(channels)
     hidden = {k: v for k, v in bc.head_hidden.items() if k in heads and k != head}  # the new head is 1x1x1
     cfg = ModelConfig(in_channels=bc.in_channels, f_maps=bc.f_maps, num_levels=bc.num_levels,
-                      num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads, head_hidden=hidden)
+                      num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads, head_hidden=hidden,
+                      refine=list(bc.refine))
     net = BrainFMNet(cfg)
     own = net.state_dict()
     keep = {k: v for k, v in base.state_dict().items()
@@ -219,7 +220,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     cfg = apply_overrides(TrainConfig(), [
         f"model.f_maps={c.f_maps}", f"model.num_levels={c.num_levels}", f"model.num_groups={c.num_groups}",
         f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
-        f"model.head_hidden={hidden_yaml}",
+        f"model.head_hidden={hidden_yaml}", f"model.refine={list(c.refine)}",
         f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
         f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
         "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",

@@ -2,10 +2,11 @@
 
 :func:`grow_checkpoint` writes, into another run folder, a checkpoint of the same step for the model of
 a training configuration that holds every tensor of the checkpoint's model with the same shape and
-adds some (today: a head's residual hidden layer, ``model.head_hidden``). The tensors it shares keep
-their values, their moving average and their AdamW moments; the added ones keep their initialisation
-and start their optimizer state fresh. A :class:`~brainfm.models.heads.ResidualHead` starts with a zero
-output layer, so the grown network computes exactly what the checkpoint's did, and the run resumes
+adds some (a head's residual hidden layer, ``model.head_hidden``; residual full-resolution blocks,
+``model.refine``). The tensors it shares keep their values, their moving average and their AdamW
+moments; the added ones keep their initialisation and start their optimizer state fresh. A
+:class:`~brainfm.models.heads.ResidualHead` and a :class:`~brainfm.models.unet.RefineBlock` start with a
+zero output layer, so the grown network computes exactly what the checkpoint's did, and the run resumes
 from there with ``brainfm train`` (same step, learning-rate schedule, random streams and CPU-hours).
 
 >>> import tempfile

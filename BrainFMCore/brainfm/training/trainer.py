@@ -70,16 +70,20 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
     m = cfg.model
     return BrainFMNet(ModelConfig(f_maps=m.f_maps, num_levels=m.num_levels, num_groups=m.num_groups,
-                                  unit_feat=m.unit_feat, heads=dict(m.heads), head_hidden=dict(m.head_hidden)))
+                                  unit_feat=m.unit_feat, heads=dict(m.heads), head_hidden=dict(m.head_hidden),
+                                  refine=list(m.refine)))
 
 
 def architecture_of(cfg: TrainConfig) -> Dict[str, Any]:
-    """The architecture a checkpoint records and a resume compares (``head_hidden`` only when set)."""
+    """The architecture a checkpoint records and a resume compares (``head_hidden`` and ``refine`` only
+    when set)."""
     m = cfg.model
     arch = {"f_maps": m.f_maps, "num_levels": m.num_levels, "num_groups": m.num_groups,
             "unit_feat": m.unit_feat, "heads": dict(m.heads)}
     if m.head_hidden:
         arch["head_hidden"] = dict(m.head_hidden)
+    if m.refine:
+        arch["refine"] = list(m.refine)
     return arch
 
 
