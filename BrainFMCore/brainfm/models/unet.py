@@ -135,7 +135,7 @@ class UNet3D(nn.Module):
     ``unit_feat`` L2-normalises the final feature over channels (eps 1e-12), as the official
     BrainFM model does (Brain-ID does not). ``align_input`` pads the input to a multiple of
     :attr:`size_multiple` and crops the outputs back (see the module docstring). ``refine`` lists the
-    inner widths of residual :class:`RefineBlock` s after the last decoder (none for official models).
+    inner widths of residual blocks after the last decoder (:class:`RefineBlock`; none for official models).
     """
 
     def __init__(self, in_channels: int = 1, f_maps: int = 64, num_levels: int = 6, num_groups: int = 8,
@@ -221,8 +221,6 @@ class UNet3D(nn.Module):
                 feats.append(x)
         for blk in getattr(self, "refine", ()):
             x = blk(x)
-        if keep_all and hasattr(self, "refine"):
-            feats[-1] = x
         x = self._normalize(x, inplace=lean)
         if keep_all:
             feats[-1] = x
