@@ -8,6 +8,8 @@ Same mathematics as the reference blocks, fewer full-resolution tensors alive at
   concatenation never exists; ``up`` (the nearest-upsampled coarse feature) is never materialised
   at full resolution either: it is an :class:`Upsampled` view whose GroupNorm statistics are
   computed on the coarse grid with replication counts, and whose convolution runs in slabs.
+* A refinement block (:class:`~brainfm.models.unet.RefineBlock`) adds to the feature in place and runs
+  both convolutions in slabs, so only the feature and the block's inner feature exist at full resolution.
 
 >>> import torch, torch.nn.functional as F
 >>> x = torch.rand(1, 3, 4, 5, 3)
@@ -18,7 +20,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -179,3 +181,35 @@ def decoder_owned(decoder: nn.Module, skip_holder: List[Tensor], coarse: Tensor)
     del skip, up
     h = single_conv_owned(block.SingleConv1, parts)
     return single_conv_owned(block.SingleConv2, [h])
+
+
+
+def _conv_slabs(x: Tensor, weight: Tensor, out: Tensor, scale: Optional[Tensor] = None,
+                shift: Optional[Tensor] = None) -> None:
+    """``out += conv3d(x * scale + shift, weight)`` (3x3x3, padding 1) in slabs along the first axis;
+    ``x`` itself is not modified."""
+    x_len = x.shape[2]
+    step = max(8, math.ceil(x_len / 4))
+    for a in range(0, x_len, step):
+        b = min(a + step, x_len)
+        r0, r1 = max(a - 1, 0), min(b + 1, x_len)
+        slab = x[:, :, r0:r1]
+        if scale is not None:
+            slab = slab.mul(scale).add_(shift)
+        slab = F.pad(slab, (0, 0, 0, 0, 1 if a == 0 else 0, 1 if b == x_len else 0))
+        out[:, :, a:b].add_(F.conv3d(slab, weight, None, 1, (0, 1, 1)))
+        del slab
+
+
+def refine_owned(block: nn.Module, x: Tensor) -> Tensor:
+    """No-grad :class:`~brainfm.models.unet.RefineBlock`: adds the block's output to ``x`` (a tensor the
+    network owns) in place and returns it. Both convolutions run in slabs, so at full resolution only
+    ``x`` and the inner feature exist (plus one slab)."""
+    scale, shift = groupnorm_affine([x], block.groupnorm1)
+    h = x.new_zeros((x.shape[0], block.conv1.weight.shape[0]) + tuple(x.shape[2:]))
+    _conv_slabs(x, block.conv1.weight, h, scale, shift)
+    F.leaky_relu_(h, LEAKY_SLOPE)
+    scale, shift = groupnorm_affine([h], block.groupnorm2)
+    h.mul_(scale).add_(shift)
+    _conv_slabs(h, block.conv2.weight, x)
+    return x

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from brainfm.errors import InputError
 from brainfm.models.config import group_count
-from brainfm.models.lean import LEAKY_SLOPE as _LEAKY_SLOPE, decoder_owned, single_conv_owned
+from brainfm.models.lean import LEAKY_SLOPE as _LEAKY_SLOPE, decoder_owned, refine_owned, single_conv_owned
 
 
 class SingleConv(nn.Sequential):
@@ -127,6 +127,10 @@ class RefineBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = F.leaky_relu(self.conv1(self.groupnorm1(x)), _LEAKY_SLOPE)
         return x + self.conv2(self.groupnorm2(h))
+
+    def forward_owned(self, x: Tensor) -> Tensor:
+        """No-grad forward that adds to ``x`` in place (see :func:`brainfm.models.lean.refine_owned`)."""
+        return refine_owned(self, x)
 
 
 class UNet3D(nn.Module):
@@ -220,7 +224,7 @@ class UNet3D(nn.Module):
             if keep_all:
                 feats.append(x)
         for blk in getattr(self, "refine", ()):
-            x = blk(x)
+            x = blk.forward_owned(x) if lean else blk(x)
         x = self._normalize(x, inplace=lean)
         if keep_all:
             feats[-1] = x
