@@ -111,3 +111,27 @@ def test_grown_run_computes_what_the_run_did_then_trains_the_blocks(tmp_path):
     grown.train()
     grown(x)["segmentation"].square().mean().backward()
     assert grown.backbone.refine[0].conv2.weight.grad.abs().sum() > 0
+
+
+def test_inference_paths_apply_the_blocks():
+    """The product's tile forward (mixed precision, channels-last, test-time flip) runs the blocks."""
+    from brainfm.inference.forward import forward_tile
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(**CFG, refine=[16])).eval()
+    _randomised(net.backbone.refine, seed=2)
+    plain = BrainFMNet(ModelConfig(**CFG)).eval()
+    plain.load_state_dict(net.state_dict(), strict=False)
+    x = torch.rand(1, 1, 20, 16, 12)
+    ref = forward_tile(net, x, ["segmentation"], want_feat=False)["segmentation"]
+    without = forward_tile(plain, x, ["segmentation"], want_feat=False)["segmentation"]
+    assert (ref - without).abs().max() > 0.1  # the blocks contribute
+    with torch.no_grad():
+        assert torch.allclose(ref, net(x, heads=["segmentation"])["segmentation"], atol=1e-5)
+    amp = forward_tile(net, x, ["segmentation"], want_feat=False, amp_dtype=torch.bfloat16, channels_last=True)
+    assert torch.allclose(amp["segmentation"], ref, atol=0.1 * float(ref.abs().max()))
+    t1 = forward_tile(net, x, ["T1"], want_feat=False)["T1"]
+    flip = forward_tile(net, x, ["T1"], want_feat=False, test_time_flip=True)["T1"]
+    with torch.no_grad():
+        mirrored = net(x.flip(2), heads=["T1"])["T1"].flip(2)
+    assert torch.allclose(flip, (t1 + mirrored) / 2, atol=1e-5)
