@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -35,6 +34,7 @@ def main(argv: List[str] = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from bench_training_step import best_of, recipe_batch
     from brainfm.inference.device import cpu_has_native_bf16
     from brainfm.training.config import apply_overrides, load_config
     from brainfm.training.objectives import build_objective
@@ -43,20 +43,7 @@ def main(argv: List[str] = None) -> int:
 
     cfg = load_config(REPO / "Training" / "configs" / "cpu.yaml")
     amp = torch.bfloat16 if cpu_has_native_bf16() else None
-    prepared = Path(args.prepared)
-    if any(prepared.glob("*.npz")):
-        from brainfm.training.data import source_from_config
-
-        batch = source_from_config(apply_overrides(cfg, [f"data.prepared={prepared}"]), "cpu").batch(0, 0, 1)
-        where = "a prepared training subject"
-    else:
-        from fixtures import label_head
-        from brainfm.generator import Generator, GeneratorConfig, SubjectData
-
-        subj = SubjectData(torch.from_numpy(label_head((176, 208, 176))).long(), name="toy")
-        batch = Generator(GeneratorConfig(**cfg.generator.options)).sample(
-            subj, n_samples=cfg.generator.n_samples, size=cfg.generator.size, seed=0, voxel_mm=cfg.model.voxel_mm)
-        where = "a synthetic head (no prepared data)"
+    batch, where = recipe_batch(cfg, Path(args.prepared))
     x = batch.inputs.contiguous(memory_format=torch.channels_last_3d)
     objective = build_objective(cfg.loss)
 
@@ -64,17 +51,16 @@ def main(argv: List[str] = None) -> int:
         torch.manual_seed(0)
         net = build_model(apply_overrides(cfg, [f"model.refine={refine}"])).to(memory_format=torch.channels_last_3d)
         opt, _ = from_config(net.parameters(), cfg.optim)
-        times = []
-        for _ in range(args.repeats + 1):
-            t0 = time.perf_counter()
+
+        def step() -> None:
             with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
                 loss, _ = objective(net(x), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
-            times.append(time.perf_counter() - t0)
-        return round(min(times[1:]), 3)
+
+        return round(best_of(step, args.repeats), 3)
 
     res: Dict[str, object] = {"recipe": "Training/configs/cpu.yaml", "batch": where, "threads": args.threads,
                               "precision": "bf16" if amp else "fp32",

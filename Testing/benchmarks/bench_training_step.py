@@ -53,6 +53,25 @@ def best_of(fn: Callable[[], None], repeats: int) -> float:
     return round(min(times), 4)
 
 
+def recipe_batch(cfg, prepared: Path):
+    """The batch of step 0 of the recipe ``cfg`` and what it was drawn from: a prepared training
+    subject under ``prepared``, else a synthetic head."""
+    if any(prepared.glob("*.npz")):
+        from brainfm.training.config import apply_overrides
+        from brainfm.training.data import source_from_config
+
+        source = source_from_config(apply_overrides(cfg, [f"data.prepared={prepared}"]), "cpu")
+        return source.batch(0, 0, 1), "a prepared training subject"
+    from fixtures import label_head
+    from brainfm.generator import Generator, GeneratorConfig, SubjectData
+
+    g = cfg.generator
+    subj = SubjectData(torch.from_numpy(label_head((176, 208, 176))).long(), name="toy")
+    batch = Generator(GeneratorConfig(**g.options)).sample(subj, n_samples=g.n_samples, size=g.size, seed=0,
+                                                           voxel_mm=cfg.model.voxel_mm)
+    return batch, "a synthetic head (no prepared data)"
+
+
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -64,7 +83,7 @@ def main(argv: List[str] = None) -> int:
 
     from brainfm.inference.device import cpu_has_native_bf16
     from brainfm.training import losses as L
-    from brainfm.training.config import apply_overrides, load_config
+    from brainfm.training.config import load_config
     from brainfm.training.objectives import build_objective
     from brainfm.training.optim import from_config
     from brainfm.training.trainer import build_model
@@ -92,21 +111,7 @@ def main(argv: List[str] = None) -> int:
                            "segmentation_losses": best_of(run(L.segmentation_losses), args.repeats)}
 
     # ---- a whole step
-    prepared = Path(args.prepared)
-    if any(prepared.glob("*.npz")):
-        from brainfm.training.data import source_from_config
-
-        cfg = apply_overrides(cfg, [f"data.prepared={prepared}"])
-        batch = source_from_config(cfg, "cpu").batch(0, 0, 1)
-        res["batch"] = "a prepared training subject"
-    else:
-        from fixtures import label_head
-        from brainfm.generator import Generator, GeneratorConfig, SubjectData
-
-        subj = SubjectData(torch.from_numpy(label_head((176, 208, 176))).long(), name="toy")
-        batch = Generator(GeneratorConfig(**cfg.generator.options)).sample(
-            subj, n_samples=n, size=size, seed=0, voxel_mm=cfg.model.voxel_mm)
-        res["batch"] = "a synthetic head (no prepared data)"
+    batch, res["batch"] = recipe_batch(cfg, Path(args.prepared))
     torch.manual_seed(0)
     net = build_model(cfg).to(memory_format=torch.channels_last_3d)
     objective = build_objective(cfg.loss)
