@@ -223,7 +223,8 @@ def _describe_loaded(info: Any, tasks: List[str]) -> Dict[str, Any]:
         "label_scheme": info.label_scheme, "voxel_mm": float(getattr(info, "voxel_mm", 1.0) or 1.0),
         "quality": dict(getattr(info, "quality", {}) or {}),
         "architecture": {"num_levels": cfg.num_levels, "f_maps": cfg.f_maps, "in_channels": cfg.in_channels,
-                         "unit_feat": bool(cfg.unit_feat), "num_groups": cfg.num_groups},
+                         "unit_feat": bool(cfg.unit_feat), "num_groups": cfg.num_groups,
+                         **({"refine": list(cfg.refine)} if getattr(cfg, "refine", None) else {})},
     }
 
 

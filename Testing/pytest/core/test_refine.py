@@ -135,3 +135,17 @@ def test_inference_paths_apply_the_blocks():
     with torch.no_grad():
         mirrored = net(x.flip(2), heads=["T1"])["T1"].flip(2)
     assert torch.allclose(flip, (t1 + mirrored) / 2, atol=1e-5)
+
+
+def test_resuming_names_a_block_the_configuration_lacks(tmp_path):
+    from brainfm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from brainfm.training.config import TrainConfig, apply_overrides
+    from brainfm.training.trainer import architecture_of, build_model
+
+    small = ["model.f_maps=4", "model.num_levels=2", "model.num_groups=2"]
+    grown = apply_overrides(TrainConfig(), small + ["model.refine=[8]"])
+    save_checkpoint(tmp_path / "run", model=build_model(grown), step=3, architecture=architecture_of(grown))
+    plain = apply_overrides(TrainConfig(), small)
+    with pytest.raises(CheckpointError, match=r"refine: checkpoint \[8\] vs model None"):
+        load_checkpoint(latest_checkpoint(tmp_path / "run"), model=build_model(plain),
+                        architecture=architecture_of(plain))
