@@ -13,6 +13,7 @@ True
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -30,6 +31,11 @@ OFFICIAL_HEADS: Dict[str, int] = {
     "registration": 3,
     "high_res_residual": 1,
 }
+
+
+#: Parts of an architecture that native models alone have: recorded (sidecar, training checkpoints) only
+#: when set, so models without them keep the description older readers know.
+OPTIONAL_FIELDS = ("head_hidden", "refine")
 
 
 def group_count(channels: int, num_groups: int) -> int:
@@ -146,9 +152,7 @@ class ModelConfig:
             "unit_feat": bool(self.unit_feat),
             "heads": dict(self.heads),
             "head_in_channels": int(self.head_in_channels or self.f_maps),
-            # only when present, so models without hidden layers keep the description older readers know
-            **({"head_hidden": dict(self.head_hidden)} if self.head_hidden else {}),
-            **({"refine": list(self.refine)} if self.refine else {}),
+            **{k: copy.copy(getattr(self, k)) for k in OPTIONAL_FIELDS if getattr(self, k)},
         }
 
     @classmethod

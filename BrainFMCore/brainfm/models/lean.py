@@ -20,7 +20,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,23 +109,31 @@ def groupnorm_affine(parts: Sequence[Part], gn: nn.GroupNorm) -> Tuple[Tensor, T
     return scale.to(first.dtype)[..., None, None, None], shift.to(first.dtype)[..., None, None, None]
 
 
-def _slab_rows(part: Upsampled) -> int:
+def _slab_rows(x_len: int) -> int:
     """Rows per slab: a quarter of the axis (few large convolutions keep PyTorch on its fast,
     low-memory kernels; the halo costs 2 rows per slab)."""
-    return max(8, math.ceil(part.size[0] / 4))
+    return max(8, math.ceil(x_len / 4))
+
+
+def _conv_in_slabs(rows: Callable[[int, int], Tensor], x_len: int, weight: Tensor, out: Tensor,
+                   scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, *, owned: bool) -> None:
+    """``out += conv3d(x * scale + shift, weight)`` (3x3x3, padding 1) in slabs along the first axis, where
+    ``rows(a, b)`` gives rows ``a:b`` of ``x`` (normalised in place when ``owned``, else copied)."""
+    step = _slab_rows(x_len)
+    for a in range(0, x_len, step):
+        b = min(a + step, x_len)
+        r0, r1 = max(a - 1, 0), min(b + 1, x_len)
+        slab = rows(r0, r1)
+        if scale is not None:
+            slab = (slab.mul_(scale) if owned else slab.mul(scale)).add_(shift)
+        slab = F.pad(slab, (0, 0, 0, 0, 1 if a == 0 else 0, 1 if b == x_len else 0))
+        out[:, :, a:b].add_(F.conv3d(slab, weight, None, 1, (0, 1, 1)))
+        del slab
 
 
 def _conv_upsampled(part: Upsampled, weight: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
     """``out += conv3d(normalise(upsampled), weight)`` computed in slabs along the first axis."""
-    x_len = part.size[0]
-    step = _slab_rows(part)
-    for a in range(0, x_len, step):
-        b = min(a + step, x_len)
-        r0, r1 = max(a - 1, 0), min(b + 1, x_len)
-        slab = part.rows(r0, r1).mul_(scale).add_(shift)
-        slab = F.pad(slab, (0, 0, 0, 0, 1 if a == 0 else 0, 1 if b == x_len else 0))
-        out[:, :, a:b].add_(F.conv3d(slab, weight, None, 1, (0, 1, 1)))
-        del slab
+    _conv_in_slabs(part.rows, part.size[0], weight, out, scale, shift, owned=True)
 
 
 def single_conv_owned(block: nn.Module, holder: List[Part]) -> Tensor:
@@ -184,32 +192,15 @@ def decoder_owned(decoder: nn.Module, skip_holder: List[Tensor], coarse: Tensor)
 
 
 
-def _conv_slabs(x: Tensor, weight: Tensor, out: Tensor, scale: Optional[Tensor] = None,
-                shift: Optional[Tensor] = None) -> None:
-    """``out += conv3d(x * scale + shift, weight)`` (3x3x3, padding 1) in slabs along the first axis;
-    ``x`` itself is not modified."""
-    x_len = x.shape[2]
-    step = max(8, math.ceil(x_len / 4))
-    for a in range(0, x_len, step):
-        b = min(a + step, x_len)
-        r0, r1 = max(a - 1, 0), min(b + 1, x_len)
-        slab = x[:, :, r0:r1]
-        if scale is not None:
-            slab = slab.mul(scale).add_(shift)
-        slab = F.pad(slab, (0, 0, 0, 0, 1 if a == 0 else 0, 1 if b == x_len else 0))
-        out[:, :, a:b].add_(F.conv3d(slab, weight, None, 1, (0, 1, 1)))
-        del slab
-
-
 def refine_owned(block: nn.Module, x: Tensor) -> Tensor:
     """No-grad :class:`~brainfm.models.unet.RefineBlock`: adds the block's output to ``x`` (a tensor the
     network owns) in place and returns it. Both convolutions run in slabs, so at full resolution only
     ``x`` and the inner feature exist (plus one slab)."""
     scale, shift = groupnorm_affine([x], block.groupnorm1)
     h = x.new_zeros((x.shape[0], block.conv1.weight.shape[0]) + tuple(x.shape[2:]))
-    _conv_slabs(x, block.conv1.weight, h, scale, shift)
+    _conv_in_slabs(lambda a, b: x[:, :, a:b], x.shape[2], block.conv1.weight, h, scale, shift, owned=False)
     F.leaky_relu_(h, LEAKY_SLOPE)
     scale, shift = groupnorm_affine([h], block.groupnorm2)
     h.mul_(scale).add_(shift)
-    _conv_slabs(h, block.conv2.weight, x)
+    _conv_in_slabs(lambda a, b: h[:, :, a:b], h.shape[2], block.conv2.weight, x, owned=False)
     return x

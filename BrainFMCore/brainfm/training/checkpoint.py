@@ -230,8 +230,10 @@ def load_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
     if verify:
         verify_files(p, meta)
     if architecture is not None and meta.get("architecture"):
+        from brainfm.models.config import OPTIONAL_FIELDS
+
         # the optional parts (recorded only when set) also count when only the checkpoint has them
-        optional = {k: None for k in ("head_hidden", "refine") if k in meta["architecture"] and k not in architecture}
+        optional = {k: None for k in OPTIONAL_FIELDS if k in meta["architecture"] and k not in architecture}
         diffs = [f"{k}: checkpoint {meta['architecture'].get(k)!r} vs model {v!r}"
                  for k, v in {**architecture, **optional}.items() if meta["architecture"].get(k) != v]
         if diffs:

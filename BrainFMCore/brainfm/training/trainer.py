@@ -16,6 +16,7 @@ A run: ``Trainer(cfg, source=source_from_config(cfg, "cpu")).fit()`` (see :mod:`
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -75,15 +76,14 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def architecture_of(cfg: TrainConfig) -> Dict[str, Any]:
-    """The architecture a checkpoint records and a resume compares (``head_hidden`` and ``refine`` only
-    when set)."""
+    """The architecture a checkpoint records and a resume compares (the optional parts,
+    ``brainfm.models.config.OPTIONAL_FIELDS``, only when set)."""
+    from brainfm.models.config import OPTIONAL_FIELDS
+
     m = cfg.model
     arch = {"f_maps": m.f_maps, "num_levels": m.num_levels, "num_groups": m.num_groups,
             "unit_feat": m.unit_feat, "heads": dict(m.heads)}
-    if m.head_hidden:
-        arch["head_hidden"] = dict(m.head_hidden)
-    if m.refine:
-        arch["refine"] = list(m.refine)
+    arch.update({k: copy.copy(getattr(m, k)) for k in OPTIONAL_FIELDS if getattr(m, k)})
     return arch
 
 
