@@ -55,6 +55,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-anisotropic", action="store_true",
                    help="accept voxels more anisotropic than 8:1 (results on very thick slices are unreliable)")
     p.add_argument("--probabilities", action="store_true", help="also write segmentation probabilities")
+    p.add_argument("--bias-method", default="auto", choices=("auto", "head", "fit"),
+                   help="bias field from the model's head, or fitted to its segmentation; auto: the fit when "
+                        "the model's measured quality says its head is not reliable (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
     p.add_argument("--no-png", action="store_true", help="do not draw montage.png")
@@ -198,6 +201,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                                              atlas=args.atlas, crop_foreground=not args.no_crop,
                                              return_probabilities=args.probabilities,
                                              allow_anisotropic=getattr(args, "allow_anisotropic", False),
+                                             bias_method=getattr(args, "bias_method", "auto"),
                                              progress=scaled(cb, 0.02, 0.85), cancel=token, on_output=writer.add)
                     saved = writer.finish(pred, progress=scaled(cb, 0.85, 1.0), cancel=token)
                 warnings = list(saved.get("warnings", []))

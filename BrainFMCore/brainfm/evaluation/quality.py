@@ -37,8 +37,9 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
                     heldout: bool = True, bias: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
     """Dice of ``model`` (a path, registry id or :class:`~brainfm.inference.Predictor`) on the real
     T1 and, with ``heldout``, on the held-out label maps; plus its :func:`quality_level`. With
-    ``bias`` and a bias-field head, also ``bias_applied_corr``: the mean correlation of its log
-    bias field with known fields applied to the real T1
+    ``bias`` and a bias-field head, also ``bias_applied_corr``: the mean correlation of its head's
+    log bias field (``bias_method="head"``, not a field fitted to the segmentation) with known fields
+    applied to the real T1
     (:func:`brainfm.evaluation.biasfield.applied_field_correlations`; below
     :data:`~brainfm.models.quality.BIAS_USABLE_CORR` bias results carry a warning).
 
@@ -70,7 +71,7 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
         from brainfm.evaluation.biasfield import applied_field_correlations, applied_t1, model_log_field
 
         t1, brain, fields = applied_t1(data_root)
-        corrs = applied_field_correlations(model_log_field(predictor), t1, brain, fields)
+        corrs = applied_field_correlations(model_log_field(predictor, method="head"), t1, brain, fields)
         out["bias_applied_corr"] = round(float(np.mean(corrs)), 4)
     out["level"] = quality_level(out["real_t1_dice17"])
     out["seconds"] = round(time.perf_counter() - t0, 1)

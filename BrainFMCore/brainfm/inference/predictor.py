@@ -33,7 +33,8 @@ from brainfm.inference.preprocess import ImageLike, Prepared, load_image, prepar
 from brainfm.inference.tiling import MIN_TILE
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
 from brainfm.models.task_heads import COARSE_GRID_HIDDEN_HEADS, served_heads  # noqa: F401 (public name kept here)
-from brainfm.models.quality import task_warnings
+from brainfm.models.quality import task_warnings, unreliable_tasks
+from brainfm.tasks.bias import METHOD_NAMES as BIAS_METHOD_NAMES, resolve_method as resolve_bias_method
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
@@ -245,6 +246,7 @@ class Predictor:
         cancel: Optional[CancelToken] = None,
         allow_anisotropic: bool = False,
         on_output: Optional[Callable[[str, Volume], None]] = None,
+        bias_method: str = "auto",
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -257,7 +259,10 @@ class Predictor:
         ``on_output(key, volume)``: called with every output as soon as its task is done; the
         outputs are then not kept in the returned Prediction (``metadata["streamed_outputs"]``
         lists them), so only one task's outputs are in memory at a time (used to write large
-        volumes within the memory budget).
+        volumes within the memory budget). ``bias_method``: ``"auto"``, ``"head"`` or ``"fit"``
+        (:func:`brainfm.tasks.bias.resolve_method`; ``auto`` fits the field to the segmentation when
+        the model's measured quality says its own bias-field head is not reliable;
+        ``metadata["bias_method"]`` says which was used).
 
         Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
         label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
@@ -271,6 +276,7 @@ class Predictor:
         cb = _Monotone(progress)
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
         task_list = resolve_tasks(tasks, self.task_heads)
+        resolve_bias_method(bias_method, head_reliable=True, has_seg=True)  # a misspelt method: refused at once
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -283,7 +289,17 @@ class Predictor:
         check()
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
         heads = head_map(task_list, self.task_heads)
-        raw_heads = [h for t, h in heads.items() if t != FEAT]
+        uses = {t: {h} for t, h in heads.items()}  # task -> the heads it reads
+        bias_how = None
+        if "bias" in task_list:
+            has_seg = "seg" in available_tasks(self.task_heads)
+            bias_how = resolve_bias_method(
+                bias_method, head_reliable="bias" not in unreliable_tasks(getattr(self.info, "quality", None)),
+                has_seg=has_seg)
+            if bias_how == "fit":  # the fit reads the segmentation, asked for or not
+                heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
+                uses["bias"] = {heads["bias"], heads["seg"]}
+        raw_heads = list(dict.fromkeys(h for t, h in heads.items() if t != FEAT))
         head_ch = self.net.head.channels()
         channels = {h: int(head_ch[h]) for h in raw_heads}
         if FEAT in heads:
@@ -326,7 +342,8 @@ class Predictor:
         ctx.labels = labels
         outputs: Dict[str, Volume] = {}
         streamed: List[str] = []
-        last_use = {h: max(i for i, t in enumerate(task_list) if heads[t] == h) for h in set(heads.values())}
+        ctx.bias_method = bias_how or "head"
+        last_use = {h: max(i for i, t in enumerate(task_list) if h in uses[t]) for h in set().union(*uses.values())}
         n = len(task_list)
         for i, task in enumerate(task_list):
             check()
@@ -338,6 +355,8 @@ class Predictor:
                 for h in [h for h, last in last_use.items() if last == i]:
                     ctx.raw.pop(h, None)
                     ctx.labels.pop(h, None)
+                    if h == heads.get("seg"):
+                        ctx.decided = None
             if on_output is None:
                 outputs.update(produced)
             else:
@@ -351,7 +370,10 @@ class Predictor:
         timings["postprocess"], cpu["postprocess"] = time.perf_counter() - t0, time.process_time() - c0
         check()
         warnings += ctx.warnings
-        warnings += task_warnings(getattr(self.info, "quality", None), task_list)
+        if bias_how is not None:
+            bias_how = ctx.bias_method  # what was used: a failed fit falls back to the head
+        warned_tasks = [t for t in task_list if not (t == "bias" and bias_how == "fit")]
+        warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
             "model": self._model_meta(),
@@ -361,6 +383,7 @@ class Predictor:
             "channels_last": self.channels_last,
             "tasks": task_list,
             "heads": heads,
+            "bias_method": BIAS_METHOD_NAMES[bias_how] if bias_how else None,
             "output_frame": output_frame,
             "tiled": used_tile is not None,
             "tile_size": used_tile,

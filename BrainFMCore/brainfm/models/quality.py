@@ -72,6 +72,6 @@ def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str]) ->
         corr = float((quality or {})["bias_applied_corr"])
         out.append(f"this model's bias field is not reliable yet: its log field correlates {corr:.2f} "
                    "with known fields applied to a real T1 (1 is a perfect estimate); for bias correction "
-                   "add the official BrainFM weights (brainfm models add) or use N4 (in 3D Slicer: "
-                   "N4ITK MRI Bias correction)")
+                   "fit the field to the segmentation instead (bias_method 'fit' or 'auto', the default; "
+                   "brainfm run --bias-method fit)")
     return out

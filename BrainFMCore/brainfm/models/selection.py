@@ -126,7 +126,7 @@ def quality_text(quality: Optional[Dict[str, Any]]) -> str:
         return "unmeasured"
     text = quality_label(quality) or str(quality.get("level"))
     if "bias" in unreliable_tasks(quality):
-        text += "; bias field not reliable yet"
+        text += "; bias field fitted to the segmentation"
     return text
 
 

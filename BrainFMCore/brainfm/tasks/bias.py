@@ -1,6 +1,14 @@
-"""Bias-field post-processing (``bias``): the head predicts the natural log of a multiplicative
-field; ``bias_field = exp(log field)`` and ``bias_corrected = input / bias_field`` inside the input
-foreground (input intensity units; unchanged outside).
+"""Bias-field post-processing (``bias``): the natural log of a multiplicative field, either predicted
+by the model's bias-field head (method ``head``) or fitted to the model's segmentation (method
+``fit``, :mod:`brainfm.tasks.biasfit`); ``bias_field = exp(log field)`` and ``bias_corrected = input /
+bias_field`` inside the input foreground (input intensity units; unchanged outside).
+
+Method ``auto`` (the default of :meth:`brainfm.Predictor.predict`) uses the head unless the model's
+measured quality says its field is not reliable (:func:`brainfm.models.quality.unreliable_tasks`)
+and the model segments; then it fits the field to the segmentation.
+
+>>> resolve_method("auto", head_reliable=False, has_seg=True), resolve_method("auto", head_reliable=True, has_seg=True)
+('fit', 'head')
 
 >>> import numpy as np
 >>> round(float(field_from_log(np.array([0.0, np.log(2.0)]))[1]), 6)
@@ -14,8 +22,14 @@ from typing import Dict
 
 import numpy as np
 
+from brainfm.errors import InputError
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
+
+#: what ``bias_method`` accepts
+METHODS = ("auto", "head", "fit")
+#: what each resolved method is called in metadata and logs
+METHOD_NAMES = {"head": "model head", "fit": "fitted to the model's segmentation"}
 
 _MIN_FIELD = 1e-6
 
@@ -33,16 +47,61 @@ def correct(image: np.ndarray, field: np.ndarray, foreground: np.ndarray) -> np.
     return out
 
 
+def resolve_method(method: str, *, head_reliable: bool, has_seg: bool) -> str:
+    """``"head"`` or ``"fit"`` for a requested ``method`` (one of :data:`METHODS`).
+
+    Raises :class:`~brainfm.errors.InputError` for an unknown method, or ``fit`` without a
+    segmentation head.
+    """
+    m = str(method).strip().lower()
+    if m not in METHODS:
+        raise InputError(f"bias_method must be one of {', '.join(METHODS)}, got {method!r}")
+    if m == "fit" and not has_seg:
+        raise InputError("bias_method 'fit' fits the field to the segmentation, but this model has no "
+                         "segmentation head; use 'head'")
+    if m == "auto":
+        return "fit" if (has_seg and not head_reliable) else "head"
+    return m
+
+
+def _fitted_log_field(ctx: TaskContext) -> np.ndarray:
+    """The log field fitted to the segmentation, on the output grid (float32)."""
+    from brainfm.tasks.biasfit import fit_log_field, voxel_sizes
+    from brainfm.tasks.segmentation import decide
+
+    labels = decide(ctx).labels_out()
+    return fit_log_field(ctx.image_out, labels, voxel_mm=voxel_sizes(ctx.out_affine))
+
+
 def run_bias(ctx: TaskContext) -> Dict[str, Volume]:
-    """``bias_field`` (unitless, ~1) and ``bias_corrected`` (input intensity units)."""
+    """``bias_field`` (unitless, ~1) and ``bias_corrected`` (input intensity units), by
+    ``ctx.bias_method``; a fit that finds too few labelled voxels falls back to the head, with a warning
+    (``ctx.bias_method`` then says ``"head"``)."""
+    method = ctx.bias_method
+    if method == "fit":
+        try:
+            log_field = _fitted_log_field(ctx)
+        except ValueError as exc:
+            ctx.warnings.append(f"bias field: the fit to the segmentation failed ({exc}); the model's bias-field "
+                                "head was used instead")
+            method = ctx.bias_method = "head"
+        else:
+            field_out = np.exp(log_field)
+            return _outputs(ctx, field_out, method)
     raw = ctx.task_head("bias")[0]
     if ctx.output_exact:  # voxel copies: exp after mapping (fill log 1 = 0) is the same, and cheaper
         field_out = ctx.private(ctx.to_output(raw, "linear", 0.0), np.float32)
         np.exp(field_out, out=field_out)
     else:
         field_out = np.asarray(ctx.to_output(field_from_log(raw), "linear", 1.0), np.float32)
+    return _outputs(ctx, field_out, method)
+
+
+def _outputs(ctx: TaskContext, field_out: np.ndarray, method: str) -> Dict[str, Volume]:
     corrected = correct(ctx.image_out, field_out, ctx.foreground_out)
+    how = METHOD_NAMES[method]
     return {
-        "bias_field": ctx.volume(field_out, task="bias", kind="field", units="multiplicative factor"),
-        "bias_corrected": ctx.volume(corrected, task="bias", kind="image", units="input intensity units"),
+        "bias_field": ctx.volume(field_out, task="bias", kind="field", units="multiplicative factor", method=how),
+        "bias_corrected": ctx.volume(corrected, task="bias", kind="image", units="input intensity units",
+                                     method=how),
     }

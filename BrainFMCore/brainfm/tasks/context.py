@@ -61,6 +61,10 @@ class TaskContext:
             1 mm grid over the same box (``factor`` times the network shape) instead.
         labels: head name -> ``(channel indices (X, Y, Z), number of channels)`` when the label
             decision was already taken while blending (the logits are then not in ``raw``).
+        decided: the segmentation's label decision on the output grid once a task has taken it
+            (:func:`brainfm.tasks.segmentation.decide`), shared by ``seg`` and the fitted bias field.
+        bias_method: ``"head"`` (the model's bias-field head) or ``"fit"`` (a field fitted to the
+            segmentation, :mod:`brainfm.tasks.biasfit`); see :func:`brainfm.tasks.bias.resolve_method`.
         tables, warnings: filled by the post-processors.
     """
 
@@ -92,6 +96,8 @@ class TaskContext:
     fine_to_input: GridMap = _identity
     meta: Dict[str, Any] = field(default_factory=dict)
     labels: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
+    decided: Any = None
+    bias_method: str = "head"
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     _bg: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)

@@ -11,7 +11,8 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -124,13 +125,32 @@ def _count(idx: np.ndarray, lut: np.ndarray) -> Dict[int, int]:
     return out
 
 
-def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
-    """``seg`` (int32 FreeSurfer numbers), optional ``seg_probabilities``; fills ``tables["seg_volumes"]``.
+@dataclass
+class Decided:
+    """The label decision on the output grid, shared by the tasks that need it (``seg``, the fitted
+    bias field): channel indices on the network (or fine) grid and on the output grid (index ``n_ch``
+    = background, masked like ``seg``), the lookup to FreeSurfer numbers and the grid map to the input."""
 
-    Works on channel indices (uint8) until the end: arg-max on the network grid, nearest mapping
-    and masking of the indices (index ``C`` = background 0), one table lookup to label numbers, and
-    the structure volumes counted with ``bincount`` on the input grid.
+    idx_net: np.ndarray
+    idx_out: np.ndarray
+    lut: np.ndarray
+    scheme: Any
+    n_ch: int
+    to_input: Any
+
+    def labels_out(self) -> np.ndarray:
+        """FreeSurfer numbers (int32) on the output grid."""
+        return self.lut[self.idx_out]
+
+
+def decide(ctx: TaskContext) -> Decided:
+    """The label decision of ``ctx`` (taken once, then kept in ``ctx.decided``).
+
+    Arg-max on the network grid (or the 1 mm grid of a coarse model), nearest mapping to the output
+    grid and masking of the indices (outside the input foreground and the head: background).
     """
+    if isinstance(ctx.decided, Decided):
+        return ctx.decided
     decided = ctx.labels.get(ctx.heads.get("seg", "seg"))
     if decided is not None:  # arg-max already taken while blending (compact accumulation)
         idx_net, n_ch = decided
@@ -158,7 +178,21 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
         np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=ctx.background_out)
         if ctx.head_out is not None:  # never a label outside the head
             np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=~np.asarray(ctx.head_out, bool))
-    seg = lut[idx_out]
+    ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input)
+    return ctx.decided
+
+
+def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
+    """``seg`` (int32 FreeSurfer numbers), optional ``seg_probabilities``; fills ``tables["seg_volumes"]``.
+
+    Works on channel indices (uint8) until the end (:func:`decide`), one table lookup to label
+    numbers, and the structure volumes counted with ``bincount`` on the input grid.
+    """
+    d = decide(ctx)
+    idx_net, idx_out, lut, scheme, n_ch = d.idx_net, d.idx_out, d.lut, d.scheme, d.n_ch
+    logits = None if ctx.labels.get(ctx.heads.get("seg", "seg")) is not None else ctx.task_head("seg")
+    fs_values = [int(v) for v in lut[:-1]]
+    seg = d.labels_out()
     meta = dict(task="seg", kind="label", units="FreeSurfer label number",
                 label_scheme=getattr(scheme, "name", None))
     out = {"seg": ctx.volume(seg, **meta)}
@@ -167,7 +201,7 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     if in_shape is None or (tuple(in_shape) == tuple(seg.shape) and np.allclose(in_aff, ctx.out_affine)):
         idx_in = idx_out
     else:
-        idx_in = ctx.private(to_input(idx_net, "nearest", n_ch))
+        idx_in = ctx.private(d.to_input(idx_net, "nearest", n_ch))
         if ctx.mask_background and ctx.foreground_in is not None:
             np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.foreground_in, bool))
         if ctx.mask_background and ctx.head_in is not None:

@@ -146,7 +146,7 @@ class Oracle:
         self.device = "oracle"
         self.calls = 0
 
-    def predict(self, image: Volume, *, tasks, atlas=None) -> Prediction:
+    def predict(self, image: Volume, *, tasks, atlas=None, bias_method="auto") -> Prediction:
         self.calls += 1
         return Prediction(outputs=self.answer(image, list(tasks)))
 
@@ -343,19 +343,27 @@ def test_quality_measures_the_bias_field_and_results_warn_when_it_is_unreliable(
     p = Predictor(loaded, device="cpu")
     q = measure_quality(p, data_root)
     t1, brain, fields = applied_t1(data_root)
-    expected = float(np.mean(applied_field_correlations(model_log_field(p), t1, brain, fields)))
+    expected = float(np.mean(applied_field_correlations(model_log_field(p, method="head"), t1, brain, fields)))
     assert q["bias_applied_corr"] == pytest.approx(expected, abs=1e-4) and -1.0 <= expected <= 1.0
     assert q["level"] == "below-preview" and "bias_applied_corr" not in measure_quality(p, data_root, bias=False)
 
     image = datasets.load(data_root, "voxelmorph_vol")
     loaded.info.quality = {"bias_applied_corr": BIAS_USABLE_CORR - 0.01}
-    warned = Predictor(loaded, device="cpu").predict(image, tasks=["seg", "bias"]).warnings
+    warned = Predictor(loaded, device="cpu").predict(image, tasks=["seg", "bias"], bias_method="head").warnings
     assert [w for w in warned if w.startswith("this model's bias field is not reliable yet")]
+    # auto: the fit to the segmentation; this untrained model labels too little inside structures, so
+    # the fit says so and falls back to the head, and the results say which method made them
+    auto = Predictor(loaded, device="cpu").predict(image, tasks=["seg", "bias"])
+    assert auto.metadata["bias_method"] == auto["bias_field"].meta["method"] == auto["bias_corrected"].meta["method"]
+    if auto.metadata["bias_method"] == "model head":
+        assert [w for w in auto.warnings if w.startswith("bias field: the fit to the segmentation failed")]
+    else:
+        assert not [w for w in auto.warnings if "bias field" in w]
     seg_only = Predictor(loaded, device="cpu").predict(image, tasks=["seg"]).warnings
     assert not [w for w in seg_only if "bias field" in w]
     from brainfm.models.selection import quality_text
     assert quality_text({"level": "preview", "real_t1_dice17": 0.72, "bias_applied_corr": -0.03}) == \
-        "preview (merged-17 Dice 0.720 on a real T1); bias field not reliable yet"
+        "preview (merged-17 Dice 0.720 on a real T1); bias field fitted to the segmentation"
     loaded.info.quality = {"bias_applied_corr": 0.9}
     assert not [w for w in Predictor(loaded, device="cpu").predict(image, tasks=["bias"]).warnings
                 if "bias field" in w]
