@@ -34,6 +34,10 @@ class BrainFMBiasField(ScriptedLoadableModule):
         self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
 
 
+#: the method combo's entries -> ``biasMethod`` of :meth:`BrainFMBiasFieldLogic.process`
+METHOD_CHOICES = {"Auto": "auto", "Fit to the segmentation": "fit", "Model head": "head"}
+
+
 @parameterNodeWrapper
 class BrainFMBiasFieldParameterNode:
     """GUI state of the module; saved with the scene."""
@@ -43,6 +47,7 @@ class BrainFMBiasFieldParameterNode:
     outputFieldVolume: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -62,7 +67,8 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
         return BrainFMBiasFieldParameterNode(super().getParameterNode())
 
     def process(self, inputVolume, *, outputFieldVolume=None, outputCorrectedVolume=None, device: str = "auto",
-                quality: str = "full", model: str = "default", waitForCompletion: bool = True,
+                quality: str = "full", model: str = "default", biasMethod: str = "auto",
+                waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Estimate the bias field of ``inputVolume`` and divide it out.
 
@@ -73,11 +79,15 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
         :param model: ``"default"`` (the best available model), a name of the model store
             (``brainfm models list``), ``"bundled"`` or a weights file path.
+        :param biasMethod: ``"auto"`` (default: the model's bias-field head, or a field fitted to its
+            segmentation when the model's measured quality says its head is not reliable), ``"fit"``
+            (a smooth field that makes the tissue classes of the model's segmentation uniform) or
+            ``"head"``. The run's ``summary.json`` names the method used.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("bias",),
+        return self.run(inputVolume, tasks=("bias",), biasMethod=biasMethod,
                         outputs={"outputCorrectedVolume": outputCorrectedVolume,
                                  "outputFieldVolume": outputFieldVolume},
                         create=("outputCorrectedVolume", "outputFieldVolume"), device=device, quality=quality,
@@ -94,7 +104,7 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputFieldVolume=p.outputFieldVolume, outputCorrectedVolume=p.outputCorrectedVolume,
             device=p.device, quality=p.quality, model=p.modelId or "default",
-            waitForCompletion=False, progressCallback=self.onProgress)
+            biasMethod=METHOD_CHOICES.get(p.method, "auto"), waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:
         BrainFMWidgetBase.showResults(self, run)

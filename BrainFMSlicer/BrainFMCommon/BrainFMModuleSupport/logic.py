@@ -197,13 +197,15 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             keys: Optional[Dict[str, str]] = None, device: str = "auto", quality: str = "full",
             model: str = "default", atlas: Optional[str] = None, waitForCompletion: bool = True,
             progressCallback: Optional[ProgressCallback] = None,
-            finishedCallback: Optional[Callable[[BrainFMRun], None]] = None) -> BrainFMRun:
+            finishedCallback: Optional[Callable[[BrainFMRun], None]] = None,
+            biasMethod: str = "auto") -> BrainFMRun:
         """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
 
         :param outputs: role -> existing node to fill in place, or None.
         :param create: roles for which a new node is created when ``outputs[role]`` is None (the
             other roles left at None are not produced).
         :param keys: role -> output key of ``brainfm run`` (default: the class's ``OUTPUTS``).
+        :param biasMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --bias-method``; tasks with ``bias``).
         :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
         """
         checkInputVolume(inputVolume)
@@ -211,7 +213,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         self.setupPythonRequirements(interactive=False)
         self.checkModel(model, tasks)
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
-                               model_sha256=self.expectedSha256(model))
+                               model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"))
         self.checkDevice(params.device)
         keys = dict(self.OUTPUTS if keys is None else keys)
         wanted = [role for role, node in outputs.items() if node is not None or role in create]

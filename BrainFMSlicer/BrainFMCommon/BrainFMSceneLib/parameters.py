@@ -27,6 +27,9 @@ TASKS: Tuple[str, ...] = ("t1", "t2", "flair", "ct", "sr", "seg", "dist", "bias"
 #: ``auto``: the child picks once it knows its device (fp16 on a CUDA GPU, fp32 elsewhere)
 PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
 OUTPUT_FRAMES: Tuple[str, ...] = ("input", "1mm")
+#: ``brainfm run --bias-method``: the model's head, a fit to its segmentation, or auto (the fit when the
+#: model's measured quality says its head is not reliable)
+BIAS_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -51,6 +54,8 @@ class RunParameters:
     :param frame: frame index for 4D inputs.
     :param write_png: write the montage PNG (off in Slicer: the scene shows the results).
     :param compress_outputs: write ``.nii.gz`` results (off in Slicer: uncompressed temp files import faster).
+    :param bias_method: bias field from the model's head (``head``), fitted to its segmentation
+        (``fit``) or ``auto`` (the engine's default).
     """
 
     tasks: Tuple[str, ...] = ("all",)
@@ -67,6 +72,7 @@ class RunParameters:
     frame: Optional[int] = None
     write_png: bool = False
     compress_outputs: bool = False
+    bias_method: str = "auto"
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -101,6 +107,8 @@ class RunParameters:
             return False, "Memory budget must be positive."
         if self.frame is not None and int(self.frame) < 0:
             return False, "Frame index must be 0 or larger."
+        if self.bias_method not in BIAS_METHODS:
+            return False, f"Unknown bias-field method {self.bias_method!r}; use {', '.join(BIAS_METHODS)}."
         return True, ""
 
     # -- command line ---------------------------------------------------------------------------
@@ -137,6 +145,8 @@ class RunParameters:
             args.append("--probabilities")
         if self.frame is not None:
             args += ["--frame", str(int(self.frame))]
+        if self.bias_method != "auto":
+            args += ["--bias-method", self.bias_method]
         args += ["--progress", "machine"]
         if not self.write_png:
             args.append("--no-png")

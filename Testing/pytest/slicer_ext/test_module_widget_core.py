@@ -49,7 +49,7 @@ def widget(scene, tmp_path, monkeypatch):
     w.logic = BrainFMBiasField.BrainFMBiasFieldLogic()
     w.logic.logCallback = w.appendLog  # as setup() does
     w._parameterNode = FakeParameters(inputVolume=volume, outputCorrectedVolume=None, outputFieldVolume=None,
-                                      device="cpu", quality="Full", modelId=str(weights))
+                                      device="cpu", quality="Full", method="Auto", modelId=str(weights))
     w.shown, w.errors, w.weights = shown, errors, Path(weights)
     return w
 
@@ -119,6 +119,23 @@ def test_apply_runs_shows_results_then_cancel_and_failure(widget):
     finish(widget)
     assert "Failed" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
     assert widget.errors and "broken" in widget.errors[-1]  # the engine says what is wrong with the file
+
+
+def test_method_combo_reaches_the_engine(widget):
+    """'Fit to the segmentation' becomes ``--bias-method fit``; this model has no segmentation head, so
+    the engine refuses and says why, and the scene is left as it was."""
+    scene = widget._parameterNode.inputVolume.GetScene()
+    count = scene.GetNumberOfNodes()
+    widget._parameterNode.method = "Fit to the segmentation"
+    widget.onApplyButton()
+    finish(widget)
+    assert "Failed" in widget.ui.progressBar.format and scene.GetNumberOfNodes() == count
+    assert widget.errors and "no segmentation head" in widget.errors[-1]
+    widget._parameterNode.method = "Model head"
+    widget.errors.clear()
+    widget.onApplyButton()
+    finish(widget)
+    assert "Done" in widget.ui.progressBar.format and not widget.errors
 
 
 def test_start_failure_is_shown_and_leaves_the_gui_usable(widget, monkeypatch):
