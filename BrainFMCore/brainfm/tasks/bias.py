@@ -69,7 +69,7 @@ def _fitted_log_field(ctx: TaskContext) -> np.ndarray:
     from brainfm.tasks.biasfit import fit_log_field, voxel_sizes
     from brainfm.tasks.segmentation import decide
 
-    labels = decide(ctx).labels_out()
+    labels = decide(ctx).labels_out(np.int16)
     return fit_log_field(ctx.image_out, labels, voxel_mm=voxel_sizes(ctx.out_affine))
 
 
@@ -86,8 +86,7 @@ def run_bias(ctx: TaskContext) -> Dict[str, Volume]:
                                 "head was used instead")
             method = ctx.bias_method = "head"
         else:
-            field_out = np.exp(log_field)
-            return _outputs(ctx, field_out, method)
+            return _outputs(ctx, np.exp(log_field, out=log_field), method)
     raw = ctx.task_head("bias")[0]
     if ctx.output_exact:  # voxel copies: exp after mapping (fill log 1 = 0) is the same, and cheaper
         field_out = ctx.private(ctx.to_output(raw, "linear", 0.0), np.float32)

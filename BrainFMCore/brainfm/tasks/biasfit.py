@@ -135,10 +135,12 @@ def fit_log_field(image: np.ndarray, labels: np.ndarray, *, voxel_mm: Sequence[f
         normal = wd @ design
         lam = ridge * np.trace(normal) / n_coef
         coef = np.linalg.solve(normal + lam * np.eye(n_coef), wd @ (y - mean[ci]))
-    c3 = coef.reshape(counts)
-    field = np.einsum("xi,yj,zk,ijk->xyz", bases[0], bases[1], bases[2], c3, optimize=True)
-    field -= float((design @ coef).mean())
-    return field.astype(np.float32)
+    # the field on the whole grid, in float32 from the start (4 bytes per voxel)
+    f32 = [b.astype(np.float32) for b in bases]
+    field = np.einsum("xi,yj,zk,ijk->xyz", f32[0], f32[1], f32[2], coef.reshape(counts).astype(np.float32),
+                      optimize=True)
+    field -= np.float32((design @ coef).mean())
+    return field
 
 
 def voxel_sizes(affine: np.ndarray) -> Tuple[float, float, float]:

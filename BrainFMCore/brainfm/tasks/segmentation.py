@@ -138,9 +138,10 @@ class Decided:
     n_ch: int
     to_input: Any
 
-    def labels_out(self) -> np.ndarray:
-        """FreeSurfer numbers (int32) on the output grid."""
-        return self.lut[self.idx_out]
+    def labels_out(self, dtype=np.int32) -> np.ndarray:
+        """FreeSurfer numbers on the output grid (``np.int16`` holds every FreeSurfer number in half
+        the memory)."""
+        return self.lut.astype(dtype)[self.idx_out]
 
 
 def decide(ctx: TaskContext) -> Decided:
