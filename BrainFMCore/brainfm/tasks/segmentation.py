@@ -12,7 +12,7 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
