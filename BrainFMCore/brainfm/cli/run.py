@@ -209,6 +209,8 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                                 "seconds": round(time.perf_counter() - t_case, 3), "warnings": warnings})
                 for w in warnings:
                     _note(reporter, f"brainfm: warning: {case.name}: {w}")
+                if pred.metadata.get("bias_method"):  # which method made the field, in the log too
+                    _note(reporter, f"brainfm: {case.name}: bias field: {pred.metadata['bias_method']}")
             except CancelledError:
                 records += [{**c.record(), "status": "cancelled"} for c in todo[n:]]
                 if _has_results(records):

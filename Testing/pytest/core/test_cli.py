@@ -315,3 +315,20 @@ def test_cases_failing_in_a_batch_do_not_stop_it(tmp_path, model, scans, capsys)
                                         "message": run["cases"][2]["error"]["message"]}
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "run_summary.json"]
 
+
+
+def test_bias_method_option_reaches_the_predictor_and_is_reported(tmp_path, scans, capsys):
+    """``--bias-method head`` runs the head; the log and summary.json say which method made the field;
+    ``fit`` on a model without a segmentation head fails with the reason and leaves no case folder."""
+    d = tmp_path / "model"
+    _net, weights, _json = ckpt_factory.write_native(d / "tiny", heads={"bias_field_log": 1})
+    base = ["run", str(scans / "a.nii.gz"), "--model", str(weights), "--device", "cpu", "--tasks", "bias",
+            "--progress", "none", "--no-png"]
+    code, _out, err = _run(base + ["-o", str(tmp_path / "head"), "--bias-method", "head"], capsys)
+    assert code == 0, err
+    assert "a: bias field: model head" in err
+    summary = json.loads((tmp_path / "head" / "a" / "summary.json").read_text())
+    assert summary["metadata"]["bias_method"] == "model head"
+    code, _out, err = _run(base + ["-o", str(tmp_path / "fit"), "--bias-method", "fit"], capsys)
+    assert code == 2 and "no segmentation head" in err
+    assert not (tmp_path / "fit" / "a").exists()
