@@ -296,6 +296,13 @@ class Predictor:
             bias_how = resolve_bias_method(
                 bias_method, head_reliable="bias" not in unreliable_tasks(getattr(self.info, "quality", None)),
                 has_seg=has_seg)
+            if bias_how == "fit" and prep.ct_window:
+                if str(bias_method).strip().lower() == "auto":  # CT is calibrated (HU): no bias field to fit
+                    bias_how = "head"
+                else:
+                    warnings.append("bias field fitted to a CT: Hounsfield units are calibrated and have no "
+                                    "multiplicative bias field, so the fitted field and the corrected image change "
+                                    "HU values; use bias_method 'head' or 'auto' for CT")
             if bias_how == "fit":  # the fit reads the segmentation, asked for or not
                 heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
                 uses["bias"] = {heads["bias"], heads["seg"]}

@@ -5,7 +5,8 @@ bias_field`` inside the input foreground (input intensity units; unchanged outsi
 
 Method ``auto`` (the default of :meth:`brainfm.Predictor.predict`) uses the head unless the model's
 measured quality says its field is not reliable (:func:`brainfm.models.quality.unreliable_tasks`)
-and the model segments; then it fits the field to the segmentation.
+and the model segments; then it fits the field to the segmentation, except on CT inputs (Hounsfield
+units are calibrated: a fitted field would only change them).
 
 >>> resolve_method("auto", head_reliable=False, has_seg=True), resolve_method("auto", head_reliable=True, has_seg=True)
 ('fit', 'head')

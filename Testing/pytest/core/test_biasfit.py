@@ -181,3 +181,28 @@ def test_predictor_refuses_an_unknown_method_before_any_work():
     img = Volume(np.ones((16, 16, 16), np.float32), np.eye(4))
     with pytest.raises(InputError, match="bias_method must be one of"):
         Predictor(net, device="cpu").predict(img, tasks=["t1"], bias_method="n4")
+
+
+def test_auto_keeps_the_head_on_ct_and_an_explicit_fit_on_ct_warns(tmp_path):
+    """Hounsfield units have no multiplicative bias field: ``auto`` does not fit one on a CT."""
+    from ckpt_factory import write_native
+
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+    from brainfm.volume import Volume
+
+    _net, weights, _ = write_native(tmp_path / "tiny", heads={"bias_field_log": 1, "segmentation": 33})
+    loaded = load_model(weights)
+    loaded.info.quality = {"level": "preview", "real_t1_dice17": 0.75, "bias_applied_corr": 0.0}
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij")
+    head = x ** 2 + y ** 2 + z ** 2 < 0.7
+    ct = Volume(np.where(head, np.where(np.abs(x) < 0.3, 35.0, 1200.0), -1000.0).astype(np.float32),
+                np.diag([2.0, 2.0, 2.0, 1.0]))
+    mr = Volume(np.where(head, 100.0 + 20 * x, 0.0).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    p = Predictor(loaded, device="cpu")
+    auto_ct = p.predict(ct, tasks=["bias"])
+    assert [w for w in auto_ct.warnings if "looks like CT" in w]  # the input is taken as CT
+    assert auto_ct.metadata["bias_method"] == "model head"
+    forced = p.predict(ct, tasks=["bias"], bias_method="fit")
+    assert [w for w in forced.warnings if w.startswith("bias field fitted to a CT")]
+    assert p.predict(mr, tasks=["bias"]).metadata["heads"]["seg"] == "segmentation"  # auto fits on MR
