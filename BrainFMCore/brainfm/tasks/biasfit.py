@@ -6,8 +6,8 @@ out), a bias-free image is assumed nearly constant. The log image is then a clas
 log field, modelled as a tensor product of cubic B-splines (one knot interval per ``spacing_mm`` of
 the brain's extent, at least one). Class means and spline coefficients are fitted together by
 weighted least squares, each class weighted by its inverse variance, voxels more than ``clip``
-standard deviations from their class mean dropped, for a few rounds; a small ridge keeps the
-coefficients where the brain has few samples. Only voxels inside their structure are used (the
+robust standard deviations (1.4826 x the median absolute deviation) from their class median dropped,
+for a few rounds; a small ridge keeps the coefficients where the brain has few samples. Only voxels inside their structure are used (the
 label equals all six neighbours on the sampling grid of ``sample_mm``), so partial volume and the
 segmentation's boundary errors weigh little. The method is that of the tissue-class bias models of
 SPM, FAST and SAMSEG with the segmentation given; here the segmentation is the model's.
@@ -76,7 +76,7 @@ def _interior(lab: np.ndarray) -> np.ndarray:
 
 
 def fit_log_field(image: np.ndarray, labels: np.ndarray, *, voxel_mm: Sequence[float] = (1.0, 1.0, 1.0),
-                  spacing_mm: float = SPACING_MM, sample_mm: float = SAMPLE_MM, ridge: float = 0.1, iterations: int = 4,
+                  spacing_mm: float = SPACING_MM, sample_mm: float = SAMPLE_MM, ridge: float = 0.1, iterations: int = 8,
                   clip: float = 2.5, min_sigma: float = 0.05, excluded: Sequence[int] = EXCLUDED,
                   merge_hemispheres: bool = True) -> np.ndarray:
     """Natural-log bias field (float32, ``image``'s shape) that makes each class of ``labels`` uniform.
@@ -124,13 +124,16 @@ def fit_log_field(image: np.ndarray, labels: np.ndarray, *, voxel_mm: Sequence[f
     design = (rows[0][:, :, None, None] * rows[1][:, None, :, None] * rows[2][:, None, None, :]).reshape(y.size, -1)
     weight = np.ones(y.size)
     coef = np.zeros(n_coef)
+    members = [np.flatnonzero(ci == c) for c in range(k)]
     for _ in range(max(1, int(iterations))):
         resid = y - design @ coef
-        total = np.maximum(np.bincount(ci, weight, k), 1e-12)
-        mean = np.bincount(ci, weight * resid, k) / total
-        err = resid - mean[ci]
-        sigma = np.maximum(np.sqrt(np.bincount(ci, weight * err ** 2, k) / total), min_sigma)
+        # robust centre and spread per class (median, 1.4826 x median absolute deviation): voxels of
+        # another tissue that the segmentation put in the class do not widen the spread that drops them
+        centre = np.array([np.median(resid[m]) for m in members])
+        err = resid - centre[ci]
+        sigma = np.maximum(np.array([1.4826 * np.median(np.abs(err[m])) for m in members]), min_sigma)
         weight = (np.abs(err) < clip * sigma[ci]) / sigma[ci] ** 2
+        mean = np.bincount(ci, weight * resid, k) / np.maximum(np.bincount(ci, weight, k), 1e-12)
         wd = design.T * weight
         normal = wd @ design
         lam = ridge * np.trace(normal) / n_coef
