@@ -29,6 +29,16 @@ import numpy as np
 from brainfm.errors import InputError
 
 
+def voxel_sizes(affine: np.ndarray) -> Tuple[float, float, float]:
+    """Voxel edges in mm along voxel axes 0, 1, 2 of a grid: the column norms of its affine.
+
+    >>> voxel_sizes(np.diag([2.0, -1.0, 3.0, 1.0]))
+    (2.0, 1.0, 3.0)
+    """
+    n = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    return float(n[0]), float(n[1]), float(n[2])
+
+
 @dataclass(frozen=True)
 class Volume:
     """A 3D image (or a 3D field with a trailing channel axis) with its RAS affine.
@@ -64,8 +74,8 @@ class Volume:
 
     @property
     def spacing(self) -> Tuple[float, float, float]:
-        """Voxel size in mm along voxel axes 0, 1, 2 (column norms of the affine)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        """Voxel size in mm along voxel axes 0, 1, 2 (column norms of the affine, :func:`voxel_sizes`)."""
+        return voxel_sizes(self.affine)
 
     @property
     def n_channels(self) -> int:

@@ -59,7 +59,7 @@ def main(argv: List[str] = None) -> int:
     from brainfm.evaluation.biasfield import applied_t1, n4_log_field, otsu_mask
     from brainfm.evaluation.metrics import correlation
     from brainfm.inference import Predictor
-    from brainfm.tasks.biasfit import fit_log_field, voxel_sizes
+    from brainfm.tasks.biasfit import fit_log_field
 
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -77,7 +77,7 @@ def main(argv: List[str] = None) -> int:
         image = t1.with_data((np.asarray(t1.data, np.float64) * np.exp(field)).astype(np.float32))
         labels = np.asarray(predictor.predict(image, tasks=["seg"])["seg"].data).astype(np.int16)
         data = np.asarray(image.data)
-        est, s, mb = measured(lambda: fit_log_field(data, labels, voxel_mm=voxel_sizes(image.affine)), args.repeats)
+        est, s, mb = measured(lambda: fit_log_field(data, labels, voxel_mm=image.spacing), args.repeats)
         add("fit to the model's segmentation", est, s, mb, field)
         head = otsu_mask(image)
         for shrink in (4, 2):

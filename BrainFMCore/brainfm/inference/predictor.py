@@ -34,7 +34,8 @@ from brainfm.inference.tiling import MIN_TILE
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback, scaled
 from brainfm.models.task_heads import COARSE_GRID_HIDDEN_HEADS, served_heads  # noqa: F401 (public name kept here)
 from brainfm.models.quality import task_warnings, unreliable_tasks
-from brainfm.tasks.bias import METHOD_NAMES as BIAS_METHOD_NAMES, resolve_method as resolve_bias_method
+from brainfm.tasks.bias import CT_FIT_WARNING, METHOD_NAMES as BIAS_METHOD_NAMES, check_method as check_bias_method
+from brainfm.tasks.bias import resolve_method as resolve_bias_method
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
@@ -276,7 +277,7 @@ class Predictor:
         cb = _Monotone(progress)
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
         task_list = resolve_tasks(tasks, self.task_heads)
-        resolve_bias_method(bias_method, head_reliable=True, has_seg=True)  # a misspelt method: refused at once
+        check_bias_method(bias_method)  # a misspelt method: refused before any work
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -292,17 +293,11 @@ class Predictor:
         uses = {t: {h} for t, h in heads.items()}  # task -> the heads it reads
         bias_how = None
         if "bias" in task_list:
-            has_seg = "seg" in available_tasks(self.task_heads)
             bias_how = resolve_bias_method(
                 bias_method, head_reliable="bias" not in unreliable_tasks(getattr(self.info, "quality", None)),
-                has_seg=has_seg)
-            if bias_how == "fit" and prep.ct_window:
-                if str(bias_method).strip().lower() == "auto":  # CT is calibrated (HU): no bias field to fit
-                    bias_how = "head"
-                else:
-                    warnings.append("bias field fitted to a CT: Hounsfield units are calibrated and have no "
-                                    "multiplicative bias field, so the fitted field and the corrected image change "
-                                    "HU values; use bias_method 'head' or 'auto' for CT")
+                has_seg="seg" in available_tasks(self.task_heads), ct=prep.ct_window)
+            if bias_how == "fit" and prep.ct_window:  # asked for explicitly
+                warnings.append(CT_FIT_WARNING)
             if bias_how == "fit":  # the fit reads the segmentation, asked for or not
                 heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
                 uses["bias"] = {heads["bias"], heads["seg"]}

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from brainfm.errors import InputError
 from brainfm.io.atomic import atomic_output
 from brainfm.labels.freesurfer import fs_color
-from brainfm.volume import Volume
+from brainfm.volume import Volume, voxel_sizes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -154,7 +154,7 @@ def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
         data = np.linalg.norm(np.asarray(data, np.float32), axis=3)
     ijk = np.rint(np.linalg.inv(aff)[:3, :3] @ centre_world + np.linalg.inv(aff)[:3, 3]).astype(int)
     ijk = np.clip(ijk, 0, np.asarray(data.shape[:3]) - 1)
-    spacing = tuple(float(s) for s in np.linalg.norm(aff[:3, :3], axis=0))
+    spacing = voxel_sizes(aff)
     cells: List[Image.Image] = []
     if kind == "labelmap":
         views = _slices(data, ijk)

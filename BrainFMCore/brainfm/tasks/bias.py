@@ -25,7 +25,7 @@ import numpy as np
 
 from brainfm.errors import InputError
 from brainfm.tasks.context import TaskContext
-from brainfm.volume import Volume
+from brainfm.volume import Volume, voxel_sizes
 
 #: what ``bias_method`` accepts
 METHODS = ("auto", "head", "fit")
@@ -48,26 +48,46 @@ def correct(image: np.ndarray, field: np.ndarray, foreground: np.ndarray) -> np.
     return out
 
 
-def resolve_method(method: str, *, head_reliable: bool, has_seg: bool) -> str:
-    """``"head"`` or ``"fit"`` for a requested ``method`` (one of :data:`METHODS`).
+#: the warning of an explicit fit on a CT
+CT_FIT_WARNING = ("bias field fitted to a CT: Hounsfield units are calibrated and have no multiplicative bias "
+                  "field, so the fitted field and the corrected image change HU values; use bias_method 'head' "
+                  "or 'auto' for CT")
 
-    Raises :class:`~brainfm.errors.InputError` for an unknown method, or ``fit`` without a
-    segmentation head.
+
+def check_method(method: str) -> str:
+    """``method`` lower-cased, one of :data:`METHODS`; :class:`~brainfm.errors.InputError` otherwise.
+
+    >>> check_method(" Fit ")
+    'fit'
     """
     m = str(method).strip().lower()
     if m not in METHODS:
         raise InputError(f"bias_method must be one of {', '.join(METHODS)}, got {method!r}")
+    return m
+
+
+def resolve_method(method: str, *, head_reliable: bool, has_seg: bool, ct: bool = False) -> str:
+    """``"head"`` or ``"fit"`` for a requested ``method`` (one of :data:`METHODS`).
+
+    ``auto`` fits when the head is not reliable, the model segments and the input is not CT
+    (``ct``: Hounsfield units have no multiplicative field). Raises
+    :class:`~brainfm.errors.InputError` for an unknown method, or ``fit`` without a segmentation head.
+
+    >>> resolve_method("auto", head_reliable=False, has_seg=True, ct=True)
+    'head'
+    """
+    m = check_method(method)
     if m == "fit" and not has_seg:
         raise InputError("bias_method 'fit' fits the field to the segmentation, but this model has no "
                          "segmentation head; use 'head'")
     if m == "auto":
-        return "fit" if (has_seg and not head_reliable) else "head"
+        return "fit" if (has_seg and not head_reliable and not ct) else "head"
     return m
 
 
 def _fitted_log_field(ctx: TaskContext) -> np.ndarray:
     """The log field fitted to the segmentation, on the output grid (float32)."""
-    from brainfm.tasks.biasfit import fit_log_field, voxel_sizes
+    from brainfm.tasks.biasfit import fit_log_field
     from brainfm.tasks.segmentation import decide
 
     labels = decide(ctx).labels_out(np.int16)

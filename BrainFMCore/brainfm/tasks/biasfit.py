@@ -27,7 +27,7 @@ to the compact model's segmentation follows the fields more closely than N4.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 
@@ -144,14 +144,3 @@ def fit_log_field(image: np.ndarray, labels: np.ndarray, *, voxel_mm: Sequence[f
                       optimize=True)
     field -= np.float32((design @ coef).mean())
     return field
-
-
-def voxel_sizes(affine: np.ndarray) -> Tuple[float, float, float]:
-    """Voxel edges (mm) of a grid: the column norms of its affine.
-
-    >>> voxel_sizes(np.diag([2.0, -1.0, 3.0, 1.0]))
-    (2.0, 1.0, 3.0)
-    """
-    a = np.asarray(affine, np.float64)[:3, :3]
-    n = np.linalg.norm(a, axis=0)
-    return float(n[0]), float(n[1]), float(n[2])
