@@ -38,10 +38,15 @@ class BrainFMRegistration(ScriptedLoadableModule):
         self.parent.dependencies = ["BrainFMCommon"]
         self.parent.contributors = BrainFMCommon.CONTRIBUTORS
         self.parent.helpText = BrainFMCommon.helpText(
-            "Registers a brain MRI of any contrast (or a CT) to the atlas in one network pass: the network "
-            "predicts, for every voxel, its atlas coordinates. Outputs a dense grid transform (RAS mm), the "
-            "atlas warped onto the input and the input resampled into the atlas.")
+            "Registers a brain MRI of any contrast (or a CT) to the atlas: the network predicts, for every voxel, "
+            "its atlas coordinates, or (Map from: Fit to the segmentation) the model's segmentation of the scan is "
+            "carried onto its segmentation of the atlas. Outputs a dense grid transform (RAS mm), the atlas warped "
+            "onto the input and the input resampled into the atlas.")
         self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
+
+
+#: the method combo's entries -> ``regMethod`` of :meth:`BrainFMRegistrationLogic.process`
+METHOD_CHOICES = {"Auto": "auto", "Fit to the segmentation": "fit", "Model head": "head"}
 
 
 @parameterNodeWrapper
@@ -55,6 +60,7 @@ class BrainFMRegistrationParameterNode:
     outputResampledVolume: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -75,7 +81,7 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputTransform=None, outputAtlasVolume=None, outputResampledVolume=None,
                 atlasPath=None, device: str = "auto", quality: str = "full", model: str = "default",
-                waitForCompletion: bool = True,
+                regMethod: str = "auto", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Register ``inputVolume`` to the atlas.
 
@@ -89,11 +95,15 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
         :param model: ``"default"`` (the best available model), a name of the model store
             (``brainfm models list``), ``"bundled"`` or a weights file path.
+        :param regMethod: ``"auto"`` (default: the model's registration head, or a map fitted to the
+            segmentations when the model's measured quality says its head is not reliable), ``"fit"``
+            (the map that carries the model's segmentation of the scan onto its segmentation of the
+            atlas) or ``"head"``. The run's ``summary.json`` names the method used.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("reg",),
+        return self.run(inputVolume, tasks=("reg",), regMethod=regMethod,
                         outputs={"outputTransform": outputTransform, "outputAtlasVolume": outputAtlasVolume,
                                  "outputResampledVolume": outputResampledVolume},
                         create=("outputTransform",), atlas=atlasOrNone(atlasPath), device=device, quality=quality,
@@ -111,7 +121,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
             outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
-            quality=p.quality, model=p.modelId or "default",
+            quality=p.quality, model=p.modelId or "default", regMethod=METHOD_CHOICES.get(p.method, "auto"),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:
@@ -127,7 +137,8 @@ class BrainFMRegistrationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     heads = {"registration": 3}
 
     def runTest(self):
-        self.runSteps(self.test_registration, self.test_bad_inputs_leave_scene_unchanged)
+        self.runSteps(self.test_registration, self.test_fit_needs_a_segmentation_head,
+                      self.test_bad_inputs_leave_scene_unchanged)
 
     def test_registration(self):
         volume = self.makeInputVolume()
@@ -149,6 +160,20 @@ class BrainFMRegistrationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
         self.assertTrue(np.isfinite(moved).all())
         self.assertGreater(float(np.linalg.norm(moved - point)), 1e-3, "the transform does not move the point")
         self.delayDisplay(f"Registration moved {point.round(1)} to {moved.round(1)}")
+
+    def test_fit_needs_a_segmentation_head(self):
+        """'Fit to the segmentation' with a model that has no segmentation head: the engine refuses and
+        says why, and the scene is left as it was."""
+        volume = self.makeInputVolume()
+        atlasNode = self.makeInputVolume("testAtlas")
+        atlasPath = export_volume_node(atlasNode, pathlib.Path(self.tinyModel()).parent / "atlas.nrrd")
+        slicer.mrmlScene.RemoveNode(atlasNode)
+        before = self.nodeIDs()
+        with self.assertRaises(Exception) as ctx:
+            BrainFMRegistrationLogic().process(volume, atlasPath=atlasPath, device="cpu", model=self.tinyModel(),
+                                               regMethod="fit")
+        self.assertIn("no segmentation head", str(ctx.exception))
+        self.assertEqual(self.nodeIDs(), before, "a refused run changed the scene")
 
     def test_bad_inputs_leave_scene_unchanged(self):
         self.checkBadInputs(BrainFMRegistrationLogic(), "outputTransform")

@@ -34,17 +34,20 @@ def _seg_dice(predictor: Any, image: Any, truth: np.ndarray) -> Dict[str, Any]:
 
 
 def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *,
-                    heldout: bool = True, bias: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
+                    heldout: bool = True, bias: bool = True, registration: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
     """Dice of ``model`` (a path, registry id or :class:`~brainfm.inference.Predictor`) on the real
     T1 and, with ``heldout``, on the held-out label maps; plus its :func:`quality_level`. With
     ``bias`` and a bias-field head, also ``bias_applied_corr``: the mean correlation of its head's
     log bias field (``bias_method="head"``, not a field fitted to the segmentation) with known fields
     applied to the real T1
     (:func:`brainfm.evaluation.biasfield.applied_field_correlations`; below
-    :data:`~brainfm.models.quality.BIAS_USABLE_CORR` bias results carry a warning).
+    :data:`~brainfm.models.quality.BIAS_USABLE_CORR` bias results carry a warning). With
+    ``registration`` and a registration head, also ``reg_carried_dice17``: the merged-17 Dice of the
+    held-out labels carried A -> atlas -> B through its head's coordinates
+    (:func:`brainfm.evaluation.registration.carried_dice`, ``reg_method="head"``).
 
     Returns ``{"real_t1_dice17", "real_t1_dice_lr", "heldout_dice17", "labels_outside_head",
-    ["bias_applied_corr",] "level", "seconds"}``. Needs the development data under ``data_root``
+    ["bias_applied_corr", "reg_carried_dice17",] "level", "seconds"}``. Needs the development data under ``data_root``
     (InputError naming the missing file otherwise).
     """
     from brainfm.evaluation import datasets
@@ -73,6 +76,11 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
         t1, brain, fields = applied_t1(data_root)
         corrs = applied_field_correlations(model_log_field(predictor, method="head"), t1, brain, fields)
         out["bias_applied_corr"] = round(float(np.mean(corrs)), 4)
+    if registration and "reg" in getattr(predictor, "available_tasks", []):
+        from brainfm.evaluation.registration import carried_dice
+
+        out["reg_carried_dice17"] = round(float(carried_dice(predictor, Path(data_root), reg_method="head")
+                                                ["mean_merged17"]), 4)
     out["level"] = quality_level(out["real_t1_dice17"])
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -37,6 +37,8 @@ from brainfm.models.quality import task_warnings, unreliable_tasks
 from brainfm.tasks.bias import CT_FIT_WARNING, METHOD_NAMES as BIAS_METHOD_NAMES, check_method as check_bias_method
 from brainfm.tasks.bias import resolve_method as resolve_bias_method
 from brainfm.tasks.context import TaskContext
+from brainfm.tasks.registration import METHOD_NAMES as REG_METHOD_NAMES, check_method as check_reg_method
+from brainfm.tasks.registration import resolve_method as resolve_reg_method
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
 
@@ -128,6 +130,7 @@ class Predictor:
         self.task_heads: List[str] = served_heads(self.head_names, voxel_mm=self.voxel_mm)
         self.available_tasks: List[str] = available_tasks(self.task_heads)
         self._atlas_cache: Dict[str, Optional[Volume]] = {}
+        self._atlas_labels_cache: Dict[str, Volume] = {}
 
     @classmethod
     def from_pretrained(cls, spec: str = "default", *, expected_sha256: Optional[str] = None, **kw: Any) -> "Predictor":
@@ -198,6 +201,19 @@ class Predictor:
         self._atlas_cache[key] = vol  # type: ignore[assignment]
         return vol
 
+    def atlas_labels(self, atlas: Volume, *, cancel: Optional[CancelToken] = None) -> Volume:
+        """This model's segmentation of the ``atlas`` template (FreeSurfer numbers on the atlas grid),
+        which ``reg_method "fit"`` carries the scan's segmentation onto; computed once per Predictor
+        and atlas."""
+        import hashlib
+
+        data = np.ascontiguousarray(atlas.data)
+        key = hashlib.sha256(data.tobytes() + np.asarray(atlas.affine, np.float64).tobytes()).hexdigest()
+        if key not in self._atlas_labels_cache:
+            pred = self.predict(atlas, tasks=["seg"], cancel=cancel)
+            self._atlas_labels_cache[key] = pred["seg"]
+        return self._atlas_labels_cache[key]
+
     def plan(self, net_shape: Sequence[int], raw_channels: int) -> Dict[str, Any]:
         """Whole volume or tiles for a network-frame shape (forward only):
         ``{"tile_size", "fallback_tile", "budget_bytes", "bytes_per_voxel"}``; see :meth:`memory_plan`
@@ -248,6 +264,7 @@ class Predictor:
         allow_anisotropic: bool = False,
         on_output: Optional[Callable[[str, Volume], None]] = None,
         bias_method: str = "auto",
+        reg_method: str = "auto",
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -263,7 +280,10 @@ class Predictor:
         volumes within the memory budget). ``bias_method``: ``"auto"``, ``"head"`` or ``"fit"``
         (:func:`brainfm.tasks.bias.resolve_method`; ``auto`` fits the field to the segmentation when
         the model's measured quality says its own bias-field head is not reliable;
-        ``metadata["bias_method"]`` says which was used).
+        ``metadata["bias_method"]`` says which was used). ``reg_method``: the same for the registration
+        to the atlas (:func:`brainfm.tasks.registration.resolve_method`; ``fit`` carries the
+        segmentation of the scan onto this model's segmentation of the atlas template, which is
+        computed once per Predictor; ``metadata["reg_method"]``).
 
         Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
         label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
@@ -278,6 +298,7 @@ class Predictor:
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
         task_list = resolve_tasks(tasks, self.task_heads)
         check_bias_method(bias_method)  # a misspelt method: refused before any work
+        check_reg_method(reg_method)
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -301,6 +322,20 @@ class Predictor:
             if bias_how == "fit":  # the fit reads the segmentation, asked for or not
                 heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
                 uses["bias"] = {heads["bias"], heads["seg"]}
+        reg_how, atlas_labels = None, None
+        if "reg" in task_list:
+            reg_how = resolve_reg_method(
+                reg_method, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
+                has_seg="seg" in available_tasks(self.task_heads))
+            if reg_how == "fit" and atlas_vol is None:
+                warnings.append("registration: no atlas template to fit the map to; the model's registration "
+                                "head was used instead")
+                reg_how = "head"
+            if reg_how == "fit":  # the fit reads the segmentation, asked for or not
+                heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
+                uses["reg"] = {heads["reg"], heads["seg"]}
+                cb(0.0, "registration: segmentation of the atlas template")
+                atlas_labels = self.atlas_labels(atlas_vol, cancel=cancel)
         raw_heads = list(dict.fromkeys(h for t, h in heads.items() if t != FEAT))
         head_ch = self.net.head.channels()
         channels = {h: int(head_ch[h]) for h in raw_heads}
@@ -345,6 +380,7 @@ class Predictor:
         outputs: Dict[str, Volume] = {}
         streamed: List[str] = []
         ctx.bias_method = bias_how or "head"
+        ctx.reg_method, ctx.atlas_labels = reg_how or "head", atlas_labels
         last_use = {h: max(i for i, t in enumerate(task_list) if h in uses[t]) for h in set().union(*uses.values())}
         n = len(task_list)
         for i, task in enumerate(task_list):
@@ -374,7 +410,10 @@ class Predictor:
         warnings += ctx.warnings
         if bias_how is not None:
             bias_how = ctx.bias_method  # what was used: a failed fit falls back to the head
-        warned_tasks = [t for t in task_list if not (t == "bias" and bias_how == "fit")]
+        if reg_how is not None:
+            reg_how = ctx.reg_method
+        fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit"}  # a fitted result needs no head warning
+        warned_tasks = [t for t in task_list if not fitted.get(t, False)]
         warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
@@ -386,6 +425,7 @@ class Predictor:
             "tasks": task_list,
             "heads": heads,
             "bias_method": BIAS_METHOD_NAMES[bias_how] if bias_how else None,
+            "reg_method": REG_METHOD_NAMES[reg_how] if reg_how else None,
             "output_frame": output_frame,
             "tiled": used_tile is not None,
             "tile_size": used_tile,

@@ -12,8 +12,10 @@
 
 A model's quality can also say that one of its tasks is not reliable yet: ``bias_applied_corr`` is
 the correlation of its log bias field with known fields applied to a real T1 (1 is a perfect
-estimate); below :data:`BIAS_USABLE_CORR` every bias result carries a warning
-(:func:`task_warnings`).
+estimate); below :data:`BIAS_USABLE_CORR` every bias result from the head carries a warning
+(:func:`task_warnings`). ``reg_carried_dice17`` is the merged-17 Dice of the labels of one held-out
+label map carried to the other through the atlas coordinates its registration head gives both;
+below :data:`REG_USABLE_DICE` the same holds for registration.
 
 >>> task_warnings({"bias_applied_corr": -0.05}, ["seg", "bias"])[0][:45]
 "this model's bias field is not reliable yet: "
@@ -30,6 +32,10 @@ RELEASE_DICE = 0.80
 LEVELS = ("below-preview", "preview", "release")
 #: below this correlation with known applied fields a model's bias field is flagged as not reliable
 BIAS_USABLE_CORR = 0.5
+#: below this merged-17 Dice of labels carried between two held-out brains through its atlas
+#: coordinates a model's registration head is flagged as not reliable (the head's training targets
+#: themselves carry the labels at 0.65; an affine map fitted to structure centroids reaches 0.59)
+REG_USABLE_DICE = 0.6
 
 
 def quality_level(real_t1_dice17: Optional[float]) -> str:
@@ -58,11 +64,17 @@ def unreliable_tasks(quality: Optional[Mapping[str, Any]]) -> List[str]:
 
     >>> unreliable_tasks({"bias_applied_corr": 0.1}), unreliable_tasks({"level": "preview"})
     (['bias'], [])
+    >>> unreliable_tasks({"bias_applied_corr": 0.9, "reg_carried_dice17": 0.39})
+    ['reg']
     """
-    corr = (quality or {}).get("bias_applied_corr")
-    if isinstance(corr, (int, float)) and math.isfinite(corr) and corr < BIAS_USABLE_CORR:
-        return ["bias"]
-    return []
+    q = quality or {}
+    out = []
+    limits = (("bias", "bias_applied_corr", BIAS_USABLE_CORR), ("reg", "reg_carried_dice17", REG_USABLE_DICE))
+    for task, key, limit in limits:
+        value = q.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value < limit:
+            out.append(task)
+    return out
 
 
 def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str]) -> List[str]:
@@ -74,4 +86,9 @@ def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str]) ->
                    "with known fields applied to a real T1 (1 is a perfect estimate); for bias correction "
                    "fit the field to the segmentation instead (bias_method 'fit' or 'auto', the default; "
                    "brainfm run --bias-method fit)")
+    if "reg" in tasks and "reg" in unreliable_tasks(quality):
+        dice = float((quality or {})["reg_carried_dice17"])
+        out.append(f"this model's registration head is not reliable yet: labels carried between two brains "
+                   f"through its atlas coordinates reach merged-17 Dice {dice:.2f}; fit the map to the "
+                   "segmentation instead (reg_method 'fit' or 'auto', the default; brainfm run --reg-method fit)")
     return out

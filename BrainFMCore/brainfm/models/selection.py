@@ -120,13 +120,16 @@ def default_model() -> DefaultModel:
 
 def quality_text(quality: Optional[Dict[str, Any]]) -> str:
     """``release`` / ``preview (merged-17 Dice ...)`` / ``below preview quality (...)`` / ``unmeasured``,
-    followed by ``; bias field not reliable yet`` when its measured quality says so
+    followed by ``; bias field fitted to the segmentation`` and ``; registration fitted to the
+    segmentations`` when its measured quality says the head of that task is not reliable
     (:func:`brainfm.models.quality.unreliable_tasks`)."""
     if not quality or not quality.get("level"):
         return "unmeasured"
     text = quality_label(quality) or str(quality.get("level"))
     if "bias" in unreliable_tasks(quality):
         text += "; bias field fitted to the segmentation"
+    if "reg" in unreliable_tasks(quality):
+        text += "; registration fitted to the segmentations"
     return text
 
 

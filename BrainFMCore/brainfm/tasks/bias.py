@@ -23,14 +23,13 @@ from typing import Dict
 
 import numpy as np
 
-from brainfm.errors import InputError
+from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume, voxel_sizes
 
-#: what ``bias_method`` accepts
-METHODS = ("auto", "head", "fit")
-#: what each resolved method is called in metadata and logs
-METHOD_NAMES = {"head": "model head", "fit": "fitted to the model's segmentation"}
+#: what ``bias_method`` accepts, and what each resolved method is called (:mod:`brainfm.tasks.methods`)
+METHODS = methods.METHODS
+METHOD_NAMES = methods.METHOD_NAMES
 
 _MIN_FIELD = 1e-6
 
@@ -60,10 +59,7 @@ def check_method(method: str) -> str:
     >>> check_method(" Fit ")
     'fit'
     """
-    m = str(method).strip().lower()
-    if m not in METHODS:
-        raise InputError(f"bias_method must be one of {', '.join(METHODS)}, got {method!r}")
-    return m
+    return methods.check_method(method, option="bias_method")
 
 
 def resolve_method(method: str, *, head_reliable: bool, has_seg: bool, ct: bool = False) -> str:
@@ -76,13 +72,8 @@ def resolve_method(method: str, *, head_reliable: bool, has_seg: bool, ct: bool 
     >>> resolve_method("auto", head_reliable=False, has_seg=True, ct=True)
     'head'
     """
-    m = check_method(method)
-    if m == "fit" and not has_seg:
-        raise InputError("bias_method 'fit' fits the field to the segmentation, but this model has no "
-                         "segmentation head; use 'head'")
-    if m == "auto":
-        return "fit" if (has_seg and not head_reliable and not ct) else "head"
-    return m
+    return methods.resolve(method, option="bias_method", head_reliable=head_reliable, has_seg=has_seg,
+                           fit_allowed=not ct)
 
 
 def _fitted_log_field(ctx: TaskContext) -> np.ndarray:

@@ -65,6 +65,10 @@ class TaskContext:
             (:func:`brainfm.tasks.segmentation.decide`), shared by ``seg`` and the fitted bias field.
         bias_method: ``"head"`` (the model's bias-field head) or ``"fit"`` (a field fitted to the
             segmentation, :mod:`brainfm.tasks.biasfit`); see :func:`brainfm.tasks.bias.resolve_method`.
+        reg_method: ``"head"`` (the model's registration head) or ``"fit"`` (a map fitted to the
+            segmentations of the scan and of the atlas, :mod:`brainfm.tasks.regfit`).
+        atlas_labels: the model's segmentation of the atlas template (FreeSurfer numbers), which
+            ``reg_method "fit"`` needs.
         tables, warnings: filled by the post-processors.
     """
 
@@ -98,6 +102,8 @@ class TaskContext:
     labels: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
     decided: Any = None
     bias_method: str = "head"
+    reg_method: str = "head"
+    atlas_labels: Optional[Volume] = None
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     _bg: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)

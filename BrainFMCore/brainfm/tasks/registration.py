@@ -1,5 +1,12 @@
 """Registration post-processing (``reg``).
 
+The atlas coordinates come from the model's registration head (``reg_method`` ``head``) or from a map
+fitted to the model's segmentations of the scan and of the atlas template (``fit``,
+:mod:`brainfm.tasks.regfit`); ``auto`` (the default of :meth:`brainfm.Predictor.predict`) fits when
+the model's measured quality says its head is not reliable and the model segments
+(:func:`resolve_method`). Either way the coordinates are on the network grid, in the head's units,
+before the steps below.
+
 The head regresses, for every subject voxel, the atlas-space RAS coordinate of that voxel in units
 of 100 mm (reference). Outputs:
 
@@ -27,11 +34,60 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
 
 REG_SCALE = 100.0
+#: what ``reg_method`` accepts, and what each resolved method is called (:mod:`brainfm.tasks.methods`)
+METHODS = methods.METHODS
+METHOD_NAMES = methods.METHOD_NAMES
 _MIN_WEIGHT = 1e-3
+
+
+def check_method(method: str) -> str:
+    """``method`` lower-cased, one of :data:`METHODS`; :class:`~brainfm.errors.InputError` otherwise."""
+    return methods.check_method(method, option="reg_method")
+
+
+def resolve_method(method: str, *, head_reliable: bool, has_seg: bool) -> str:
+    """``"head"`` or ``"fit"`` for a requested ``reg_method`` (:func:`brainfm.tasks.methods.resolve`).
+
+    >>> resolve_method("auto", head_reliable=False, has_seg=True), resolve_method("auto", head_reliable=True, has_seg=True)
+    ('fit', 'head')
+    """
+    return methods.resolve(method, option="reg_method", head_reliable=head_reliable, has_seg=has_seg)
+
+
+def fitted_raw(ctx: TaskContext) -> np.ndarray:
+    """Atlas coordinates fitted to the segmentations (:func:`brainfm.tasks.regfit.fit_atlas_map`) on
+    the network grid, in the head's units ``(3, X, Y, Z)``; ValueError when the fit is not possible."""
+    from brainfm.tasks.regfit import fit_atlas_map
+    from brainfm.tasks.segmentation import decide
+
+    if ctx.atlas_labels is None:
+        raise ValueError("the atlas template's segmentation is not available")
+    scan = Volume(decide(ctx).labels_out(np.int16), ctx.out_affine)
+    amap = fit_atlas_map(scan, ctx.atlas_labels)
+    shape = tuple(int(n) for n in np.asarray(ctx.net_image).shape)
+    aff = np.asarray(ctx.net_affine, np.float32)
+    ijk = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    pts = np.stack([aff[r, 0] * ijk[0] + aff[r, 1] * ijk[1] + aff[r, 2] * ijk[2] + aff[r, 3] for r in range(3)], -1)
+    coords = amap(pts)
+    return np.ascontiguousarray(np.moveaxis(coords, -1, 0) / np.float32(REG_SCALE))
+
+
+def _reg_raw(ctx: TaskContext) -> np.ndarray:
+    """The atlas coordinates on the network grid by ``ctx.reg_method``; a fit that is not possible
+    falls back to the head, with a warning (``ctx.reg_method`` then says ``"head"``)."""
+    if ctx.reg_method == "fit":
+        try:
+            return fitted_raw(ctx)
+        except ValueError as exc:
+            ctx.warnings.append(f"registration: the fit to the segmentation failed ({exc}); the model's "
+                                "registration head was used instead")
+            ctx.reg_method = "head"
+    return ctx.task_head("reg")
 
 
 def coords_from_raw(raw: np.ndarray) -> np.ndarray:
@@ -164,14 +220,16 @@ def _displacement(ctx: TaskContext, coords: np.ndarray) -> np.ndarray:
 
 def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
     """Registration outputs; ``atlas_warped``/``subject_in_atlas`` only when ``ctx.atlas`` is set."""
-    raw = ctx.task_head("reg")
+    raw = _reg_raw(ctx)
+    how = METHOD_NAMES[ctx.reg_method]
     coords = ctx.channels_to_output(raw, "linear", 0.0)  # scaling commutes with the mapping
     coords *= np.float32(REG_SCALE)
     disp = _displacement(ctx, coords)
     coords, disp = ctx.mask(coords, 0.0, inplace=True), ctx.mask(disp, 0.0, inplace=True)
     out = {
-        "reg_atlas_coords": ctx.volume(coords, task="reg", kind="coordinates", units="atlas RAS mm"),
-        "reg_displacement": ctx.volume(disp, task="reg", kind="vector", units="RAS mm", intent="displacement"),
+        "reg_atlas_coords": ctx.volume(coords, task="reg", kind="coordinates", units="atlas RAS mm", method=how),
+        "reg_displacement": ctx.volume(disp, task="reg", kind="vector", units="RAS mm", intent="displacement",
+                                       method=how),
     }
     atlas = ctx.atlas
     if atlas is None:
@@ -185,7 +243,7 @@ def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
         warped[fg_out] = sample_at(atlas, coords[fg_out])
     else:
         warped = sample_at(atlas, coords)
-    out["atlas_warped"] = ctx.volume(warped, task="reg", kind="image", units="atlas intensity units")
+    out["atlas_warped"] = ctx.volume(warped, task="reg", kind="image", units="atlas intensity units", method=how)
     src_raw, src_img = _splat_sources(raw, ctx.net_image, ctx.net_affine)
     fg = src_img > 0
     cols = [np.asarray(src_raw[r][fg], np.float32) * np.float32(REG_SCALE) for r in range(3)]
@@ -194,7 +252,7 @@ def run_reg(ctx: TaskContext) -> Dict[str, Volume]:
     out["subject_in_atlas"] = Volume(
         inv_img, atlas.affine.copy(),
         {**ctx.meta, "task": "reg", "kind": "image", "units": "input intensity units",
-         "method": "trilinear splatting of the 1 mm subject image through the predicted map"},
+         "method": f"trilinear splatting of the 1 mm subject image through the map ({how})"},
     )
     return out
 

@@ -198,7 +198,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             model: str = "default", atlas: Optional[str] = None, waitForCompletion: bool = True,
             progressCallback: Optional[ProgressCallback] = None,
             finishedCallback: Optional[Callable[[BrainFMRun], None]] = None,
-            biasMethod: str = "auto") -> BrainFMRun:
+            biasMethod: str = "auto", regMethod: str = "auto") -> BrainFMRun:
         """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
 
         :param outputs: role -> existing node to fill in place, or None.
@@ -206,6 +206,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             other roles left at None are not produced).
         :param keys: role -> output key of ``brainfm run`` (default: the class's ``OUTPUTS``).
         :param biasMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --bias-method``; tasks with ``bias``).
+        :param regMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --reg-method``; tasks with ``reg``).
         :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
         """
         checkInputVolume(inputVolume)
@@ -213,7 +214,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         self.setupPythonRequirements(interactive=False)
         self.checkModel(model, tasks)
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
-                               model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"))
+                               model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"),
+                               reg_method=str(regMethod or "auto"))
         self.checkDevice(params.device)
         keys = dict(self.OUTPUTS if keys is None else keys)
         wanted = [role for role, node in outputs.items() if node is not None or role in create]

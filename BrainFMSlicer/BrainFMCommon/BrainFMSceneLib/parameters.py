@@ -30,6 +30,8 @@ OUTPUT_FRAMES: Tuple[str, ...] = ("input", "1mm")
 #: ``brainfm run --bias-method``: the model's head, a fit to its segmentation, or auto (the fit when the
 #: model's measured quality says its head is not reliable)
 BIAS_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
+#: ``brainfm run --reg-method``: the same choice for the registration to the atlas
+REG_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -56,6 +58,8 @@ class RunParameters:
     :param compress_outputs: write ``.nii.gz`` results (off in Slicer: uncompressed temp files import faster).
     :param bias_method: bias field from the model's head (``head``), fitted to its segmentation
         (``fit``) or ``auto`` (the engine's default).
+    :param reg_method: registration to the atlas from the model's head (``head``), fitted to the
+        segmentations of the scan and of the atlas (``fit``) or ``auto`` (the engine's default).
     """
 
     tasks: Tuple[str, ...] = ("all",)
@@ -73,6 +77,7 @@ class RunParameters:
     write_png: bool = False
     compress_outputs: bool = False
     bias_method: str = "auto"
+    reg_method: str = "auto"
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -109,6 +114,8 @@ class RunParameters:
             return False, "Frame index must be 0 or larger."
         if self.bias_method not in BIAS_METHODS:
             return False, f"Unknown bias-field method {self.bias_method!r}; use {', '.join(BIAS_METHODS)}."
+        if self.reg_method not in REG_METHODS:
+            return False, f"Unknown registration method {self.reg_method!r}; use {', '.join(REG_METHODS)}."
         return True, ""
 
     # -- command line ---------------------------------------------------------------------------
@@ -147,6 +154,8 @@ class RunParameters:
             args += ["--frame", str(int(self.frame))]
         if self.bias_method != "auto":
             args += ["--bias-method", self.bias_method]
+        if self.reg_method != "auto":
+            args += ["--reg-method", self.reg_method]
         args += ["--progress", "machine"]
         if not self.write_png:
             args.append("--no-png")

@@ -332,3 +332,20 @@ def test_bias_method_option_reaches_the_predictor_and_is_reported(tmp_path, scan
     code, _out, err = _run(base + ["-o", str(tmp_path / "fit"), "--bias-method", "fit"], capsys)
     assert code == 2 and "no segmentation head" in err
     assert not (tmp_path / "fit" / "a").exists()
+
+
+def test_reg_method_option_reaches_the_predictor_and_is_reported(tmp_path, scans, capsys):
+    """``--reg-method head`` runs the head; the log and summary.json say which method made the map;
+    ``fit`` on a model without a segmentation head fails with the reason and leaves no case folder."""
+    d = tmp_path / "model"
+    _net, weights, _json = ckpt_factory.write_native(d / "tiny", heads={"registration": 3})
+    base = ["run", str(scans / "a.nii.gz"), "--model", str(weights), "--device", "cpu", "--tasks", "reg",
+            "--atlas", str(scans / "a.nii.gz"), "--progress", "none", "--no-png"]
+    code, _out, err = _run(base + ["-o", str(tmp_path / "head"), "--reg-method", "head"], capsys)
+    assert code == 0, err
+    assert "a: registration: model head" in err
+    summary = json.loads((tmp_path / "head" / "a" / "summary.json").read_text())
+    assert summary["metadata"]["reg_method"] == "model head"
+    code, _out, err = _run(base + ["-o", str(tmp_path / "fit"), "--reg-method", "fit"], capsys)
+    assert code == 2 and "no segmentation head" in err
+    assert not (tmp_path / "fit" / "a").exists()

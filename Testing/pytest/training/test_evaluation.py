@@ -146,7 +146,7 @@ class Oracle:
         self.device = "oracle"
         self.calls = 0
 
-    def predict(self, image: Volume, *, tasks, atlas=None, bias_method="auto") -> Prediction:
+    def predict(self, image: Volume, *, tasks, atlas=None, bias_method="auto", reg_method="auto") -> Prediction:
         self.calls += 1
         return Prediction(outputs=self.answer(image, list(tasks)))
 
@@ -367,3 +367,25 @@ def test_quality_measures_the_bias_field_and_results_warn_when_it_is_unreliable(
     loaded.info.quality = {"bias_applied_corr": 0.9}
     assert not [w for w in Predictor(loaded, device="cpu").predict(image, tasks=["bias"]).warnings
                 if "bias field" in w]
+
+
+def test_quality_measures_the_registration_head_and_the_text_says_when_it_is_fitted(data_root, tiny_model):
+    from brainfm.evaluation.quality import measure_quality
+    from brainfm.evaluation.registration import carried_dice
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+    from brainfm.models.quality import REG_USABLE_DICE, unreliable_tasks
+    from brainfm.models.selection import quality_text
+
+    p = Predictor(load_model(tiny_model), device="cpu")
+    q = measure_quality(p, data_root, heldout=False, bias=False)
+    head = carried_dice(p, data_root, reg_method="head")
+    assert head["method"] == "model head"
+    assert q["reg_carried_dice17"] == pytest.approx(head["mean_merged17"], abs=1e-4)
+    assert "reg_carried_dice17" not in measure_quality(p, data_root, heldout=False, bias=False, registration=False)
+    assert unreliable_tasks({"reg_carried_dice17": REG_USABLE_DICE - 0.01}) == ["reg"]
+    assert unreliable_tasks({"reg_carried_dice17": REG_USABLE_DICE}) == []
+    assert quality_text({"level": "preview", "real_t1_dice17": 0.75, "bias_applied_corr": 0.1,
+                         "reg_carried_dice17": 0.39}) == ("preview (merged-17 Dice 0.750 on a real T1); bias field "
+                                                          "fitted to the segmentation; registration fitted to the "
+                                                          "segmentations")
