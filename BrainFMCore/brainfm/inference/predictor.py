@@ -39,6 +39,8 @@ from brainfm.tasks.bias import resolve_method as resolve_bias_method
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.registration import METHOD_NAMES as REG_METHOD_NAMES, check_method as check_reg_method
 from brainfm.tasks.registration import resolve_method as resolve_reg_method
+from brainfm.tasks.segmentation import METHOD_NAMES as SEG_METHOD_NAMES, check_method as check_seg_method
+from brainfm.tasks.segmentation import resolve_method as resolve_seg_method
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
 
@@ -203,16 +205,22 @@ class Predictor:
 
     def atlas_labels(self, atlas: Volume, *, cancel: Optional[CancelToken] = None) -> Volume:
         """This model's segmentation of the ``atlas`` template (FreeSurfer numbers on the atlas grid),
-        which ``reg_method "fit"`` carries the scan's segmentation onto; computed once per Predictor
-        and atlas."""
-        import hashlib
+        which ``reg_method "fit"`` carries the scan's segmentation onto; computed once per model and
+        atlas, then read from memory or the cache (:mod:`brainfm.inference.atlaslabels`)."""
+        from brainfm.inference import atlaslabels
 
-        data = np.ascontiguousarray(atlas.data)
-        key = hashlib.sha256(data.tobytes() + np.asarray(atlas.affine, np.float64).tobytes()).hexdigest()
-        if key not in self._atlas_labels_cache:
-            pred = self.predict(atlas, tasks=["seg"], cancel=cancel)
-            self._atlas_labels_cache[key] = pred["seg"]
-        return self._atlas_labels_cache[key]
+        key = atlaslabels.atlas_key(atlas)
+        if key in self._atlas_labels_cache:
+            return self._atlas_labels_cache[key]
+        sha = str(getattr(self.info, "sha256", "") or "")
+        path = atlaslabels.cache_path(sha, key) if sha else None
+        labels = atlaslabels.load_cached(path, atlas) if path is not None else None
+        if labels is None:
+            labels = self.predict(atlas, tasks=["seg"], cancel=cancel)["seg"]
+            if path is not None:
+                atlaslabels.store(path, labels)
+        self._atlas_labels_cache[key] = labels
+        return labels
 
     def plan(self, net_shape: Sequence[int], raw_channels: int) -> Dict[str, Any]:
         """Whole volume or tiles for a network-frame shape (forward only):
@@ -265,6 +273,7 @@ class Predictor:
         on_output: Optional[Callable[[str, Volume], None]] = None,
         bias_method: str = "auto",
         reg_method: str = "auto",
+        seg_method: str = "auto",
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -283,7 +292,12 @@ class Predictor:
         ``metadata["bias_method"]`` says which was used). ``reg_method``: the same for the registration
         to the atlas (:func:`brainfm.tasks.registration.resolve_method`; ``fit`` carries the
         segmentation of the scan onto this model's segmentation of the atlas template, which is
-        computed once per Predictor; ``metadata["reg_method"]``).
+        computed once per Predictor; ``metadata["reg_method"]``). ``seg_method``: ``"head"`` (the
+        model's labels), ``"fit"`` (refined to the scan's intensities with the model's probabilities as
+        the prior, :mod:`brainfm.tasks.segrefine`) or ``"auto"`` (the refinement for models on a grid
+        coarser than 1 mm, except on CT; :func:`brainfm.tasks.segmentation.resolve_method`); every task
+        that reads the labels (``seg``, the fitted bias field and registration) gets the same ones;
+        ``metadata["seg_method"]``.
 
         Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
         label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
@@ -299,6 +313,7 @@ class Predictor:
         task_list = resolve_tasks(tasks, self.task_heads)
         check_bias_method(bias_method)  # a misspelt method: refused before any work
         check_reg_method(reg_method)
+        check_seg_method(seg_method)
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -336,6 +351,8 @@ class Predictor:
                 uses["reg"] = {heads["reg"], heads["seg"]}
                 cb(0.0, "registration: segmentation of the atlas template")
                 atlas_labels = self.atlas_labels(atlas_vol, cancel=cancel)
+        seg_how = (resolve_seg_method(seg_method, coarse_grid=self.voxel_mm > 1.0 + 1e-6, ct=prep.ct_window)
+                   if "seg" in heads else None)
         raw_heads = list(dict.fromkeys(h for t, h in heads.items() if t != FEAT))
         head_ch = self.net.head.channels()
         channels = {h: int(head_ch[h]) for h in raw_heads}
@@ -344,7 +361,7 @@ class Predictor:
         reduce: Dict[str, str] = {}
         if not keep_raw:
             # a coarse-grid model decides labels on the 1 mm grid from interpolated logits: keep them
-            if "seg" in heads and not return_probabilities and int(round(self.voxel_mm)) <= 1:
+            if "seg" in heads and not return_probabilities and int(round(self.voxel_mm)) <= 1 and seg_how != "fit":
                 reduce[heads["seg"]] = "argmax"
             if FEAT in heads:
                 reduce[FEAT] = "float16"
@@ -381,6 +398,7 @@ class Predictor:
         streamed: List[str] = []
         ctx.bias_method = bias_how or "head"
         ctx.reg_method, ctx.atlas_labels = reg_how or "head", atlas_labels
+        ctx.seg_method = seg_how or "head"
         last_use = {h: max(i for i, t in enumerate(task_list) if h in uses[t]) for h in set().union(*uses.values())}
         n = len(task_list)
         for i, task in enumerate(task_list):
@@ -412,6 +430,8 @@ class Predictor:
             bias_how = ctx.bias_method  # what was used: a failed fit falls back to the head
         if reg_how is not None:
             reg_how = ctx.reg_method
+        if seg_how is not None:
+            seg_how = ctx.seg_method
         fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit"}  # a fitted result needs no head warning
         warned_tasks = [t for t in task_list if not fitted.get(t, False)]
         warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks)
@@ -426,6 +446,7 @@ class Predictor:
             "heads": heads,
             "bias_method": BIAS_METHOD_NAMES[bias_how] if bias_how else None,
             "reg_method": REG_METHOD_NAMES[reg_how] if reg_how else None,
+            "seg_method": SEG_METHOD_NAMES[seg_how] if seg_how else None,
             "output_frame": output_frame,
             "tiled": used_tile is not None,
             "tile_size": used_tile,

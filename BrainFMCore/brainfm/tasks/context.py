@@ -65,6 +65,8 @@ class TaskContext:
             (:func:`brainfm.tasks.segmentation.decide`), shared by ``seg`` and the fitted bias field.
         bias_method: ``"head"`` (the model's bias-field head) or ``"fit"`` (a field fitted to the
             segmentation, :mod:`brainfm.tasks.biasfit`); see :func:`brainfm.tasks.bias.resolve_method`.
+        seg_method: ``"head"`` (the model's labels) or ``"fit"`` (refined to the scan's intensities,
+            :mod:`brainfm.tasks.segrefine`), applied by :func:`brainfm.tasks.segmentation.decide`.
         reg_method: ``"head"`` (the model's registration head) or ``"fit"`` (a map fitted to the
             segmentations of the scan and of the atlas, :mod:`brainfm.tasks.regfit`).
         atlas_labels: the model's segmentation of the atlas template (FreeSurfer numbers), which
@@ -101,6 +103,7 @@ class TaskContext:
     meta: Dict[str, Any] = field(default_factory=dict)
     labels: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
     decided: Any = None
+    seg_method: str = "head"
     bias_method: str = "head"
     reg_method: str = "head"
     atlas_labels: Optional[Volume] = None

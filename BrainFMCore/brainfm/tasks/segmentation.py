@@ -12,13 +12,14 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
-from brainfm.volume import Volume
+from brainfm.volume import Volume, voxel_sizes
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -125,11 +126,37 @@ def _count(idx: np.ndarray, lut: np.ndarray) -> Dict[int, int]:
     return out
 
 
+#: what ``seg_method`` accepts (:mod:`brainfm.tasks.methods`), and what each resolved method is called
+METHODS = methods.METHODS
+METHOD_NAMES = {"head": "model head", "fit": "model head refined to the scan's intensities"}
+
+
+def check_method(method: str) -> str:
+    """``method`` lower-cased, one of :data:`METHODS`; :class:`~brainfm.errors.InputError` otherwise."""
+    return methods.check_method(method, option="seg_method")
+
+
+def resolve_method(method: str, *, coarse_grid: bool, ct: bool = False) -> str:
+    """``"head"`` or ``"fit"`` for a requested ``seg_method``: ``auto`` refines the labels of a model
+    that works on a grid coarser than 1 mm (its outlines are smooth; the scan's 1 mm intensities are
+    not) unless the input is CT (its grey / white matter contrast is a few HU, below its noise).
+
+    >>> resolve_method("auto", coarse_grid=True), resolve_method("auto", coarse_grid=False)
+    ('fit', 'head')
+    >>> resolve_method("auto", coarse_grid=True, ct=True), resolve_method("fit", coarse_grid=False)
+    ('head', 'fit')
+    """
+    return methods.resolve(method, option="seg_method", head_reliable=not coarse_grid, has_seg=True,
+                           fit_allowed=not ct)
+
+
 @dataclass
 class Decided:
     """The label decision on the output grid, shared by the tasks that need it (``seg``, the fitted
     bias field): channel indices on the network (or fine) grid and on the output grid (index ``n_ch``
-    = background, masked like ``seg``), the lookup to FreeSurfer numbers and the grid map to the input."""
+    = background, masked like ``seg``), the lookup to FreeSurfer numbers and the grid map to the input.
+    ``refined``: the output-grid labels were refined to the scan's intensities (``seg_method`` fit,
+    :func:`refine`); ``idx_net`` is then the model's decision before the refinement."""
 
     idx_net: np.ndarray
     idx_out: np.ndarray
@@ -137,6 +164,7 @@ class Decided:
     scheme: Any
     n_ch: int
     to_input: Any
+    refined: bool = False
 
     def labels_out(self, dtype=np.int32) -> np.ndarray:
         """FreeSurfer numbers on the output grid (``np.int16`` holds every FreeSurfer number in half
@@ -179,8 +207,49 @@ def decide(ctx: TaskContext) -> Decided:
         np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=ctx.background_out)
         if ctx.head_out is not None:  # never a label outside the head
             np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=~np.asarray(ctx.head_out, bool))
-    ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input)
+    refined = False
+    if ctx.seg_method == "fit":
+        refined = refine(ctx, idx_out, logits, fs_values=lut[:-1])
+    ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input, refined)
     return ctx.decided
+
+
+def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, fs_values: Sequence[int]) -> bool:
+    """Refine the labelled voxels of ``idx_out`` (in place) to the scan's intensities
+    (:func:`brainfm.tasks.segrefine.refine_indices`): the model's probabilities on the output grid are
+    the prior; the intensities are the input's on the output grid, divided by the bias field fitted to
+    the model's labels (:func:`brainfm.tasks.biasfit.fit_log_field`; raw when that fit is not
+    possible). Returns False, with a warning (``ctx.seg_method`` then ``"head"``), when the logits
+    were not kept or there is nothing to refine."""
+    from brainfm.tasks.biasfit import fit_log_field
+    from brainfm.tasks.segrefine import refine_indices
+
+    n_ch = len(fs_values)
+    lut = np.asarray(list(fs_values) + [0], np.int16)
+    labelled = lut[idx_out] != 0  # the structures: background and outside the head stay as they are
+    if logits is None or not labelled.any():
+        why = "the logits were not kept" if logits is None else "no voxel is labelled"
+        ctx.warnings.append(f"segmentation: the refinement to the scan's intensities was skipped ({why}); "
+                            "the model's labels are used")
+        ctx.seg_method = "head"
+        return False
+    image = np.asarray(ctx.image_out, np.float32)
+    try:
+        log_field = fit_log_field(image, lut[idx_out], voxel_mm=voxel_sizes(ctx.out_affine))
+        values = image[labelled] / np.exp(log_field[labelled])
+    except ValueError:  # too few labelled voxels for a field: the raw intensities
+        values = image[labelled]
+    # the model's probabilities on its own grid, interpolated: a 2 mm boundary stays uncertain over
+    # 2 mm, where the scan's intensities decide
+    probs = softmax(logits)
+    prior = np.empty((int(labelled.sum()), n_ch), np.float32)
+    step = 6  # channels mapped together (one grid_sample call), never the whole (X, Y, Z, C) array
+    for c in range(0, n_ch, step):
+        prior[:, c:c + step] = ctx.channels_to_output(probs[c:c + step], "linear", 0.0)[labelled]
+    del probs
+    prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
+    idx_out[labelled] = refine_indices(prior, values, fs_values).astype(idx_out.dtype)
+    return True
 
 
 def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
@@ -201,6 +270,8 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     in_shape = ctx.input_shape
     if in_shape is None or (tuple(in_shape) == tuple(seg.shape) and np.allclose(in_aff, ctx.out_affine)):
         idx_in = idx_out
+    elif d.refined:  # the refined labels exist on the output grid only: count them there
+        idx_in, in_aff = idx_out, np.asarray(ctx.out_affine, float)
     else:
         idx_in = ctx.private(d.to_input(idx_net, "nearest", n_ch))
         if ctx.mask_background and ctx.foreground_in is not None:

@@ -198,7 +198,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             model: str = "default", atlas: Optional[str] = None, waitForCompletion: bool = True,
             progressCallback: Optional[ProgressCallback] = None,
             finishedCallback: Optional[Callable[[BrainFMRun], None]] = None,
-            biasMethod: str = "auto", regMethod: str = "auto") -> BrainFMRun:
+            biasMethod: str = "auto", regMethod: str = "auto", segMethod: str = "auto") -> BrainFMRun:
         """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
 
         :param outputs: role -> existing node to fill in place, or None.
@@ -207,6 +207,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         :param keys: role -> output key of ``brainfm run`` (default: the class's ``OUTPUTS``).
         :param biasMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --bias-method``; tasks with ``bias``).
         :param regMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --reg-method``; tasks with ``reg``).
+        :param segMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --seg-method``; every task that reads
+            the labels).
         :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
         """
         checkInputVolume(inputVolume)
@@ -215,7 +217,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         self.checkModel(model, tasks)
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
                                model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"),
-                               reg_method=str(regMethod or "auto"))
+                               reg_method=str(regMethod or "auto"), seg_method=str(segMethod or "auto"))
         self.checkDevice(params.device)
         keys = dict(self.OUTPUTS if keys is None else keys)
         wanted = [role for role, node in outputs.items() if node is not None or role in create]

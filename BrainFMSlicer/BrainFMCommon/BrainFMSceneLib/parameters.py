@@ -32,6 +32,8 @@ OUTPUT_FRAMES: Tuple[str, ...] = ("input", "1mm")
 BIAS_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 #: ``brainfm run --reg-method``: the same choice for the registration to the atlas
 REG_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
+#: ``brainfm run --seg-method``: the model's labels, or refined to the scan's intensities
+SEG_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -60,6 +62,8 @@ class RunParameters:
         (``fit``) or ``auto`` (the engine's default).
     :param reg_method: registration to the atlas from the model's head (``head``), fitted to the
         segmentations of the scan and of the atlas (``fit``) or ``auto`` (the engine's default).
+    :param seg_method: the model's labels (``head``), refined to the scan's intensities (``fit``) or
+        ``auto`` (the engine's default).
     """
 
     tasks: Tuple[str, ...] = ("all",)
@@ -78,6 +82,7 @@ class RunParameters:
     compress_outputs: bool = False
     bias_method: str = "auto"
     reg_method: str = "auto"
+    seg_method: str = "auto"
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -116,6 +121,8 @@ class RunParameters:
             return False, f"Unknown bias-field method {self.bias_method!r}; use {', '.join(BIAS_METHODS)}."
         if self.reg_method not in REG_METHODS:
             return False, f"Unknown registration method {self.reg_method!r}; use {', '.join(REG_METHODS)}."
+        if self.seg_method not in SEG_METHODS:
+            return False, f"Unknown segmentation method {self.seg_method!r}; use {', '.join(SEG_METHODS)}."
         return True, ""
 
     # -- command line ---------------------------------------------------------------------------
@@ -156,6 +163,8 @@ class RunParameters:
             args += ["--bias-method", self.bias_method]
         if self.reg_method != "auto":
             args += ["--reg-method", self.reg_method]
+        if self.seg_method != "auto":
+            args += ["--seg-method", self.seg_method]
         args += ["--progress", "machine"]
         if not self.write_png:
             args.append("--no-png")

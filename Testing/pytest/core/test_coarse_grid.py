@@ -171,10 +171,11 @@ def test_refined_labels_equal_whole_volume_interpolation(slab):
 
 def test_coarse_model_segmentation_is_decided_at_1mm():
     """A 2 mm model's labels on a 1 mm RAS input follow the interpolated logits: boundaries fall
-    between 2 mm voxels, where nearest-neighbour upsampling could only make 2 mm steps."""
+    between 2 mm voxels, where nearest-neighbour upsampling could only make 2 mm steps (the model's
+    own labels: ``seg_method="head"``, not refined to the image)."""
     head = blob_head((40, 44, 36))
     p = tiny(2.0)
-    r = p.predict(head, tasks=["seg"], keep_raw=True)
+    r = p.predict(head, tasks=["seg"], keep_raw=True, seg_method="head")
     seg = np.asarray(r["seg"].data)
     logits = r.raw["segmentation"]
     from brainfm.labels import get_scheme

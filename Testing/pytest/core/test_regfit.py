@@ -185,3 +185,33 @@ def test_bundled_model_fitted_map_carries_labels_between_held_out_brains(shared_
     rep = carried_dice(predictor, shared_data, reg_method="fit")
     assert rep["method"] == "fitted to the model's segmentation"
     assert rep["mean_merged17"] > 0.62
+
+
+def test_the_atlas_segmentation_is_cached_on_disk_for_later_processes(tmp_path, monkeypatch):
+    from ckpt_factory import write_native
+
+    from brainfm.inference import Predictor, atlaslabels
+    from brainfm.io import read_volume
+    from brainfm.models import load_model
+
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
+    _net, weights, _ = write_native(tmp_path / "tiny", heads={"registration": 3, "segmentation": 33})
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij")
+    img = Volume(np.where(x ** 2 + y ** 2 + z ** 2 < 0.7, 100.0 + 50 * x, 0.0).astype(np.float32), np.eye(4))
+    atlas = img.with_data(np.asarray(img.data)[::-1].copy())
+    first = Predictor(load_model(weights), device="cpu")
+    labels = first.atlas_labels(atlas)
+    path = atlaslabels.cache_path(first.info.sha256, atlaslabels.atlas_key(atlas))
+    assert path.is_file() and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    np.testing.assert_array_equal(read_volume(path, kind="label").data, labels.data)
+
+    second = Predictor(load_model(weights), device="cpu")
+    calls = []
+    monkeypatch.setattr(second, "predict", lambda *a, **k: calls.append(a))
+    np.testing.assert_array_equal(second.atlas_labels(atlas).data, labels.data)
+    assert calls == []  # read from the cache, not segmented again
+    # a cached file that is not on the atlas's grid is not used
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    moved = Volume(np.asarray(atlas.data), shifted)
+    assert atlaslabels.load_cached(path, moved) is None

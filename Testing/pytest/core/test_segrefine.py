@@ -1,0 +1,111 @@
+"""Segmentation refined to the scan's intensities (``brainfm.tasks.segrefine``, ``seg_method="fit"``):
+the boundary between tissues moves to the image's edge, structures of one tissue keep the model's
+decision, the label decision shared by every task is the refined one, and on the real T1 the bundled
+model's refined labels agree with FreeSurfer better than its own."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainfm.errors import InputError
+from brainfm.tasks.context import TaskContext
+from brainfm.tasks.segmentation import decide, resolve_method, run_seg
+from brainfm.tasks.segrefine import group_of, refine_indices
+
+FS33 = [0, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 41, 42, 43, 44, 46, 47, 49, 50, 51,
+        52, 53, 54, 58, 60]
+
+
+def test_tissue_boundaries_move_to_the_image_and_one_tissue_keeps_the_prior():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 1, 400)
+    # white matter / cortex, the prior's boundary at 0.6, the image's at 0.45
+    p_wm = 1 / (1 + np.exp((x - 0.6) / 0.08))
+    prior = np.stack([p_wm, 1 - p_wm], 1)
+    image = np.where(x < 0.45, 100.0, 60.0) + rng.normal(0, 4, x.size)
+    idx = refine_indices(prior, image, [2, 3])
+    assert abs(x[np.argmax(idx == 1)] - 0.45) < 0.02 and (idx[x > 0.5] == 1).all()
+    # cortex and hippocampus share a Gaussian: the same intensity, so the prior alone decides
+    p_ctx = 1 / (1 + np.exp((x - 0.3) / 0.05))
+    prior2 = np.stack([p_ctx, 1 - p_ctx], 1)
+    idx2 = refine_indices(prior2, np.full(x.size, 60.0) + rng.normal(0, 4, x.size), [3, 17])
+    np.testing.assert_array_equal(idx2, (p_ctx < 0.5).astype(int))
+    with pytest.raises(ValueError, match="do not match"):
+        refine_indices(prior, image[:10], [2, 3])
+
+
+def test_groups_follow_tissues_and_unknown_labels_stand_alone():
+    g = group_of(FS33)
+    assert g[FS33.index(2)] == g[FS33.index(41)] == g[FS33.index(16)]  # white matter and brainstem
+    assert g[FS33.index(3)] == g[FS33.index(17)] != g[FS33.index(2)]  # cortex with hippocampus
+    assert g[FS33.index(4)] == g[FS33.index(24)]  # ventricles with CSF
+    assert len({g[FS33.index(0)], g[FS33.index(10)], g[FS33.index(13)], g[FS33.index(12)]}) == 4
+
+
+def test_method_resolution():
+    assert resolve_method("auto", coarse_grid=True) == "fit"
+    assert resolve_method("auto", coarse_grid=False) == "head"
+    assert resolve_method("auto", coarse_grid=True, ct=True) == "head"
+    with pytest.raises(InputError, match="seg_method must be one of auto, head, fit"):
+        resolve_method("gmm", coarse_grid=True)
+
+
+def _phantom_context(method, *, keep_logits=True):
+    """A ball of white matter in cortex whose image edge lies 3 voxels inside the model's (blurred)
+    boundary; logits of the fs33 scheme on the same grid."""
+    from brainfm.labels import get_scheme
+
+    n = 40
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) - n / 2] * 3, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    head = r < 17
+    image = np.where(r < 9, 100.0, np.where(head, 60.0, 0.0)).astype(np.float32)
+    logits = np.full((33,) + image.shape, -10.0, np.float32)
+    logits[0] = np.where(head, -10.0, 10.0)
+    logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)  # the model's white matter: r < 12
+    logits[FS33.index(3)] = np.where(head, 0.0, -10.0)
+    ctx = TaskContext.identity({"segmentation": logits}, image / 100.0, np.eye(4), heads={"seg": "segmentation"},
+                               scheme=get_scheme("fs33"), image_out=image, foreground_out=image > 0,
+                               seg_method=method)
+    if not keep_logits:  # the decision was taken while blending: no logits
+        ctx.labels = {"segmentation": (np.argmax(logits, 0).astype(np.uint8), 33)}
+    return ctx, r
+
+
+def test_the_shared_label_decision_is_refined_to_the_image():
+    ctx, r = _phantom_context("fit")
+    out = run_seg(ctx)
+    seg = np.asarray(out["seg"].data)
+    assert ctx.decided.refined and ctx.seg_method == "fit"
+    assert (seg[r < 8.5] == 2).all() and (seg[(r > 9.5) & (r < 16)] == 3).all()  # the image's edge, r = 9
+    head, r = _phantom_context("head")
+    seg_head = np.asarray(run_seg(head)["seg"].data)
+    assert (seg_head[(r > 9.5) & (r < 11.5)] == 2).all() and not head.decided.refined  # the model's, r = 12
+    wm = {row["value"]: row["voxels"] for row in ctx.tables["seg_volumes"]}[2]
+    assert wm == int((seg == 2).sum()) < int((seg_head == 2).sum())  # the table counts the refined labels
+    kept, _ = _phantom_context("fit", keep_logits=False)
+    decide(kept)
+    assert kept.seg_method == "head" and not kept.decided.refined
+    assert kept.warnings[0].startswith("segmentation: the refinement to the scan's intensities was skipped")
+
+
+@pytest.mark.slow
+def test_bundled_model_refined_labels_agree_with_freesurfer_better(shared_data):
+    """The real T1 of the quality level (merged-17 Dice against its FreeSurfer aseg)."""
+    from brainfm.evaluation import datasets
+    from brainfm.evaluation.segmentation import dice_report
+    from brainfm.inference import Predictor
+
+    try:
+        predictor = Predictor.from_pretrained("bundled", device="cpu")
+    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
+        pytest.skip(f"bundled model not available: {exc}")
+    image = datasets.load(shared_data, "voxelmorph_vol")
+    truth = np.asarray(datasets.load_labels(shared_data, "voxelmorph_seg").data)
+    auto = predictor.predict(image, tasks=["seg"])
+    head = predictor.predict(image, tasks=["seg"], seg_method="head")
+    assert auto.metadata["seg_method"] == "model head refined to the scan's intensities"
+    assert head.metadata["seg_method"] == "model head"
+    d_auto = dice_report(np.asarray(auto["seg"].data), truth)["mean_merged17"]
+    d_head = dice_report(np.asarray(head["seg"].data), truth)["mean_merged17"]
+    assert d_auto > d_head + 0.03  # 0.801 against 0.749 at step 19,665
