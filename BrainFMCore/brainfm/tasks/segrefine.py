@@ -37,7 +37,7 @@ ITERATIONS = 10
 #: EM stops when no group mean moves by more than this fraction of the intensity range
 TOLERANCE = 1e-3
 #: the smallest standard deviation of a group, as a fraction of the intensity range (1st-99th percentile)
-MIN_SIGMA = 0.01
+MIN_SIGMA = 0.06
 
 
 def group_of(fs_values: Sequence[int]) -> np.ndarray:
