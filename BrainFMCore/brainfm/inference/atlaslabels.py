@@ -3,8 +3,8 @@ segmentation onto (:mod:`brainfm.tasks.regfit`).
 
 Segmenting the atlas takes one prediction (about 16 s on a 2-core CPU), so the result is kept: in
 memory by the :class:`~brainfm.inference.Predictor`, and on disk in the cache
-(``BRAINFM_HOME/atlas-labels/<model>-<atlas>.nii.gz``, keyed by the SHA-256 of the weights and of the
-atlas's voxels and geometry), so that later processes (every ``brainfm run``, every Slicer run) read it
+(``BRAINFM_HOME/atlas-labels/<model>-<atlas>-v<VERSION>.nii.gz``, keyed by the SHA-256 of the weights
+and of the atlas's voxels and geometry), so that later processes (every ``brainfm run``, every Slicer run) read it
 instead. A cached file that is not on the atlas's grid is ignored; a cache that cannot be written is
 skipped.
 
@@ -25,6 +25,9 @@ import numpy as np
 from brainfm.volume import Volume
 
 FOLDER = "atlas-labels"
+#: part of the file name: raised whenever the product's labels for the same weights change (e.g. the
+#: refinement to the scan's intensities), so that no older segmentation of the atlas is read
+VERSION = 1
 
 
 def atlas_key(atlas: Volume) -> str:
@@ -41,7 +44,7 @@ def cache_path(model_sha256: str, key: str) -> Path:
     """Where the segmentation of atlas ``key`` by the model with weights ``model_sha256`` is cached."""
     from brainfm.models.registry import cache_dir
 
-    return cache_dir() / FOLDER / f"{model_sha256[:16]}-{key[:16]}.nii.gz"
+    return cache_dir() / FOLDER / f"{model_sha256[:16]}-{key[:16]}-v{VERSION}.nii.gz"
 
 
 def load_cached(path: Path, atlas: Volume) -> Optional[Volume]:

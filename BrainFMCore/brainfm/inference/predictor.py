@@ -301,7 +301,7 @@ class Predictor:
 
         Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
         label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
-        probabilities or raw outputs are asked for, and raw outputs are released as soon as the
+        probabilities or raw outputs are asked for or the labels are refined, and raw outputs are released as soon as the
         last task that needs them is done.
         """
         t_start, c_start = time.perf_counter(), time.process_time()
