@@ -337,14 +337,16 @@ class Predictor:
             if bias_how == "fit":  # the fit reads the segmentation, asked for or not
                 heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
                 uses["bias"] = {heads["bias"], heads["seg"]}
-        reg_how, atlas_labels = None, None
+        reg_how, atlas_labels, no_atlas = None, None, False
         if "reg" in task_list:
             reg_how = resolve_reg_method(
                 reg_method, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
                 has_seg="seg" in available_tasks(self.task_heads))
-            if reg_how == "fit" and atlas_vol is None:
-                warnings.append("registration: no atlas template to fit the map to; the model's registration "
-                                "head was used instead")
+            no_atlas = reg_how == "fit" and atlas_vol is None
+            if no_atlas:  # one warning that says what to do (the head's own warning would advise the fit)
+                warnings.append("registration: no atlas template to fit the map to, so the model's registration "
+                                "head was used, and this model's head is not reliable yet; give the atlas "
+                                "(--atlas PATH, or the environment variable BRAINFM_ATLAS) to fit the map")
                 reg_how = "head"
             if reg_how == "fit":  # the fit reads the segmentation, asked for or not
                 heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
@@ -432,7 +434,8 @@ class Predictor:
             reg_how = ctx.reg_method
         if seg_how is not None:
             seg_how = ctx.seg_method
-        fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit"}  # a fitted result needs no head warning
+        # a fitted result needs no head warning, nor does a head used for want of an atlas (warned above)
+        fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit" or no_atlas}
         warned_tasks = [t for t in task_list if not fitted.get(t, False)]
         warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start

@@ -215,3 +215,22 @@ def test_the_atlas_segmentation_is_cached_on_disk_for_later_processes(tmp_path, 
     shifted[0, 3] = 5.0
     moved = Volume(np.asarray(atlas.data), shifted)
     assert atlaslabels.load_cached(path, moved) is None
+
+
+def test_without_an_atlas_the_head_is_used_and_one_warning_says_how_to_fit(tmp_path, monkeypatch):
+    from ckpt_factory import write_native
+
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BRAINFM_ATLAS", str(tmp_path / "missing.mgz"))  # no atlas anywhere, no download
+    _net, weights, _ = write_native(tmp_path / "tiny", heads={"registration": 3, "segmentation": 33})
+    loaded = load_model(weights)
+    loaded.info.quality = {"level": "preview", "real_t1_dice17": 0.75, "reg_carried_dice17": 0.3}
+    img = Volume(np.pad(np.full((12, 12, 12), 100.0, np.float32), 6), np.eye(4))
+    pred = Predictor(loaded, device="cpu").predict(img, tasks=["reg"])
+    assert pred.metadata["reg_method"] == "model head" and "atlas_warped" not in pred.outputs
+    advice = [w for w in pred.metadata["warnings"] if w.startswith("registration: no atlas template")]
+    assert len(advice) == 1 and "BRAINFM_ATLAS" in advice[0]
+    assert not any("registration head is not reliable yet: labels carried" in w for w in pred.metadata["warnings"])
