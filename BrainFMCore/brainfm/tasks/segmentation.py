@@ -209,12 +209,12 @@ def decide(ctx: TaskContext) -> Decided:
             np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=~np.asarray(ctx.head_out, bool))
     refined = False
     if ctx.seg_method == "fit":
-        refined = refine(ctx, idx_out, logits, fs_values=lut[:-1])
+        refined = refine(ctx, idx_out, logits, lut=lut)
     ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input, refined)
     return ctx.decided
 
 
-def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, fs_values: Sequence[int]) -> bool:
+def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> bool:
     """Refine the labelled voxels of ``idx_out`` (in place) to the scan's intensities
     (:func:`brainfm.tasks.segrefine.refine_indices`): the model's probabilities on the output grid are
     the prior; the intensities are the input's on the output grid, divided by the bias field fitted to
@@ -224,8 +224,8 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     from brainfm.tasks.biasfit import fit_log_field
     from brainfm.tasks.segrefine import refine_indices
 
+    fs_values = [int(v) for v in lut[:-1]]  # ``lut``: channel -> FreeSurfer number, last entry outside (0)
     n_ch = len(fs_values)
-    lut = np.asarray(list(fs_values) + [0], np.int16)
     labelled = lut[idx_out] != 0  # the structures: background and outside the head stay as they are
     if logits is None or not labelled.any():
         why = "the logits were not kept" if logits is None else "no voxel is labelled"
@@ -235,7 +235,7 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
         return False
     image = np.asarray(ctx.image_out, np.float32)
     try:
-        log_field = fit_log_field(image, lut[idx_out], voxel_mm=voxel_sizes(ctx.out_affine))
+        log_field = fit_log_field(image, lut[idx_out].astype(np.int16), voxel_mm=voxel_sizes(ctx.out_affine))
         values = image[labelled] / np.exp(log_field[labelled])
     except ValueError:  # too few labelled voxels for a field: the raw intensities
         values = image[labelled]
