@@ -20,6 +20,10 @@ from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFM
 import BrainFMModuleSupport.testing
 
 
+#: the method combo's entries -> ``segMethod`` of :meth:`BrainFMSegmentationLogic.process`
+METHOD_CHOICES = {"Auto": "auto", "Refined to the scan": "fit", "Model head": "head"}
+
+
 class BrainFMSegmentation(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -30,7 +34,8 @@ class BrainFMSegmentation(ScriptedLoadableModule):
         self.parent.helpText = BrainFMCommon.helpText(
             "Segments the brain anatomy (FreeSurfer structures: cortex, white matter, deep grey matter, "
             "ventricles, cerebellum, brainstem, CSF) of an MRI of any contrast or a CT, and measures "
-            "the structure volumes.")
+            "the structure volumes. Labels from: Refined to the scan fits one intensity model per tissue to the scan, "
+            "with the model's probabilities as the prior, so the outlines follow the scan's own edges.")
         self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
 
 
@@ -44,6 +49,7 @@ class BrainFMSegmentationParameterNode:
     outputTable: vtkMRMLTableNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -66,7 +72,7 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputSegmentation=None, outputLabelmap=None, outputTable=None,
                 device: str = "auto", quality: str = "full", model: str = "default",
-                waitForCompletion: bool = True,
+                segMethod: str = "auto", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Segment ``inputVolume`` (an MRI of any contrast, or a CT) into FreeSurfer structures.
 
@@ -78,11 +84,15 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
         :param model: ``"default"`` (the best available model), a name of the model store
             (``brainfm models list``), ``"bundled"`` or a weights file path.
+        :param segMethod: ``"auto"`` (default: the model's labels refined to the scan's intensities for
+            models that work on a grid coarser than 1 mm, except on CT), ``"fit"`` (refined: one Gaussian
+            per tissue fitted to the scan, with the model's probabilities as the prior) or ``"head"`` (the
+            model's labels). The run's ``summary.json`` and log name the method used.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("seg",),
+        return self.run(inputVolume, tasks=("seg",), segMethod=segMethod,
                         outputs={"outputSegmentation": outputSegmentation, "outputLabelmap": outputLabelmap,
                                  "outputTable": outputTable},
                         create=("outputSegmentation",), device=device, quality=quality, model=model,
@@ -104,7 +114,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
             outputTable=p.outputTable, device=p.device, quality=p.quality,
-            model=p.modelId or "default",
+            model=p.modelId or "default", segMethod=METHOD_CHOICES.get(p.method, "auto"),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

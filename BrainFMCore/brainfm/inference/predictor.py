@@ -524,7 +524,7 @@ class Predictor:
             input_affine=prep.image.affine, input_shape=prep.image.shape, foreground_in=prep.foreground_in,
             scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
             return_probabilities=return_probabilities, mask_background=mask_background,
-            output_exact=to_out.exact, output_channels=to_out.channels,
+            output_exact=to_out.exact, output_channels=to_out.channels, output_points=to_out.points,
             meta={"model": self._model_meta().get("name"), "frame": output_frame}, **extra,
         )
 

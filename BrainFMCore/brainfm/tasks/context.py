@@ -54,6 +54,8 @@ class TaskContext:
             apply voxel-wise transforms after mapping instead of before (same result, less work).
         output_channels: optional ``(C, X, Y, Z) -> (X', Y', Z', C)`` version of ``to_output``
             (e.g. :meth:`brainfm.geometry.GridMapper.channels`).
+        output_points: optional ``(C, X, Y, Z), voxels (N, 3) -> (N, C)`` version of
+            ``output_channels`` at some output voxels only (e.g. :meth:`brainfm.geometry.GridMapper.points`).
         head_out, head_in: boolean masks of the head (:func:`brainfm.inference.headmask.head_mask`)
             on the output / input grid; labels are never painted outside them (None: no restriction).
         fine_factor: the network grid's voxel edge in mm when it is coarser than 1 mm (2 for the
@@ -95,6 +97,7 @@ class TaskContext:
     max_distance: float = 3.0
     output_exact: bool = False
     output_channels: Optional[Callable[..., np.ndarray]] = None
+    output_points: Optional[Callable[..., np.ndarray]] = None
     head_out: Optional[np.ndarray] = None
     head_in: Optional[np.ndarray] = None
     fine_factor: int = 1
@@ -159,6 +162,21 @@ class TaskContext:
                 out = np.empty(comp.shape + (arr.shape[0],), dtype)
             out[..., c] = comp
         assert out is not None, "no channels"
+        return out
+
+    def channels_at_output(self, arr: np.ndarray, voxels: np.ndarray, order: str = "linear",
+                           fill: float = 0.0, *, dtype=np.float32) -> np.ndarray:
+        """``(C, X, Y, Z)`` on the network grid -> a new ``(N, C)`` array: the rows of
+        :meth:`channels_to_output` at the output voxels ``voxels`` (``(N, 3)`` indices), computed
+        only there when ``output_points`` is given."""
+        vox = np.asarray(voxels)
+        if self.output_points is not None:
+            return np.asarray(self.output_points(arr, vox, order, fill, dtype=dtype))
+        out = np.empty((vox.shape[0], arr.shape[0]), dtype)
+        step = 6  # channels mapped together: never the whole (X', Y', Z', C) array
+        for c in range(0, arr.shape[0], step):
+            out[:, c:c + step] = self.channels_to_output(arr[c:c + step], order, fill, dtype=dtype)[
+                vox[:, 0], vox[:, 1], vox[:, 2]]
         return out
 
     def shares_input(self, arr: np.ndarray) -> bool:

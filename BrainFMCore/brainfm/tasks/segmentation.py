@@ -241,12 +241,8 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
         values = image[labelled]
     # the model's probabilities on its own grid, interpolated: a 2 mm boundary stays uncertain over
     # 2 mm, where the scan's intensities decide
-    probs = softmax(logits)
-    prior = np.empty((int(labelled.sum()), n_ch), np.float32)
-    step = 6  # channels mapped together (one grid_sample call), never the whole (X, Y, Z, C) array
-    for c in range(0, n_ch, step):
-        prior[:, c:c + step] = ctx.channels_to_output(probs[c:c + step], "linear", 0.0)[labelled]
-    del probs
+    # (only at the labelled voxels: no (X, Y, Z, C) array on the output grid)
+    prior = ctx.channels_at_output(softmax(logits), np.argwhere(labelled), "linear", 0.0)
     prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
     idx_out[labelled] = refine_indices(prior, values, fs_values).astype(idx_out.dtype)
     return True

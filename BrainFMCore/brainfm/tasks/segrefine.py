@@ -59,44 +59,58 @@ def group_of(fs_values: Sequence[int]) -> np.ndarray:
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
                    iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
-    channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels."""
-    p = np.asarray(prior, np.float32)
-    y = np.asarray(intensities, np.float32)
-    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != len(fs_values):
-        raise ValueError(f"prior {p.shape}, intensities {y.shape} and {len(fs_values)} labels do not match")
-    gidx = group_of(fs_values)
+    channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels.
+
+    Computed with torch (its threads), in place on ``(N, groups)`` arrays; the M-step's sums are one
+    matrix product with ``[1, y, y**2]`` of the intensities centred on their median."""
+    import torch
+
+    p_np = np.asarray(prior, np.float32)
+    y_np = np.asarray(intensities, np.float32)
+    if p_np.ndim != 2 or p_np.shape[0] != y_np.shape[0] or p_np.shape[1] != len(fs_values):
+        raise ValueError(f"prior {p_np.shape}, intensities {y_np.shape} and {len(fs_values)} labels do not match")
+    n = int(p_np.shape[0])
+    if n == 0:
+        return np.zeros(0, np.int64)
+    gidx = np.unique(group_of(fs_values), return_inverse=True)[1].reshape(-1)  # the groups present, numbered
     n_groups = int(gidx.max()) + 1
-    tiny = np.float32(1e-6)
-    # per group: the summed prior, and the best structure with its log prior
-    group_prior = np.zeros((p.shape[0], n_groups), np.float32)
-    best_log = np.full((p.shape[0], n_groups), -np.inf, np.float32)
-    best_idx = np.zeros((p.shape[0], n_groups), np.int64)
-    for c in range(p.shape[1]):
-        g = gidx[c]
-        group_prior[:, g] += p[:, c]
-        lp = np.log(p[:, c] + tiny)
-        better = lp > best_log[:, g]
-        best_log[better, g] = lp[better]
-        best_idx[better, g] = c
-    log_group_prior = np.log(group_prior + tiny)
-    lo, hi = np.percentile(y, [1, 99]) if y.size else (0.0, 1.0)
+    tiny = 1e-6
+    p = torch.from_numpy(np.ascontiguousarray(p_np))
+    # per group: the summed prior, and the best structure with its log prior (ties: the first channel)
+    group_prior = torch.empty((n, n_groups))
+    best_log = torch.empty((n, n_groups))
+    best_idx = torch.empty((n, n_groups), dtype=torch.int64)
+    for g in range(n_groups):
+        cols = torch.from_numpy(np.flatnonzero(gidx == g))
+        sub = p[:, cols]
+        torch.sum(sub, 1, out=group_prior[:, g])
+        top, where = torch.max(sub, 1)
+        best_log[:, g] = top
+        best_idx[:, g] = cols[where]
+    best_log.add_(tiny).log_()
+    log_group_prior = group_prior.add(tiny).log_()
+    lo, hi = np.percentile(y_np, [1, 99])
     span = float(max(hi - lo, 1e-6))
-    floor = np.float32(MIN_SIGMA * span)
-    q = group_prior / np.maximum(group_prior.sum(1, keepdims=True), tiny)
+    floor = MIN_SIGMA * span
+    y = torch.from_numpy(y_np) - float(np.median(y_np))  # centred: the variance from sums stays exact
+    stats = torch.stack([torch.ones_like(y), y, y * y], 1)  # (N, 3)
+    q = group_prior.div_(group_prior.sum(1, keepdim=True).clamp_min(tiny))  # the group responsibilities
+    loglik = torch.zeros_like(q)
     mu = None
-    loglik = np.zeros_like(group_prior)
     for _ in range(max(1, int(iterations))):
-        w = q.sum(0) + tiny
-        new_mu = (q * y[:, None]).sum(0) / w
-        sigma = np.maximum(np.sqrt((q * (y[:, None] - new_mu) ** 2).sum(0) / w), floor)
-        loglik = -0.5 * ((y[:, None] - new_mu) / sigma) ** 2 - np.log(sigma)
-        post = log_group_prior + loglik
-        post -= post.max(1, keepdims=True)
-        q = np.exp(post)
-        q /= q.sum(1, keepdims=True)
-        done = mu is not None and float(np.abs(new_mu - mu).max()) < tolerance * span
+        sums = (q.T @ stats).double()  # (groups, 3): sum q, sum q y, sum q y**2
+        w = sums[:, 0] + tiny
+        new_mu = sums[:, 1] / w
+        sigma = (sums[:, 2] / w - new_mu ** 2).clamp_min(0.0).sqrt().clamp_min(floor)
+        # loglik = -0.5 ((y - mu) / sigma)**2 - log(sigma); the posterior q, normalised per voxel
+        torch.sub(y[:, None], new_mu.float(), out=loglik)
+        loglik.div_(sigma.float()).square_().mul_(-0.5).sub_(sigma.log().float())
+        torch.add(log_group_prior, loglik, out=q)
+        q.sub_(q.max(1, keepdim=True).values).exp_()
+        q.div_(q.sum(1, keepdim=True))
+        done = mu is not None and float((new_mu - mu).abs().max()) < tolerance * span
         mu = new_mu
         if done:
             break
-    winner = np.argmax(best_log + loglik, axis=1)
-    return best_idx[np.arange(p.shape[0]), winner]
+    winner = torch.argmax(best_log.add_(loglik), 1)
+    return best_idx.gather(1, winner[:, None])[:, 0].numpy()

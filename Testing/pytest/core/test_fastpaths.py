@@ -146,6 +146,31 @@ def test_grid_mapper_equals_frame_to_input(case, monkeypatch):
         assert np.all(m(arr, "linear", -2.0)[:4] == -2.0)  # outside the crop: fill
 
 
+@pytest.mark.parametrize("case", ["ras", "cropped", "lps_stored", "oblique", "anisotropic"])
+def test_grid_mapper_points_are_the_mapped_channels_at_those_voxels(case, monkeypatch):
+    """``points`` gives the rows of ``channels`` at the voxels asked for, for every mapper kind (with the
+    anti-alias of downsampled axes and ``fill`` outside), also when computed in several calls."""
+    vol = _crop_case() if case == "cropped" else blob_head((30, 34, 26), GEOMETRY_CASES[case])
+    net, tf = to_network_frame(vol)
+    m = GridMapper(tf.net_affine, tf.net_shape, tf.input_affine, tf.input_shape)
+    rng = np.random.default_rng(5)
+    ch = rng.random((4,) + net.shape, dtype=np.float32)
+    full = m.channels(ch, "linear", -3.0)
+    vox = np.argwhere(rng.random(tf.input_shape) < 0.2)
+    want = full[vox[:, 0], vox[:, 1], vox[:, 2]]
+    np.testing.assert_allclose(m.points(ch, vox, "linear", -3.0), want, rtol=0, atol=1e-6)
+    lab = rng.integers(0, 9, (2,) + net.shape).astype(np.uint8)
+    got = m.points(lab, vox, "nearest", 11, dtype=np.uint8)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, m.channels(lab, "nearest", 11, dtype=np.uint8)[vox[:, 0], vox[:, 1], vox[:, 2]])
+    if case == "cropped":
+        assert (want == -3.0).any()  # voxels outside the crop take the fill
+    monkeypatch.setattr(mapping, "_CHUNK", 7)  # several grid_sample calls
+    np.testing.assert_allclose(m.points(ch, vox, "linear", -3.0), want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        m.points(ch, vox[:, :2])
+
+
 def test_segmentation_table_equals_structure_volumes():
     scheme = get_scheme("brainfm56")
     shape = (14, 12, 10)
