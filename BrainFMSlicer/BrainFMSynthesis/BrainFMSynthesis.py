@@ -24,6 +24,8 @@ from BrainFMSceneLib._errors import InputError
 CONTRASTS = {"T1w": ("t1", "synth_t1"), "T2w": ("t2", "synth_t2"), "FLAIR": ("flair", "synth_flair"),
              "CT": ("ct", "synth_ct")}
 CONTRAST_CHOICES = list(CONTRASTS)
+#: the method combo's entries -> ``synthMethod`` of :meth:`BrainFMSynthesisLogic.process`
+METHOD_CHOICES = {"Auto": "auto", "Fitted to the scan": "fit", "Model head": "head"}
 
 
 class BrainFMSynthesis(ScriptedLoadableModule):
@@ -36,7 +38,8 @@ class BrainFMSynthesis(ScriptedLoadableModule):
         self.parent.helpText = BrainFMCommon.helpText(
             "Synthesizes a T1-weighted, T2-weighted, FLAIR or CT image (Hounsfield units) of the same head "
             "from an MRI of any contrast or a CT, on the input grid; optionally a 1 mm super-resolved "
-            "version of thick-slice inputs.")
+            "version of thick-slice inputs. Image from: Fitted to the scan keeps the model's contrast for each "
+            "tissue and takes the detail from the scan itself.")
         self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
 
 
@@ -51,6 +54,7 @@ class BrainFMSynthesisParameterNode:
     outputSuperResolution: vtkMRMLScalarVolumeNode
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -71,7 +75,7 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, contrast: str = "T1w", superResolution: bool = False, outputVolume=None,
                 outputSuperResolution=None, device: str = "auto", quality: str = "full", model: str = "default",
-                waitForCompletion: bool = True,
+                synthMethod: str = "auto", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Synthesize ``contrast`` from ``inputVolume`` on the input grid.
 
@@ -85,6 +89,11 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
         :param model: ``"default"`` (the best available model), a name of the model store
             (``brainfm models list``), ``"bundled"`` or a weights file path.
+        :param synthMethod: ``"auto"`` (default: fitted to the scan whenever the model's labels are refined
+            to the scan, as they are for models on a grid coarser than 1 mm), ``"fit"`` (the model's contrast
+            for each tissue, the scan's own detail; needs a segmentation head) or ``"head"`` (the model's
+            image). Super-resolution always comes from the model. The run's ``summary.json`` and log name
+            the method used.
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -98,7 +107,7 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
         return self.run(inputVolume, tasks=(task, "sr") if superResolution else (task,), outputs=outputs,
                         create=("outputVolume", "outputSuperResolution"),
                         keys={"outputVolume": key, "outputSuperResolution": "superres"},
-                        device=device, quality=quality, model=model,
+                        device=device, quality=quality, model=model, synthMethod=synthMethod,
                         waitForCompletion=waitForCompletion, progressCallback=progressCallback)
 
 
@@ -130,7 +139,7 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
             outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
-            model=p.modelId or "default",
+            model=p.modelId or "default", synthMethod=METHOD_CHOICES.get(p.method, "auto"),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -62,6 +62,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="segmentation labels from the model's head, or refined to the scan's intensities with the "
                         "model's probabilities as the prior (fit); auto: the refinement for models on a grid "
                         "coarser than 1 mm, except on CT (default auto)")
+    p.add_argument("--synth-method", default="auto", choices=("auto", "head", "fit"),
+                   help="synthetic T1/T2/FLAIR/CT from the model's head, or fitted to the scan: the model's contrast "
+                        "per tissue on the scan's own detail (needs the refined segmentation); auto: the fit "
+                        "whenever the segmentation is refined (default auto)")
     p.add_argument("--reg-method", default="auto", choices=("auto", "head", "fit"),
                    help="registration to the atlas from the model's head, or fitted to the segmentations of the "
                         "scan and of the atlas; auto: the fit when the model's measured quality says its head is "
@@ -212,6 +216,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                                              bias_method=getattr(args, "bias_method", "auto"),
                                              reg_method=getattr(args, "reg_method", "auto"),
                                              seg_method=getattr(args, "seg_method", "auto"),
+                                             synth_method=getattr(args, "synth_method", "auto"),
                                              progress=scaled(cb, 0.02, 0.85), cancel=token, on_output=writer.add)
                     saved = writer.finish(pred, progress=scaled(cb, 0.85, 1.0), cancel=token)
                 warnings = list(saved.get("warnings", []))
@@ -223,6 +228,8 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                     _note(reporter, f"brainfm: {case.name}: bias field: {pred.metadata['bias_method']}")
                 if pred.metadata.get("seg_method"):
                     _note(reporter, f"brainfm: {case.name}: segmentation: {pred.metadata['seg_method']}")
+                if pred.metadata.get("synth_method"):
+                    _note(reporter, f"brainfm: {case.name}: synthesis: {pred.metadata['synth_method']}")
                 if pred.metadata.get("reg_method"):
                     _note(reporter, f"brainfm: {case.name}: registration: {pred.metadata['reg_method']}")
             except CancelledError:

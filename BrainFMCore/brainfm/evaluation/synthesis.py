@@ -3,6 +3,8 @@
 Each synthesis is fitted linearly to the real target inside the brain (both images non-zero: the
 trio is brain-extracted) and scored by PSNR and SSIM there (:func:`metrics.fitted_scores`). The
 baseline is the input image itself after the same fit; the goal is to beat it on every pair.
+The product's synthesis is measured (``synth_method`` auto); when that was fitted to the scan
+(:mod:`brainfm.tasks.synthfit`), the model's head is scored beside it (``head`` of each pair).
 
 >>> PAIRS[0], TASK_OF["T2"]
 (('T1', 'T2'), 't2')
@@ -21,6 +23,7 @@ import numpy as np
 from brainfm.evaluation import datasets
 from brainfm.evaluation.metrics import fitted_scores
 from brainfm.evaluation.rows import HEAD_WORDS, has_task, na_row, row
+from brainfm.tasks.synthesis import METHOD_NAMES as SYNTH_METHOD_NAMES
 
 GOAL = "beat the baseline (input after the same linear fit) on every pair, PSNR and SSIM"
 PAIRS: Tuple[Tuple[str, str], ...] = (("T1", "T2"), ("T1", "FLAIR"), ("T2", "T1"), ("FLAIR", "T1"))
@@ -70,11 +73,16 @@ def evaluate_synthesis(predictor: Any, data_root: Path, *, anchors: Optional[Dic
             pairs[key] = {"status": f"n/a: model has no {HEAD_WORDS[TASK_OF[t]]} head"}
             beat_all = False
             continue
-        out = predictor.predict(trio[s], tasks=[TASK_OF[t]])[OUTPUT_OF[t]]
+        pred = predictor.predict(trio[s], tasks=[TASK_OF[t]])
+        out = pred[OUTPUT_OF[t]]
         sc = fitted_scores(np.asarray(out.data, np.float64), tgt, brain_mask(src, tgt))
         beat = sc["psnr"] > base["psnr"] and sc["ssim"] > base["ssim"]
         beat_all = beat_all and beat
-        pairs[key] = {**sc, "baseline": base, "beats_baseline": bool(beat)}
+        pairs[key] = {**sc, "baseline": base, "beats_baseline": bool(beat),
+                      "method": pred.metadata.get("synth_method")}
+        if pred.metadata.get("synth_method") == SYNTH_METHOD_NAMES["fit"]:
+            head = predictor.predict(trio[s], tasks=[TASK_OF[t]], synth_method="head")[OUTPUT_OF[t]]
+            pairs[key]["head"] = fitted_scores(np.asarray(head.data, np.float64), tgt, brain_mask(src, tgt))
         montage[f"{s}_to_{t}"] = out
     if montage_path is not None and montage:
         from brainfm.report.montage import write_montage
@@ -83,7 +91,10 @@ def evaluate_synthesis(predictor: Any, data_root: Path, *, anchors: Optional[Dic
         real = {f"real_{c}": trio[c].with_data(np.asarray(trio[c].data, np.float32)) for c in ("T2", "FLAIR")}
         write_montage(trio["T1"], {**real, **montage}, montage_path)
     anchor = {"baseline": baselines, "stored": dict((anchors or {}).get("synthesis_baseline", {}))}
-    parts = [f"{k} {v['psnr']:.1f}/{v['ssim']:.3f} (base {v['baseline']['psnr']:.1f}/{v['baseline']['ssim']:.3f})"
+    parts = [f"{k} {v['psnr']:.1f}/{v['ssim']:.3f} (base {v['baseline']['psnr']:.1f}/{v['baseline']['ssim']:.3f}"
+             + (f"; head {v['head']['psnr']:.1f}/{v['head']['ssim']:.3f}" if "head" in v else "") + ")"
              for k, v in pairs.items() if "psnr" in v]
+    methods = {v["method"] for v in pairs.values() if v.get("method")}
+    how = f"{methods.pop()}: " if len(methods) == 1 else ""
     return row("synthesis", metrics={"pairs": pairs}, anchor=anchor, goal=GOAL, passed=beat_all,
-               headline="PSNR dB/SSIM: " + "; ".join(parts) if parts else "n/a")
+               headline=f"{how}PSNR dB/SSIM: " + "; ".join(parts) if parts else "n/a")

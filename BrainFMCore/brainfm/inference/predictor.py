@@ -41,6 +41,8 @@ from brainfm.tasks.registration import METHOD_NAMES as REG_METHOD_NAMES, check_m
 from brainfm.tasks.registration import resolve_method as resolve_reg_method
 from brainfm.tasks.segmentation import METHOD_NAMES as SEG_METHOD_NAMES, check_method as check_seg_method
 from brainfm.tasks.segmentation import resolve_method as resolve_seg_method
+from brainfm.tasks.synthesis import METHOD_NAMES as SYNTH_METHOD_NAMES, SYNTH_TASKS
+from brainfm.tasks.synthesis import check_method as check_synth_method, resolve_method as resolve_synth_method
 from brainfm.tasks.registry import FEAT, TASKS, available_tasks, head_map, resolve_tasks
 from brainfm.volume import Volume
 
@@ -274,6 +276,7 @@ class Predictor:
         bias_method: str = "auto",
         reg_method: str = "auto",
         seg_method: str = "auto",
+        synth_method: str = "auto",
     ) -> Prediction:
         """Predict ``tasks`` for ``image`` (Volume or file path); see :class:`Prediction`.
 
@@ -297,7 +300,11 @@ class Predictor:
         the prior, :mod:`brainfm.tasks.segrefine`) or ``"auto"`` (the refinement for models on a grid
         coarser than 1 mm, except on CT; :func:`brainfm.tasks.segmentation.resolve_method`); every task
         that reads the labels (``seg``, the fitted bias field and registration) gets the same ones;
-        ``metadata["seg_method"]``.
+        ``metadata["seg_method"]``. ``synth_method``: ``"head"`` (the model's synthetic T1 / T2 / FLAIR /
+        CT), ``"fit"`` (the model's contrast per tissue on the scan's own detail, from the tissue model
+        fitted when the labels are refined, :mod:`brainfm.tasks.synthfit`; the segmentation is then
+        refined, and ``seg_method="head"`` refuses it) or ``"auto"`` (``fit`` whenever the labels are
+        refined); ``metadata["synth_method"]``.
 
         Memory: the forward is planned against the budget (:meth:`memory_plan`); the segmentation
         label decision is taken while blending (1 byte per voxel instead of 4 per class) unless
@@ -314,6 +321,7 @@ class Predictor:
         check_bias_method(bias_method)  # a misspelt method: refused before any work
         check_reg_method(reg_method)
         check_seg_method(seg_method)
+        check_synth_method(synth_method)
         if output_frame not in OUTPUT_FRAMES:
             raise InputError(f"output_frame must be one of {OUTPUT_FRAMES}, got {output_frame!r}")
         check()
@@ -353,8 +361,24 @@ class Predictor:
                 uses["reg"] = {heads["reg"], heads["seg"]}
                 cb(0.0, "registration: segmentation of the atlas template")
                 atlas_labels = self.atlas_labels(atlas_vol, cancel=cancel)
-        seg_how = (resolve_seg_method(seg_method, coarse_grid=self.voxel_mm > 1.0 + 1e-6, ct=prep.ct_window)
-                   if "seg" in heads else None)
+        has_seg = "seg" in available_tasks(self.task_heads)
+        seg_would = (resolve_seg_method(seg_method, coarse_grid=self.voxel_mm > 1.0 + 1e-6, ct=prep.ct_window)
+                     if has_seg else None)
+        synth_how = None
+        synth_tasks = [t for t in task_list if t in SYNTH_TASKS]
+        if synth_tasks:
+            synth_how = resolve_synth_method(synth_method, has_seg=has_seg, refined=seg_would == "fit")
+            if synth_how == "fit":  # the fit reads the tissue model of the refined segmentation
+                if check_seg_method(seg_method) == "head":
+                    raise InputError("synth_method 'fit' uses the tissue model fitted when the segmentation is "
+                                     "refined to the scan, but seg_method is 'head'; use seg_method 'auto' or "
+                                     "'fit', or synth_method 'head'")
+                heads.setdefault("seg", head_map(["seg"], self.task_heads)["seg"])
+                for t in synth_tasks:
+                    uses[t] = {heads[t], heads["seg"]}
+        seg_how = None
+        if "seg" in heads:
+            seg_how = "fit" if synth_how == "fit" else seg_would
         raw_heads = list(dict.fromkeys(h for t, h in heads.items() if t != FEAT))
         head_ch = self.net.head.channels()
         channels = {h: int(head_ch[h]) for h in raw_heads}
@@ -401,6 +425,7 @@ class Predictor:
         ctx.bias_method = bias_how or "head"
         ctx.reg_method, ctx.atlas_labels = reg_how or "head", atlas_labels
         ctx.seg_method = seg_how or "head"
+        ctx.synth_method = synth_how or "head"
         last_use = {h: max(i for i, t in enumerate(task_list) if h in uses[t]) for h in set().union(*uses.values())}
         n = len(task_list)
         for i, task in enumerate(task_list):
@@ -434,6 +459,8 @@ class Predictor:
             reg_how = ctx.reg_method
         if seg_how is not None:
             seg_how = ctx.seg_method
+        if synth_how is not None:
+            synth_how = ctx.synth_method
         # a fitted result needs no head warning, nor does a head used for want of an atlas (warned above)
         fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit" or no_atlas}
         warned_tasks = [t for t in task_list if not fitted.get(t, False)]
@@ -450,6 +477,7 @@ class Predictor:
             "bias_method": BIAS_METHOD_NAMES[bias_how] if bias_how else None,
             "reg_method": REG_METHOD_NAMES[reg_how] if reg_how else None,
             "seg_method": SEG_METHOD_NAMES[seg_how] if seg_how else None,
+            "synth_method": SYNTH_METHOD_NAMES[synth_how] if synth_how else None,
             "output_frame": output_frame,
             "tiled": used_tile is not None,
             "tile_size": used_tile,

@@ -71,6 +71,8 @@ class TaskContext:
             :mod:`brainfm.tasks.segrefine`), applied by :func:`brainfm.tasks.segmentation.decide`.
         reg_method: ``"head"`` (the model's registration head) or ``"fit"`` (a map fitted to the
             segmentations of the scan and of the atlas, :mod:`brainfm.tasks.regfit`).
+        synth_method: ``"head"`` (the model's synthesis) or ``"fit"`` (the model's contrast per tissue on
+            the scan's detail, :mod:`brainfm.tasks.synthfit`; needs the refined segmentation).
         atlas_labels: the model's segmentation of the atlas template (FreeSurfer numbers), which
             ``reg_method "fit"`` needs.
         tables, warnings: filled by the post-processors.
@@ -109,6 +111,7 @@ class TaskContext:
     seg_method: str = "head"
     bias_method: str = "head"
     reg_method: str = "head"
+    synth_method: str = "head"
     atlas_labels: Optional[Volume] = None
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)

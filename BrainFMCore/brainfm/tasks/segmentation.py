@@ -156,7 +156,8 @@ class Decided:
     bias field): channel indices on the network (or fine) grid and on the output grid (index ``n_ch``
     = background, masked like ``seg``), the lookup to FreeSurfer numbers and the grid map to the input.
     ``refined``: the output-grid labels were refined to the scan's intensities (``seg_method`` fit,
-    :func:`refine`); ``idx_net`` is then the model's decision before the refinement."""
+    :func:`refine`); ``idx_net`` is then the model's decision before the refinement, and ``tissues``
+    the tissue model fitted to the scan (:class:`brainfm.tasks.segrefine.Tissues`)."""
 
     idx_net: np.ndarray
     idx_out: np.ndarray
@@ -165,6 +166,7 @@ class Decided:
     n_ch: int
     to_input: Any
     refined: bool = False
+    tissues: Any = None
 
     def labels_out(self, dtype=np.int32) -> np.ndarray:
         """FreeSurfer numbers on the output grid (``np.int16`` holds every FreeSurfer number in half
@@ -207,22 +209,20 @@ def decide(ctx: TaskContext) -> Decided:
         np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=ctx.background_out)
         if ctx.head_out is not None:  # never a label outside the head
             np.copyto(idx_out, np.asarray(n_ch, idx_out.dtype), where=~np.asarray(ctx.head_out, bool))
-    refined = False
-    if ctx.seg_method == "fit":
-        refined = refine(ctx, idx_out, logits, lut=lut)
-    ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input, refined)
+    tissues = refine(ctx, idx_out, logits, lut=lut) if ctx.seg_method == "fit" else None
+    ctx.decided = Decided(idx_net, idx_out, lut, scheme, n_ch, to_input, tissues is not None, tissues)
     return ctx.decided
 
 
-def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> bool:
+def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> Optional[Any]:
     """Refine the labelled voxels of ``idx_out`` (in place) to the scan's intensities
-    (:func:`brainfm.tasks.segrefine.refine_indices`): the model's probabilities on the output grid are
+    (:func:`brainfm.tasks.segrefine.fit_tissues`): the model's probabilities on the output grid are
     the prior; the intensities are the input's on the output grid, divided by the bias field fitted to
     the model's labels (:func:`brainfm.tasks.biasfit.fit_log_field`; raw when that fit is not
-    possible). Returns False, with a warning (``ctx.seg_method`` then ``"head"``), when the logits
-    were not kept or there is nothing to refine."""
+    possible). Returns the fitted :class:`brainfm.tasks.segrefine.Tissues`, or None, with a warning
+    (``ctx.seg_method`` then ``"head"``), when the logits were not kept or there is nothing to refine."""
     from brainfm.tasks.biasfit import fit_log_field
-    from brainfm.tasks.segrefine import refine_indices
+    from brainfm.tasks.segrefine import Tissues, fit_tissues
 
     fs_values = [int(v) for v in lut[:-1]]  # ``lut``: channel -> FreeSurfer number, last entry outside (0)
     n_ch = len(fs_values)
@@ -232,7 +232,7 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
         ctx.warnings.append(f"segmentation: the refinement to the scan's intensities was skipped ({why}); "
                             "the model's labels are used")
         ctx.seg_method = "head"
-        return False
+        return None
     image = np.asarray(ctx.image_out, np.float32)
     try:
         log_field = fit_log_field(image, lut[idx_out].astype(np.int16), voxel_mm=voxel_sizes(ctx.out_affine))
@@ -244,8 +244,9 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     # (only at the labelled voxels: no (X, Y, Z, C) array on the output grid)
     prior = ctx.channels_at_output(softmax(logits), np.argwhere(labelled), "linear", 0.0)
     prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
-    idx_out[labelled] = refine_indices(prior, values, fs_values).astype(idx_out.dtype)
-    return True
+    indices, posteriors = fit_tissues(prior, values, fs_values)
+    idx_out[labelled] = indices.astype(idx_out.dtype)
+    return Tissues(labelled, posteriors, np.asarray(values, np.float32))
 
 
 def run_seg(ctx: TaskContext) -> Dict[str, Volume]:

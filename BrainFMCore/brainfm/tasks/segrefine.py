@@ -22,6 +22,7 @@ the final label is the structure with the highest ``log prior + log likelihood o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -38,6 +39,20 @@ ITERATIONS = 10
 TOLERANCE = 1e-3
 #: the smallest standard deviation of a group, as a fraction of the intensity range (1st-99th percentile)
 MIN_SIGMA = 0.06
+
+
+@dataclass
+class Tissues:
+    """The tissue model fitted to a scan (:func:`fit_tissues`), kept for the tasks that read it after
+    the segmentation (the synthesis fitted to the scan, :mod:`brainfm.tasks.synthfit`).
+
+    ``mask``: the labelled voxels of the output grid (bool ``(X, Y, Z)``); ``posteriors``: float32
+    ``(N, G)``, each tissue group's probability at those voxels (C order of ``mask``); ``intensities``:
+    float32 ``(N,)``, the scan's values there, divided by the fitted bias field."""
+
+    mask: np.ndarray
+    posteriors: np.ndarray
+    intensities: np.ndarray
 
 
 def group_of(fs_values: Sequence[int]) -> np.ndarray:
@@ -59,10 +74,24 @@ def group_of(fs_values: Sequence[int]) -> np.ndarray:
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
                    iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
-    channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels.
+    channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels
+    (:func:`fit_tissues` without the posteriors)."""
+    return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance)[0]
+
+
+def fit_tissues(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
+                iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> Tuple[np.ndarray, np.ndarray]:
+    """``(indices, posteriors)``: the channel index (int64, ``(N,)``) of every voxel, and the
+    posterior probability of each tissue group present (float32 ``(N, G)``, rows summing to 1; the
+    groups of :func:`group_of` that occur in ``fs_values``, in their order).
 
     Computed with torch (its threads), in place on ``(N, groups)`` arrays; the M-step's sums are one
-    matrix product with ``[1, y, y**2]`` of the intensities centred on their median."""
+    matrix product with ``[1, y, y**2]`` of the intensities centred on their median.
+
+    >>> idx, post = fit_tissues(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([1.0, 5.0]), [2, 3])
+    >>> idx.tolist(), post.shape
+    ([0, 1], (2, 2))
+    """
     import torch
 
     p_np = np.asarray(prior, np.float32)
@@ -71,7 +100,7 @@ def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequen
         raise ValueError(f"prior {p_np.shape}, intensities {y_np.shape} and {len(fs_values)} labels do not match")
     n = int(p_np.shape[0])
     if n == 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros((0, len(np.unique(group_of(fs_values)))), np.float32)
     gidx = np.unique(group_of(fs_values), return_inverse=True)[1].reshape(-1)  # the groups present, numbered
     n_groups = int(gidx.max()) + 1
     tiny = 1e-6
@@ -113,4 +142,4 @@ def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequen
         if done:
             break
     winner = torch.argmax(best_log.add_(loglik), 1)
-    return best_idx.gather(1, winner[:, None])[:, 0].numpy()
+    return best_idx.gather(1, winner[:, None])[:, 0].numpy(), q.numpy()

@@ -17,6 +17,7 @@ from typing import Dict
 
 import numpy as np
 
+from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
 
@@ -26,6 +27,40 @@ IMAGE_UNITS = "a.u. in [0, 1] (min-max scale of the training targets)"
 BRAINID_IMAGE_UNITS = "T1-like a.u., white matter ~ 1 (Brain-ID image head)"
 
 _KEYS = {"t1": "synth_t1", "t2": "synth_t2", "flair": "synth_flair"}
+_NAMES = {"t1": "T1", "t2": "T2", "flair": "FLAIR"}
+#: the tasks whose images ``synth_method`` applies to (super-resolution keeps the model's image)
+SYNTH_TASKS = ("t1", "t2", "flair", "ct")
+#: what ``synth_method`` accepts (:mod:`brainfm.tasks.methods`), and what each resolved method is called
+METHODS = methods.METHODS
+METHOD_NAMES = {"head": "model head",
+                "fit": "fitted to the scan (the model's contrast per tissue, the scan's own detail)"}
+
+
+def check_method(method: str) -> str:
+    """``method`` lower-cased, one of :data:`METHODS`; :class:`~brainfm.errors.InputError` otherwise."""
+    return methods.check_method(method, option="synth_method")
+
+
+def resolve_method(method: str, *, has_seg: bool, refined: bool) -> str:
+    """``"head"`` or ``"fit"`` for a requested ``synth_method``: ``auto`` fits the synthesis to the scan
+    (:mod:`brainfm.tasks.synthfit`) whenever the segmentation is refined to the scan's intensities
+    (``refined``: a model on a grid coarser than 1 mm, not a CT), since the tissue model it needs is then
+    at hand. ``fit`` needs a segmentation head.
+
+    >>> resolve_method("auto", has_seg=True, refined=True), resolve_method("auto", has_seg=True, refined=False)
+    ('fit', 'head')
+    >>> resolve_method("fit", has_seg=True, refined=False)
+    'fit'
+    """
+    return methods.resolve(method, option="synth_method", head_reliable=not refined, has_seg=has_seg)
+
+
+def _fitted(ctx: TaskContext, data: np.ndarray, what: str) -> None:
+    """Fit ``data`` (on the output grid, in place) to the scan when ``ctx.synth_method`` is ``fit``."""
+    if ctx.synth_method == "fit":
+        from brainfm.tasks.synthfit import fit_to_scan
+
+        fit_to_scan(ctx, data, what=what)
 
 
 def ct_to_hu(raw: np.ndarray) -> np.ndarray:
@@ -36,6 +71,9 @@ def ct_to_hu(raw: np.ndarray) -> np.ndarray:
 def _image(ctx: TaskContext, task: str) -> Dict[str, Volume]:
     raw = ctx.task_head(task)[0]
     data = np.asarray(ctx.to_output(raw, "linear", 0.0), np.float32)
+    if ctx.synth_method == "fit":
+        data = ctx.private(data)
+        _fitted(ctx, data, "synthetic " + _NAMES[task])
     data = ctx.mask(data, 0.0, inplace=True)
     units = BRAINID_IMAGE_UNITS if ctx.heads.get(task) == "image" else IMAGE_UNITS
     return {_KEYS[task]: ctx.volume(data, task=task, kind="image", units=units)}
@@ -62,5 +100,6 @@ def run_ct(ctx: TaskContext) -> Dict[str, Volume]:
     raw = ctx.task_head("ct")[0]
     data = ctx.private(ctx.to_output(raw, "linear", CT_BACKGROUND_HU / CT_SCALE), np.float32)
     data *= np.float32(CT_SCALE)
+    _fitted(ctx, data, "synthetic CT")
     data = ctx.mask(data, CT_BACKGROUND_HU, inplace=True)
     return {"synth_ct": ctx.volume(data, task="ct", kind="image", units="HU")}

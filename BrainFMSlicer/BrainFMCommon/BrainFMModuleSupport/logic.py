@@ -198,7 +198,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             model: str = "default", atlas: Optional[str] = None, waitForCompletion: bool = True,
             progressCallback: Optional[ProgressCallback] = None,
             finishedCallback: Optional[Callable[[BrainFMRun], None]] = None,
-            biasMethod: str = "auto", regMethod: str = "auto", segMethod: str = "auto") -> BrainFMRun:
+            biasMethod: str = "auto", regMethod: str = "auto", segMethod: str = "auto",
+            synthMethod: str = "auto") -> BrainFMRun:
         """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
 
         :param outputs: role -> existing node to fill in place, or None.
@@ -209,6 +210,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         :param regMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --reg-method``; tasks with ``reg``).
         :param segMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --seg-method``; every task that reads
             the labels).
+        :param synthMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --synth-method``; the synthesis tasks).
         :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
         """
         checkInputVolume(inputVolume)
@@ -217,7 +219,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         self.checkModel(model, tasks)
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
                                model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"),
-                               reg_method=str(regMethod or "auto"), seg_method=str(segMethod or "auto"))
+                               reg_method=str(regMethod or "auto"), seg_method=str(segMethod or "auto"),
+                               synth_method=str(synthMethod or "auto"))
         self.checkDevice(params.device)
         keys = dict(self.OUTPUTS if keys is None else keys)
         wanted = [role for role, node in outputs.items() if node is not None or role in create]

@@ -34,6 +34,8 @@ BIAS_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 REG_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 #: ``brainfm run --seg-method``: the model's labels, or refined to the scan's intensities
 SEG_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
+#: ``brainfm run --synth-method``: the model's synthesis, or its contrast per tissue on the scan's detail
+SYNTH_METHODS: Tuple[str, ...] = ("auto", "fit", "head")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -64,6 +66,8 @@ class RunParameters:
         segmentations of the scan and of the atlas (``fit``) or ``auto`` (the engine's default).
     :param seg_method: the model's labels (``head``), refined to the scan's intensities (``fit``) or
         ``auto`` (the engine's default).
+    :param synth_method: the model's synthetic images (``head``), fitted to the scan (``fit``: the
+        model's contrast per tissue on the scan's own detail) or ``auto`` (the engine's default).
     """
 
     tasks: Tuple[str, ...] = ("all",)
@@ -83,6 +87,7 @@ class RunParameters:
     bias_method: str = "auto"
     reg_method: str = "auto"
     seg_method: str = "auto"
+    synth_method: str = "auto"
     extra_args: Tuple[str, ...] = field(default_factory=tuple)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -123,6 +128,8 @@ class RunParameters:
             return False, f"Unknown registration method {self.reg_method!r}; use {', '.join(REG_METHODS)}."
         if self.seg_method not in SEG_METHODS:
             return False, f"Unknown segmentation method {self.seg_method!r}; use {', '.join(SEG_METHODS)}."
+        if self.synth_method not in SYNTH_METHODS:
+            return False, f"Unknown synthesis method {self.synth_method!r}; use {', '.join(SYNTH_METHODS)}."
         return True, ""
 
     # -- command line ---------------------------------------------------------------------------
@@ -165,6 +172,8 @@ class RunParameters:
             args += ["--reg-method", self.reg_method]
         if self.seg_method != "auto":
             args += ["--seg-method", self.seg_method]
+        if self.synth_method != "auto":
+            args += ["--synth-method", self.synth_method]
         args += ["--progress", "machine"]
         if not self.write_png:
             args.append("--no-png")

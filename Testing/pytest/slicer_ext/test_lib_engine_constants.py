@@ -146,6 +146,7 @@ def test_task_names_precisions_and_frames_are_the_engines():
     assert set(parameters.BIAS_METHODS) == set(engine_option("run", "--bias-method").choices)
     assert set(parameters.REG_METHODS) == set(engine_option("run", "--reg-method").choices)
     assert set(parameters.SEG_METHODS) == set(engine_option("run", "--seg-method").choices)
+    assert set(parameters.SYNTH_METHODS) == set(engine_option("run", "--synth-method").choices)
 
 
 def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
@@ -154,7 +155,7 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
     p = parameters.RunParameters(tasks=("seg", "reg"), model="official", model_sha256="AB" * 32, atlas=str(atlas),
                                  device="cuda:1", precision="bf16", tile_size=96, memory_gb=6.5,
                                  output_frame="1mm", crop_foreground=False, probabilities=True, frame=2,
-                                 bias_method="fit", reg_method="head", seg_method="head")
+                                 bias_method="fit", reg_method="head", seg_method="head", synth_method="head")
     assert p.is_valid() == (True, "")
     assert parameters.RunParameters(bias_method="n4").is_valid() == (
         False, "Unknown bias-field method 'n4'; use auto, fit, head.")
@@ -162,12 +163,15 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
         False, "Unknown registration method 'syn'; use auto, fit, head.")
     assert parameters.RunParameters(seg_method="gmm").is_valid() == (
         False, "Unknown segmentation method 'gmm'; use auto, fit, head.")
+    assert parameters.RunParameters(synth_method="copy").is_valid() == (
+        False, "Unknown synthesis method 'copy'; use auto, fit, head.")
     ns = engine_parse(["run", "scan.nii", "-o", str(tmp_path / "out"), *p.as_arg_list()])
     assert (ns.tasks, ns.model, ns.sha256, ns.atlas) == ("seg,reg", "official", "ab" * 32, str(atlas))
     assert (ns.device, ns.precision, ns.tile_size, ns.memory_gb) == ("cuda:0", "bf16", 96, 6.5)
     assert (ns.output_frame, ns.no_crop, ns.probabilities, ns.frame) == ("1mm", True, True, 2)
     assert (ns.progress, ns.no_png, ns.no_compress, ns.bias_method, ns.reg_method, ns.seg_method) == (
         "machine", True, True, "fit", "head", "head")
+    assert ns.synth_method == "head"
     # options the library leaves out must mean the library's defaults to the engine
     default = parameters.RunParameters()
     ns = engine_parse(["run", "scan.nii", "-o", str(tmp_path / "out"), *default.as_arg_list()])
@@ -176,7 +180,7 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
     assert (ns.probabilities, ns.frame, ns.sha256, ns.atlas, ns.tile_size, ns.memory_gb) == (
         False, None, None, None, None, None)
     assert ns.bias_method == default.bias_method == "auto" and ns.reg_method == default.reg_method == "auto"
-    assert ns.seg_method == default.seg_method == "auto"
+    assert ns.seg_method == default.seg_method == "auto" and ns.synth_method == default.synth_method == "auto"
     assert engine_option("run", "--model").default == registry.DEFAULT_ID
 
 

@@ -174,41 +174,55 @@ def test_closing_the_scene_cancels_a_running_run(widget):
     assert cancelled == [True]
 
 
-def test_segmentation_method_combo_reaches_the_engine(scene, tmp_path, monkeypatch):
-    """The Segmentation module's 'Labels from' combo becomes ``--seg-method``: the run's log names the
-    method the engine used (the model's labels, or refined to the scan's intensities)."""
-    import BrainFMSegmentation
-    from brainfm.models import BrainFMNet, ModelConfig, registry, save_native
+#: module -> (heads of its tiny model, its parameters besides the shared ones, the log's line prefix,
+#: what the line says for "Model head" and for the fit)
+METHOD_COMBOS = {
+    "BrainFMSegmentation": ({"segmentation": 33}, dict(outputSegmentation=None, outputLabelmap=None, outputTable=None),
+                            "segmentation:", "Refined to the scan", "refined to the scan's intensities"),
+    "BrainFMSynthesis": ({"segmentation": 33, "T2": 1},
+                         dict(contrast="T2w", superResolution=False, outputVolume=None, outputSuperResolution=None),
+                         "synthesis:", "Fitted to the scan", "fitted to the scan"),
+}
 
+
+@pytest.mark.parametrize("module", list(METHOD_COMBOS))
+def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
+    """The Segmentation module's 'Labels from' and the Synthesis module's 'Image from' combos become
+    ``--seg-method`` / ``--synth-method``: the run's log names the method the engine used."""
+    import importlib
+
+    from brainfm.models import BrainFMNet, ModelConfig, registry, save_native
+    from BrainFMSceneLib.parameters import SEG_METHODS, SYNTH_METHODS
+
+    mod = importlib.import_module(module)
+    heads, params, prefix, fit_choice, fit_words = METHOD_COMBOS[module]
+    assert sorted(mod.METHOD_CHOICES.values()) == sorted(SEG_METHODS if "Segmentation" in module else SYNTH_METHODS)
     monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
     errors = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text), raising=False)
     torch.manual_seed(0)
-    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads={"segmentation": 33}))
-    weights, _ = save_native(net, tmp_path / "m" / "tiny-seg.safetensors", info={"name": "tiny-seg", "version": "0"})
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads=heads))
+    weights, _ = save_native(net, tmp_path / "m" / "tiny.safetensors", info={"name": "tiny", "version": "0"})
     vol = blob_head((22, 24, 20), GEOMETRY_CASES["oblique"])
-    w = BrainFMSegmentation.BrainFMSegmentationWidget()
-    ui = UiFile(module_ui("BrainFMSegmentation"))
-    w.ui = SimpleNamespace(**{name: FakeWidget(u.cls) for name, u in ui.widgets.items()})
-    w.ui.segmentationShow3DButton.setSegmentationNode = lambda node: None
+    w = getattr(mod, module + "Widget")()
+    ui = UiFile(module_ui(module))
     assert ui.widgets["methodComboBox"].cls == "QComboBox"
-    w.logic = BrainFMSegmentation.BrainFMSegmentationLogic()
+    w.ui = SimpleNamespace(**{name: FakeWidget(u.cls) for name, u in ui.widgets.items()})
+    if hasattr(w.ui, "segmentationShow3DButton"):
+        w.ui.segmentationShow3DButton.setSegmentationNode = lambda node: None
+    w.logic = getattr(mod, module + "Logic")()
     w.logic.logCallback = w.appendLog
-    from BrainFMSceneLib.parameters import SEG_METHODS
-
-    assert sorted(BrainFMSegmentation.METHOD_CHOICES.values()) == sorted(SEG_METHODS)  # every engine method offered
-    w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"),
-                                      outputSegmentation=None, outputLabelmap=None, outputTable=None, device="cpu",
-                                      quality="Full", method="Model head", modelId=str(weights))
+    w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu",
+                                      quality="Full", method="Model head", modelId=str(weights), **params)
     seen = {}
-    for choice in ("Model head", "Refined to the scan"):
+    for choice in ("Model head", fit_choice):
         w._parameterNode.method = choice
         w.ui.logTextEdit.lines = []
         w.onApplyButton()
         finish(w)
         assert "Done" in w.ui.progressBar.format and not errors, (w.ui.progressBar.format, errors)
-        seen[choice] = [line for line in w.ui.logTextEdit.lines if "segmentation:" in line]
-    assert seen["Model head"] and all("refined" not in line for line in seen["Model head"]), seen
-    assert any("refined to the scan's intensities" in line for line in seen["Refined to the scan"]), seen
+        seen[choice] = [line for line in w.ui.logTextEdit.lines if prefix in line]
+    assert seen["Model head"] and all(fit_words not in line for line in seen["Model head"]), seen
+    assert any(fit_words in line for line in seen[fit_choice]), seen

@@ -186,6 +186,23 @@ def test_synthesis_row_oracle_beats_baseline(data_root):
     r2 = evaluate_synthesis(Oracle(["t1"], answer), data_root)
     assert r2["metrics"]["pairs"]["T1->T2"]["status"] == "n/a: model has no T2 head" and r2["passed"] is False
 
+    class Fitted(Oracle):
+        """The product fits its synthesis to the scan (the real target); its head gives the input back."""
+
+        def predict(self, image, *, tasks, synth_method="auto", **kw):
+            from brainfm.tasks.synthesis import METHOD_NAMES
+
+            self.calls += 1
+            how = "head" if synth_method == "head" else "fit"
+            out = answer(image, list(tasks)) if how == "fit" else {f"synth_{tasks[0]}": image}
+            return Prediction(outputs=out, metadata={"synth_method": METHOD_NAMES[how]})
+
+    r3 = evaluate_synthesis(Fitted(["t1", "t2", "flair"], answer), data_root)
+    pair = r3["metrics"]["pairs"]["T1->T2"]
+    assert pair["method"].startswith("fitted to the scan") and r3["headline"].startswith("fitted to the scan")
+    assert pair["head"] == pytest.approx(pair["baseline"])  # the head scored beside: here the input itself
+    assert "; head " in r3["headline"]
+
 
 def test_registration_row_with_true_coordinates(data_root):
     from brainfm.evaluation.registration import evaluate_registration, held_out_pair

@@ -1,0 +1,177 @@
+"""Synthesis fitted to the scan (``brainfm.tasks.synthfit``, ``synth_method="fit"``): each tissue's linear
+map from the scan's intensities to the model's synthesis is found, the synthesised edge moves to the scan's
+edge, the method is chosen and reported like the other fitted methods, and on the stroke trio the bundled
+model's fitted T1->T2 beats both its own head and the input-itself baseline."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from brainfm.errors import InputError
+from brainfm.tasks.context import TaskContext
+from brainfm.tasks.synthesis import resolve_method, run_ct, run_t2
+from brainfm.tasks.synthfit import MIN_WEIGHT, transfer_contrast
+from test_segrefine import FS33
+
+
+def test_each_tissue_gets_its_own_linear_map():
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.uniform(0.0, 1.0, n)
+    group = rng.integers(0, 3, n)
+    q = np.eye(3, dtype=np.float32)[group]  # hard posteriors
+    a, b = np.array([-2.0, 0.5, 0.0]), np.array([1.5, 0.1, 0.7])
+    target = a[group] * y + b[group]
+    np.testing.assert_allclose(transfer_contrast(q, y, target), target, atol=1e-4)
+    # noise in the model's synthesis is averaged out, the maps stay
+    noisy = target + rng.normal(0, 0.05, n)
+    assert np.abs(transfer_contrast(q, y, noisy) - target).max() < 0.03
+    # soft posteriors mix the maps
+    soft = np.full((n, 3), 0.25, np.float32)
+    soft[np.arange(n), group] = 0.5
+    out = transfer_contrast(soft, y, target)
+    assert np.isfinite(out).all() and out.shape == (n,)
+
+
+def test_small_or_flat_tissues_get_their_mean():
+    y = np.linspace(0.0, 1.0, 200)
+    q = np.zeros((200, 2), np.float32)
+    q[:, 0] = 1.0
+    q[:int(MIN_WEIGHT) - 5, :] = [0.0, 1.0]  # group 1: fewer voxels than a slope needs
+    s = 2.0 * y
+    out = transfer_contrast(q, y, s)
+    small = slice(0, int(MIN_WEIGHT) - 5)
+    np.testing.assert_allclose(out[small], s[small].mean(), atol=1e-5)
+    flat = transfer_contrast(np.ones((50, 1), np.float32), np.full(50, 3.0), np.linspace(0, 1, 50))
+    np.testing.assert_allclose(flat, 0.5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        transfer_contrast(q, y[:10], s)
+
+
+def test_method_resolution():
+    assert resolve_method("auto", has_seg=True, refined=True) == "fit"
+    assert resolve_method("auto", has_seg=True, refined=False) == "head"
+    assert resolve_method("auto", has_seg=False, refined=True) == "head"
+    with pytest.raises(InputError, match="no segmentation head"):
+        resolve_method("fit", has_seg=False, refined=True)
+    with pytest.raises(InputError, match="synth_method must be one of auto, head, fit"):
+        resolve_method("copy", has_seg=True, refined=True)
+
+
+def _phantom(synth_method):
+    """A ball of white matter (intensity 100) in cortex (60); the model's boundary is blurred and 3 voxels
+    too far out (r = 12, the image's is r = 9), and its synthetic T2 (0.3 in white matter, 0.7 in cortex)
+    follows the model's boundary."""
+    from brainfm.labels import get_scheme
+
+    n = 40
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) - n / 2] * 3, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    head = r < 17
+    image = np.where(r < 9, 100.0, np.where(head, 60.0, 0.0)).astype(np.float32)
+    logits = np.full((33,) + image.shape, -10.0, np.float32)
+    logits[0] = np.where(head, -10.0, 10.0)
+    logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)
+    logits[FS33.index(3)] = np.where(head, 0.0, -10.0)
+    t2 = (0.3 + 0.4 / (1 + np.exp((12 - r) / 0.5)))[None].astype(np.float32)
+    ctx = TaskContext.identity({"segmentation": logits, "T2": t2, "CT": t2 / 10}, image / 100.0, np.eye(4),
+                               heads={"seg": "segmentation", "t2": "T2", "ct": "CT"}, scheme=get_scheme("fs33"),
+                               image_out=image, foreground_out=image > 0, seg_method="fit",
+                               synth_method=synth_method)
+    return ctx, r
+
+
+def test_the_synthesised_edge_moves_to_the_scan_edge():
+    fit, r = _phantom("fit")
+    head, _ = _phantom("head")
+    t2_fit = np.asarray(run_t2(fit)["synth_t2"].data)
+    t2_head = np.asarray(run_t2(head)["synth_t2"].data)
+    ring = (r > 9.5) & (r < 11)  # white matter for the model, cortex in the scan
+    assert t2_head[ring].max() < 0.36  # the model's: white matter's T2
+    assert t2_fit[ring].min() > 0.5  # fitted: the cortex's T2 of the model
+    np.testing.assert_allclose(t2_fit[r < 8.5], t2_fit[r < 8.5].mean(), atol=1e-4)  # one tissue, one value
+    assert abs(t2_fit[r < 8.5].mean() - 0.3) < 0.02
+    assert fit.synth_method == "fit" and fit.decided.tissues is not None
+    ct = np.asarray(run_ct(fit)["synth_ct"].data)  # the CT is fitted too, in HU
+    assert ct[ring].min() > 50.0 and ct[r > 17].max() == -1000.0
+    # no tissue model (the labels are not refined): the model's image, with a warning
+    plain, _ = _phantom("fit")
+    plain.seg_method = "head"
+    out = np.asarray(run_t2(plain)["synth_t2"].data)
+    np.testing.assert_array_equal(out, t2_head)
+    assert plain.synth_method == "head" and plain.warnings[-1].startswith("synthetic T2: not fitted to the scan")
+
+
+def _tiny(tmp_path, heads):
+    from brainfm.inference import Predictor
+    import ckpt_factory
+
+    _net, weights, _json = ckpt_factory.write_native(tmp_path / "tiny", heads=heads)
+    return Predictor.from_pretrained(str(weights), device="cpu"), weights
+
+
+def test_predictor_chooses_reports_and_refuses(tmp_path):
+    from fixtures import GEOMETRY_CASES, blob_head
+
+    p, _ = _tiny(tmp_path, {"segmentation": 33, "T2": 1})
+    img = blob_head((30, 34, 26), GEOMETRY_CASES["oblique"])
+    auto = p.predict(img, tasks=["t2"])  # a 1 mm model: the labels are not refined, nor the synthesis fitted
+    assert auto.metadata["synth_method"] == "model head"
+    fit = p.predict(img, tasks=["t2"], synth_method="fit")
+    assert fit.metadata["synth_method"].startswith("fitted to the scan")
+    assert fit.metadata["seg_method"] == "model head refined to the scan's intensities"
+    a, f = np.asarray(auto["synth_t2"].data), np.asarray(fit["synth_t2"].data)
+    assert a.shape == f.shape == img.shape and np.allclose(fit["synth_t2"].affine, img.affine)
+    assert not np.allclose(a, f)
+    with pytest.raises(InputError, match="seg_method is 'head'"):
+        p.predict(img, tasks=["t2"], synth_method="fit", seg_method="head")
+    no_seg, _ = _tiny(tmp_path / "b", {"T2": 1})
+    assert no_seg.predict(img, tasks=["t2"]).metadata["synth_method"] == "model head"
+    with pytest.raises(InputError, match="no segmentation head"):
+        no_seg.predict(img, tasks=["t2"], synth_method="fit")
+    assert p.predict(img, tasks=["seg"]).metadata["synth_method"] is None  # no synthesis asked for
+
+
+def test_cli_option_reaches_the_predictor_and_is_reported(tmp_path, capsys):
+    from brainfm.cli import main
+    from brainfm.io import write_volume
+    from fixtures import blob_head
+
+    _p, weights = _tiny(tmp_path, {"segmentation": 33, "T2": 1})
+    scan = tmp_path / "a.nii.gz"
+    write_volume(blob_head((24, 28, 20)), scan)
+    base = ["run", str(scan), "--model", str(weights), "--device", "cpu", "--tasks", "t2", "--progress", "none",
+            "--no-png"]
+    assert main(base + ["-o", str(tmp_path / "fit"), "--synth-method", "fit"]) == 0
+    err = capsys.readouterr().err
+    assert "a: synthesis: fitted to the scan" in err
+    summary = json.loads((tmp_path / "fit" / "a" / "summary.json").read_text())
+    assert summary["metadata"]["synth_method"].startswith("fitted to the scan")
+    assert main(base + ["-o", str(tmp_path / "bad"), "--synth-method", "fit", "--seg-method", "head"]) == 2
+    assert "seg_method is 'head'" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "a").exists()
+
+
+@pytest.mark.slow
+def test_bundled_model_fitted_synthesis_beats_its_head_and_the_baseline(shared_data):
+    """Stroke T1 -> T2 (the synthesis row's first pair): PSNR and SSIM in the brain after a linear fit."""
+    from brainfm.evaluation.metrics import fitted_scores
+    from brainfm.evaluation.synthesis import baseline_scores, brain_mask, load_trio
+    from brainfm.inference import Predictor
+
+    try:
+        predictor = Predictor.from_pretrained("bundled", device="cpu")
+    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
+        pytest.skip(f"bundled model not available: {exc}")
+    trio = load_trio(shared_data)
+    src, tgt = np.asarray(trio["T1"].data, np.float64), np.asarray(trio["T2"].data, np.float64)
+    mask = brain_mask(src, tgt)
+    auto = predictor.predict(trio["T1"], tasks=["t2"])
+    head = predictor.predict(trio["T1"], tasks=["t2"], synth_method="head")
+    assert auto.metadata["synth_method"].startswith("fitted to the scan")
+    fit = fitted_scores(np.asarray(auto["synth_t2"].data, np.float64), tgt, mask)
+    own = fitted_scores(np.asarray(head["synth_t2"].data, np.float64), tgt, mask)
+    base = baseline_scores(src, tgt)
+    assert fit["psnr"] > max(own["psnr"], base["psnr"]) and fit["ssim"] > max(own["ssim"], base["ssim"])
