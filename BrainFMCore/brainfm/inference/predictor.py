@@ -235,9 +235,11 @@ class Predictor:
 
     def memory_plan(self, net_shape: Sequence[int], channels: Dict[str, int], *, tasks: Sequence[str],
                     output_voxels: float, reduce: Optional[Dict[str, str]] = None, streaming: bool = False,
-                    probabilities: bool = False, atlas: bool = True, grid_bytes: float = 0.0) -> MemoryPlan:
+                    probabilities: bool = False, atlas: bool = True, grid_bytes: float = 0.0,
+                    refine: bool = False) -> MemoryPlan:
         """The :class:`~brainfm.inference.plan.MemoryPlan` for a network-frame shape and raw outputs
-        ``channels`` (name -> channels), against this Predictor's budget."""
+        ``channels`` (name -> channels), against this Predictor's budget (``refine``: the labels are
+        refined to the scan)."""
         rss = float(devmod.resident_bytes())
         given = self.memory_budget_gb * 1e9 if self.memory_budget_gb is not None else None
         device_budget = None
@@ -255,7 +257,7 @@ class Predictor:
                            channels_last=self.channels_last, tile_size=self.tile_size,
                            tile_overlap=self.tile_overlap, budget_given=given_host,
                            device_budget_bytes=device_budget, atlas=atlas, grid_bytes=grid_bytes,
-                           test_time_flip=self.test_time_flip)
+                           test_time_flip=self.test_time_flip, refine=refine)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(
@@ -394,7 +396,8 @@ class Predictor:
         out_vox = float(np.prod(prep.image.shape if output_frame == "input" else prep.net.shape))
         plan = self.memory_plan(prep.net.shape, channels, tasks=task_list, output_voxels=out_vox, reduce=reduce,
                                 streaming=on_output is not None, probabilities=return_probabilities,
-                                atlas=atlas_vol is not None, grid_bytes=_grid_bytes(prep, output_frame))
+                                atlas=atlas_vol is not None, grid_bytes=_grid_bytes(prep, output_frame),
+                                refine=seg_how == "fit")
         avail = float(devmod.available_memory_bytes(torch.device("cpu")))
         advice = memory_advice(
             device=self.device, n_tasks=len(task_list), output_frame=output_frame, output_voxels=out_vox,

@@ -214,6 +214,10 @@ def decide(ctx: TaskContext) -> Decided:
     return ctx.decided
 
 
+#: labelled voxels whose probabilities are sampled together by :func:`refine` (33 channels: 35 MB)
+PRIOR_CHUNK = 1 << 18
+
+
 def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> Optional[Any]:
     """Refine the labelled voxels of ``idx_out`` (in place) to the scan's intensities
     (:func:`brainfm.tasks.segrefine.fit_tissues`): the model's probabilities on the output grid are
@@ -222,7 +226,7 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     possible). Returns the fitted :class:`brainfm.tasks.segrefine.Tissues`, or None, with a warning
     (``ctx.seg_method`` then ``"head"``), when the logits were not kept or there is nothing to refine."""
     from brainfm.tasks.biasfit import fit_log_field
-    from brainfm.tasks.segrefine import Tissues, fit_tissues
+    from brainfm.tasks.segrefine import GroupedPrior, Tissues, fit_tissues, present_groups
 
     fs_values = [int(v) for v in lut[:-1]]  # ``lut``: channel -> FreeSurfer number, last entry outside (0)
     n_ch = len(fs_values)
@@ -240,11 +244,21 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     except ValueError:  # too few labelled voxels for a field: the raw intensities
         values = image[labelled]
     # the model's probabilities on its own grid, interpolated: a 2 mm boundary stays uncertain over
-    # 2 mm, where the scan's intensities decide
-    # (only at the labelled voxels: no (X, Y, Z, C) array on the output grid)
-    prior = ctx.channels_at_output(softmax(logits), np.argwhere(labelled), "linear", 0.0)
-    prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
-    indices, posteriors = fit_tissues(prior, values, fs_values)
+    # 2 mm, where the scan's intensities decide. Sampled at the labelled voxels only, a chunk at a time,
+    # and kept per tissue group (GroupedPrior): no (voxels, channels) array of the whole scan
+    probs = softmax(logits)
+    flat = np.flatnonzero(labelled)
+    groups = present_groups(fs_values)
+    grouped = GroupedPrior.empty(flat.size, int(groups.max()) + 1, n_ch)
+    # (a context that can only map whole grids maps them once: one chunk)
+    chunk = PRIOR_CHUNK if ctx.output_points is not None else max(1, flat.size)
+    for start in range(0, flat.size, chunk):
+        vox = np.stack(np.unravel_index(flat[start:start + chunk], labelled.shape), 1)
+        prior = ctx.channels_at_output(probs, vox, "linear", 0.0)
+        prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
+        grouped.fill(start, prior, groups)
+    del probs, flat
+    indices, posteriors = fit_tissues(grouped, values, fs_values)
     idx_out[labelled] = indices.astype(idx_out.dtype)
     return Tissues(labelled, posteriors, np.asarray(values, np.float32))
 

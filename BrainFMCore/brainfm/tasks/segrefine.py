@@ -23,7 +23,7 @@ the final label is the structure with the highest ``log prior + log likelihood o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 
@@ -71,6 +71,61 @@ def group_of(fs_values: Sequence[int]) -> np.ndarray:
     return out
 
 
+def present_groups(fs_values: Sequence[int]) -> np.ndarray:
+    """Group of every channel among the groups present in ``fs_values``, numbered 0, 1, ... in the
+    order of :func:`group_of`.
+
+    >>> present_groups([0, 2, 3, 41]).tolist()                 # background, white matter x 2, cortex
+    [2, 0, 1, 0]
+    """
+    return np.unique(group_of(fs_values), return_inverse=True)[1].reshape(-1)
+
+
+@dataclass
+class GroupedPrior:
+    """The model's prior, reduced to what the tissue fit needs (``(N, G)`` per tissue group present):
+    ``group``, the summed probability of the group's structures (float32); ``best_log``, the log
+    probability of its most probable structure (float32); ``best_idx``, that structure's channel
+    (uint8, or int16 beyond 255 channels). Filled chunk by chunk (:meth:`fill`), so the ``(N, C)``
+    probabilities of all channels never exist at once."""
+
+    group: np.ndarray
+    best_log: np.ndarray
+    best_idx: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, n_groups: int, n_channels: int) -> "GroupedPrior":
+        """Arrays for ``n`` voxels."""
+        idx_type = np.uint8 if n_channels <= 255 else np.int16
+        return cls(np.empty((n, n_groups), np.float32), np.empty((n, n_groups), np.float32),
+                   np.empty((n, n_groups), idx_type))
+
+    def fill(self, start: int, prior: np.ndarray, groups: np.ndarray) -> None:
+        """Rows ``start:start + len(prior)`` from probabilities ``prior`` ``(n, C)`` of the channels,
+        whose groups are ``groups`` (:func:`present_groups`); ties go to the first channel."""
+        import torch
+
+        p = torch.from_numpy(np.ascontiguousarray(prior, np.float32))
+        rows = slice(start, start + p.shape[0])
+        group, best_log = torch.from_numpy(self.group[rows]), torch.from_numpy(self.best_log[rows])
+        for g in range(self.group.shape[1]):
+            cols = np.flatnonzero(groups == g)
+            sub = p[:, torch.from_numpy(cols)]
+            torch.sum(sub, 1, out=group[:, g])
+            top, where = torch.max(sub, 1)  # the first of equal maxima
+            self.best_idx[rows, g] = cols[where.numpy()]
+            best_log[:, g] = top.add_(1e-6).log_()
+
+    @classmethod
+    def of(cls, prior: np.ndarray, fs_values: Sequence[int]) -> "GroupedPrior":
+        """The grouped prior of probabilities ``prior`` ``(N, C)`` of the channels (labels ``fs_values``)."""
+        p = np.asarray(prior, np.float32)
+        groups = present_groups(fs_values)
+        out = cls.empty(p.shape[0], int(groups.max()) + 1 if groups.size else 0, p.shape[1])
+        out.fill(0, p, groups)
+        return out
+
+
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
                    iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
@@ -79,11 +134,12 @@ def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequen
     return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance)[0]
 
 
-def fit_tissues(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
+def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray, fs_values: Sequence[int], *,
                 iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> Tuple[np.ndarray, np.ndarray]:
     """``(indices, posteriors)``: the channel index (int64, ``(N,)``) of every voxel, and the
     posterior probability of each tissue group present (float32 ``(N, G)``, rows summing to 1; the
-    groups of :func:`group_of` that occur in ``fs_values``, in their order).
+    groups of :func:`present_groups`). ``prior``: ``(N, C)`` probabilities of the channels (labels
+    ``fs_values``), or their :class:`GroupedPrior` (whose arrays the fit then uses as its own memory).
 
     Computed with torch (its threads), in place on ``(N, groups)`` arrays; the M-step's sums are one
     matrix product with ``[1, y, y**2]`` of the intensities centred on their median.
@@ -94,29 +150,20 @@ def fit_tissues(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[
     """
     import torch
 
-    p_np = np.asarray(prior, np.float32)
     y_np = np.asarray(intensities, np.float32)
-    if p_np.ndim != 2 or p_np.shape[0] != y_np.shape[0] or p_np.shape[1] != len(fs_values):
-        raise ValueError(f"prior {p_np.shape}, intensities {y_np.shape} and {len(fs_values)} labels do not match")
-    n = int(p_np.shape[0])
+    if not isinstance(prior, GroupedPrior):
+        p_np = np.asarray(prior, np.float32)
+        if p_np.ndim != 2 or p_np.shape[0] != y_np.shape[0] or p_np.shape[1] != len(fs_values):
+            raise ValueError(f"prior {p_np.shape}, intensities {y_np.shape} and {len(fs_values)} labels do not match")
+        prior = GroupedPrior.of(p_np, fs_values)
+    n, n_groups = prior.group.shape
+    if n != y_np.shape[0]:
+        raise ValueError(f"prior of {n} voxels and intensities {y_np.shape} do not match")
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros((0, len(np.unique(group_of(fs_values)))), np.float32)
-    gidx = np.unique(group_of(fs_values), return_inverse=True)[1].reshape(-1)  # the groups present, numbered
-    n_groups = int(gidx.max()) + 1
+        return np.zeros(0, np.int64), np.zeros((0, n_groups), np.float32)
     tiny = 1e-6
-    p = torch.from_numpy(np.ascontiguousarray(p_np))
-    # per group: the summed prior, and the best structure with its log prior (ties: the first channel)
-    group_prior = torch.empty((n, n_groups))
-    best_log = torch.empty((n, n_groups))
-    best_idx = torch.empty((n, n_groups), dtype=torch.int64)
-    for g in range(n_groups):
-        cols = torch.from_numpy(np.flatnonzero(gidx == g))
-        sub = p[:, cols]
-        torch.sum(sub, 1, out=group_prior[:, g])
-        top, where = torch.max(sub, 1)
-        best_log[:, g] = top
-        best_idx[:, g] = cols[where]
-    best_log.add_(tiny).log_()
+    group_prior = torch.from_numpy(prior.group)
+    best_log = torch.from_numpy(prior.best_log)
     log_group_prior = group_prior.add(tiny).log_()
     lo, hi = np.percentile(y_np, [1, 99])
     span = float(max(hi - lo, 1e-6))
@@ -141,5 +188,6 @@ def fit_tissues(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[
         mu = new_mu
         if done:
             break
-    winner = torch.argmax(best_log.add_(loglik), 1)
-    return best_idx.gather(1, winner[:, None])[:, 0].numpy(), q.numpy()
+    del log_group_prior, stats
+    winner = torch.argmax(best_log.add_(loglik), 1).numpy()
+    return prior.best_idx[np.arange(n), winner].astype(np.int64), q.numpy()

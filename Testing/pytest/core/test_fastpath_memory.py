@@ -270,3 +270,18 @@ def test_plan_counts_the_padded_side_and_picks_tiles_that_need_no_padding():
     for levels, step in ((5, 16), (6, 32)):
         small = plan_memory((300, 300, 300), num_levels=levels, budget_bytes=1.0e9, **kw)
         assert small.tile_size is not None and small.tile_size % step == 0 and small.fallback_tile % step == 0
+
+
+def test_plan_counts_the_refinement_while_the_labels_are_held():
+    """A refined segmentation holds its tissue model (REFINE_CHANNELS per output voxel) through
+    post-processing, streamed or not; a plain one does not."""
+    from brainfm.inference.plan import REFINE_CHANNELS, SLACK
+
+    kw = dict(output_voxels=160 * 192 * 224, f_maps=16, num_levels=5, channels={"segmentation": 33}, tasks=["seg"],
+              baseline_bytes=0.0, budget_bytes=64e9, device=torch.device("cpu"))
+    for streaming in (False, True):
+        plain = plan_memory((80, 96, 112), streaming=streaming, **kw)
+        refined = plan_memory((80, 96, 112), streaming=streaming, refine=True, **kw)
+        extra = refined.postprocess_bytes - plain.postprocess_bytes
+        assert extra == pytest.approx(SLACK * 4.0 * REFINE_CHANNELS * kw["output_voxels"])
+        assert refined.forward_bytes == plain.forward_bytes

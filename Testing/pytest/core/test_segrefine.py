@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from brainfm.errors import InputError
+from brainfm.geometry import GridMapper
 from brainfm.tasks.context import TaskContext
 from brainfm.tasks.segmentation import decide, resolve_method, run_seg
 from brainfm.tasks.segrefine import group_of, refine_indices
@@ -32,6 +33,26 @@ def test_tissue_boundaries_move_to_the_image_and_one_tissue_keeps_the_prior():
     np.testing.assert_array_equal(idx2, (p_ctx < 0.5).astype(int))
     with pytest.raises(ValueError, match="do not match"):
         refine_indices(prior, image[:10], [2, 3])
+
+
+def test_grouped_prior_filled_in_chunks_is_the_whole():
+    from brainfm.tasks.segrefine import GroupedPrior, fit_tissues, present_groups
+
+    rng = np.random.default_rng(1)
+    prior = rng.dirichlet(np.ones(len(FS33)), 500).astype(np.float32)
+    whole = GroupedPrior.of(prior, FS33)
+    groups = present_groups(FS33)
+    chunked = GroupedPrior.empty(500, int(groups.max()) + 1, len(FS33))
+    for start in range(0, 500, 64):
+        chunked.fill(start, prior[start:start + 64], groups)
+    for a, b in zip((whole.group, whole.best_log, whole.best_idx), (chunked.group, chunked.best_log, chunked.best_idx)):
+        np.testing.assert_array_equal(a, b)
+    # the best structure of each group is the most probable one of its channels
+    wm = groups[FS33.index(2)]
+    cols = np.flatnonzero(groups == wm)
+    np.testing.assert_array_equal(whole.best_idx[:, wm], cols[prior[:, cols].argmax(1)])
+    y = rng.normal(60, 10, 500)
+    np.testing.assert_array_equal(fit_tissues(prior, y, FS33)[0], fit_tissues(GroupedPrior.of(prior, FS33), y, FS33)[0])
 
 
 def test_groups_follow_tissues_and_unknown_labels_stand_alone():
@@ -72,10 +93,16 @@ def _phantom_context(method, *, keep_logits=True):
     return ctx, r
 
 
-def test_the_shared_label_decision_is_refined_to_the_image():
+def test_the_shared_label_decision_is_refined_to_the_image(monkeypatch):
+    import brainfm.tasks.segmentation as segmentation
+
     ctx, r = _phantom_context("fit")
     out = run_seg(ctx)
     seg = np.asarray(out["seg"].data)
+    monkeypatch.setattr(segmentation, "PRIOR_CHUNK", 999)  # the prior sampled in many chunks: the same labels
+    again, _ = _phantom_context("fit")
+    again.output_points = GridMapper(np.eye(4), r.shape, np.eye(4), r.shape).points
+    np.testing.assert_array_equal(np.asarray(run_seg(again)["seg"].data), seg)
     assert ctx.decided.refined and ctx.seg_method == "fit"
     assert (seg[r < 8.5] == 2).all() and (seg[(r > 9.5) & (r < 16)] == 3).all()  # the image's edge, r = 9
     head, r = _phantom_context("head")
