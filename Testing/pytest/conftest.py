@@ -50,6 +50,17 @@ def shared_data() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def bundled_predictor():
+    """The bundled compact model on the CPU, loaded once; skips when this checkout has no bundled weights."""
+    from brainfm.inference import Predictor
+
+    try:
+        return Predictor.from_pretrained("bundled", device="cpu")
+    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
+        pytest.skip(f"bundled model not available: {exc}")
+
+
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -153,15 +153,11 @@ def test_bias_task_fits_the_segmentation_or_falls_back_to_the_head_with_a_warnin
     assert empty.warnings and empty.warnings[0].startswith("bias field: the fit to the segmentation failed")
 
 
-def test_bundled_model_fitted_field_follows_fields_applied_to_a_real_t1(shared_data):
+def test_bundled_model_fitted_field_follows_fields_applied_to_a_real_t1(shared_data, bundled_predictor):
     """The product path: the bundled model's segmentation of the real T1 with a known field applied."""
     from brainfm.evaluation.biasfield import applied_t1
-    from brainfm.inference import Predictor
 
-    try:
-        predictor = Predictor.from_pretrained("bundled", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
-        pytest.skip(f"bundled model not available: {exc}")
+    predictor = bundled_predictor
     t1, brain, fields = applied_t1(shared_data)
     field = fields[0]
     biased = t1.with_data((np.asarray(t1.data, np.float64) * np.exp(field)).astype(np.float32))

@@ -172,16 +172,12 @@ def test_predictor_auto_fits_when_the_quality_says_the_head_is_not_reliable(tmp_
 
 
 @pytest.mark.slow
-def test_bundled_model_fitted_map_carries_labels_between_held_out_brains(shared_data):
+def test_bundled_model_fitted_map_carries_labels_between_held_out_brains(shared_data, bundled_predictor):
     """The product path on the registration row's data: labels of held-out map A carried to B through
     the atlas coordinates of both (the head reaches merged-17 Dice 0.39 there, SyN directly A -> B 0.72)."""
     from brainfm.evaluation.registration import carried_dice
-    from brainfm.inference import Predictor
 
-    try:
-        predictor = Predictor.from_pretrained("bundled", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
-        pytest.skip(f"bundled model not available: {exc}")
+    predictor = bundled_predictor
     rep = carried_dice(predictor, shared_data, reg_method="fit")
     assert rep["method"] == "fitted to the model's segmentation"
     assert rep["mean_merged17"] > 0.62

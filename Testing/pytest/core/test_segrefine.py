@@ -71,9 +71,10 @@ def test_method_resolution():
         resolve_method("gmm", coarse_grid=True)
 
 
-def _phantom_context(method, *, keep_logits=True):
+def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, **kw):
     """A ball of white matter in cortex whose image edge lies 3 voxels inside the model's (blurred)
-    boundary; logits of the fs33 scheme on the same grid."""
+    boundary; logits of the fs33 scheme on the same grid. ``raw`` / ``heads``: more head outputs (a
+    function of the radius ``r``) and the tasks they serve; ``kw``: more fields of the context."""
     from brainfm.labels import get_scheme
 
     n = 40
@@ -85,9 +86,10 @@ def _phantom_context(method, *, keep_logits=True):
     logits[0] = np.where(head, -10.0, 10.0)
     logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)  # the model's white matter: r < 12
     logits[FS33.index(3)] = np.where(head, 0.0, -10.0)
-    ctx = TaskContext.identity({"segmentation": logits}, image / 100.0, np.eye(4), heads={"seg": "segmentation"},
+    outputs = {"segmentation": logits, **{name: make(r) for name, make in (raw or {}).items()}}
+    ctx = TaskContext.identity(outputs, image / 100.0, np.eye(4), heads={"seg": "segmentation", **(heads or {})},
                                scheme=get_scheme("fs33"), image_out=image, foreground_out=image > 0,
-                               seg_method=method)
+                               seg_method=method, **kw)
     if not keep_logits:  # the decision was taken while blending: no logits
         ctx.labels = {"segmentation": (np.argmax(logits, 0).astype(np.uint8), 33)}
     return ctx, r
@@ -117,16 +119,12 @@ def test_the_shared_label_decision_is_refined_to_the_image(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bundled_model_refined_labels_agree_with_freesurfer_better(shared_data):
+def test_bundled_model_refined_labels_agree_with_freesurfer_better(shared_data, bundled_predictor):
     """The real T1 of the quality level (merged-17 Dice against its FreeSurfer aseg)."""
     from brainfm.evaluation import datasets
     from brainfm.evaluation.segmentation import dice_report
-    from brainfm.inference import Predictor
 
-    try:
-        predictor = Predictor.from_pretrained("bundled", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
-        pytest.skip(f"bundled model not available: {exc}")
+    predictor = bundled_predictor
     image = datasets.load(shared_data, "voxelmorph_vol")
     truth = np.asarray(datasets.load_labels(shared_data, "voxelmorph_seg").data)
     auto = predictor.predict(image, tasks=["seg"])

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from brainfm.errors import InputError
-from brainfm.tasks.context import TaskContext
 from brainfm.tasks.synthesis import resolve_method, run_ct, run_t2
 from brainfm.tasks.synthfit import MIN_WEIGHT, transfer_contrast
-from test_segrefine import FS33
+from test_segrefine import _phantom_context
 
 
 def test_each_tissue_gets_its_own_linear_map():
@@ -60,27 +59,16 @@ def test_method_resolution():
         resolve_method("copy", has_seg=True, refined=True)
 
 
-def _phantom(synth_method):
-    """A ball of white matter (intensity 100) in cortex (60); the model's boundary is blurred and 3 voxels
-    too far out (r = 12, the image's is r = 9), and its synthetic T2 (0.3 in white matter, 0.7 in cortex)
-    follows the model's boundary."""
-    from brainfm.labels import get_scheme
+def _t2(r):
+    """The model's synthetic T2 of the phantom: 0.3 in white matter, 0.7 in cortex, along its boundary."""
+    return (0.3 + 0.4 / (1 + np.exp((12 - r) / 0.5)))[None].astype(np.float32)
 
-    n = 40
-    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) - n / 2] * 3, indexing="ij")
-    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
-    head = r < 17
-    image = np.where(r < 9, 100.0, np.where(head, 60.0, 0.0)).astype(np.float32)
-    logits = np.full((33,) + image.shape, -10.0, np.float32)
-    logits[0] = np.where(head, -10.0, 10.0)
-    logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)
-    logits[FS33.index(3)] = np.where(head, 0.0, -10.0)
-    t2 = (0.3 + 0.4 / (1 + np.exp((12 - r) / 0.5)))[None].astype(np.float32)
-    ctx = TaskContext.identity({"segmentation": logits, "T2": t2, "CT": t2 / 10}, image / 100.0, np.eye(4),
-                               heads={"seg": "segmentation", "t2": "T2", "ct": "CT"}, scheme=get_scheme("fs33"),
-                               image_out=image, foreground_out=image > 0, seg_method="fit",
-                               synth_method=synth_method)
-    return ctx, r
+
+def _phantom(synth_method):
+    """The segmentation phantom (the image's white-matter edge at r = 9, the model's blurred one at r = 12)
+    with a synthetic T2 and CT (HU / 1000) that follow the model's boundary."""
+    return _phantom_context("fit", raw={"T2": _t2, "CT": lambda r: _t2(r) / 10}, heads={"t2": "T2", "ct": "CT"},
+                            synth_method=synth_method)
 
 
 def test_the_synthesised_edge_moves_to_the_scan_edge():
@@ -155,16 +143,12 @@ def test_cli_option_reaches_the_predictor_and_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bundled_model_fitted_synthesis_beats_its_head_and_the_baseline(shared_data):
+def test_bundled_model_fitted_synthesis_beats_its_head_and_the_baseline(shared_data, bundled_predictor):
     """Stroke T1 -> T2 (the synthesis row's first pair): PSNR and SSIM in the brain after a linear fit."""
     from brainfm.evaluation.metrics import fitted_scores
     from brainfm.evaluation.synthesis import baseline_scores, brain_mask, load_trio
-    from brainfm.inference import Predictor
 
-    try:
-        predictor = Predictor.from_pretrained("bundled", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - no bundled weights in this checkout
-        pytest.skip(f"bundled model not available: {exc}")
+    predictor = bundled_predictor
     trio = load_trio(shared_data)
     src, tgt = np.asarray(trio["T1"].data, np.float64), np.asarray(trio["T2"].data, np.float64)
     mask = brain_mask(src, tgt)
