@@ -32,6 +32,10 @@ from brainfm.progress import CancelToken, scaled
 HELP = "run BrainFM tasks on image files or folders"
 RUN_SUMMARY = "run_summary.json"
 
+#: ``(metadata key, what)`` of the methods a run reports in its log, in this order
+METHOD_LOG_LINES = (("bias_method", "bias field"), ("seg_method", "segmentation"), ("synth_method", "synthesis"),
+                    ("reg_method", "registration"))
+
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``: model, device, precision, memory, tiling, progress."""
@@ -224,14 +228,9 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                                 "seconds": round(time.perf_counter() - t_case, 3), "warnings": warnings})
                 for w in warnings:
                     _note(reporter, f"brainfm: warning: {case.name}: {w}")
-                if pred.metadata.get("bias_method"):  # which method made the field, in the log too
-                    _note(reporter, f"brainfm: {case.name}: bias field: {pred.metadata['bias_method']}")
-                if pred.metadata.get("seg_method"):
-                    _note(reporter, f"brainfm: {case.name}: segmentation: {pred.metadata['seg_method']}")
-                if pred.metadata.get("synth_method"):
-                    _note(reporter, f"brainfm: {case.name}: synthesis: {pred.metadata['synth_method']}")
-                if pred.metadata.get("reg_method"):
-                    _note(reporter, f"brainfm: {case.name}: registration: {pred.metadata['reg_method']}")
+                for key, what in METHOD_LOG_LINES:  # which method made each result, in the log too
+                    if pred.metadata.get(key):
+                        _note(reporter, f"brainfm: {case.name}: {what}: {pred.metadata[key]}")
             except CancelledError:
                 records += [{**c.record(), "status": "cancelled"} for c in todo[n:]]
                 if _has_results(records):

@@ -337,11 +337,12 @@ class Predictor:
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
         heads = head_map(task_list, self.task_heads)
         uses = {t: {h} for t, h in heads.items()}  # task -> the heads it reads
+        has_seg = "seg" in self.available_tasks  # the fitted methods read the segmentation
         bias_how = None
         if "bias" in task_list:
             bias_how = resolve_bias_method(
                 bias_method, head_reliable="bias" not in unreliable_tasks(getattr(self.info, "quality", None)),
-                has_seg="seg" in available_tasks(self.task_heads), ct=prep.ct_window)
+                has_seg=has_seg, ct=prep.ct_window)
             if bias_how == "fit" and prep.ct_window:  # asked for explicitly
                 warnings.append(CT_FIT_WARNING)
             if bias_how == "fit":  # the fit reads the segmentation, asked for or not
@@ -351,7 +352,7 @@ class Predictor:
         if "reg" in task_list:
             reg_how = resolve_reg_method(
                 reg_method, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
-                has_seg="seg" in available_tasks(self.task_heads))
+                has_seg=has_seg)
             no_atlas = reg_how == "fit" and atlas_vol is None
             if no_atlas:  # one warning that says what to do (the head's own warning would advise the fit)
                 warnings.append("registration: no atlas template to fit the map to, so the model's registration "
@@ -363,7 +364,6 @@ class Predictor:
                 uses["reg"] = {heads["reg"], heads["seg"]}
                 cb(0.0, "registration: segmentation of the atlas template")
                 atlas_labels = self.atlas_labels(atlas_vol, cancel=cancel)
-        has_seg = "seg" in available_tasks(self.task_heads)
         seg_would = (resolve_seg_method(seg_method, coarse_grid=self.voxel_mm > 1.0 + 1e-6, ct=prep.ct_window)
                      if has_seg else None)
         synth_how = None

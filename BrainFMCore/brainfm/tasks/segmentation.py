@@ -12,7 +12,7 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch
 from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume, voxel_sizes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from brainfm.tasks.segrefine import Tissues
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -166,7 +169,7 @@ class Decided:
     n_ch: int
     to_input: Any
     refined: bool = False
-    tissues: Any = None
+    tissues: Optional["Tissues"] = None
 
     def labels_out(self, dtype=np.int32) -> np.ndarray:
         """FreeSurfer numbers on the output grid (``np.int16`` holds every FreeSurfer number in half
@@ -218,7 +221,7 @@ def decide(ctx: TaskContext) -> Decided:
 PRIOR_CHUNK = 1 << 18
 
 
-def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> Optional[Any]:
+def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], *, lut: np.ndarray) -> Optional["Tissues"]:
     """Refine the labelled voxels of ``idx_out`` (in place) to the scan's intensities
     (:func:`brainfm.tasks.segrefine.fit_tissues`): the model's probabilities on the output grid are
     the prior; the intensities are the input's on the output grid, divided by the bias field fitted to

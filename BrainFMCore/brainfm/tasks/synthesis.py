@@ -55,12 +55,16 @@ def resolve_method(method: str, *, has_seg: bool, refined: bool) -> str:
     return methods.resolve(method, option="synth_method", head_reliable=not refined, has_seg=has_seg)
 
 
-def _fitted(ctx: TaskContext, data: np.ndarray, what: str) -> None:
-    """Fit ``data`` (on the output grid, in place) to the scan when ``ctx.synth_method`` is ``fit``."""
-    if ctx.synth_method == "fit":
-        from brainfm.tasks.synthfit import fit_to_scan
+def _fitted(ctx: TaskContext, data: np.ndarray, what: str) -> np.ndarray:
+    """``data`` (a synthesis on the output grid) fitted to the scan when ``ctx.synth_method`` is
+    ``fit`` (in place, on a private copy when ``data`` is an input of the context); else ``data``."""
+    if ctx.synth_method != "fit":
+        return data
+    from brainfm.tasks.synthfit import fit_to_scan
 
-        fit_to_scan(ctx, data, what=what)
+    data = ctx.private(data, np.float32)
+    fit_to_scan(ctx, data, what=what)
+    return data
 
 
 def ct_to_hu(raw: np.ndarray) -> np.ndarray:
@@ -71,9 +75,7 @@ def ct_to_hu(raw: np.ndarray) -> np.ndarray:
 def _image(ctx: TaskContext, task: str) -> Dict[str, Volume]:
     raw = ctx.task_head(task)[0]
     data = np.asarray(ctx.to_output(raw, "linear", 0.0), np.float32)
-    if ctx.synth_method == "fit":
-        data = ctx.private(data)
-        _fitted(ctx, data, "synthetic " + _NAMES[task])
+    data = _fitted(ctx, data, "synthetic " + _NAMES[task])
     data = ctx.mask(data, 0.0, inplace=True)
     units = BRAINID_IMAGE_UNITS if ctx.heads.get(task) == "image" else IMAGE_UNITS
     return {_KEYS[task]: ctx.volume(data, task=task, kind="image", units=units)}
@@ -100,6 +102,6 @@ def run_ct(ctx: TaskContext) -> Dict[str, Volume]:
     raw = ctx.task_head("ct")[0]
     data = ctx.private(ctx.to_output(raw, "linear", CT_BACKGROUND_HU / CT_SCALE), np.float32)
     data *= np.float32(CT_SCALE)
-    _fitted(ctx, data, "synthetic CT")
+    data = _fitted(ctx, data, "synthetic CT")
     data = ctx.mask(data, CT_BACKGROUND_HU, inplace=True)
     return {"synth_ct": ctx.volume(data, task="ct", kind="image", units="HU")}

@@ -21,8 +21,6 @@ True
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from brainfm.tasks.context import TaskContext
@@ -49,8 +47,9 @@ def transfer_contrast(posteriors: np.ndarray, intensities: np.ndarray, synthesiz
     if y.size == 0:
         return np.zeros(0, np.float32)
     # sums per group in one matrix product; centred values keep the (co)variances from sums exact
+    s_centre = float(np.median(s))
     yc = torch.from_numpy(y) - float(np.median(y))
-    sc = torch.from_numpy(s) - float(np.median(s))
+    sc = torch.from_numpy(s) - s_centre
     stats = torch.stack([torch.ones_like(yc), yc, sc, yc * yc, yc * sc], 1)
     sums = (torch.from_numpy(np.ascontiguousarray(q)).T @ stats).double().numpy()  # (G, 5)
     w = np.maximum(sums[:, 0], 1e-12)
@@ -65,7 +64,7 @@ def transfer_contrast(posteriors: np.ndarray, intensities: np.ndarray, synthesiz
     a = torch.from_numpy(slope.astype(np.float32))
     b = torch.from_numpy(offset.astype(np.float32))
     qt = torch.from_numpy(np.ascontiguousarray(q))
-    out = (qt @ a).mul_(yc).add_(qt @ b).add_(float(np.median(s)))
+    out = (qt @ a).mul_(yc).add_(qt @ b).add_(s_centre)
     return out.numpy()
 
 
@@ -77,14 +76,14 @@ def fit_to_scan(ctx: TaskContext, data: np.ndarray, *, what: str) -> bool:
     refined)."""
     from brainfm.tasks.segmentation import decide
 
-    tissues: Optional[object] = getattr(decide(ctx), "tissues", None)
+    tissues = decide(ctx).tissues
     if tissues is None:
         ctx.warnings.append(f"{what}: not fitted to the scan (the segmentation was not refined to the scan's "
                             "intensities); the model's synthesis is used")
         ctx.synth_method = "head"
         return False
-    mask = tissues.mask  # type: ignore[attr-defined]
+    mask = tissues.mask
     if mask.shape != data.shape:
         raise ValueError(f"the tissue model's grid {mask.shape} is not the synthesis grid {data.shape}")
-    data[mask] = transfer_contrast(tissues.posteriors, tissues.intensities, data[mask])  # type: ignore[attr-defined]
+    data[mask] = transfer_contrast(tissues.posteriors, tissues.intensities, data[mask])
     return True
