@@ -226,10 +226,14 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     (:func:`brainfm.tasks.segrefine.fit_tissues`): the model's probabilities on the output grid are
     the prior; the intensities are the input's on the output grid, divided by the bias field fitted to
     the model's labels (:func:`brainfm.tasks.biasfit.fit_log_field`; raw when that fit is not
-    possible). Returns the fitted :class:`brainfm.tasks.segrefine.Tissues`, or None, with a warning
+    possible). Background never lies inside the brain: background voxels that the model's labels
+    surround (:func:`~brainfm.tasks.segrefine.enclosed`; e.g. dark, enlarged ventricles the head took
+    for background) are refined too, without the background in their prior, and background the
+    refinement leaves enclosed gets the most probable tissue group other than background.
+    Returns the fitted :class:`brainfm.tasks.segrefine.Tissues`, or None, with a warning
     (``ctx.seg_method`` then ``"head"``), when the logits were not kept or there is nothing to refine."""
     from brainfm.tasks.biasfit import fit_log_field
-    from brainfm.tasks.segrefine import GroupedPrior, Tissues, fit_tissues, present_groups
+    from brainfm.tasks.segrefine import GroupedPrior, Tissues, enclosed, fit_tissues, present_groups
 
     fs_values = [int(v) for v in lut[:-1]]  # ``lut``: channel -> FreeSurfer number, last entry outside (0)
     n_ch = len(fs_values)
@@ -240,6 +244,12 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
                             "the model's labels are used")
         ctx.seg_method = "head"
         return None
+    bg_ch = fs_values.index(0) if 0 in fs_values else None
+    holes = enclosed(~labelled) if bg_ch is not None else None
+    if holes is not None and holes.any():
+        labelled |= holes
+    else:
+        holes = None
     image = np.asarray(ctx.image_out, np.float32)
     try:
         log_field = fit_log_field(image, lut[idx_out].astype(np.int16), voxel_mm=voxel_sizes(ctx.out_affine))
@@ -258,12 +268,34 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     for start in range(0, flat.size, chunk):
         vox = np.stack(np.unravel_index(flat[start:start + chunk], labelled.shape), 1)
         prior = ctx.channels_at_output(probs, vox, "linear", 0.0)
+        if holes is not None:  # inside the brain, no background
+            prior[holes.reshape(-1)[flat[start:start + chunk]], bg_ch] = 0.0
         prior /= np.maximum(prior.sum(1, keepdims=True), np.float32(1e-12))
         grouped.fill(start, prior, groups)
     del probs, flat
     indices, posteriors = fit_tissues(grouped, values, fs_values)
     idx_out[labelled] = indices.astype(idx_out.dtype)
+    if bg_ch is not None:
+        _close_holes(idx_out, labelled, lut, posteriors, grouped.best_idx, int(groups[bg_ch]))
     return Tissues(labelled, posteriors, np.asarray(values, np.float32))
+
+
+def _close_holes(idx_out: np.ndarray, labelled: np.ndarray, lut: np.ndarray, posteriors: np.ndarray,
+                 best_idx: np.ndarray, bg_group: int) -> None:
+    """Background that the refined labels surround gets (in place) the most probable structure of its
+    most probable tissue group other than background (``posteriors`` and ``best_idx``: per labelled
+    voxel, in the C order of ``labelled``)."""
+    from brainfm.tasks.segrefine import enclosed
+
+    if posteriors.shape[1] < 2:
+        return
+    holes = enclosed(lut[idx_out] == 0) & labelled
+    if not holes.any():
+        return
+    rows = np.flatnonzero(holes[labelled])
+    q = posteriors[rows]  # a copy (fancy indexing)
+    q[:, bg_group] = -1.0
+    idx_out[holes] = best_idx[rows, np.argmax(q, 1)].astype(idx_out.dtype)
 
 
 def run_seg(ctx: TaskContext) -> Dict[str, Volume]:

@@ -126,6 +126,29 @@ class GroupedPrior:
         return out
 
 
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` that are cut off from the outside: in face-connected components that
+    neither touch the border of the array nor are its largest component. For the background of a
+    segmentation, the holes that the labelled structures surround.
+
+    >>> m = np.ones((5, 5, 5), bool); m[1:4, 1:4, 1:4] = False; m[2, 2, 2] = True
+    >>> np.argwhere(enclosed(m)).tolist()
+    [[2, 2, 2]]
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    outside = np.zeros(n + 1, bool)
+    outside[0] = True
+    for axis in range(mask.ndim):
+        outside[np.take(lab, [0, -1], axis=axis).reshape(-1)] = True
+    outside[int(np.argmax(np.bincount(lab.reshape(-1))[1:])) + 1] = True
+    return ~outside[lab]
+
+
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
                    iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the

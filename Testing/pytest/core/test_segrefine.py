@@ -71,10 +71,11 @@ def test_method_resolution():
         resolve_method("gmm", coarse_grid=True)
 
 
-def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, **kw):
+def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, dark_pocket=None, **kw):
     """A ball of white matter in cortex whose image edge lies 3 voxels inside the model's (blurred)
     boundary; logits of the fs33 scheme on the same grid. ``raw`` / ``heads``: more head outputs (a
-    function of the radius ``r``) and the tasks they serve; ``kw``: more fields of the context."""
+    function of the radius ``r``) and the tasks they serve; ``kw``: more fields of the context.
+    ``dark_pocket``: a mask of voxels that are dark in the image and background to the model."""
     from brainfm.labels import get_scheme
 
     n = 40
@@ -84,6 +85,11 @@ def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, **kw):
     image = np.where(r < 9, 100.0, np.where(head, 60.0, 0.0)).astype(np.float32)
     logits = np.full((33,) + image.shape, -10.0, np.float32)
     logits[0] = np.where(head, -10.0, 10.0)
+    if dark_pocket is not None:
+        pocket = dark_pocket(x, y, z, r)
+        image[pocket] = 20.0
+        logits[0][pocket] = 10.0
+        logits[FS33.index(4)] = np.where(pocket, 6.0, -10.0)  # the ventricle: the model's second choice there
     logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)  # the model's white matter: r < 12
     logits[FS33.index(3)] = np.where(head, 0.0, -10.0)
     outputs = {"segmentation": logits, **{name: make(r) for name, make in (raw or {}).items()}}
@@ -116,6 +122,55 @@ def test_the_shared_label_decision_is_refined_to_the_image(monkeypatch):
     decide(kept)
     assert kept.seg_method == "head" and not kept.decided.refined
     assert kept.warnings[0].startswith("segmentation: the refinement to the scan's intensities was skipped")
+
+
+def test_enclosed_background_is_the_holes_the_labels_surround():
+    from brainfm.tasks.segrefine import enclosed
+
+    bg = np.ones((12, 12, 12), bool)
+    bg[2:10, 2:10, 2:10] = False  # the labelled brain
+    bg[4:6, 4:6, 4:6] = True  # a hole inside it
+    bg[7:9, 7:9, 7:12] = True  # a channel that opens to the border of the array: outside
+    np.testing.assert_array_equal(np.argwhere(enclosed(bg)), np.argwhere(np.pad(np.ones((2, 2, 2), bool), 4)[:12, :12, :12]))
+    inner = np.zeros((12, 12, 12), bool)  # no component touches the border: the largest is the outside
+    inner[1:11, 1:11, 1:11] = True
+    inner[3:9, 3:9, 3:9] = False
+    inner[5, 5, 5] = True
+    assert np.argwhere(enclosed(inner)).tolist() == [[5, 5, 5]]
+    assert not enclosed(np.zeros((4, 4, 4), bool)).any() and not enclosed(np.ones((4, 4, 4), bool)).any()
+
+
+def test_background_inside_the_brain_is_refined_away_but_not_where_it_reaches_outside():
+    """A dark pocket the model took for background: inside the brain it gets a structure (the second
+    choice of the model there); the same pocket with a channel to the outside stays background."""
+    ball = lambda x, y, z, r: r < 3  # noqa: E731
+    ctx, r = _phantom_context("fit", dark_pocket=ball)
+    seg = np.asarray(run_seg(ctx)["seg"].data)
+    assert (seg[r < 16] != 0).all() and (seg[r >= 17] == 0).all()
+    assert (seg[r < 2.5] == 4).all()  # dark: the fluid of the ventricle, not white matter or cortex
+    head, _ = _phantom_context("head", dark_pocket=ball)
+    assert (np.asarray(run_seg(head)["seg"].data)[r < 2.5] == 0).all()  # the head alone leaves the hole
+    tube = lambda x, y, z, r: (r < 3) | ((np.abs(y) < 1.5) & (np.abs(z) < 1.5) & (x > 0))  # noqa: E731
+    open_ctx, r = _phantom_context("fit", dark_pocket=tube)
+    seg = np.asarray(run_seg(open_ctx)["seg"].data)
+    assert (seg[r < 2.5] == 0).all() and (seg[(r > 4) & (r < 16)] != 0).any()
+
+
+def test_background_the_refinement_leaves_inside_gets_the_next_tissue():
+    from brainfm.tasks.segmentation import _close_holes
+
+    lut = np.asarray([0, 2, 4, 0], np.int32)  # channels: background, white matter, ventricle; outside
+    idx = np.full((7, 7, 7), 3, np.uint8)
+    idx[1:6, 1:6, 1:6] = 1
+    idx[3, 3, 3] = 0  # the refinement chose background inside the white matter
+    idx[1, 1, 1] = 0  # at the brain's edge, next to the outside: stays
+    labelled = lut[idx] != 0
+    labelled[3, 3, 3] = labelled[1, 1, 1] = True
+    n = int(labelled.sum())
+    posteriors = np.tile(np.asarray([[0.1, 0.6, 0.3]], np.float32), (n, 1))  # groups: wm, bg, fluid
+    best_idx = np.tile(np.asarray([[1, 0, 2]], np.uint8), (n, 1))
+    _close_holes(idx, labelled, lut, posteriors, best_idx, bg_group=1)
+    assert idx[3, 3, 3] == 2 and idx[1, 1, 1] == 0  # the fluid: the most probable group but background
 
 
 @pytest.mark.slow
