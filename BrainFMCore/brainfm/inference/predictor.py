@@ -536,6 +536,9 @@ class Predictor:
             src = prep.image if not prep.ct_window else prep.image.with_data(np.clip(prep.image.data, 0.0, 80.0))
             image_out = np.asarray(resample_to_grid(src, out_aff, out_shape, order="linear").data, np.float32)
             fg_out = image_out > lo
+        if prep.ct_window and output_frame != "input":  # CT: not air (above CT_AIR_HU), mapped from the input
+            fg_vol = prep.image.with_data(prep.foreground_in.astype(np.uint8))
+            fg_out = np.asarray(resample_to_grid(fg_vol, out_aff, tuple(out_shape), order="nearest").data) > 0
         extra: Dict[str, Any] = {}
         if "seg" in heads and mask_background:
             hm = head_mask(net_image, voxel_mm=self.voxel_mm).astype(np.uint8)

@@ -28,6 +28,9 @@ from brainfm.volume import Volume
 CT_DETECT_MIN = -500.0
 CT_DETECT_MAX = 1000.0
 CT_WINDOW = (0.0, 80.0)
+#: on CT, voxels above this many HU are the head (tissue, fluid, bone) and the rest air: the foreground
+#: (the window would put fluid at or below 0 HU, e.g. in the ventricles, with the air)
+CT_AIR_HU = -200.0
 
 ImageLike = Union[Volume, str, "os.PathLike[str]"]
 
@@ -41,7 +44,7 @@ class Prepared:
     frame: Any  # brainfm.geometry.FrameTransform
     norm_range: Tuple[float, float]
     ct_window: bool
-    foreground_in: np.ndarray  # normalised input > 0 on the input grid
+    foreground_in: np.ndarray  # on the input grid: normalised input > 0 (CT: above CT_AIR_HU)
     warnings: List[str] = field(default_factory=list)
 
 
@@ -59,6 +62,21 @@ def load_image(image: ImageLike) -> Volume:
 def looks_like_ct(data: np.ndarray) -> bool:
     """True when intensities look like CT Hounsfield units (min < -500 and max > 1000)."""
     return bool(float(np.min(data)) < CT_DETECT_MIN and float(np.max(data)) > CT_DETECT_MAX)
+
+
+def foreground(image: Volume, normalised: Volume, *, ct: bool) -> np.ndarray:
+    """The input's foreground (bool, its grid): the normalised image above 0 (a skull-stripped scan's
+    brain), or on CT the voxels above :data:`CT_AIR_HU` (not air).
+
+    >>> from brainfm.volume import Volume
+    >>> hu = Volume(np.array([-1000.0, -5.0, 40.0, 1500.0]).reshape(4, 1, 1), np.eye(4))
+    >>> norm, _, ct = normalise(hu)
+    >>> foreground(hu, norm, ct=ct).ravel().tolist()   # fluid below 0 HU is not air
+    [False, True, True, True]
+    """
+    if ct:
+        return np.asarray(image.data) > CT_AIR_HU
+    return np.asarray(normalised.data) > 0
 
 
 def normalise(image: Volume) -> Tuple[Volume, Tuple[float, float], bool]:
@@ -107,6 +125,6 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
         frame=frame,
         norm_range=rng,
         ct_window=ct,
-        foreground_in=np.asarray(norm.data) > 0,
+        foreground_in=foreground(vol, norm, ct=ct),
         warnings=warnings,
     )

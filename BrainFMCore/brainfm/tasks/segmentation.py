@@ -76,6 +76,43 @@ def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -
     return out
 
 
+def fill_holes(idx: np.ndarray, logits: np.ndarray, fs_values: Sequence[int], *, factor: int = 1) -> int:
+    """No background inside the brain: channel indices ``idx`` (of ``logits``' grid, or of the grid
+    ``factor`` times finer over the same box, :func:`refined_channel_indices`) that are background
+    and surrounded by the labels (:func:`brainfm.tasks.segrefine.enclosed`) get, in place, the most
+    probable other channel (the logits interpolated there as for :func:`refined_channel_indices`).
+    Returns how many voxels changed. The refined labels follow the same rule (:func:`refine`).
+
+    >>> lg = np.zeros((3, 7, 7, 7), np.float32); lg[0] = 5.0; lg[1, 1:6, 1:6, 1:6] = 9.0  # brain in background
+    >>> lg[1, 3, 3, 3] = 2.0; lg[2, 3, 3, 3] = 3.0
+    >>> idx = np.argmax(lg, 0); int(idx[3, 3, 3])          # background inside channel 1
+    0
+    >>> fill_holes(idx, lg, [0, 2, 4]), int(idx[3, 3, 3])   # the next most probable: channel 2
+    (1, 2)
+    """
+    from scipy import ndimage
+
+    from brainfm.tasks.segrefine import enclosed
+
+    values = [int(v) for v in fs_values]
+    if 0 not in values or len(values) < 2:
+        return 0
+    bg = values.index(0)
+    holes = enclosed(idx == bg)
+    pts = np.argwhere(holes)
+    if pts.shape[0] == 0:
+        return 0
+    f = int(factor)
+    if f == 1:
+        scores = logits[:, pts[:, 0], pts[:, 1], pts[:, 2]].T.copy()
+    else:  # trilinear, align_corners=False, clamped at the borders: F.interpolate's values
+        src = np.clip((pts + 0.5) / f - 0.5, 0, np.asarray(logits.shape[1:]) - 1).T
+        scores = np.stack([ndimage.map_coordinates(ch, src, order=1, mode="nearest") for ch in logits], 1)
+    scores[:, bg] = -np.inf
+    idx[holes] = np.argmax(scores, 1).astype(idx.dtype)
+    return int(pts.shape[0])
+
+
 def labels_from_logits(logits: np.ndarray, fs_values: Sequence[int]) -> np.ndarray:
     """Arg-max channel mapped to label numbers (int32); ties go to the lowest channel."""
     lut = np.asarray(list(fs_values), np.int32)
@@ -205,6 +242,8 @@ def decide(ctx: TaskContext) -> Decided:
         if logits is not None:
             idx_net = channel_indices(logits)
         to_output, to_input = ctx.to_output, ctx.to_input
+    if logits is not None and ctx.seg_method != "fit":  # the refinement has its own rule (refine)
+        fill_holes(idx_net, logits, fs_values, factor=ctx.fine_factor)
     idx_out = ctx.private(to_output(idx_net, "nearest", n_ch))
     if np.may_share_memory(idx_out, idx_net):  # same grid: idx_net is mapped again below, unmasked
         idx_out = idx_out.copy()

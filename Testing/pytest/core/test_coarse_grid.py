@@ -194,7 +194,12 @@ def test_coarse_model_segmentation_is_decided_at_1mm():
     jj = ii + off
     ok = np.all((jj >= 0) & (jj < np.array(fine.shape)), axis=1)
     want = lut[fine[tuple(jj[ok].T)]]
-    assert ok.mean() > 0.99 and np.array_equal(seg[tuple(ii[ok].T)], want)
+    got = seg[tuple(ii[ok].T)]
+    # equal, except background that the labels surround: it gets the next structure (fill_holes)
+    from brainfm.tasks.segrefine import enclosed
+
+    holes = enclosed(fine == list(lut).index(0))[tuple(jj[ok].T)]
+    assert ok.mean() > 0.99 and np.array_equal(got[~holes], want[~holes]) and (got[holes] != 0).all()
 
 
 @pytest.mark.parametrize("voxel_mm", [1.0, 2.0])

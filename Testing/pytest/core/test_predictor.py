@@ -60,6 +60,24 @@ def test_raw_outputs_equal_a_direct_forward_on_the_minmax_input():
     assert pred.metadata["tiled"] is False and pred.metadata["tiling_note"] == TILING_NOTE
 
 
+@pytest.mark.parametrize("frame", ["input", "1mm"])
+def test_ct_fluid_at_or_below_0_hu_is_head_not_air(frame):
+    """The CT window [0, 80] HU puts fluid at -5 HU with the air; the foreground (what outputs are
+    masked to) is everything above the air (``CT_AIR_HU``), so the fluid keeps its outputs."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 28)] * 3, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    hu = np.where(r < 0.6, 35.0, np.where(r < 0.8, 1200.0, -1000.0))  # brain, skull, air
+    hu[r < 0.25] = -5.0  # a ventricle
+    ct = Volume(hu.astype(np.float32), np.diag([1.5, 1.5, 1.5, 1.0]))
+    pred = Predictor(constant_net(BIASES), device="cpu").predict(ct, tasks=["t1"], output_frame=frame)
+    assert [w for w in pred.warnings if "looks like CT" in w]
+    t1 = np.asarray(pred["synth_t1"].data)
+    world_centre = ct.affine @ np.array([13.5, 13.5, 13.5, 1.0])
+    centre = tuple(np.rint(np.linalg.solve(pred["synth_t1"].affine, world_centre)[:3]).astype(int))
+    corner = (0, 0, 0)
+    assert t1[centre] == pytest.approx(0.6, rel=1e-5) and t1[corner] == 0.0
+
+
 @pytest.mark.parametrize("case", ["oblique", "lps_stored"])
 def test_units_and_geometry_from_known_raw_outputs(case):
     net = constant_net(BIASES)
