@@ -22,8 +22,8 @@ the final label is the structure with the highest ``log prior + log likelihood o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -48,11 +48,14 @@ class Tissues:
 
     ``mask``: the labelled voxels of the output grid (bool ``(X, Y, Z)``); ``posteriors``: float32
     ``(N, G)``, each tissue group's probability at those voxels (C order of ``mask``); ``intensities``:
-    float32 ``(N,)``, the scan's values there, divided by the fitted bias field."""
+    float32 ``(N,)``, the scan's values there, divided by the fitted bias field; ``derived``: arrays
+    that the tasks reading the model compute from it once for all of them (e.g. the intensities at the
+    model's resolution, :func:`brainfm.tasks.synthfit.at_resolution`), by name."""
 
     mask: np.ndarray
     posteriors: np.ndarray
     intensities: np.ndarray
+    derived: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def group_of(fs_values: Sequence[int]) -> np.ndarray:

@@ -143,6 +143,9 @@ def fit_to_scan(ctx: TaskContext, data: np.ndarray, *, what: str) -> bool:
     if mask.shape != data.shape:
         raise ValueError(f"the tissue model's grid {mask.shape} is not the synthesis grid {data.shape}")
     model_mm = float(np.mean(voxel_sizes(ctx.net_affine)))
-    smooth = at_resolution(mask, tissues.intensities, voxel_sizes(ctx.out_affine), model_mm)
+    key = f"at_resolution {model_mm:g} mm"  # the same for every synthesis of this prediction: once
+    if key not in tissues.derived:
+        tissues.derived[key] = at_resolution(mask, tissues.intensities, voxel_sizes(ctx.out_affine), model_mm)
+    smooth = tissues.derived[key]
     data[mask] = transfer_contrast(tissues.posteriors, tissues.intensities, data[mask], fit_intensities=smooth)
     return True

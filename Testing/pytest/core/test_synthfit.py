@@ -107,8 +107,10 @@ def test_the_synthesised_edge_moves_to_the_scan_edge():
     np.testing.assert_allclose(t2_fit[r < 8.5], t2_fit[r < 8.5].mean(), atol=1e-4)  # one tissue, one value
     assert abs(t2_fit[r < 8.5].mean() - 0.3) < 0.02
     assert fit.synth_method == "fit" and fit.decided.tissues is not None
+    smoothed = dict(fit.decided.tissues.derived)  # the scan at the model's resolution, computed once
     ct = np.asarray(run_ct(fit)["synth_ct"].data)  # the CT is fitted too, in HU
     assert ct[ring].min() > 50.0 and ct[r > 17].max() == -1000.0
+    assert len(smoothed) == 1 and all(fit.decided.tissues.derived[k] is v for k, v in smoothed.items())
     # no tissue model (the labels are not refined): the model's image, with a warning
     plain, _ = _phantom("fit")
     plain.seg_method = "head"
