@@ -284,7 +284,9 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
         ctx.seg_method = "head"
         return None
     bg_ch = fs_values.index(0) if 0 in fs_values else None
-    holes = enclosed(~labelled) if bg_ch is not None else None
+    # the model's background inside the brain (masked voxels, outside the input's foreground or the
+    # head, stay background: never a label there)
+    holes = enclosed(~labelled) & (idx_out == bg_ch) if bg_ch is not None else None
     if holes is not None and holes.any():
         labelled |= holes
     else:

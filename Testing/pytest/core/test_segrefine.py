@@ -71,7 +71,7 @@ def test_method_resolution():
         resolve_method("gmm", coarse_grid=True)
 
 
-def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, dark_pocket=None, **kw):
+def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, dark_pocket=None, pocket_value=20.0, **kw):
     """A ball of white matter in cortex whose image edge lies 3 voxels inside the model's (blurred)
     boundary; logits of the fs33 scheme on the same grid. ``raw`` / ``heads``: more head outputs (a
     function of the radius ``r``) and the tasks they serve; ``kw``: more fields of the context.
@@ -87,7 +87,7 @@ def _phantom_context(method, *, keep_logits=True, raw=None, heads=None, dark_poc
     logits[0] = np.where(head, -10.0, 10.0)
     if dark_pocket is not None:
         pocket = dark_pocket(x, y, z, r)
-        image[pocket] = 20.0
+        image[pocket] = pocket_value
         logits[0][pocket] = 10.0
         logits[FS33.index(4)] = np.where(pocket, 7.0, -10.0)  # the ventricle: the model's second choice there
     logits[FS33.index(2)] = np.where(head, (12 - r) / 2.0, -10.0)  # the model's white matter: r < 12
@@ -154,6 +154,10 @@ def test_background_inside_the_brain_is_labelled_but_not_where_it_reaches_outsid
     open_ctx, r = _phantom_context(method, dark_pocket=tube)
     seg = np.asarray(run_seg(open_ctx)["seg"].data)
     assert (seg[r < 2.5] == 0).all() and (seg[(r > 4) & (r < 16)] != 0).any()
+    # a pocket of zeros in a masked (skull-stripped) input is outside its foreground: never labelled
+    masked, r = _phantom_context(method, dark_pocket=ball, pocket_value=0.0)
+    seg = np.asarray(run_seg(masked)["seg"].data)
+    assert (seg[r < 3] == 0).all() and (seg[(r > 3.5) & (r < 16)] != 0).all()
 
 
 def test_background_the_refinement_leaves_inside_gets_the_next_tissue():
