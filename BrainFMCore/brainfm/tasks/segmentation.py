@@ -217,8 +217,10 @@ class Decided:
 def decide(ctx: TaskContext) -> Decided:
     """The label decision of ``ctx`` (taken once, then kept in ``ctx.decided``).
 
-    Arg-max on the network grid (or the 1 mm grid of a coarse model), nearest mapping to the output
-    grid and masking of the indices (outside the input foreground and the head: background).
+    Arg-max on the network grid (or the 1 mm grid of a coarse model), background that the labels
+    surround given the next most probable structure (:func:`fill_holes`; the refinement has its own
+    rule), nearest mapping to the output grid and masking of the indices (outside the input foreground
+    and the head: background).
     """
     if isinstance(ctx.decided, Decided):
         return ctx.decided
