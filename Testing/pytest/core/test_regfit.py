@@ -213,6 +213,35 @@ def test_the_atlas_segmentation_is_cached_on_disk_for_later_processes(tmp_path, 
     assert atlaslabels.load_cached(path, moved) is None
 
 
+    # other code (another version of brainfm, or a change to how labels are made) never reads that file:
+    # it segments the atlas afresh and its file replaces the older one
+    monkeypatch.setattr(atlaslabels, "code_fingerprint", lambda: "f" * 64)
+    newer_path = atlaslabels.cache_path(first.info.sha256, atlaslabels.atlas_key(atlas))
+    assert newer_path != path and newer_path.parent == path.parent
+    third = Predictor(load_model(weights), device="cpu")
+    segmented = []
+    real_predict = third.predict
+    monkeypatch.setattr(third, "predict", lambda *a, **k: segmented.append(a) or real_predict(*a, **k))
+    np.testing.assert_array_equal(third.atlas_labels(atlas).data, labels.data)
+    assert len(segmented) == 1
+    assert newer_path.is_file() and not path.exists()
+
+
+def test_the_code_fingerprint_follows_the_code_that_makes_labels_only(tmp_path):
+    from brainfm.inference.atlaslabels import sources_fingerprint
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "tasks" / "seg.py").write_text("RULE = 1\n")
+    (tmp_path / "evaluation" / "rows.py").write_text("ROW = 1\n")
+    before = sources_fingerprint(tmp_path, version="1.0")
+    (tmp_path / "evaluation" / "rows.py").write_text("ROW = 2\n")
+    assert sources_fingerprint(tmp_path, version="1.0") == before  # an evaluation change keeps the cache
+    assert sources_fingerprint(tmp_path, version="1.1") != before
+    (tmp_path / "tasks" / "seg.py").write_text("RULE = 2\n")
+    assert sources_fingerprint(tmp_path, version="1.0") != before
+
+
 def test_without_an_atlas_the_head_is_used_and_one_warning_says_how_to_fit(tmp_path, monkeypatch):
     from ckpt_factory import write_native
 

@@ -220,6 +220,53 @@ def test_registration_row_with_true_coordinates(data_root):
     assert 0.3 < r["metrics"]["mean_dice_lr"] < 1.0 and r["passed"] is True
 
 
+def test_registration_row_segments_the_atlas_once_before_the_pair_and_says_so(data_root, tmp_path, monkeypatch):
+    """A model whose head is not reliable has its map fitted: the atlas's segmentation (once per
+    model) is timed apart from the pair, and the row says whether it came from the disk cache."""
+    from types import SimpleNamespace
+
+    from brainfm.evaluation.registration import evaluate_registration
+    from brainfm.tasks.registration import METHOD_NAMES
+
+    from brainfm.io import write_volume
+
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
+    root = tmp_path / "data"  # the held-out maps of ``data_root``, and an atlas
+    root.mkdir()
+    for child in Path(data_root).iterdir():
+        (root / child.name).symlink_to(child)
+    write_volume(Volume(np.random.default_rng(0).random((20, 22, 24), np.float32), np.eye(4)),
+                 root / datasets.DATA["atlas"])
+    data_root = root
+    events = []
+
+    class Fitted(Oracle):
+        info = SimpleNamespace(sha256="ab" * 32, quality={"reg_carried_dice17": 0.3})
+
+        def atlas_labels(self, atlas, *, cancel=None):
+            events.append(("atlas", tuple(atlas.shape)))
+            return atlas
+
+        def predict(self, image, *, tasks, atlas=None, bias_method="auto", reg_method="auto"):
+            events.append(("pair", reg_method))
+            ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+            coords = image.with_data((ijk @ image.affine[:3, :3].T + image.affine[:3, 3]).astype(np.float32))
+            return Prediction(outputs={"reg_atlas_coords": coords},
+                              metadata={"reg_method": METHOD_NAMES["fit" if reg_method == "auto" else reg_method]})
+
+    r = evaluate_registration(Fitted(["reg", "seg"], None), data_root)
+    atlas_shape = tuple(datasets.load(data_root, "atlas").shape)
+    assert events[0] == ("atlas", atlas_shape) and events[1:3] == [("pair", "auto")] * 2
+    assert r["metrics"]["atlas_segmentation_from_cache"] is False
+    assert r["metrics"]["atlas_segmentation_seconds"] >= 0.0
+    assert "once per model, before the pair, the atlas was segmented in" in r["headline"]
+    # a model whose head is reliable uses it: no atlas segmentation
+    events.clear()
+    Fitted.info = SimpleNamespace(sha256="ab" * 32, quality={"reg_carried_dice17": 0.9})
+    r = evaluate_registration(Fitted(["reg", "seg"], None), data_root)
+    assert all(kind == "pair" for kind, _ in events) and "atlas_segmentation_seconds" not in r["metrics"]
+
+
 def test_bias_row_oracle_field_correlates_with_n4(data_root):
     from brainfm.evaluation.biasfield import evaluate_bias
 
