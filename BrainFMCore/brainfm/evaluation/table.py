@@ -25,9 +25,9 @@ from brainfm.errors import BrainFMError, InputError
 from brainfm.evaluation.rows import row as make_row, skipped_row
 from brainfm.progress import ProgressCallback, ensure_callback
 
-ROWS = ("segmentation", "robustness", "synthesis", "bias", "registration", "ct", "speed")
+ROWS = ("segmentation", "robustness", "synthesis", "bias", "registration", "ct", "speed", "resolution")
 MONTAGES = {"segmentation": "montage_segmentation.png", "robustness": "montage_robustness.png",
-            "synthesis": "montage_synthesis.png", "ct": "montage_ct.png"}
+            "synthesis": "montage_synthesis.png", "ct": "montage_ct.png", "resolution": "montage_resolution.png"}
 
 
 def _anchor_text(r: Dict[str, Any]) -> str:
@@ -41,6 +41,8 @@ def _anchor_text(r: Dict[str, Any]) -> str:
                 f"full res: {'not measured' if full is None else f'{full} s'}")
     if name == "registration" and "mean_dice_lr" in a:
         return f"{a.get('method', 'SyN').split(' (')[0]} Dice {a['mean_dice_lr']} in {a.get('seconds')} s"
+    if name == "resolution robustness" and "dice17_1mm" in a:
+        return f"the same model on the 1 mm scan: {a['dice17_1mm']:.3f}"
     if name == "synthesis" and a.get("baseline"):
         return "input after the fit (per pair, in the JSON)"
     return "-"
@@ -87,7 +89,7 @@ def row_command(model: str, data_root: str, out_dir: str, name: str, device: str
 
 def _runner(name: str, predictor: Any, model: Path, data: Path, out: Path, anchors: Dict[str, Any]
             ) -> Callable[[], Dict[str, Any]]:
-    from brainfm.evaluation import biasfield, ct, registration, robustness, segmentation, speed, synthesis
+    from brainfm.evaluation import biasfield, ct, registration, resolution, robustness, segmentation, speed, synthesis
 
     m = {k: out / v for k, v in MONTAGES.items()}
     return {
@@ -99,6 +101,7 @@ def _runner(name: str, predictor: Any, model: Path, data: Path, out: Path, ancho
         "registration": lambda: registration.evaluate_registration(predictor, data, anchors=anchors),
         "ct": lambda: ct.evaluate_ct(predictor, data, montage_path=m["ct"]),
         "speed": lambda: speed.evaluate_speed(model, data),
+        "resolution": lambda: resolution.evaluate_resolution(predictor, data, montage_path=m["resolution"]),
     }[name]
 
 

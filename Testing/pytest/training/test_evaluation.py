@@ -376,6 +376,54 @@ def test_eval_table_na_skipped_and_speed(tmp_path, data_root):
     assert 0 < r["metrics"]["peak_rss_gb"] < 6 and r["metrics"]["predict_seconds"] > 0
 
 
+def test_thick_slices_keep_the_world_position_of_what_they_average():
+    from brainfm.evaluation.resolution import array_axis, thick_slices
+
+    rot = np.array([[0.0, 0.0, -1.0], [0.96, 0.28, 0.0], [-0.28, 0.96, 0.0]])  # oblique, left-handed
+    affine = np.eye(4)
+    affine[:3, :3] = rot * [1.0, 1.2, 0.9]
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    data = np.random.default_rng(0).random((6, 11, 7)).astype(np.float32)
+    vol = Volume(data, affine)
+    axis = array_axis(affine, 2)  # the array axis nearest to S
+    assert axis == 1
+    thick = thick_slices(vol, axis=axis, mm=5)
+    assert thick.shape == (6, 2, 7)
+    np.testing.assert_allclose(thick.data[:, 1], data[:, 5:10].mean(1), rtol=1e-6)
+    # the thick voxel's centre is the mean of the centres of the slices it averages
+    centre = (thick.affine @ [2, 1, 3, 1])[:3]
+    np.testing.assert_allclose(centre, np.mean([(affine @ [2, j, 3, 1])[:3] for j in range(5, 10)], 0))
+    np.testing.assert_allclose(np.linalg.norm(thick.affine[:3, 1]), 6.0)
+
+
+def test_resolution_row_scores_what_thick_slices_lose(data_root, tmp_path):
+    """A predictor that sees only the scan's own voxels (the true labels read at the input's voxel
+    centres) scores 1 on the 1 mm scan and less on thick slices; the row compares the two."""
+    from brainfm.evaluation.resolution import SLICINGS, evaluate_resolution
+    from brainfm.geometry import resample_to_grid
+
+    truth = datasets.load_labels(data_root, "voxelmorph_seg")
+
+    class Sampler:
+        available_tasks = ["seg"]
+        frames = []
+
+        def predict(self, image, *, tasks, output_frame="input"):
+            self.frames.append(output_frame)
+            seg = resample_to_grid(truth, image.affine, image.shape, order="nearest")
+            return Prediction(outputs={"seg": seg.with_data(np.asarray(seg.data).astype(np.int32))})
+
+    r = evaluate_resolution(Sampler(), data_root, montage_path=tmp_path / "res.png")
+    m = r["metrics"]
+    assert m["dice17_1mm"] == pytest.approx(1.0)
+    assert set(m["dice17"]) == {name for name, _, _ in SLICINGS}
+    assert all(0.3 < d < 0.99 for d in m["dice17"].values())
+    assert m["max_loss"] == pytest.approx(1.0 - min(m["dice17"].values()), abs=1e-4)
+    assert r["passed"] is (m["max_loss"] <= 0.05)
+    assert Sampler.frames == ["1mm"] * 3 and (tmp_path / "res.png").stat().st_size > 1000
+    assert evaluate_resolution(Oracle(["t1"], None), data_root)["status"] == "n/a"
+
+
 def test_anchors_file_has_the_measured_anchors():
     from brainfm.evaluation.anchors import load_anchors
 
