@@ -30,6 +30,10 @@ MONTAGES = {"segmentation": "montage_segmentation.png", "robustness": "montage_r
             "synthesis": "montage_synthesis.png", "ct": "montage_ct.png", "resolution": "montage_resolution.png"}
 
 
+#: the rows that get SAMSEG beside them (with a SAMSEG Python), and the folder of each SAMSEG run
+PEER_ROWS = {"segmentation": "samseg", "resolution": "samseg_resolution"}
+
+
 def _anchor_text(r: Dict[str, Any]) -> str:
     a = r.get("anchor") or {}
     name = r.get("row")
@@ -54,7 +58,8 @@ def _peer_text(r: Dict[str, Any]) -> str:
         return "-"
     if p.get("status") != "ok":
         return f"{p.get('method', 'peer')}: {p.get('status')} ({p.get('reason', '')})".replace("|", "/")
-    return (f"{p['method']}: merged-17 Dice {p['mean_dice_merged17']:.3f}, {p['seconds']:.0f} s, "
+    on = f" on the {p['scan']} slices (its own grid)" if p.get("scan") else ""
+    return (f"{p['method']}{on}: merged-17 Dice {p['mean_dice_merged17']:.3f}, {p['seconds']:.0f} s, "
             f"{p['peak_rss_gb']:.2f} GB ({p.get('threads', '?')} threads)")
 
 
@@ -82,7 +87,7 @@ def row_command(model: str, data_root: str, out_dir: str, name: str, device: str
     parts = ["brainfm", "eval-table", "--model", model, "--data", data_root, "-o", out_dir, "--rows", name]
     if device != "auto":
         parts += ["--device", device]
-    if samseg_python and name == "segmentation":
+    if samseg_python and name in PEER_ROWS:
         parts += ["--samseg-python", samseg_python]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -113,9 +118,9 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
 
     ``command_model`` / ``command_data``: how the model and data are spelled in the per-row commands
     (default: the paths as given). ``samseg_python``: Python of an environment with SAMSEG
-    (default ``$BRAINFM_SAMSEG_PYTHON``): SAMSEG then runs on the segmentation row's scan as the
-    peer column (wall time, peak memory, merged-17 Dice; a finished run in ``out_dir/samseg`` is
-    reused); without it the peer column is left out.
+    (default ``$BRAINFM_SAMSEG_PYTHON``): SAMSEG then runs on the scans of the segmentation and
+    resolution rows as their peer column (wall time, peak memory, merged-17 Dice; a finished run in
+    ``out_dir/samseg`` or ``out_dir/samseg_resolution`` is reused); without it the peer column is left out.
     """
     from brainfm.evaluation.anchors import load_anchors
     from brainfm.inference import Predictor
@@ -144,8 +149,8 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
             r = make_row(name, status="error", headline=f"error: {type(e).__name__}: {e}",
                          note=traceback.format_exc(limit=3))
         r["seconds"] = round(time.perf_counter() - t0, 2)
-        if name == "segmentation" and r["status"] in ("ok", "n/a"):
-            peer = _samseg_peer(samseg_python, data_root, out_dir)
+        if name in PEER_ROWS and r["status"] in ("ok", "n/a"):
+            peer = _samseg_peer(samseg_python, data_root, out_dir, row=name)
             if peer is not None:
                 r["peer"] = peer
         r["command"] = row_command(command_model or str(model), command_data or str(data_root), str(out_dir),
@@ -165,8 +170,11 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
     return doc
 
 
-def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path) -> Optional[Dict[str, Any]]:
-    """SAMSEG on the voxelmorph T1 (None when no SAMSEG Python was given or configured)."""
+def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path, *, row: str = "segmentation"
+                 ) -> Optional[Dict[str, Any]]:
+    """SAMSEG on the voxelmorph T1 (``row`` segmentation) or on its axial thick-slice version (``row``
+    resolution, :func:`brainfm.evaluation.resolution.peer_scan`); None when no SAMSEG Python was given
+    or configured."""
     import os
 
     from brainfm.evaluation import datasets, peer_samseg
@@ -179,8 +187,14 @@ def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path) -
         return {"method": "SAMSEG", "status": "skipped", "reason": f"samseg does not import with {given}"}
     try:
         truth = datasets.load_labels(data_root, "voxelmorph_seg")
+        folder = out_dir / PEER_ROWS[row]
+        if row == "resolution":
+            from brainfm.evaluation.resolution import SLICINGS, peer_scan
+
+            image = peer_scan(data_root, folder / "input")
+            return {**peer_samseg.peer_summary(python, image, truth, folder, threads=2), "scan": SLICINGS[0][0]}
         image = datasets.data_path(data_root, "voxelmorph_vol")
-        return peer_samseg.peer_summary(python, image, truth, out_dir / "samseg", threads=2)
+        return peer_samseg.peer_summary(python, image, truth, folder, threads=2)
     except (BrainFMError, OSError, ValueError) as e:
         return {"method": "SAMSEG", "status": "error", "reason": f"{type(e).__name__}: {e}"}
 

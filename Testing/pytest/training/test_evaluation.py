@@ -420,8 +420,37 @@ def test_resolution_row_scores_what_thick_slices_lose(data_root, tmp_path):
     assert all(0.3 < d < 0.99 for d in m["dice17"].values())
     assert m["max_loss"] == pytest.approx(1.0 - min(m["dice17"].values()), abs=1e-4)
     assert r["passed"] is (m["max_loss"] <= 0.05)
-    assert Sampler.frames == ["1mm"] * 3 and (tmp_path / "res.png").stat().st_size > 1000
+    assert set(m["dice17_input_frame"]) == set(m["dice17"])
+    assert all(0.3 < d < 0.99 for d in m["dice17_input_frame"].values())
+    assert Sampler.frames == ["1mm"] + ["1mm", "input"] * len(SLICINGS)
+    assert (tmp_path / "res.png").stat().st_size > 1000
     assert evaluate_resolution(Oracle(["t1"], None), data_root)["status"] == "n/a"
+
+
+def test_samseg_beside_the_resolution_row_reads_the_axial_thick_slices(data_root, tmp_path, monkeypatch):
+    from brainfm.evaluation import peer_samseg, table
+    from brainfm.evaluation.resolution import SLICINGS, array_axis
+    from brainfm.io import read_volume
+
+    seen = {}
+
+    def summary(python, image, truth, folder, *, threads=1):
+        seen["image"], seen["folder"] = Path(image), Path(folder)
+        return {"method": "SAMSEG 0.4", "status": "ok", "seconds": 500.0, "peak_rss_gb": 2.0, "threads": threads,
+                "mean_dice_merged17": 0.75}
+
+    monkeypatch.setattr(peer_samseg, "find_samseg_python", lambda given: given)
+    monkeypatch.setattr(peer_samseg, "peer_summary", summary)
+    peer = table._samseg_peer("/opt/samseg/bin/python", data_root, tmp_path, row="resolution")
+    one_mm = datasets.load(data_root, "voxelmorph_vol")
+    given = read_volume(seen["image"])
+    axis = array_axis(one_mm.affine, SLICINGS[0][1])
+    assert given.shape[axis] == one_mm.shape[axis] // SLICINGS[0][2]
+    assert seen["folder"] == tmp_path / "samseg_resolution" and peer["scan"] == SLICINGS[0][0]
+    assert "SAMSEG 0.4 on the axial 5 mm slices (its own grid): merged-17 Dice 0.750" in table._peer_text({"peer": peer})
+    # the segmentation row's SAMSEG reads the 1 mm scan, in its own folder
+    table._samseg_peer("/opt/samseg/bin/python", data_root, tmp_path, row="segmentation")
+    assert seen["image"] == datasets.data_path(data_root, "voxelmorph_vol") and seen["folder"] == tmp_path / "samseg"
 
 
 def test_anchors_file_has_the_measured_anchors():
