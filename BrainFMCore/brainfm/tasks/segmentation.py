@@ -113,6 +113,37 @@ def fill_holes(idx: np.ndarray, logits: np.ndarray, fs_values: Sequence[int], *,
     return int(pts.shape[0])
 
 
+def fill_holes_nearest(idx: np.ndarray, fs_values: Sequence[int]) -> int:
+    """:func:`fill_holes` for a decision whose logits were not kept (a 1 mm model's labels, decided
+    while its tiles were blended): background that the labels surround gets, in place, the channel of
+    the nearest voxel that is not background. Returns how many voxels changed.
+
+    >>> idx = np.zeros((7, 7, 7), np.uint8); idx[1:6, 1:6, 1:6] = 1; idx[1:6, 4:6, 1:6] = 2
+    >>> idx[3, 2, 3] = 0                                      # a hole next to channel 1
+    >>> fill_holes_nearest(idx, [0, 2, 4]), int(idx[3, 2, 3])
+    (1, 1)
+    """
+    from scipy import ndimage
+
+    from brainfm.tasks.segrefine import enclosed
+
+    values = [int(v) for v in fs_values]
+    if 0 not in values or len(values) < 2:
+        return 0
+    bg = values.index(0)
+    holes = enclosed(idx == bg)
+    if not holes.any():
+        return 0
+    pts = np.argwhere(holes)  # the labels around the holes lie within one voxel of their box
+    lo, hi = np.maximum(pts.min(0) - 1, 0), np.minimum(pts.max(0) + 2, idx.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sub = idx[box]
+    nearest = ndimage.distance_transform_edt(sub == bg, return_distances=False, return_indices=True)
+    inside = holes[box]
+    sub[inside] = sub[tuple(ix[inside] for ix in nearest)]
+    return int(pts.shape[0])
+
+
 def labels_from_logits(logits: np.ndarray, fs_values: Sequence[int]) -> np.ndarray:
     """Arg-max channel mapped to label numbers (int32); ties go to the lowest channel."""
     lut = np.asarray(list(fs_values), np.int32)
@@ -218,7 +249,8 @@ def decide(ctx: TaskContext) -> Decided:
     """The label decision of ``ctx`` (taken once, then kept in ``ctx.decided``).
 
     Arg-max on the network grid (or the 1 mm grid of a coarse model), background that the labels
-    surround given the next most probable structure (:func:`fill_holes`; the refinement has its own
+    surround given the next most probable structure (:func:`fill_holes`; the nearest structure,
+    :func:`fill_holes_nearest`, when the arg-max was taken while blending; the refinement has its own
     rule), nearest mapping to the output grid and masking of the indices (outside the input foreground
     and the head: background).
     """
@@ -244,7 +276,9 @@ def decide(ctx: TaskContext) -> Decided:
         if logits is not None:
             idx_net = channel_indices(logits)
         to_output, to_input = ctx.to_output, ctx.to_input
-    if logits is not None and ctx.seg_method != "fit":  # the refinement has its own rule (refine)
+    if logits is None:  # decided while blending: no scores to rank the other structures by
+        fill_holes_nearest(idx_net, fs_values)
+    elif ctx.seg_method != "fit":  # the refinement has its own rule (refine)
         fill_holes(idx_net, logits, fs_values, factor=ctx.fine_factor)
     idx_out = ctx.private(to_output(idx_net, "nearest", n_ch))
     if np.may_share_memory(idx_out, idx_net):  # same grid: idx_net is mapped again below, unmasked

@@ -178,6 +178,45 @@ def test_background_the_refinement_leaves_inside_gets_the_next_tissue():
 
 
 @pytest.mark.slow
+def test_labels_decided_while_blending_get_the_nearest_structure_in_their_holes(tmp_path, monkeypatch):
+    """A 1 mm model decides its labels while the tiles are blended and keeps no logits: background that
+    its labels surround gets the nearest structure; background that reaches the outside stays."""
+    from ckpt_factory import write_native
+
+    import brainfm.inference.predictor as predictor_module
+    from brainfm.inference import Predictor
+    from brainfm.labels import decide_scheme
+    from brainfm.models import load_model
+    from brainfm.volume import Volume
+
+    fs_values = list(decide_scheme("fs33", n_channels=33).fs_values)
+    bg, wm, ctx_ch = fs_values.index(0), fs_values.index(2), fs_values.index(3)
+    real = predictor_module.run_with_fallback
+    seen = {}
+
+    def crafted(net, image, **kw):
+        raw, used = real(net, image, **kw)
+        idx = np.full(image.shape, wm, np.uint8)          # white matter over the network grid ...
+        idx[:, : image.shape[1] // 2] = ctx_ch             # ... and cortex in one half
+        c = np.asarray(image.shape) // 2
+        idx[c[0] - 2:c[0] + 3, c[1] - 2:c[1] + 3, c[2] - 2:c[2] + 3] = bg   # a pocket inside,
+        idx[c[0] - 2:c[0] + 3, c[1] + 1:c[1] + 3, c[2] - 2:c[2] + 3] = bg   # reaching into white matter
+        idx[[0, -1]], idx[:, [0, -1]], idx[:, :, [0, -1]] = bg, bg, bg   # and the outside, on the border
+        seen["kind"] = raw["segmentation"].dtype
+        raw["segmentation"] = idx
+        return raw, used
+
+    monkeypatch.setattr(predictor_module, "run_with_fallback", crafted)
+    _, weights, _ = write_native(tmp_path / "one_mm", heads={"segmentation": 33})
+    x, y, z = np.meshgrid(*[np.arange(32.0) - 15.5] * 3, indexing="ij")
+    image = Volume(np.where(x ** 2 + y ** 2 + z ** 2 < 14 ** 2, 100.0, 0.0).astype(np.float32), np.eye(4))
+    seg = np.asarray(Predictor(load_model(weights), device="cpu").predict(image, tasks=["seg"])["seg"].data)
+    assert seen["kind"] == np.uint8  # the labels were decided while blending (no logits kept)
+    centre = seg[14:18, 14:18, 14:18]
+    assert (centre != 0).all() and set(np.unique(centre)) <= {2, 3}
+    assert np.count_nonzero(seg) == np.count_nonzero(image.data)  # labels everywhere in the head, nowhere else
+
+
 def test_bundled_model_refined_labels_agree_with_freesurfer_better(shared_data, bundled_predictor):
     """The real T1 of the quality level (merged-17 Dice against its FreeSurfer aseg)."""
     from brainfm.evaluation import datasets
