@@ -40,9 +40,9 @@ def code_fingerprint() -> str:
     >>> len(code_fingerprint())
     64
     """
-    import brainfm
+    from brainfm._version import __version__
 
-    return sources_fingerprint(Path(brainfm.__file__).resolve().parent, version=brainfm.__version__)
+    return sources_fingerprint(Path(__file__).resolve().parents[1], version=__version__)
 
 
 def sources_fingerprint(root: Path, *, version: str) -> str:
