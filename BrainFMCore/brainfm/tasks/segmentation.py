@@ -12,7 +12,7 @@ the input foreground are set to 0 when masking is on (reference demo behaviour).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -76,6 +76,19 @@ def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -
     return out
 
 
+def _holes(idx: np.ndarray, fs_values: Sequence[int]) -> Optional[Tuple[int, np.ndarray]]:
+    """``(background channel, holes)``: the background of the channel indices ``idx`` that the labels
+    surround (:func:`brainfm.tasks.segrefine.enclosed`); None when there is none, or no background channel."""
+    from brainfm.tasks.segrefine import enclosed
+
+    values = [int(v) for v in fs_values]
+    if 0 not in values or len(values) < 2:
+        return None
+    bg = values.index(0)
+    holes = enclosed(idx == bg)
+    return (bg, holes) if holes.any() else None
+
+
 def fill_holes(idx: np.ndarray, logits: np.ndarray, fs_values: Sequence[int], *, factor: int = 1) -> int:
     """No background inside the brain: channel indices ``idx`` (of ``logits``' grid, or of the grid
     ``factor`` times finer over the same box, :func:`refined_channel_indices`) that are background
@@ -92,16 +105,11 @@ def fill_holes(idx: np.ndarray, logits: np.ndarray, fs_values: Sequence[int], *,
     """
     from scipy import ndimage
 
-    from brainfm.tasks.segrefine import enclosed
-
-    values = [int(v) for v in fs_values]
-    if 0 not in values or len(values) < 2:
+    found = _holes(idx, fs_values)
+    if found is None:
         return 0
-    bg = values.index(0)
-    holes = enclosed(idx == bg)
+    bg, holes = found
     pts = np.argwhere(holes)
-    if pts.shape[0] == 0:
-        return 0
     f = int(factor)
     if f == 1:
         scores = logits[:, pts[:, 0], pts[:, 1], pts[:, 2]].T.copy()
@@ -125,15 +133,10 @@ def fill_holes_nearest(idx: np.ndarray, fs_values: Sequence[int]) -> int:
     """
     from scipy import ndimage
 
-    from brainfm.tasks.segrefine import enclosed
-
-    values = [int(v) for v in fs_values]
-    if 0 not in values or len(values) < 2:
+    found = _holes(idx, fs_values)
+    if found is None:
         return 0
-    bg = values.index(0)
-    holes = enclosed(idx == bg)
-    if not holes.any():
-        return 0
+    bg, holes = found
     pts = np.argwhere(holes)  # the labels around the holes lie within one voxel of their box
     lo, hi = np.maximum(pts.min(0) - 1, 0), np.minimum(pts.max(0) + 2, idx.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
