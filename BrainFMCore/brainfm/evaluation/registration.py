@@ -126,13 +126,8 @@ def atlas_segmentation(predictor: Any, data_root: Path) -> Optional[Dict[str, An
     model's head or the atlas is not in ``data_root``."""
     from brainfm.inference import atlaslabels
     from brainfm.inference.preprocess import load_image
-    from brainfm.models.quality import unreliable_tasks
-    from brainfm.tasks.registration import resolve_method
 
-    quality = getattr(getattr(predictor, "info", None), "quality", None)
-    how = resolve_method("auto", head_reliable="reg" not in unreliable_tasks(quality),
-                         has_seg=has_task(predictor, "seg"))
-    if how != "fit":
+    if predictor.registration_method("auto") != "fit":
         return None
     try:
         atlas = load_image(datasets.data_path(data_root, "atlas"))

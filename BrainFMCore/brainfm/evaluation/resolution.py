@@ -70,7 +70,9 @@ def peer_scan(data_root: Path, folder: Path) -> Path:
     from brainfm.evaluation import datasets
     from brainfm.io import write_volume
 
-    name, volume = next(iter(thick_versions(datasets.load(data_root, "voxelmorph_vol")).items()))
+    image = datasets.load(data_root, "voxelmorph_vol")
+    name, world_axis, mm = SLICINGS[0]
+    volume = thick_slices(image, axis=array_axis(image.affine, world_axis), mm=mm)
     path = Path(folder) / (name.replace(" ", "_") + ".nii.gz")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(volume, path)

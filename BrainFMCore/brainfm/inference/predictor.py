@@ -205,6 +205,19 @@ class Predictor:
         self._atlas_cache[key] = vol  # type: ignore[assignment]
         return vol
 
+    def registration_method(self, requested: str = "auto") -> str:
+        """``"head"`` or ``"fit"``: how this model registers for ``reg_method`` ``requested``
+        (``auto``: fitted to the segmentations when the model's measured quality says its registration
+        head is not reliable and it segments; :func:`brainfm.tasks.registration.resolve_method`).
+
+        >>> from brainfm.inference import Predictor
+        >>> Predictor.from_pretrained("bundled", device="cpu").registration_method()  # doctest: +SKIP
+        'fit'
+        """
+        return resolve_reg_method(
+            requested, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
+            has_seg="seg" in self.available_tasks)
+
     def atlas_labels(self, atlas: Volume, *, cancel: Optional[CancelToken] = None) -> Volume:
         """This model's segmentation of the ``atlas`` template (FreeSurfer numbers on the atlas grid),
         which ``reg_method "fit"`` carries the scan's segmentation onto; computed once per model and
@@ -350,9 +363,7 @@ class Predictor:
                 uses["bias"] = {heads["bias"], heads["seg"]}
         reg_how, atlas_labels, no_atlas = None, None, False
         if "reg" in task_list:
-            reg_how = resolve_reg_method(
-                reg_method, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
-                has_seg=has_seg)
+            reg_how = self.registration_method(reg_method)
             no_atlas = reg_how == "fit" and atlas_vol is None
             if no_atlas:  # one warning that says what to do (the head's own warning would advise the fit)
                 warnings.append("registration: no atlas template to fit the map to, so the model's registration "

@@ -15,6 +15,7 @@ from brainfm.errors import InputError
 from brainfm.evaluation import datasets, metrics
 from brainfm.evaluation.registration import carry_labels
 from brainfm.evaluation.segmentation import dice_report, evaluate_segmentation
+from brainfm.inference import Predictor
 from brainfm.inference.prediction import Prediction
 from brainfm.io import write_volume
 from brainfm.volume import Volume
@@ -139,6 +140,9 @@ def tiny_model(tmp_path_factory) -> Path:
 
 class Oracle:
     """A predictor that answers from known arrays (makes the rows' numbers predictable)."""
+
+    info = None  # no measured quality
+    registration_method = Predictor.registration_method  # the product's choice, from info and the tasks
 
     def __init__(self, tasks: List[str], answer) -> None:
         self.available_tasks = tasks
