@@ -47,9 +47,14 @@ def channel_indices(logits: np.ndarray) -> np.ndarray:
 
 
 def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -> np.ndarray:
-    """Arg-max channel on a grid ``factor`` times finer over the same box: the logits are
-    interpolated trilinearly (``align_corners=False``, the same values as upsampling the whole
-    volume at once) slab by slab, so only a few slabs of fine logits exist at any time.
+    """Arg-max channel on a grid ``factor`` times finer over the same box, with the logits interpolated
+    trilinearly (``align_corners=False``, clamped at the borders: the values of upsampling the whole
+    volume at once with ``F.interpolate``), without making the fine logits of the whole volume.
+
+    Each fine voxel lies in the cell of 2 x 2 x 2 coarse voxels it is interpolated from. Where the
+    arg-max of the eight is one channel, it is the channel of the fine voxel as well (its logit is the
+    largest at every corner, so in every mix of them), so it is copied. Only the cells whose corners
+    disagree, the boundaries, are interpolated, ``slab`` coarse planes of them (along x) at a time.
 
     >>> lg = np.zeros((2, 2, 1, 1), np.float32); lg[1, 1] = 4.0    # channel 1 wins in the second voxel
     >>> fine = refined_channel_indices(lg, 2)
@@ -58,22 +63,33 @@ def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -
     """
     import torch.nn.functional as F
 
-    c, nx = int(logits.shape[0]), int(logits.shape[1])
-    f = int(factor)
-    out = np.empty(tuple(int(s) * f for s in logits.shape[1:]), np.uint8 if c < 255 else np.int32)
+    c, f = int(logits.shape[0]), int(factor)
+    n = tuple(int(s) for s in logits.shape[1:])
+    dtype = np.uint8 if c < 255 else np.int32
     t = torch.from_numpy(np.ascontiguousarray(logits, np.float32))
-    for x0 in range(0, nx, slab):
-        x1 = min(nx, x0 + slab)
-        a, b = max(0, x0 - 1), min(nx, x1 + 1)  # one voxel of halo along x
-        yz = F.interpolate(t[None, :, a:b], scale_factor=(1, f, f), mode="trilinear", align_corners=False)[0]
-        # along x by hand, with the source coordinates of the whole volume (clamped at its borders)
-        src = ((torch.arange(x0 * f, x1 * f, dtype=torch.float32) + 0.5) / f - 0.5).clamp(0, nx - 1)
-        lo = src.floor().long()
-        hi = (lo + 1).clamp(max=nx - 1)
-        w = (src - lo.float()).view(1, -1, 1, 1)
-        fine = yz[:, lo - a] * (1 - w) + yz[:, hi - a] * w
-        out[x0 * f:x1 * f] = torch.max(fine, dim=0).indices.numpy()
-    return out
+    corner = F.pad(t[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]  # the clamped borders as cells
+    best = torch.max(corner, dim=0).indices.to(torch.uint8 if c < 255 else torch.int32)  # first maximum
+    low = best[:-1, :-1, :-1]  # cell (i, j, k): corners i..i+1, j..j+1, k..k+1 of ``corner``
+    agree = torch.ones(low.shape, dtype=torch.bool)
+    shifts = [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+    for dx, dy, dz in shifts[1:]:
+        agree &= low == best[dx:dx + low.shape[0], dy:dy + low.shape[1], dz:dz + low.shape[2]]
+    cells = np.empty(tuple(low.shape) + (f, f, f), dtype)  # the f**3 fine voxels of every cell
+    cells[...] = low.numpy()[..., None, None, None]
+    # fine voxel i of an axis lies in cell (i + off) // f, at this weight of the cell's upper corner
+    off = (f + 1) // 2
+    w = (np.arange(f) - off + 0.5) / f + 0.5
+    w1 = np.stack([1.0 - w, w], 1)
+    weights = torch.from_numpy(np.einsum("ai,bj,ck->abcijk", w1, w1, w1).reshape(f ** 3, 8).astype(np.float32))
+    todo = torch.nonzero(~agree)  # C order: x-planes of cells one after the other
+    per = max(1, int(slab)) * low.shape[1] * low.shape[2]
+    for s in range(0, todo.shape[0], per):
+        cx, cy, cz = todo[s:s + per].unbind(1)
+        corners = torch.stack([corner[:, cx + dx, cy + dy, cz + dz] for dx, dy, dz in shifts])  # (8, C, m)
+        fine = (weights @ corners.reshape(8, -1)).reshape(f ** 3, c, -1)
+        cells[cx.numpy(), cy.numpy(), cz.numpy()] = torch.max(fine, dim=1).indices.T.reshape(-1, f, f, f).numpy()
+    whole = cells.transpose(0, 3, 1, 4, 2, 5).reshape(tuple((s + 1) * f for s in n))
+    return np.ascontiguousarray(whole[off:off + n[0] * f, off:off + n[1] * f, off:off + n[2] * f])
 
 
 def _holes(idx: np.ndarray, fs_values: Sequence[int]) -> Optional[Tuple[int, np.ndarray]]:

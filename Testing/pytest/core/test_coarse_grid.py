@@ -157,16 +157,36 @@ def test_severe_fraction_sets_the_share_of_severe_samples():
     assert 0.2 < np.mean(counts) / 2 < 0.4  # 0.25 on average
 
 
-@pytest.mark.parametrize("slab", [1, 3, 8, 64])
-def test_refined_labels_equal_whole_volume_interpolation(slab):
+@pytest.mark.parametrize("slab,factor", [(1, 2), (3, 2), (8, 2), (64, 2), (2, 3)])
+def test_refined_labels_equal_whole_volume_interpolation(slab, factor):
     from brainfm.tasks.segmentation import refined_channel_indices
 
     rng = np.random.default_rng(slab)
     logits = rng.normal(size=(5, 11, 7, 6)).astype(np.float32)
-    full = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], scale_factor=2, mode="trilinear",
+    full = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], scale_factor=factor, mode="trilinear",
                                            align_corners=False)[0].argmax(0).numpy()
-    got = refined_channel_indices(logits, 2, slab=slab)
+    got = refined_channel_indices(logits, factor, slab=slab)
     assert got.shape == full.shape and np.array_equal(got, full)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_refined_labels_keep_first_maximum_on_ties(factor):
+    """Only cells whose corners disagree are interpolated; elsewhere the corners' channel is copied.
+    With small integer logits and dyadic weights (exact in float32, so many exact ties) every fine
+    voxel must still be the first maximum of the interpolated logits, borders included."""
+    from brainfm.tasks.segmentation import refined_channel_indices
+
+    rng = np.random.default_rng(factor)
+    logits = rng.integers(0, 3, size=(4, 9, 5, 7)).astype(np.float32)
+    logits[:, 2:6, 1:4, 2:5] = 0.0
+    logits[2, 2:6, 1:4, 2:5] = 1.0  # a block of one channel: its inner cells agree
+    full = torch.nn.functional.interpolate(torch.from_numpy(logits)[None], scale_factor=factor, mode="trilinear",
+                                           align_corners=False)[0]
+    want = torch.max(full, 0).indices.numpy()
+    got = refined_channel_indices(logits, factor, slab=2)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.array_equal(got, want)
+    assert (got == 2).sum() >= (4 * 3 * 3 - 2 * 2 * 2) * factor ** 3  # the block's interior is there
 
 
 def test_coarse_model_segmentation_is_decided_at_1mm():
