@@ -32,6 +32,7 @@ import numpy as np
 from brainfm.geometry.exact import copy_exact, signed_permutation
 from brainfm.geometry.grid import grid_base, resample_to_grid, sample_grid_affine, torch_samples_exactly
 from brainfm.geometry.resample import antialias_sigmas, blur, check_order
+from brainfm.geometry.subdivide import Subdivision
 from brainfm.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +71,11 @@ class GridMapper:
         factors = np.linalg.norm(self.m[:3, :3], axis=1)  # source voxels per target step, per source axis
         self.sigmas = antialias_sigmas(factors) if self.antialias else (0.0, 0.0, 0.0)
         self._grid: Optional[list] = None
+        # a finer grid along the source's axes (a coarse model's outputs on a 1 mm grid): linear
+        # sampling without grid_sample (:mod:`brainfm.geometry.subdivide`)
+        self.subdivision = (Subdivision.of(self.m, self.src_shape)
+                            if self.kind == "resample" and not any(s > 0 for s in self.sigmas) else None)
+        self._fine = self.subdivision.fine_permutation if self.subdivision is not None else None
 
     @property
     def exact(self) -> bool:
@@ -139,6 +145,8 @@ class GridMapper:
             ii = idx[:, inside]
             out[inside] = np.moveaxis(arr[:, ii[0], ii[1], ii[2]], 0, 1)
             return out
+        if order == "linear" and self.subdivision is not None and dtype.kind == "f":
+            return self.subdivision.points(arr, vox, fill=fill).astype(dtype, copy=False)
         import torch
         import torch.nn.functional as F
 
@@ -146,7 +154,7 @@ class GridMapper:
             arr = np.stack([blur(c, self.sigmas, mode="nearest") for c in arr])
         ga, half = sample_grid_affine(self.m, self.src_shape)
         out = np.empty((vox.shape[0], arr.shape[0]), dtype)
-        src = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+        src = torch.from_numpy(np.asarray(arr, dtype=np.float32))[None]  # any layout: no copy
         mode = "bilinear" if order == "linear" else "nearest"
         per_call = max(1, min(_CHUNK, CHANNEL_BLOCK_BYTES // max(1, 4 * arr.shape[0])))  # bounds the temporary
         with torch.no_grad():
@@ -241,6 +249,10 @@ class GridMapper:
             vol = Volume(np.moveaxis(arr, 0, -1), self.src_affine)
             return np.asarray(resample_to_grid(vol, self.dst_affine, self.dst_shape, order=order, fill=fill,
                                                antialias=self.antialias).data).reshape(self.dst_shape + (-1,))
+        if order == "linear" and self._fine is not None and out_dtype.kind == "f" and self.subdivision is not None:
+            out = np.empty(self.dst_shape + (arr.shape[0],), out_dtype)
+            self.subdivision.whole(arr, out, fill=fill)
+            return out
         src_all = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         out = np.empty(self.dst_shape + (arr.shape[0],), out_dtype)
         res = torch.from_numpy(out) if out_dtype != np.float16 else None

@@ -355,7 +355,9 @@ def refine(ctx: TaskContext, idx_out: np.ndarray, logits: Optional[np.ndarray], 
     # the model's probabilities on its own grid, interpolated: a 2 mm boundary stays uncertain over
     # 2 mm, where the scan's intensities decide. Sampled at the labelled voxels only, a chunk at a time,
     # and kept per tissue group (GroupedPrior): no (voxels, channels) array of the whole scan
-    probs = softmax(logits)
+    # stored with the channels of a voxel side by side (a (C, X, Y, Z) view of (X, Y, Z, C)): the
+    # sampling on a subdivided grid reads each voxel as one row (brainfm.geometry.subdivide)
+    probs = np.moveaxis(np.ascontiguousarray(np.moveaxis(softmax(logits), 0, -1)), -1, 0)
     flat = np.flatnonzero(labelled)
     groups = present_groups(fs_values)
     grouped = GroupedPrior.empty(flat.size, int(groups.max()) + 1, n_ch)
