@@ -38,6 +38,8 @@ from brainfm.geometry.exact import Permutation, copy_exact, signed_permutation
 
 #: largest float32 temporary of subdivided channels in :meth:`Subdivision.whole`
 _BLOCK_BYTES = 512 << 20
+#: largest departure of the voxel map from an exact subdivision (source voxels per target voxel)
+_TOLERANCE = 1e-7
 #: a source position within this many voxels beyond the outer voxel centres (+ 0.5) is inside
 _SLACK = 1e-4
 
@@ -75,10 +77,12 @@ class Subdivision:
         rest = lin.copy()
         for j in range(3):
             rest[axes[j], j] = 0.0
-        if np.abs(rest).max() > 1e-9 or step.min() <= 0:
+        # within float32 rounding of the headers: a drift of at most 1e-7 voxels per voxel, no more than
+        # grid_sample's own float32 coordinates carry
+        if np.abs(rest).max() > _TOLERANCE or step.min() <= 0:
             return None
         factor = int(round(1.0 / step[0]))
-        if factor < 1 or np.abs(step * factor - 1.0).max() > 1e-9:
+        if factor < 1 or np.abs(step * factor - 1.0).max() > _TOLERANCE:
             return None
         return cls(m, axes, factor, shape)  # type: ignore[arg-type]
 
