@@ -179,19 +179,29 @@ def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
 
     Never for a lower quality level (a preview model is not replaced by a below-preview one); a higher
     level always; within a level, a higher mean of the real-T1 and held-out Dice (by more than 0.002),
-    so that a single real scan does not decide alone; on a tie, the higher real-T1 Dice.
+    so that a single real scan does not decide alone; on a tie, the higher real-T1 Dice. The held-out
+    Dice is that of the model's own labels (``heldout_head_dice17``) when both sides have it: the
+    renderings draw the deep grey nuclei and the ventral DC with one intensity, so the refinement to
+    the scan's intensities can hand a whole structure to another one, and its held-out Dice swings
+    between neighbouring weights (0.887 and 0.821 at steps 19,750 and 20,122, own labels 0.752 and
+    0.753).
 
     >>> better({"real_t1_dice17": 0.30, "heldout_dice17": 0.30}, {"real_t1_dice17": 0.31, "heldout_dice17": 0.20})
     True
     >>> better({"real_t1_dice17": 0.69, "heldout_dice17": 0.90}, {"real_t1_dice17": 0.71, "heldout_dice17": 0.5})
     False
+    >>> better({"real_t1_dice17": 0.81, "heldout_dice17": 0.82, "heldout_head_dice17": 0.76},
+    ...        {"real_t1_dice17": 0.80, "heldout_dice17": 0.89, "heldout_head_dice17": 0.75})
+    True
     """
     from brainfm.models.quality import LEVELS, quality_level
 
     if old is None:
         return True
     real = lambda q: float(q.get("real_t1_dice17") or 0)  # noqa: E731
-    mean = lambda q: (real(q) + float(q.get("heldout_dice17") or 0)) / 2  # noqa: E731
+    key = "heldout_head_dice17" if new.get("heldout_head_dice17") is not None and \
+        old.get("heldout_head_dice17") is not None else "heldout_dice17"
+    mean = lambda q: (real(q) + float(q.get(key) or 0)) / 2  # noqa: E731
     level_new, level_old = (LEVELS.index(quality_level(real(q))) for q in (new, old))
     if level_new != level_old:
         return level_new > level_old

@@ -491,6 +491,8 @@ def test_quality_measures_the_bias_field_and_results_warn_when_it_is_unreliable(
     expected = float(np.mean(applied_field_correlations(model_log_field(p, method="head"), t1, brain, fields)))
     assert q["bias_applied_corr"] == pytest.approx(expected, abs=1e-4) and -1.0 <= expected <= 1.0
     assert q["level"] == "below-preview" and "bias_applied_corr" not in measure_quality(p, data_root, bias=False)
+    # the held-out maps are also scored with the model's own labels (what compares two weights)
+    assert 0.0 <= q["heldout_head_dice17"] <= 1.0 and 0.0 <= q["heldout_dice17"] <= 1.0
 
     image = datasets.load(data_root, "voxelmorph_vol")
     loaded.info.quality = {"bias_applied_corr": BIAS_USABLE_CORR - 0.01}
