@@ -17,9 +17,6 @@ Prints one JSON object and writes it to Testing/benchmarks/results/biasfit.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 import tracemalloc
@@ -28,7 +25,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from benchcommon import emit, parser
 
 
 def measured(fn: Callable[[], np.ndarray], repeats: int) -> Tuple[np.ndarray, float, float]:
@@ -45,12 +42,9 @@ def measured(fn: Callable[[], np.ndarray], repeats: int) -> Tuple[np.ndarray, fl
 
 
 def main(argv: List[str] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("BRAINFM_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap = parser(__doc__, out_name="biasfit.json", repeats=3, repeats_help="fit timings: best of this many (N4: once)",
+                threads_help="torch and SimpleITK threads")
     ap.add_argument("--fields", type=int, default=3, help="how many of the row's applied fields")
-    ap.add_argument("--repeats", type=int, default=3, help="fit timings: best of this many (N4: once)")
-    ap.add_argument("--threads", type=int, default=2, help="torch and SimpleITK threads")
-    ap.add_argument("--out", default=str(REPO / "Testing" / "benchmarks" / "results" / "biasfit.json"))
     args = ap.parse_args(argv)
 
     import SimpleITK as sitk
@@ -93,10 +87,7 @@ def main(argv: List[str] = None) -> int:
     fit_s = summary["methods"]["fit to the model's segmentation"]["mean_seconds"]
     summary["n4_seconds_over_fit"] = {k: round(v["mean_seconds"] / fit_s, 1)
                                       for k, v in summary["methods"].items() if k.startswith("N4")}
-    text = json.dumps(summary, indent=1)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     return 0
 
 

@@ -17,17 +17,13 @@ Prints one JSON object and writes it to Testing/benchmarks/results/label_decisio
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from benchcommon import best_of, emit, parser
 
 
 def whole_volume(logits: np.ndarray, factor: int) -> np.ndarray:
@@ -61,12 +57,8 @@ def slabs(logits: np.ndarray, factor: int, slab: int = 8) -> np.ndarray:
 
 
 def main(argv: List[str] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("BRAINFM_SHARED_DATA", str(REPO.parent / "shared" / "data")))
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per variant")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--out", default=str(REPO / "Testing" / "benchmarks" / "results" / "label_decision.json"))
-    args = ap.parse_args(argv)
+    args = parser(__doc__, out_name="label_decision.json", repeats=3,
+                  repeats_help="best of this many runs per variant").parse_args(argv)
 
     import torch
 
@@ -88,11 +80,7 @@ def main(argv: List[str] = None) -> int:
     rows: Dict[str, Dict[str, Any]] = {}
     anchor = None
     for name, fn in variants.items():
-        best, out = float("inf"), None
-        for _ in range(max(1, args.repeats)):
-            t0 = time.perf_counter()
-            out = fn()
-            best = min(best, time.perf_counter() - t0)
+        best, out = best_of(fn, args.repeats)
         if anchor is None:
             anchor = out
         rows[name] = {"seconds": round(best, 3), "voxels_differing_from_anchor": int((out != anchor).sum())}
@@ -102,10 +90,7 @@ def main(argv: List[str] = None) -> int:
         "speedup_vs_anchor": round(rows["whole volume"]["seconds"] / rows["product"]["seconds"], 2),
         "speedup_vs_slabs": round(rows["slabs"]["seconds"] / rows["product"]["seconds"], 2),
     }
-    text = json.dumps(summary, indent=1)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     return 0
 
 

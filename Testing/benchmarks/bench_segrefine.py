@@ -18,9 +18,6 @@ Prints one JSON object and writes it to Testing/benchmarks/results/segrefine.jso
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 import tracemalloc
@@ -29,16 +26,12 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from benchcommon import emit, parser
 
 
 def main(argv: List[str] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("BRAINFM_SHARED_DATA", str(REPO.parent / "shared" / "data")))
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many predictions per variant")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--out", default=str(REPO / "Testing" / "benchmarks" / "results" / "segrefine.json"))
-    args = ap.parse_args(argv)
+    args = parser(__doc__, out_name="segrefine.json", repeats=2,
+                  repeats_help="best of this many predictions per variant").parse_args(argv)
 
     import torch
 
@@ -92,10 +85,7 @@ def main(argv: List[str] = None) -> int:
         "voxels_differing_fit_vs_whole_grid": int((labels["fit"] != labels["fit, whole grid"]).sum()),
         "refine_speedup_vs_whole_grid": round(rows["fit, whole grid"]["refine_s"] / rows["fit"]["refine_s"], 2),
     }
-    text = json.dumps(summary, indent=1)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     return 0
 
 

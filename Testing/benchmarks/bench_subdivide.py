@@ -21,26 +21,13 @@ Prints one JSON object and writes it to Testing/benchmarks/results/subdivide.jso
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _best(fn: Callable[[], Any], repeats: int):
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from benchcommon import best_of, emit, parser
 
 
 def _differences(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, Any]:
@@ -55,12 +42,8 @@ def _differences(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str
 
 
 def main(argv: List[str] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("BRAINFM_SHARED_DATA", str(REPO.parent / "shared" / "data")))
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many predictions per variant")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--out", default=str(REPO / "Testing" / "benchmarks" / "results" / "subdivide.json"))
-    args = ap.parse_args(argv)
+    args = parser(__doc__, out_name="subdivide.json", repeats=2,
+                  repeats_help="best of this many predictions per variant").parse_args(argv)
 
     import torch
 
@@ -90,7 +73,7 @@ def main(argv: List[str] = None) -> int:
         for variant in ("anchor (grid_sample)", "product"):
             mapping.Subdivision.of = product if variant == "product" else (lambda *a, **k: None)
             try:
-                seconds, pred = _best(lambda: predictor.predict(image, tasks=tasks, atlas=atlas_path), args.repeats)
+                seconds, pred = best_of(lambda: predictor.predict(image, tasks=tasks, atlas=atlas_path), args.repeats)
             finally:
                 mapping.Subdivision.of = product
             timings[variant] = round(seconds, 2)
@@ -99,10 +82,7 @@ def main(argv: List[str] = None) -> int:
                       "outputs": _differences(outputs["anchor (grid_sample)"], outputs["product"])}
     summary = {"model": predictor._model_meta().get("name"), "threads": args.threads,
                "cpu": torch.backends.cpu.get_cpu_capability(), "cases": rows}
-    text = json.dumps(summary, indent=1)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    emit(summary, args.out)
     return 0
 
 
