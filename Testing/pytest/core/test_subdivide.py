@@ -88,3 +88,40 @@ def test_sampling_at_the_source_voxels_themselves_is_exact():
     assert got.tolist() == arr[0][vox[:, 0] // 2, vox[:, 1] // 2, vox[:, 2] // 2].tolist()
     mid = sub.points(arr, np.array([[1, 0, 0], [3, 2, 2]]))[:, 0]
     np.testing.assert_allclose(mid, [(0 + 12) / 2, (arr[0, 1, 1, 1] + arr[0, 2, 1, 1]) / 2], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["ras", "lps_stored", "left_handed"])
+def test_coarse_model_outputs_equal_with_and_without_the_subdivision(case, monkeypatch):
+    """A 2 mm model on 1 mm inputs (any axis order): the refined labels, the synthesis and the distance
+    maps are those of the general path (grid_sample), which the subdivision replaces."""
+    import torch
+
+    import brainfm.geometry.mapping as mapping
+    from brainfm.inference import Predictor
+    from brainfm.models import BrainFMNet, ModelConfig
+    from brainfm.models.common import LoadedModel, ModelInfo
+    from fixtures import GEOMETRY_CASES, blob_head
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=8, num_levels=3, heads={"T1": 1, "segmentation": 33, "distance": 4}))
+    info = ModelInfo(name="tiny", version="1", format="native", sha256="", config=net.config,
+                     label_scheme="fs33", voxel_mm=2.0)
+    p = Predictor(LoadedModel(net, info), device="cpu")
+    head = blob_head((34, 38, 30), GEOMETRY_CASES[case])
+    used = []
+    real = GridMapper.points
+
+    def spy(self, *a, **k):
+        used.append(self.subdivision is not None)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(GridMapper, "points", spy)
+    fast = p.predict(head, tasks=["t1", "seg", "dist"], seg_method="fit")
+    assert used and all(used)  # the refinement's prior went through the subdivision
+    monkeypatch.setattr(mapping.Subdivision, "of", classmethod(lambda cls, *a, **k: None))
+    general = p.predict(head, tasks=["t1", "seg", "dist"], seg_method="fit")
+    assert used[-1] is False
+    assert fast.metadata["seg_method"] == general.metadata["seg_method"]
+    np.testing.assert_array_equal(np.asarray(fast["seg"].data), np.asarray(general["seg"].data))
+    for key in ("synth_t1", "dist_lp", "dist_rw"):
+        np.testing.assert_allclose(np.asarray(fast[key].data), np.asarray(general[key].data), rtol=0, atol=1e-4)
