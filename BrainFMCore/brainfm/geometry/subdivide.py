@@ -30,11 +30,14 @@ positions in ``[-0.5, n - 0.5]``), up to float32 rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
 from brainfm.geometry.exact import Permutation, copy_exact, signed_permutation
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: largest float32 temporary of subdivided channels in :meth:`Subdivision.whole`
 _BLOCK_BYTES = 512 << 20
@@ -42,6 +45,24 @@ _BLOCK_BYTES = 512 << 20
 _TOLERANCE = 1e-7
 #: a source position within this many voxels beyond the outer voxel centres (+ 0.5) is inside
 _SLACK = 1e-4
+
+
+def cell_weights(*upper: np.ndarray) -> "torch.Tensor":
+    """Trilinear weights of the positions inside a cell of 2 x 2 x 2 voxels: ``upper`` holds, for each
+    of the three axes, the weights of the cell's upper corner at that axis's positions. Returns the
+    float32 ``(positions, 8)`` matrix (positions in C order of the three axes; corners ``(d0, d1, d2)``
+    in C order) that maps the cell's corner values to the values at the positions.
+
+    >>> cell_weights(np.array([0.25, 0.75]), np.array([0.5]), np.array([0.0])).shape
+    torch.Size([2, 8])
+    >>> [round(float(v), 3) for v in cell_weights(np.array([0.25]), np.array([0.5]), np.array([0.0]))[0]]
+    [0.375, 0.0, 0.375, 0.0, 0.125, 0.0, 0.125, 0.0]
+    """
+    import torch
+
+    w1 = [np.stack([1.0 - np.asarray(w, np.float64), np.asarray(w, np.float64)], 1) for w in upper]
+    mat = np.einsum("ai,bj,ck->abcijk", *w1).reshape(-1, 8)
+    return torch.from_numpy(mat.astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -170,9 +191,7 @@ class Subdivision:
         flat = np.stack([(i[0][d0] * sy + i[1][d1]) * sz + i[2][d2]
                          for d0 in (0, 1) for d1 in (0, 1) for d2 in (0, 1)])  # (8, M)
         corners = rows.index_select(0, torch.from_numpy(flat.reshape(-1))).view(8, -1)  # (8, M * C)
-        w1 = [np.stack([1.0 - w, w], 1) for w in weights]  # (f, 2) per source axis
-        mat = torch.from_numpy(np.einsum("ai,bj,ck->abcijk", *w1).reshape(f ** 3, 8).astype(np.float32))
-        vals = (mat @ corners).view(-1, c)  # row: slot * M + cell
+        vals = (cell_weights(*weights) @ corners).view(-1, c)  # row: slot * M + cell
         s = (slot[0] * f + slot[1]) * f + slot[2]
         torch.index_select(vals, 0, torch.from_numpy(s * cells.shape[0] + where.reshape(-1)), out=torch.from_numpy(out))
         if not inside.all():

@@ -63,6 +63,8 @@ def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -
     """
     import torch.nn.functional as F
 
+    from brainfm.geometry.subdivide import cell_weights
+
     c, f = int(logits.shape[0]), int(factor)
     n = tuple(int(s) for s in logits.shape[1:])
     dtype = np.uint8 if c < 255 else np.int32
@@ -79,8 +81,7 @@ def refined_channel_indices(logits: np.ndarray, factor: int, *, slab: int = 8) -
     # fine voxel i of an axis lies in cell (i + off) // f, at this weight of the cell's upper corner
     off = (f + 1) // 2
     w = (np.arange(f) - off + 0.5) / f + 0.5
-    w1 = np.stack([1.0 - w, w], 1)
-    weights = torch.from_numpy(np.einsum("ai,bj,ck->abcijk", w1, w1, w1).reshape(f ** 3, 8).astype(np.float32))
+    weights = cell_weights(w, w, w)
     todo = torch.nonzero(~agree)  # C order: x-planes of cells one after the other
     per = max(1, int(slab)) * low.shape[1] * low.shape[2]
     for s in range(0, todo.shape[0], per):
