@@ -76,7 +76,7 @@ class GridMapper:
         self.subdivision = (Subdivision.of(self.m, self.src_shape)
                             if self.kind == "resample" and not any(s > 0 for s in self.sigmas) else None)
         # ... whose voxels are those of the source subdivided over its box: whole images by F.interpolate
-        self._fine = self.subdivision if self.subdivision is not None and self.subdivision.fine_permutation else None
+        self._whole_by_interpolate = self.subdivision is not None and self.subdivision.fine_permutation is not None
 
     @property
     def exact(self) -> bool:
@@ -250,9 +250,9 @@ class GridMapper:
             vol = Volume(np.moveaxis(arr, 0, -1), self.src_affine)
             return np.asarray(resample_to_grid(vol, self.dst_affine, self.dst_shape, order=order, fill=fill,
                                                antialias=self.antialias).data).reshape(self.dst_shape + (-1,))
-        if order == "linear" and self._fine is not None and out_dtype.kind == "f":
+        if order == "linear" and self._whole_by_interpolate and out_dtype.kind == "f" and self.subdivision is not None:
             out = np.empty(self.dst_shape + (arr.shape[0],), out_dtype)
-            self._fine.whole(arr, out, fill=fill)
+            self.subdivision.whole(arr, out, fill=fill)
             return out
         src_all = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         out = np.empty(self.dst_shape + (arr.shape[0],), out_dtype)

@@ -30,6 +30,7 @@ positions in ``[-0.5, n - 0.5]``), up to float32 rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
@@ -127,7 +128,7 @@ class Subdivision:
         low = np.clip(cell, -1, n - 1).astype(np.int64) + 1
         return low, slot, pk - ck, inside
 
-    @property
+    @cached_property
     def fine_permutation(self) -> Optional[Permutation]:
         """The target voxels as voxels of the source grid subdivided ``factor`` times over the same box
         (what ``F.interpolate(scale_factor=factor, align_corners=False)`` makes): their signed
