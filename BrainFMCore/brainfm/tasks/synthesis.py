@@ -55,15 +55,16 @@ def resolve_method(method: str, *, has_seg: bool, refined: bool) -> str:
     return methods.resolve(method, option="synth_method", head_reliable=not refined, has_seg=has_seg)
 
 
-def _fitted(ctx: TaskContext, data: np.ndarray, what: str) -> np.ndarray:
+def _fitted(ctx: TaskContext, data: np.ndarray, what: str, background: float = 0.0) -> np.ndarray:
     """``data`` (a synthesis on the output grid) fitted to the scan when ``ctx.synth_method`` is
-    ``fit`` (in place, on a private copy when ``data`` is an input of the context); else ``data``."""
+    ``fit`` (in place, on a private copy when ``data`` is an input of the context); else ``data``.
+    ``background``: the output's value outside the foreground."""
     if ctx.synth_method != "fit":
         return data
     from brainfm.tasks.synthfit import fit_to_scan
 
     data = ctx.private(data, np.float32)
-    fit_to_scan(ctx, data, what=what)
+    fit_to_scan(ctx, data, what=what, background=background)
     return data
 
 
@@ -102,6 +103,6 @@ def run_ct(ctx: TaskContext) -> Dict[str, Volume]:
     raw = ctx.task_head("ct")[0]
     data = ctx.private(ctx.to_output(raw, "linear", CT_BACKGROUND_HU / CT_SCALE), np.float32)
     data *= np.float32(CT_SCALE)
-    data = _fitted(ctx, data, "synthetic CT")
+    data = _fitted(ctx, data, "synthetic CT", CT_BACKGROUND_HU)
     data = ctx.mask(data, CT_BACKGROUND_HU, inplace=True)
     return {"synth_ct": ctx.volume(data, task="ct", kind="image", units="HU")}

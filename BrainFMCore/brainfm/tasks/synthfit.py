@@ -8,7 +8,8 @@ So, with the tissue model fitted to the scan when its labels were refined
 and the scan's bias-corrected intensities there), each group gets the linear map
 ``synthesised ≈ a_g · intensity + b_g`` that best fits the model's synthesis over the group
 (least squares weighted by the posteriors), and every labelled voxel gets the posterior-weighted
-mix of its groups' maps. Voxels outside the labelled structures keep the model's synthesis.
+mix of its groups' maps. Voxels outside the labelled structures keep the model's synthesis, except at
+the rim of a masked scan (below).
 
 The maps are fitted at the model's resolution: its synthesis has none of the scan's fine detail, so a
 slope fitted against the scan's full-resolution intensities comes out too flat (the detail only adds
@@ -16,6 +17,12 @@ variance to the scan's side) and the detail is lost again. On a scan finer than 
 every direction, the slopes are fitted against the scan smoothed to the model's voxel size
 (:func:`at_resolution`: along each axis a Gaussian of σ = √(model voxel² − scan voxel²), inside the
 labelled voxels) and applied to the scan at full resolution. Thick slices are fitted as they are.
+
+The edge of a masked scan (brain-extracted, then usually resampled) fades to its zero background over a
+voxel or two, and the model labels that rim background. Its 2 mm synthesis there is the brain's, so it
+would stay bright where the scan fades. Such a rim voxel is taken as partial volume of the tissue next
+to it and of the background: the synthesis is moved towards the output's background by the same
+fraction as the scan (:func:`edge_fade`). Whole heads with a noisy background have no such rim.
 
 >>> import numpy as np
 >>> y = np.linspace(0.0, 1.0, 100)
@@ -28,7 +35,7 @@ True
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -124,13 +131,93 @@ def at_resolution(mask: np.ndarray, intensities: np.ndarray, voxel_mm: Sequence[
     return (num[mask] / np.maximum(den[mask], 1e-6)).astype(np.float32)
 
 
-def fit_to_scan(ctx: TaskContext, data: np.ndarray, *, what: str) -> bool:
+def edge_fade(mask: np.ndarray, foreground: np.ndarray, image: np.ndarray, *, voxel_mm: Sequence[float],
+              reach_mm: float, level: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """The rim of a masked scan between its labelled voxels and its background, and how far it has
+    faded: ``(voxels, fraction)``, the flat (C order) indices of the rim voxels (int64 ``(M,)``) and,
+    for each, ``(image − level) / (image at the nearest labelled voxel − level)`` clipped to [0, 1]
+    (float32 ``(M,)``).
+
+    A rim voxel is in ``foreground`` but not in ``mask`` (the labelled voxels), and lies within
+    ``reach_mm`` of both a labelled voxel and a voxel outside ``foreground`` (the background, at
+    ``level``). Distances are measured on the grid with voxel edges ``voxel_mm``; the grid's border is
+    not background. Whole-head scans with a noisy background have no voxel at ``level`` near the labels,
+    hence no rim.
+
+    >>> m = np.zeros((1, 1, 8), bool); m[0, 0, :4] = True                 # labelled: the first 4 voxels
+    >>> img = np.array([[[80.0, 80, 80, 80, 40, 10, 0, 0]]])               # then a fade to the background
+    >>> voxels, fraction = edge_fade(m, img > 0, img, voxel_mm=(1, 1, 1), reach_mm=3.0)
+    >>> voxels.tolist(), fraction.tolist()
+    ([4, 5], [0.5, 0.125])
+    >>> edge_fade(m, np.ones_like(m), img + 1, voxel_mm=(1, 1, 1), reach_mm=3.0)[0].size  # no background
+    0
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    mask = np.asarray(mask, bool)
+    fg = np.asarray(foreground, bool)
+    image = np.asarray(image)
+    if mask.shape != fg.shape or image.shape != fg.shape:
+        raise ValueError(f"mask {mask.shape}, foreground {fg.shape} and image {image.shape} do not match")
+    none = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if not mask.any() or fg.all():
+        return none
+    vox = np.array([max(float(v), 1e-6) for v in voxel_mm], np.float64)
+    steps = np.floor(float(reach_mm) / vox).astype(int)
+    # a rim voxel lies within reach of a labelled voxel, its background within reach of it: work in the
+    # box of the labelled voxels widened twice by the reach
+    lo = np.zeros(3, int)
+    hi = np.array(mask.shape)
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo[axis] = max(int(present[0]) - 2 * int(steps[axis]), 0)
+        hi[axis] = min(int(present[-1]) + 2 * int(steps[axis]) + 1, mask.shape[axis])
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    m, f = mask[box], fg[box]
+    if f.all():
+        return none
+
+    def around(x: np.ndarray, k: np.ndarray = steps) -> np.ndarray:  # within +-k voxels along each axis
+        return ndimage.maximum_filter(x, size=tuple(int(2 * v + 1) for v in k), mode="constant", cval=False)
+
+    def border(x: np.ndarray) -> np.ndarray:  # the voxels of x next to a voxel not in x: the nearest ones
+        return x & ~ndimage.binary_erosion(x, border_value=1)
+
+    candidates = f & ~m & around(~f) & around(m)
+    if not candidates.any():
+        return none
+    near = around(candidates)
+    rim = np.argwhere(candidates)
+    labelled = np.argwhere(border(m) & near)
+    bound = float(reach_mm) + 1e-6
+    d_lab, nearest = cKDTree(labelled * vox).query(rim * vox, distance_upper_bound=bound)
+    ok = np.isfinite(d_lab)
+    # the background: within reach for sure when next to the voxel (its 3x3x3 cube within reach)
+    close = around(~f, np.ones(3, int))[tuple(rim.T)]
+    if float(np.sqrt(np.sum(vox ** 2))) > float(reach_mm):
+        close[:] = False
+    far = ok & ~close
+    if far.any():
+        d_bg = cKDTree(np.argwhere(border(~f) & near) * vox).query(rim[far] * vox, distance_upper_bound=bound)[0]
+        ok[np.flatnonzero(far)[~np.isfinite(d_bg)]] = False
+    rim, nearest = rim[ok] + lo, labelled[nearest[ok]] + lo
+    voxels = np.ravel_multi_index(tuple(rim.T), mask.shape).astype(np.int64)
+    value = image.reshape(-1)[voxels].astype(np.float64) - float(level)
+    reference = image[tuple(nearest.T)].astype(np.float64) - float(level)
+    fraction = np.clip(value / np.maximum(reference, 1e-12), 0.0, 1.0)
+    return voxels, np.where(reference > 0, fraction, 1.0).astype(np.float32)
+
+
+def fit_to_scan(ctx: TaskContext, data: np.ndarray, *, what: str, background: float = 0.0) -> bool:
     """Replace the labelled voxels of ``data`` (a synthesis on the output grid, modified in place) by
     :func:`transfer_contrast` of the tissue model fitted when the labels were refined
     (:func:`brainfm.tasks.segmentation.decide`). Returns False, with a warning naming ``what``
     (``ctx.synth_method`` then ``"head"``), when there is no tissue model (the labels were not
     refined). The maps are fitted against the scan at the model's resolution (:func:`at_resolution`;
-    the model's voxel: the network grid's)."""
+    the model's voxel: the network grid's). At the rim of a masked scan (:func:`edge_fade`, within one
+    model voxel plus one scan voxel of the labels and of the background) the synthesis moves towards
+    ``background`` (the output's value outside the foreground) as far as the scan has faded."""
     from brainfm.tasks.segmentation import decide
 
     tissues = decide(ctx).tissues
@@ -148,4 +235,12 @@ def fit_to_scan(ctx: TaskContext, data: np.ndarray, *, what: str) -> bool:
         tissues.derived[key] = at_resolution(mask, tissues.intensities, voxel_sizes(ctx.out_affine), model_mm)
     smooth = tissues.derived[key]
     data[mask] = transfer_contrast(tissues.posteriors, tissues.intensities, data[mask], fit_intensities=smooth)
+    if "edge voxels" not in tissues.derived:
+        out_mm = voxel_sizes(ctx.out_affine)
+        tissues.derived["edge voxels"], tissues.derived["edge fraction"] = edge_fade(
+            mask, ctx.foreground_out, ctx.image_out, voxel_mm=out_mm, reach_mm=model_mm + float(max(out_mm)),
+            level=float(ctx.norm_range[0]))
+    voxels, fraction = tissues.derived["edge voxels"], tissues.derived["edge fraction"]
+    rim = np.unravel_index(voxels, data.shape)
+    data[rim] = background + fraction * (data[rim] - np.float32(background))
     return True
