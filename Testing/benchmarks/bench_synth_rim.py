@@ -59,16 +59,10 @@ def _renderings(labels: Any, rng: np.random.Generator) -> Dict[str, Dict[str, An
 
 
 def _scores(predictor: Any, images: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
-    from brainfm.evaluation.synthesis import OUTPUT_OF, PAIRS, TASK_OF, brain_mask
-    from brainfm.evaluation.metrics import fitted_scores
+    from brainfm.evaluation.synthesis import PAIRS, score_synthesis
 
-    out = {}
-    for s, t in PAIRS:
-        src, tgt = np.asarray(images[s].data, np.float64), np.asarray(images[t].data, np.float64)
-        pred = predictor.predict(images[s], tasks=[TASK_OF[t]])[OUTPUT_OF[t]]
-        sc = fitted_scores(np.asarray(pred.data, np.float64), tgt, brain_mask(src, tgt))
-        out[f"{s}->{t}"] = {k: round(v, 3) for k, v in sc.items()}
-    return out
+    return {f"{s}->{t}": {k: round(v, 3) for k, v in score_synthesis(predictor, images[s], images[t], t)[0].items()}
+            for s, t in PAIRS}
 
 
 def main(argv: List[str]) -> int:

@@ -41,6 +41,16 @@ def baseline_scores(source: np.ndarray, target: np.ndarray) -> Dict[str, float]:
     return fitted_scores(source, target, brain_mask(source, target))
 
 
+def score_synthesis(predictor: Any, source: Any, target: Any, contrast: str,
+                    **predict_options: Any) -> Tuple[Dict[str, float], Any]:
+    """``(scores, prediction)``: ``predictor`` synthesises ``contrast`` (``"T1"``, ``"T2"`` or ``"FLAIR"``)
+    from the Volume ``source``, scored against the Volume ``target`` by PSNR / SSIM after the linear fit
+    inside :func:`brain_mask`. ``predict_options`` go to ``predict`` (e.g. ``synth_method="head"``)."""
+    pred = predictor.predict(source, tasks=[TASK_OF[contrast]], **predict_options)
+    src, tgt = np.asarray(source.data, np.float64), np.asarray(target.data, np.float64)
+    return fitted_scores(np.asarray(pred[OUTPUT_OF[contrast]].data, np.float64), tgt, brain_mask(src, tgt)), pred
+
+
 def load_trio(data_root: Path) -> Dict[str, Any]:
     """{"T1": Volume, "T2": Volume, "FLAIR": Volume} of the stroke subject."""
     return {c: datasets.load(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
@@ -73,16 +83,14 @@ def evaluate_synthesis(predictor: Any, data_root: Path, *, anchors: Optional[Dic
             pairs[key] = {"status": f"n/a: model has no {HEAD_WORDS[TASK_OF[t]]} head"}
             beat_all = False
             continue
-        pred = predictor.predict(trio[s], tasks=[TASK_OF[t]])
+        sc, pred = score_synthesis(predictor, trio[s], trio[t], t)
         out = pred[OUTPUT_OF[t]]
-        sc = fitted_scores(np.asarray(out.data, np.float64), tgt, brain_mask(src, tgt))
         beat = sc["psnr"] > base["psnr"] and sc["ssim"] > base["ssim"]
         beat_all = beat_all and beat
         pairs[key] = {**sc, "baseline": base, "beats_baseline": bool(beat),
                       "method": pred.metadata.get("synth_method")}
         if pred.metadata.get("synth_method") == SYNTH_METHOD_NAMES["fit"]:
-            head = predictor.predict(trio[s], tasks=[TASK_OF[t]], synth_method="head")[OUTPUT_OF[t]]
-            pairs[key]["head"] = fitted_scores(np.asarray(head.data, np.float64), tgt, brain_mask(src, tgt))
+            pairs[key]["head"] = score_synthesis(predictor, trio[s], trio[t], t, synth_method="head")[0]
         montage[f"{s}_to_{t}"] = out
     if montage_path is not None and montage:
         from brainfm.report.montage import write_montage

@@ -175,7 +175,8 @@ def edge_fade(mask: np.ndarray, foreground: np.ndarray, image: np.ndarray, *, vo
         hi[axis] = min(int(present[-1]) + 2 * int(steps[axis]) + 1, mask.shape[axis])
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     m, f = mask[box], fg[box]
-    if f.all():
+    bg = ~f
+    if not bg.any():
         return none
 
     def around(x: np.ndarray, k: np.ndarray = steps) -> np.ndarray:  # within +-k voxels along each axis
@@ -184,7 +185,7 @@ def edge_fade(mask: np.ndarray, foreground: np.ndarray, image: np.ndarray, *, vo
     def border(x: np.ndarray) -> np.ndarray:  # the voxels of x next to a voxel not in x: the nearest ones
         return x & ~ndimage.binary_erosion(x, border_value=1)
 
-    candidates = f & ~m & around(~f) & around(m)
+    candidates = f & ~m & around(bg) & around(m)
     if not candidates.any():
         return none
     near = around(candidates)
@@ -194,12 +195,12 @@ def edge_fade(mask: np.ndarray, foreground: np.ndarray, image: np.ndarray, *, vo
     d_lab, nearest = cKDTree(labelled * vox).query(rim * vox, distance_upper_bound=bound)
     ok = np.isfinite(d_lab)
     # the background: within reach for sure when next to the voxel (its 3x3x3 cube within reach)
-    close = around(~f, np.ones(3, int))[tuple(rim.T)]
+    close = around(bg, np.ones(3, int))[tuple(rim.T)]
     if float(np.sqrt(np.sum(vox ** 2))) > float(reach_mm):
         close[:] = False
     far = ok & ~close
     if far.any():
-        d_bg = cKDTree(np.argwhere(border(~f) & near) * vox).query(rim[far] * vox, distance_upper_bound=bound)[0]
+        d_bg = cKDTree(np.argwhere(border(bg) & near) * vox).query(rim[far] * vox, distance_upper_bound=bound)[0]
         ok[np.flatnonzero(far)[~np.isfinite(d_bg)]] = False
     rim, nearest = rim[ok] + lo, labelled[nearest[ok]] + lo
     voxels = np.ravel_multi_index(tuple(rim.T), mask.shape).astype(np.int64)

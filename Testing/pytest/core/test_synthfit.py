@@ -255,19 +255,14 @@ def test_cli_option_reaches_the_predictor_and_is_reported(tmp_path, capsys):
 def test_bundled_model_fitted_synthesis_beats_its_head_and_the_baseline(shared_data, bundled_predictor):
     """The synthesis row's four pairs of the stroke trio (T1->T2, T1->FLAIR, T2->T1, FLAIR->T1): PSNR and
     SSIM in the brain after a linear fit, above the model's own synthesis and the input itself."""
-    from brainfm.evaluation.metrics import fitted_scores
-    from brainfm.evaluation.synthesis import OUTPUT_OF, PAIRS, TASK_OF, baseline_scores, brain_mask, load_trio
+    from brainfm.evaluation.synthesis import PAIRS, baseline_scores, load_trio, score_synthesis
 
     predictor = bundled_predictor
     trio = load_trio(shared_data)
     for s, t in PAIRS:
-        src, tgt = np.asarray(trio[s].data, np.float64), np.asarray(trio[t].data, np.float64)
-        mask = brain_mask(src, tgt)
-        auto = predictor.predict(trio[s], tasks=[TASK_OF[t]])
-        head = predictor.predict(trio[s], tasks=[TASK_OF[t]], synth_method="head")
+        fit, auto = score_synthesis(predictor, trio[s], trio[t], t)
+        own, _ = score_synthesis(predictor, trio[s], trio[t], t, synth_method="head")
         assert auto.metadata["synth_method"].startswith("fitted to the scan")
-        fit = fitted_scores(np.asarray(auto[OUTPUT_OF[t]].data, np.float64), tgt, mask)
-        own = fitted_scores(np.asarray(head[OUTPUT_OF[t]].data, np.float64), tgt, mask)
-        base = baseline_scores(src, tgt)
+        base = baseline_scores(np.asarray(trio[s].data, np.float64), np.asarray(trio[t].data, np.float64))
         assert fit["psnr"] > max(own["psnr"], base["psnr"]), (s, t, fit, own, base)
         assert fit["ssim"] > max(own["ssim"], base["ssim"]), (s, t, fit, own, base)
