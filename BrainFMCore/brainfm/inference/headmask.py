@@ -37,7 +37,7 @@ HEAD_MASK_METHOD = ("non-zero voxels when the background is zero, else a thresho
                     "tissue (Otsu of the log intensities, bounded by the noise floor and by Otsu), closing (4 mm), "
                     "holes filled, largest component, grown by one voxel")
 ZERO_BACKGROUND_FRACTION = 0.05  #: this share of exact zeros means a masked (zero) background
-LOG_OFFSET = 1e-3  #: added before the logarithm (a fraction of the normalised range): bounds its tail at 0
+LOG_OFFSET = 1e-3  #: added before the logarithm, times the 99.9th percentile of the image: bounds its tail at 0
 #: the 99th percentile of a Rayleigh distribution in units of its scale: sqrt(-2 ln 0.01)
 NOISE_FLOOR = float(np.sqrt(-2.0 * np.log(0.01)))
 _RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))  #: the median of a Rayleigh distribution of scale 1
@@ -65,8 +65,10 @@ def noise_scale(image: np.ndarray) -> float:
 
 def background_threshold(image: np.ndarray, *, max_samples: int = 2_000_000) -> float:
     """The intensity between background and tissue in a normalised ``[0, 1]`` image (see the module
-    docstring): Otsu's threshold of ``log(x + LOG_OFFSET)`` over the positive voxels, at least
-    :data:`NOISE_FLOOR` times :func:`noise_scale`, at most Otsu's threshold of the intensities.
+    docstring): Otsu's threshold of ``log(x + LOG_OFFSET * top)`` over the positive voxels, at least
+    :data:`NOISE_FLOOR` times :func:`noise_scale`, at most Otsu's threshold of the intensities; both
+    thresholds see the voxels clipped at ``top``, their 99.9th percentile, so that a few hot voxels
+    (spikes) change nothing.
 
     >>> rng = np.random.default_rng(0)
     >>> img = rng.rayleigh(0.01, (40, 40, 40))                          # background: the Rician floor of air
@@ -83,8 +85,12 @@ def background_threshold(image: np.ndarray, *, max_samples: int = 2_000_000) -> 
     vals = x[x > 0]
     if vals.size > max_samples:  # Otsu on a regular subsample: the same threshold, less work
         vals = vals[:: int(np.ceil(vals.size / max_samples))]
+    # a few hot voxels (spikes) must not set the scale: both splits see the values up to the 99.9th percentile
+    top = float(np.quantile(vals, 0.999))
+    vals = np.minimum(vals, top).astype(np.float64)
+    offset = LOG_OFFSET * top
     upper = float(threshold_otsu(vals))
-    log_split = float(np.exp(threshold_otsu(np.log(vals.astype(np.float64) + LOG_OFFSET))) - LOG_OFFSET)
+    log_split = float(np.exp(threshold_otsu(np.log(vals + offset))) - offset)
     return min(upper, max(log_split, NOISE_FLOOR * noise_scale(x)))
 
 

@@ -41,6 +41,19 @@ def test_a_bright_scalp_does_not_cost_the_brain():
     assert old[brain].mean() < 0.5  # what the plain threshold did: the scalp, not the brain
 
 
+def test_a_hot_voxel_changes_nothing():
+    """A spike 1000 times brighter than the head squeezes the normalised head into a thousandth of the
+    range; the threshold follows the head, not the spike."""
+    img, brain, _head = _t1_like_head(0.01, np.random.default_rng(3))
+    before = head_mask(img, voxel_mm=2.0)
+    spiked = img * np.float32(1e-3)
+    spiked[40, 40, 60] = 1.0
+    after = head_mask(spiked, voxel_mm=2.0)
+    assert after[brain].all()
+    assert not after[40, 40, 60]
+    assert (after != before).sum() <= 3  # the same mask, but for float32 rounding at the threshold
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.05, 0.1])
 def test_one_tissue_in_heavy_noise_stays_off_the_background(sigma):
     """A small head of one intensity in a very noisy field: the logarithm alone would reach into the
