@@ -94,14 +94,27 @@ def background_threshold(image: np.ndarray, *, max_samples: int = 2_000_000) -> 
     return min(upper, max(log_split, NOISE_FLOOR * noise_scale(x)))
 
 
+def is_masked(image: np.ndarray) -> bool:
+    """Whether ``image`` has a masked (exactly zero) background: at least :data:`ZERO_BACKGROUND_FRACTION`
+    of its voxels are 0 (after normalisation: its minimum).
+
+    >>> is_masked(np.r_[np.zeros(10), np.ones(90)]), is_masked(np.r_[np.zeros(1), np.ones(99)])
+    (True, False)
+    """
+    return float(np.mean(np.asarray(image) == 0)) >= ZERO_BACKGROUND_FRACTION
+
+
 def head_mask(image: np.ndarray, *, voxel_mm: float = 1.0, max_samples: int = 2_000_000,
-              threshold: Optional[float] = None) -> np.ndarray:
+              threshold: Optional[float] = None, masked: Optional[bool] = None) -> np.ndarray:
     """Boolean mask of the head in a normalised ``[0, 1]`` image ``(X, Y, Z)`` on an isotropic grid
     of ``voxel_mm`` (see the module docstring). An image without contrast gives an all-True mask.
     ``threshold``: the intensity between background and tissue, instead of :func:`background_threshold`
-    (to compare thresholds on the same images)."""
+    (to compare thresholds on the same images). ``masked``: whether the scan's background is masked
+    (zeros), when the caller knows it from the input grid (:func:`is_masked` of the input); default: from
+    ``image`` itself. A network image resampled from an oblique scan has zeros outside the scan's field
+    of view even when the scan's own background is noise."""
     x = np.asarray(image, np.float32)
-    if float(np.mean(x == 0)) >= ZERO_BACKGROUND_FRACTION:
+    if is_masked(x) if masked is None else masked:
         return x > 0
     vals = x[x > 0]
     if vals.size < 16 or float(vals.max()) <= float(vals.min()):

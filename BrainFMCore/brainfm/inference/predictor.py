@@ -552,7 +552,8 @@ class Predictor:
             fg_out = np.asarray(resample_to_grid(fg_vol, out_aff, tuple(out_shape), order="nearest").data) > 0
         extra: Dict[str, Any] = {}
         if "seg" in heads and mask_background:
-            hm = head_mask(net_image, voxel_mm=self.voxel_mm).astype(np.uint8)
+            hm = prep.head if prep.head is not None else head_mask(net_image, voxel_mm=self.voxel_mm, masked=prep.masked)
+            hm = hm.astype(np.uint8)
             extra["head_out"] = np.asarray(to_out(hm, "nearest", 0)) > 0
             extra["head_in"] = extra["head_out"] if output_frame == "input" else np.asarray(to_input(hm, "nearest", 0)) > 0
         factor = int(round(self.voxel_mm))

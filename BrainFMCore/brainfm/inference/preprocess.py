@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -44,8 +44,10 @@ class Prepared:
     frame: Any  # brainfm.geometry.FrameTransform
     norm_range: Tuple[float, float]
     ct_window: bool
-    foreground_in: np.ndarray  # on the input grid: normalised input > 0 (CT: above CT_AIR_HU)
+    foreground_in: np.ndarray  # on the input grid: normalised input > 0 (CT: above CT_AIR_HU), inside the head's box
     warnings: List[str] = field(default_factory=list)
+    head: Optional[np.ndarray] = None  # the head mask on the network grid, when the net was cropped to it
+    masked: Optional[bool] = None  # the input's background is masked (zeros); None: not known
 
 
 def load_image(image: ImageLike) -> Volume:
@@ -94,6 +96,46 @@ def normalise(image: Volume) -> Tuple[Volume, Tuple[float, float], bool]:
     return image.with_data(norm), (lo, hi), ct
 
 
+def crop_to_head(net: Volume, frame: Any, *, spacing: float, margin_mm: float = 4.0
+                 ) -> Tuple[Volume, Any, Optional[np.ndarray]]:
+    """``(net, frame, head)``: the network image of a scan whose background is noise (not the zeros of a
+    masked scan, which the foreground crop has taken away already) cropped to the box of its head mask
+    (:func:`brainfm.inference.headmask.head_mask`) grown by ``margin_mm``, the frame transform of the
+    cropped grid, and the head mask on it; unchanged, with ``head`` None, when the box is the whole
+    grid. The network then works on the head, not on the air around it.
+
+    >>> from brainfm.geometry import to_network_frame
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.rayleigh(0.01, (60, 60, 60)).astype(np.float32)
+    >>> img[20:40, 15:45, 10:50] = 0.5                                  # a head in a noisy field of view
+    >>> net, frame = to_network_frame(Volume(img, np.eye(4)), spacing=2.0)
+    >>> net.shape
+    (30, 30, 30)
+    >>> cropped, frame2, head = crop_to_head(net, frame, spacing=2.0)
+    >>> cropped.shape == head.shape == frame2.net_shape, cropped.shape      # the head and 4 mm around it
+    (True, (18, 22, 28))
+    """
+    from dataclasses import replace
+
+    from brainfm.geometry import crop
+    from brainfm.geometry.crop import foreground_bbox
+    from brainfm.inference.headmask import head_mask
+
+    x = np.asarray(net.data, np.float32)
+    if x.ndim != 3:
+        return net, frame, None
+    mask = head_mask(x, voxel_mm=spacing, masked=False)
+    margin = int(np.ceil(max(0.0, margin_mm) / float(spacing) - 1e-9))
+    box = foreground_bbox(Volume(mask, net.affine), threshold=None, margin_vox=margin)
+    if box is None or all(a == 0 and b == n for (a, b), n in zip(box, x.shape)):
+        return net, frame, None
+    cropped = crop(net, box)
+    outer = frame.crop_bbox or tuple((0, n) for n in x.shape)
+    composed = tuple((o + a, o + b) for (a, b), (o, _e) in zip(box, outer))
+    frame = replace(frame, net_affine=cropped.affine.copy(), net_shape=cropped.shape, crop_bbox=composed)
+    return cropped, frame, np.ascontiguousarray(mask[tuple(slice(a, b) for a, b in box)])
+
+
 def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic: bool = False,
             spacing: float = 1.0, antialias: bool = True) -> Prepared:
     """Read, validate, normalise and move ``image`` to the network frame (RAS, ``spacing`` mm).
@@ -103,6 +145,7 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
     (:attr:`brainfm.models.ModelInfo.voxel_mm`); ``antialias`` whether the image is low-pass filtered
     before it is resampled to a coarser grid (:attr:`brainfm.models.ModelInfo.input_antialias`)."""
     from brainfm.geometry import to_network_frame
+    from brainfm.inference.headmask import is_masked
     from brainfm.io import validate_image
 
     vol = load_image(image)
@@ -119,12 +162,21 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
             f"max {float(np.max(vol.data)):.0f}); clamped to [0, 80] HU before normalising, like the reference"
         )
     net, frame = to_network_frame(norm, spacing=spacing, crop_foreground=crop_foreground, antialias=antialias)
+    fg = foreground(vol, norm, ct=ct)
+    head, masked = None, is_masked(norm.data)
+    if crop_foreground and not ct and not masked:
+        net, frame, head = crop_to_head(net, frame, spacing=spacing)
+        if head is not None:  # outside the head's box the outputs are background, as for a masked scan
+            inside = frame.mapper()(np.ones(net.shape, np.uint8), "nearest", 0)
+            fg &= np.asarray(inside) > 0
     return Prepared(
         image=vol,
         net=net,
         frame=frame,
         norm_range=rng,
         ct_window=ct,
-        foreground_in=foreground(vol, norm, ct=ct),
+        foreground_in=fg,
         warnings=warnings,
+        head=head,
+        masked=masked,
     )
