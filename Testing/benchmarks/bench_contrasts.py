@@ -29,16 +29,13 @@ QUALITIES = {"clinical": {"blur": 0.6, "noise": 0.03, "slices_mm": 1},
 
 def render(labels: Any, contrast: str, rng: np.random.Generator, *, blur: float, noise: float) -> Any:
     """``labels`` (a whole-head FreeSurfer map) rendered as ``contrast`` with a bias field and Rician noise."""
-    import torch
     from scipy import ndimage
 
     from brainfm.generator import physics
-    from brainfm.generator.labels import to_compact
 
     protocol = PD if contrast == "PD" else physics.STANDARD_PROTOCOLS[contrast]
-    values = physics.render(physics.nominal_params(), protocol).numpy()
     lab = np.asarray(labels.data).astype(np.int64)
-    img = (values[to_compact(torch.from_numpy(lab)).numpy()] / values.max() * 200.0).astype(np.float32)
+    img = physics.paint_labels(lab, physics.render(physics.nominal_params(), protocol).numpy(), peak=200.0)
     img = ndimage.gaussian_filter(img, blur)
     axes = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in img.shape], indexing="ij")
     img *= np.exp(0.2 * (0.6 * axes[0] + 0.5 * axes[1] * axes[2] - 0.4 * axes[2]))

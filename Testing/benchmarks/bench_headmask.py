@@ -44,7 +44,7 @@ def _renderings(files: List[Path], noise: Tuple[float, float], seed: int) -> Ite
     for f in files:
         labels = read_volume(f)
         lab = np.asarray(labels.data).astype(np.int64)
-        idx = to_compact(torch.from_numpy(lab)).numpy()
+        n_classes = int(to_compact(torch.from_numpy(lab)).max()) + 1  # the classes up to the last one present
         brain = (lab > 0) & (lab < 100)
         for kind in ("T1", "T2", "FLAIR", "PD", "physics", "random"):
             if kind in protocols:
@@ -52,9 +52,9 @@ def _renderings(files: List[Path], noise: Tuple[float, float], seed: int) -> Ite
             elif kind == "physics":
                 v = physics.render(physics.jittered_params(g, jitter=0.1)[0], physics.sample_protocol(g)).numpy()
             else:
-                v = rng.uniform(0, 1, int(idx.max()) + 1)
+                v = rng.uniform(0, 1, n_classes)
                 v[0] = 0.0
-            img = ndimage.gaussian_filter((v[idx] / max(float(v.max()), 1e-9)).astype(np.float32), rng.uniform(0, 1))
+            img = ndimage.gaussian_filter(physics.paint_labels(lab, v), rng.uniform(0, 1))
             axes = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in img.shape], indexing="ij")
             img *= np.exp(rng.uniform(0, 0.3) * sum(rng.normal() * a for a in axes))
             s = rng.uniform(*noise) * float(img[brain].mean())

@@ -35,21 +35,18 @@ from benchcommon import emit, parser
 
 def _renderings(labels: Any, rng: np.random.Generator) -> Dict[str, Dict[str, Any]]:
     """``{scenario: {contrast: Volume}}`` of one label map (see the module docstring)."""
-    import torch
     from scipy import ndimage
 
     from brainfm.generator import physics
-    from brainfm.generator.labels import to_compact
 
     lab = np.asarray(labels.data)
-    idx = to_compact(torch.from_numpy(lab.astype(np.int64))).numpy()
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in lab.shape], indexing="ij")
     bias = np.exp(0.15 * x - 0.1 * y + 0.1 * z * x).astype(np.float32)
     brain = ndimage.binary_fill_holes((lab > 0) & (lab < 100))
     out: Dict[str, Dict[str, Any]] = {"head": {}, "hard": {}, "soft": {}}
     for c in ("T1", "T2", "FLAIR"):
         v = physics.render(physics.nominal_params(), physics.STANDARD_PROTOCOLS[c]).numpy()
-        im = ndimage.gaussian_filter((v[idx] / v.max() * 200.0).astype(np.float32), 0.6) * bias
+        im = ndimage.gaussian_filter(physics.paint_labels(lab, v, peak=200.0), 0.6) * bias
         im = np.abs(im + rng.normal(0, 6.0, im.shape)).astype(np.float32)
         hard = np.where(brain, im, 0).astype(np.float32)
         out["head"][c] = labels.with_data(im)

@@ -111,6 +111,22 @@ def render(params: torch.Tensor, protocol: dict) -> torch.Tensor:
     raise ValueError(f"unknown sequence {k!r}")
 
 
+def paint_labels(labels: np.ndarray, values: np.ndarray, *, peak: float = 1.0) -> np.ndarray:
+    """An image of a FreeSurfer label map: every voxel gets the value of its compact tissue class
+    (``values``, one per class, e.g. :func:`render` of a protocol), scaled so that the largest of
+    ``values`` is ``peak``; float32.
+
+    >>> import numpy as np
+    >>> v = render(nominal_params(), STANDARD_PROTOCOLS["T2"]).numpy()
+    >>> img = paint_labels(np.array([[[0, 2, 4]]]), v, peak=100.0)    # background, WM, CSF
+    >>> float(img[0, 0, 0]), bool(img[0, 0, 2] > img[0, 0, 1])        # CSF brighter than WM on a T2
+    (0.0, True)
+    """
+    values = np.asarray(values)
+    idx = to_compact(torch.from_numpy(np.asarray(labels).astype(np.int64))).numpy()
+    return (values[idx] / max(float(values.max()), 1e-12) * float(peak)).astype(np.float32)
+
+
 def render_t1_like(labels: np.ndarray) -> np.ndarray:
     """Noise-free T1-like rendering (the standard MPRAGE, nominal tissue parameters, no deformation)
     of a FreeSurfer label map: float32, 0 for background, scaled so the brightest tissue class is 200.
@@ -120,9 +136,7 @@ def render_t1_like(labels: np.ndarray) -> np.ndarray:
     >>> [round(float(v)) for v in img.ravel()]
     [0, 70, 34, 10]
     """
-    values = render(nominal_params(), STANDARD_PROTOCOLS["T1"]).numpy()
-    idx = to_compact(torch.from_numpy(np.asarray(labels).astype(np.int64))).numpy()
-    return (values[idx] / max(values.max(), 1e-12) * 200.0).astype(np.float32)
+    return paint_labels(labels, render(nominal_params(), STANDARD_PROTOCOLS["T1"]).numpy(), peak=200.0)
 
 
 def _logu(g: torch.Generator, lo: float, hi: float) -> float:

@@ -90,19 +90,14 @@ def test_a_zero_background_is_the_mask_as_it_is():
 def test_a_noisy_background_t1_of_a_held_out_head_keeps_its_brain(shared_data):
     """Held-out label map 20 rendered as the standard T1 (bright fat, darker brain) with a Rician
     background: every brain voxel is inside the head mask of the network image."""
-    import torch
-
     from brainfm.evaluation import datasets
     from brainfm.generator import physics
-    from brainfm.generator.labels import to_compact
     from brainfm.geometry import resample_to_grid
     from brainfm.inference.preprocess import prepare
 
     labels = datasets.load_labels(shared_data, "training_seg_20")
     lab = np.asarray(labels.data).astype(np.int64)
-    values = physics.render(physics.nominal_params(), physics.STANDARD_PROTOCOLS["T1"]).numpy()
-    img = values[to_compact(torch.from_numpy(lab)).numpy()].astype(np.float32)
-    img /= img.max()
+    img = physics.paint_labels(lab, physics.render(physics.nominal_params(), physics.STANDARD_PROTOCOLS["T1"]).numpy())
     rng = np.random.default_rng(0)
     s = 0.03 * float(img[(lab > 0) & (lab < 100)].mean())
     img = np.hypot(img + rng.normal(0, s, img.shape), rng.normal(0, s, img.shape)).astype(np.float32)
