@@ -30,6 +30,15 @@ def _translate(affine: np.ndarray, offset_vox: Sequence[float]) -> np.ndarray:
     return out
 
 
+def margin_voxels(margin_mm: float, spacing: float) -> int:
+    """Whole voxels of ``spacing`` mm that cover a margin of ``margin_mm`` (at least 0).
+
+    >>> margin_voxels(4.0, 2.0), margin_voxels(4.0, 3.0), margin_voxels(-1.0, 1.0)
+    (2, 2, 0)
+    """
+    return int(np.ceil(max(0.0, float(margin_mm)) / float(spacing) - 1e-9))
+
+
 def foreground_bbox(volume: Volume, *, threshold: Optional[float] = 0.0, margin_vox: int = 4) -> Optional[BBox]:
     """Bounding box of voxels ``> threshold`` (``threshold=None``: voxels ``!= 0``), grown by
     ``margin_vox`` and clipped to the volume; ``None`` when there is no foreground. For channel

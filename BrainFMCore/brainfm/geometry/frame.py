@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from brainfm.errors import InputError
-from brainfm.geometry.crop import BBox, crop, foreground_bbox
+from brainfm.geometry.crop import BBox, crop, foreground_bbox, margin_voxels
 from brainfm.geometry.grid import resample_to_grid
 from brainfm.geometry.mapping import GridMapper
 from brainfm.geometry.orient import is_axis_aligned, reorient_to_ras
@@ -208,7 +208,7 @@ def to_network_frame(volume: Volume, *, spacing: float = 1.0, crop_foreground: b
         thr = _background(ras, order)
         if method != "exact" and ras.data.size:
             thr += 1e-5 * float(np.max(ras.data) - thr)
-    margin = int(math.ceil(max(0.0, margin_mm) / spacing - 1e-9))
+    margin = margin_voxels(margin_mm, spacing)
     offset = np.zeros(3, dtype=int)
     if method == "grid" and crop_foreground:  # resample only around the foreground
         full_aff, full_shape = _ras_grid(ras, spacing)

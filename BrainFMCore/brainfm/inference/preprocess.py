@@ -48,6 +48,7 @@ class Prepared:
     warnings: List[str] = field(default_factory=list)
     head: Optional[np.ndarray] = None  # the head mask on the network grid, when the net was cropped to it
     masked: Optional[bool] = None  # the input's background is masked (zeros); None: not known
+    head_in: Optional[np.ndarray] = None  # ``head`` on the input grid (nearest), when ``head`` is set
 
 
 def load_image(image: ImageLike) -> Volume:
@@ -118,15 +119,14 @@ def crop_to_head(net: Volume, frame: Any, *, spacing: float, margin_mm: float = 
     from dataclasses import replace
 
     from brainfm.geometry import crop
-    from brainfm.geometry.crop import foreground_bbox
+    from brainfm.geometry.crop import foreground_bbox, margin_voxels
     from brainfm.inference.headmask import head_mask
 
     x = np.asarray(net.data, np.float32)
     if x.ndim != 3:
         return net, frame, None
     mask = head_mask(x, voxel_mm=spacing, masked=False)
-    margin = int(np.ceil(max(0.0, margin_mm) / float(spacing) - 1e-9))
-    box = foreground_bbox(Volume(mask, net.affine), threshold=None, margin_vox=margin)
+    box = foreground_bbox(Volume(mask, net.affine), threshold=None, margin_vox=margin_voxels(margin_mm, spacing))
     if box is None or all(a == 0 and b == n for (a, b), n in zip(box, x.shape)):
         return net, frame, None
     cropped = crop(net, box)
@@ -163,12 +163,14 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
         )
     net, frame = to_network_frame(norm, spacing=spacing, crop_foreground=crop_foreground, antialias=antialias)
     fg = foreground(vol, norm, ct=ct)
-    head, masked = None, is_masked(norm.data)
+    head, head_in, masked = None, None, is_masked(norm.data)
     if crop_foreground and not ct and not masked:
         net, frame, head = crop_to_head(net, frame, spacing=spacing)
-        if head is not None:  # outside the head's box the outputs are background, as for a masked scan
-            inside = frame.mapper()(np.ones(net.shape, np.uint8), "nearest", 0)
-            fg &= np.asarray(inside) > 0
+        if head is not None:
+            # one nearest mapping gives both: 0 outside the head's box, 1 in the box, 2 in the head
+            level = np.asarray(frame.mapper()(head.astype(np.uint8) + np.uint8(1), "nearest", 0))
+            fg &= level > 0  # outside the box the outputs are background, as for a masked scan
+            head_in = level == 2
     return Prepared(
         image=vol,
         net=net,
@@ -179,4 +181,5 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
         warnings=warnings,
         head=head,
         masked=masked,
+        head_in=head_in,
     )

@@ -42,12 +42,16 @@ def test_the_network_image_is_the_uncropped_one_cut_to_the_head_box(case):
     # outside the box the foreground is off; inside, the whole head is on
     assert not prep.foreground_in.all()
     assert prep.foreground_in[12:44, 13:47, 12:40][blob_head((32, 34, 28)).data > 0].all()
+    # the head mask on the input grid: the network grid's, mapped back by nearest, inside the box
+    mapped = prep.frame.to_input(Volume(prep.head.astype(np.uint8), prep.net.affine), order="nearest")
+    np.testing.assert_array_equal(prep.head_in, np.asarray(mapped.data) > 0)
+    assert prep.head_in.shape == img.shape and prep.head_in.any() and not np.any(prep.head_in & ~prep.foreground_in)
 
 
 def test_a_masked_scan_is_not_cropped_again():
     img = blob_head((40, 44, 36))
     prep = prepare(img, spacing=2.0)
-    assert prep.head is None
+    assert prep.head is None and prep.head_in is None
     np.testing.assert_array_equal(prep.foreground_in, np.asarray(img.data) > 0)
 
 
