@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 
-from benchcommon import emit, parser
+from benchcommon import emit, parser, rician
 
 PD = {"kind": "se", "tr": 3.0, "te": 0.015}
 
@@ -58,7 +58,7 @@ def _renderings(files: List[Path], noise: Tuple[float, float], seed: int) -> Ite
             axes = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in img.shape], indexing="ij")
             img *= np.exp(rng.uniform(0, 0.3) * sum(rng.normal() * a for a in axes))
             s = rng.uniform(*noise) * float(img[brain].mean())
-            img = np.hypot(img + rng.normal(0, s, img.shape), rng.normal(0, s, img.shape)).astype(np.float32)
+            img = rician(img, s, rng).astype(np.float32)
             yield f.name.split(".")[0], kind, labels, labels.with_data(img)
 
 
@@ -95,7 +95,7 @@ def _real_scan(data: Path, threads: int) -> Dict[str, Any]:
         for frac in (0.01, 0.03, 0.06):
             rng = np.random.default_rng(0)
             s = frac * brain_mean
-            noisy = np.where(x == 0, np.hypot(rng.normal(0, s, x.shape), rng.normal(0, s, x.shape)), x)
+            noisy = np.where(x == 0, rician(np.zeros(x.shape), s, rng), x)
             for method, fn in (("anchor", anchor), ("product", head_mask)):
                 predictor_module.head_mask = fn
                 seg = np.asarray(predictor.predict(image.with_data(noisy.astype(np.float32)), tasks=["seg"])["seg"].data)

@@ -1,5 +1,5 @@
-"""What the benchmarks on the development data share: their command-line options, best-of timing and
-where their JSON result goes.
+"""What the benchmarks on the development data share: their command-line options, best-of timing,
+Rician noise and where their JSON result goes.
 
 >>> ap = parser("doc", out_name="example.json", repeats=2)
 >>> args = ap.parse_args(["--threads", "1"])
@@ -8,6 +8,9 @@ where their JSON result goes.
 >>> seconds, value = best_of(lambda: 42, 3)
 >>> value, seconds >= 0
 (42, True)
+>>> import numpy as np
+>>> bool(rician(np.zeros(1000), 1.0, np.random.default_rng(0)).min() >= 0)   # a magnitude: never negative
+True
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Tuple, TypeVar
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "Testing" / "benchmarks" / "results"
@@ -34,6 +39,12 @@ def parser(doc: str, *, out_name: str, repeats: int, repeats_help: str = "best o
     ap.add_argument("--threads", type=int, default=2, help=threads_help)
     ap.add_argument("--out", default=str(RESULTS / out_name))
     return ap
+
+
+def rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """The magnitude of ``image`` plus complex Gaussian noise of ``sigma`` per channel (float64): the
+    Rician noise of a magnitude MR image (Rayleigh where ``image`` is 0)."""
+    return np.hypot(image + rng.normal(0, sigma, np.shape(image)), rng.normal(0, sigma, np.shape(image)))
 
 
 def best_of(fn: Callable[[], T], repeats: int) -> Tuple[float, T]:
