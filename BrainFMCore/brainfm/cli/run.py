@@ -57,7 +57,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="outputs on the input grid (default) or the 1 mm RAS network grid")
     p.add_argument("--no-crop", action="store_true", help="do not crop to the foreground before the network")
     p.add_argument("--allow-anisotropic", action="store_true",
-                   help="accept voxels more anisotropic than 8:1 (results on very thick slices are unreliable)")
+                   help="accept slices thicker than 10 mm (results on such thick slices are unreliable)")
     p.add_argument("--probabilities", action="store_true", help="also write segmentation probabilities")
     p.add_argument("--bias-method", default="auto", choices=("auto", "head", "fit"),
                    help="bias field from the model's head, or fitted to its segmentation; auto: the fit when "

@@ -299,8 +299,8 @@ class Predictor:
         network frame). ``atlas``: Volume, path or registry id of the atlas template for ``reg``
         (default: :func:`brainfm.models.registry.resolve_atlas`). ``mask_background``: zero outputs
         outside the input foreground like the reference demo. ``keep_raw``: also return the raw
-        head outputs on the network grid (``Prediction.raw``). ``allow_anisotropic``: accept voxels
-        more anisotropic than 8:1 (e.g. 0.5 x 0.5 x 10 mm), refused by default as unreliable.
+        head outputs on the network grid (``Prediction.raw``). ``allow_anisotropic``: accept slices
+        thicker than 10 mm (e.g. 1 x 1 x 12 mm), refused by default as unreliable.
         ``on_output(key, volume)``: called with every output as soon as its task is done; the
         outputs are then not kept in the returned Prediction (``metadata["streamed_outputs"]``
         lists them), so only one task's outputs are in memory at a time (used to write large

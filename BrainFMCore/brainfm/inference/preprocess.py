@@ -140,13 +140,14 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
             spacing: float = 1.0, antialias: bool = True) -> Prepared:
     """Read, validate, normalise and move ``image`` to the network frame (RAS, ``spacing`` mm).
 
-    ``allow_anisotropic`` accepts voxels more anisotropic than 8:1 (refused by default: results on
-    such thick slices are unreliable). ``spacing`` is the model's working voxel size
+    ``allow_anisotropic`` accepts slices thicker than :data:`brainfm.io.validate.MAX_SLICE_MM`
+    (10 mm; refused by default: results on such thick slices are unreliable). ``spacing`` is the model's working voxel size
     (:attr:`brainfm.models.ModelInfo.voxel_mm`); ``antialias`` whether the image is low-pass filtered
     before it is resampled to a coarser grid (:attr:`brainfm.models.ModelInfo.input_antialias`)."""
     from brainfm.geometry import to_network_frame
     from brainfm.inference.headmask import is_masked
     from brainfm.io import validate_image
+    from brainfm.io.validate import MAX_SLICE_MM
 
     vol = load_image(image)
     if vol.data.ndim != 3:
@@ -154,7 +155,7 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
             f"the image has {vol.data.shape[3]} channels per voxel; BrainFM needs a scalar 3D image "
             "(pick one frame or channel first)"
         )
-    warnings = list(validate_image(vol, role="image", max_anisotropy=None if allow_anisotropic else 8.0))
+    warnings = list(validate_image(vol, role="image", max_slice_mm=None if allow_anisotropic else MAX_SLICE_MM))
     norm, rng, ct = normalise(vol)
     if ct:
         warnings.append(

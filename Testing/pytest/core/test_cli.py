@@ -265,16 +265,16 @@ def test_python_m_brainfm_help():
     assert res.returncode == 0 and "--output-frame" in res.stdout and "--tile-size" in res.stdout
 
 
-def test_extreme_anisotropy_refused_unless_allowed(tmp_path, model, capsys):
+def test_too_thick_slices_refused_unless_allowed(tmp_path, model, capsys):
     from fixtures import affine
 
-    src = tmp_path / "thick.nii.gz"  # 0.5 x 0.5 x 10 mm: ratio 20
-    write_volume(blob_head((64, 64, 12), affine((0.5, 0.5, 10.0)), seed=3), src)
+    src = tmp_path / "thick.nii.gz"  # 0.5 x 0.5 x 12 mm: slices thicker than 10 mm
+    write_volume(blob_head((64, 64, 12), affine((0.5, 0.5, 12.0)), seed=3), src)
     out = tmp_path / "out"
     base = ["run", str(src), "-o", str(out), "--model", str(model), "--device", "cpu", "--tasks", "seg",
             "--progress", "none", "--no-png"]
     code, _, err = _run(base, capsys)
-    assert code == 2 and "anisotropic" in err and "--allow-anisotropic" in err
+    assert code == 2 and "thicker than 10 mm" in err and "--allow-anisotropic" in err
     assert not (out / "thick").exists()
     code, _, err = _run(base + ["--allow-anisotropic"], capsys)
     assert code == 0, err

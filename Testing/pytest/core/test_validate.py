@@ -36,19 +36,35 @@ def test_empty_and_constant():
         validate_image(z.with_data(z.data + 7))
 
 
-def test_extreme_anisotropy_and_override():
-    v = blob_head((40, 40, 12), affine((0.5, 0.5, 10.0)))
+def test_too_thick_slices_and_override():
+    v = blob_head((40, 40, 12), affine((1.0, 1.0, 12.0)))
     with pytest.raises(InputError) as e:
         validate_image(v)
     msg = str(e.value)
-    assert "0.5 x 0.5 x 10 mm" in msg and "ratio 20.0" in msg and "unreliable" in msg
-    assert "max_anisotropy=None" in msg
-    warnings = validate_image(v, max_anisotropy=None)
-    assert any("anisotropic (ratio 20.0)" in w for w in warnings)
-    assert validate_image(v, max_anisotropy=25) != []
+    assert "1 x 1 x 12 mm" in msg and "thicker than 10 mm" in msg and "reliable" in msg
+    assert "allow_anisotropic=True" in msg and "--allow-anisotropic" in msg
+    warnings = validate_image(v, max_slice_mm=None)
+    assert any("anisotropic (ratio 12.0)" in w for w in warnings)
+    assert validate_image(v, max_slice_mm=15) != []
+    # fine in-plane voxels with thick slices: the thickness counts, not the ratio (here 12, accepted)
+    fine = validate_image(blob_head((40, 40, 12), affine((0.5, 0.5, 6.0))))
+    assert len(fine) == 1 and "ratio 12.0" in fine[0]
+    # a ratio limit, when a caller asks for one
+    with pytest.raises(InputError, match=r"extremely anisotropic \(ratio 12.0 > 8\).*allow_anisotropic=True"):
+        validate_image(blob_head((40, 40, 12), affine((0.5, 0.5, 6.0))), max_anisotropy=8)
     # moderate anisotropy: allowed, with a warning
     mild = blob_head((40, 40, 12), affine((1.0, 1.0, 4.0)))
     assert any("ratio 4.0" in w for w in validate_image(mild))
+
+
+def test_thick_slices_are_not_taken_for_wrong_units():
+    # clinical 5 mm slices: the anisotropy warning (pointing to the 1 mm output grid), no header warning
+    thick = validate_image(blob_head((40, 40, 12), affine((1.0, 1.0, 5.0))))
+    assert len(thick) == 1 and "ratio 5.0" in thick[0] and "--output-frame 1mm" in thick[0]
+    # voxel sizes no brain scan has: metres or centimetres read as mm, 5 mm in-plane, 12 mm slices
+    for spacing in [(0.001, 0.001, 0.001), (0.1, 0.1, 0.1), (5.0, 5.0, 5.0), (1.0, 1.0, 12.0)]:
+        w = validate_image(blob_head((40, 40, 12), affine(spacing)), max_slice_mm=None)
+        assert any(x.startswith("unusual voxel size") and "units must be mm" in x for x in w), spacing
 
 
 def test_too_small():
