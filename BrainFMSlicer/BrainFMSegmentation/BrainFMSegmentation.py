@@ -50,6 +50,7 @@ class BrainFMSegmentationParameterNode:
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
+    oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -72,7 +73,7 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputSegmentation=None, outputLabelmap=None, outputTable=None,
                 device: str = "auto", quality: str = "full", model: str = "default",
-                segMethod: str = "auto", waitForCompletion: bool = True,
+                segMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Segment ``inputVolume`` (an MRI of any contrast, or a CT) into FreeSurfer structures.
 
@@ -88,11 +89,13 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
             models that work on a grid coarser than 1 mm, except on CT), ``"fit"`` (refined: one Gaussian
             per tissue fitted to the scan, with the model's probabilities as the prior) or ``"head"`` (the
             model's labels). The run's ``summary.json`` and log name the method used.
+        :param outputFrame: ``"input"`` (the labels on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
+            over the head: finer outlines for thick-slice scans; the structure volumes are measured there).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("seg",), segMethod=segMethod,
+        return self.run(inputVolume, tasks=("seg",), segMethod=segMethod, outputFrame=outputFrame,
                         outputs={"outputSegmentation": outputSegmentation, "outputLabelmap": outputLabelmap,
                                  "outputTable": outputTable},
                         create=("outputSegmentation",), device=device, quality=quality, model=model,
@@ -115,6 +118,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
             outputTable=p.outputTable, device=p.device, quality=p.quality,
             model=p.modelId or "default", segMethod=METHOD_CHOICES.get(p.method, "auto"),
+            outputFrame="1mm" if p.oneMillimeterGrid else "input",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -55,6 +55,7 @@ class BrainFMSynthesisParameterNode:
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
+    oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -75,9 +76,9 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, contrast: str = "T1w", superResolution: bool = False, outputVolume=None,
                 outputSuperResolution=None, device: str = "auto", quality: str = "full", model: str = "default",
-                synthMethod: str = "auto", waitForCompletion: bool = True,
+                synthMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
-        """Synthesize ``contrast`` from ``inputVolume`` on the input grid.
+        """Synthesize ``contrast`` from ``inputVolume`` on the input grid (or on a 1 mm grid).
 
         :param inputVolume: ``vtkMRMLScalarVolumeNode`` (3D, single component). Never modified.
         :param contrast: ``"T1w"``, ``"T2w"``, ``"FLAIR"`` (intensities in [0, 1]) or ``"CT"`` (HU).
@@ -94,6 +95,8 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
             for each tissue, the scan's own detail; needs a segmentation head) or ``"head"`` (the model's
             image). Super-resolution always comes from the model. The run's ``summary.json`` and log name
             the method used.
+        :param outputFrame: ``"input"`` (the images on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
+            over the head: a 1 mm synthetic image from a thick-slice scan).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -107,7 +110,7 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
         return self.run(inputVolume, tasks=(task, "sr") if superResolution else (task,), outputs=outputs,
                         create=("outputVolume", "outputSuperResolution"),
                         keys={"outputVolume": key, "outputSuperResolution": "superres"},
-                        device=device, quality=quality, model=model, synthMethod=synthMethod,
+                        device=device, quality=quality, model=model, synthMethod=synthMethod, outputFrame=outputFrame,
                         waitForCompletion=waitForCompletion, progressCallback=progressCallback)
 
 
@@ -140,6 +143,7 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
             p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
             outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
             model=p.modelId or "default", synthMethod=METHOD_CHOICES.get(p.method, "auto"),
+            outputFrame="1mm" if p.oneMillimeterGrid else "input",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

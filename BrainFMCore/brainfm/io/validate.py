@@ -91,8 +91,8 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
             f"results on such thick slices will be unreliable; {_ALLOW_HINT}")
     if ratio > 3.0:
         warnings.append(f"voxel size {sp_txt} mm is anisotropic (ratio {ratio:.1f}); details between the thick "
-                        "slices are interpolated (outputs on a 1 mm grid: output_frame='1mm', command line: "
-                        "--output-frame 1mm)")
+                        "slices are interpolated (outputs on a 1 mm grid: output_frame='1mm'; command line: "
+                        "--output-frame 1mm; Slicer: Results grid 1 mm, under Advanced)")
     if unusual_spacing(sp):
         warnings.append(f"unusual voxel size {sp_txt} mm; check the file's header (units must be mm)")
     sample = _sample(data)

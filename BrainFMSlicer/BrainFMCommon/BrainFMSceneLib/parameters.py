@@ -54,7 +54,8 @@ class RunParameters:
         known: fp16 on a CUDA GPU, fp32 on the CPU; what Quality "Fast" uses with Device "Auto").
     :param tile_size: tile edge in voxels (None: whole volume / automatic).
     :param memory_gb: memory budget for tiling (None: automatic).
-    :param output_frame: ``input`` (outputs on the input grid, what Slicer needs) or ``1mm``.
+    :param output_frame: ``input`` (outputs on the input grid, the default) or ``1mm`` (a 1 mm grid over
+        the head: finer than a thick-slice input; Slicer shows such results in world coordinates).
     :param crop_foreground: crop to the head before inference (``--no-crop`` when False).
     :param probabilities: also write segmentation probabilities.
     :param frame: frame index for 4D inputs.

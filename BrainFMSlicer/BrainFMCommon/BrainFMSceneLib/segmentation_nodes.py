@@ -110,7 +110,9 @@ def add_segmentation_from_labels(scene: Any, labels_ijk: Any, affine: Any = None
     :param affine: voxel -> RAS of the labels; None means "on the reference node's grid".
     :param name: name of new nodes (e.g. ``"<input> segmentation"``).
     :param reference_node: the input volume: geometry reference, subject-hierarchy parent and
-        parent transform. Labels on the same voxel centres are re-indexed to its grid exactly.
+        parent transform. Labels on the same voxel centres are re-indexed to its grid exactly; labels on
+        another grid (e.g. a 1 mm grid for a thick-slice input) keep it, and it becomes the
+        segmentation's reference geometry (so editing does not resample them to the input's voxels).
     :param color_node: label table node; default :func:`load_color_table_node` (engine table).
     :param segmentation_node: existing node to refill (its segments are replaced).
     :param create_labelmap: also keep a labelmap volume node (or fill ``labelmap_node``).
@@ -126,11 +128,13 @@ def add_segmentation_from_labels(scene: Any, labels_ijk: Any, affine: Any = None
         if tuple(reference_node.GetImageData().GetDimensions()) != lab.shape:
             raise InputError("the label map does not have the reference volume's shape")
     affine = np.asarray(affine, dtype=np.float64)
+    on_reference_grid = False
     if reference_node is not None and reference_node.GetImageData() is not None:
         ref_aff = ijk_to_ras(reference_node)
         moved = reindex_to_grid(lab, affine, ref_aff, tuple(reference_node.GetImageData().GetDimensions()))
         if moved is not None:
             lab, affine = moved, ref_aff
+            on_reference_grid = True
     if color_node is None:
         color_node = load_color_table_node(scene, csv_path=csv_path)
     entries: Dict[int, LabelEntry] = entries_from_color_node(color_node)
@@ -146,10 +150,9 @@ def add_segmentation_from_labels(scene: Any, labels_ijk: Any, affine: Any = None
     seg.GetSegmentation().RemoveAllSegments()
     if seg.GetDisplayNode() is None:
         seg.CreateDefaultDisplayNodes()
-    geometry_node = reference_node if reference_node is not None else lm
-    seg.SetReferenceImageGeometryParameterFromVolumeNode(geometry_node)
-    if reference_node is not None:
-        seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), reference_node.GetID())
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference_node if on_reference_grid else lm)
+    seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(),
+                           reference_node.GetID() if on_reference_grid else None)
     try:
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg):
             raise InputError(f"Slicer could not convert the label map into segmentation {name!r}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
@@ -185,18 +186,15 @@ METHOD_COMBOS = {
 }
 
 
-@pytest.mark.parametrize("module", list(METHOD_COMBOS))
-def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
-    """The Segmentation module's 'Labels from' and the Synthesis module's 'Image from' combos become
-    ``--seg-method`` / ``--synth-method``: the run's log names the method the engine used."""
+def module_widget(module, scene, tmp_path, monkeypatch, vol, **params):
+    """The module's widget with fake Qt widgets named after its .ui file, a tiny model with the heads of
+    ``METHOD_COMBOS`` and ``vol`` as its input; returns ``(widget, errors shown)``."""
     import importlib
 
     from brainfm.models import BrainFMNet, ModelConfig, registry, save_native
-    from BrainFMSceneLib.parameters import SEG_METHODS, SYNTH_METHODS
 
     mod = importlib.import_module(module)
-    heads, params, prefix, fit_choice, fit_words = METHOD_COMBOS[module]
-    assert sorted(mod.METHOD_CHOICES.values()) == sorted(SEG_METHODS if "Segmentation" in module else SYNTH_METHODS)
+    heads, module_params = METHOD_COMBOS[module][:2]
     monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
@@ -205,17 +203,32 @@ def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=2, heads=heads))
     weights, _ = save_native(net, tmp_path / "m" / "tiny.safetensors", info={"name": "tiny", "version": "0"})
-    vol = blob_head((22, 24, 20), GEOMETRY_CASES["oblique"])
     w = getattr(mod, module + "Widget")()
     ui = UiFile(module_ui(module))
-    assert ui.widgets["methodComboBox"].cls == "QComboBox"
     w.ui = SimpleNamespace(**{name: FakeWidget(u.cls) for name, u in ui.widgets.items()})
     if hasattr(w.ui, "segmentationShow3DButton"):
         w.ui.segmentationShow3DButton.setSegmentationNode = lambda node: None
     w.logic = getattr(mod, module + "Logic")()
     w.logic.logCallback = w.appendLog
     w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu",
-                                      quality="Full", method="Model head", modelId=str(weights), **params)
+                                      quality="Full", method="Model head", modelId=str(weights),
+                                      oneMillimeterGrid=False, **{**module_params, **params})
+    return w, errors
+
+
+@pytest.mark.parametrize("module", list(METHOD_COMBOS))
+def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
+    """The Segmentation module's 'Labels from' and the Synthesis module's 'Image from' combos become
+    ``--seg-method`` / ``--synth-method``: the run's log names the method the engine used."""
+    import importlib
+
+    from BrainFMSceneLib.parameters import SEG_METHODS, SYNTH_METHODS
+
+    mod = importlib.import_module(module)
+    _heads, _params, prefix, fit_choice, fit_words = METHOD_COMBOS[module]
+    assert sorted(mod.METHOD_CHOICES.values()) == sorted(SEG_METHODS if "Segmentation" in module else SYNTH_METHODS)
+    assert UiFile(module_ui(module)).widgets["methodComboBox"].cls == "QComboBox"
+    w, errors = module_widget(module, scene, tmp_path, monkeypatch, blob_head((22, 24, 20), GEOMETRY_CASES["oblique"]))
     seen = {}
     for choice in ("Model head", fit_choice):
         w._parameterNode.method = choice
@@ -226,3 +239,41 @@ def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
         seen[choice] = [line for line in w.ui.logTextEdit.lines if prefix in line]
     assert seen["Model head"] and all(fit_words not in line for line in seen["Model head"]), seen
     assert any(fit_words in line for line in seen[fit_choice]), seen
+
+
+@pytest.mark.parametrize("module", list(METHOD_COMBOS))
+def test_one_millimetre_results_grid_for_thick_slices(module, scene, tmp_path, monkeypatch):
+    """'Results grid: 1 mm' puts a thick-slice scan's results on a 1 mm grid over the same head (the
+    segmentation's own geometry too, so editing keeps its voxels); unchecked, they keep the input's grid."""
+    from fixtures import affine
+
+    from BrainFMSceneLib.volume_nodes import ijk_to_ras
+
+    assert UiFile(module_ui(module)).widgets["oneMillimeterGridCheckBox"].cls == "QCheckBox"
+    thick = blob_head((24, 26, 8), affine((1.0, 1.0, 4.0), origin=(-12, -13, -16)))
+    w, errors = module_widget(module, scene, tmp_path, monkeypatch, thick)
+    role = "outputSegmentation" if module == "BrainFMSegmentation" else "outputVolume"
+    volume = w._parameterNode.inputVolume
+    for one_mm in (False, True):
+        w._parameterNode.oneMillimeterGrid = one_mm
+        w.onApplyButton()
+        finish(w)
+        assert "Done" in w.ui.progressBar.format and not errors, (w.ui.progressBar.format, errors)
+        node = getattr(w._parameterNode, role)
+        if role == "outputSegmentation":
+            geometry = slicer.vtkOrientedImageData()
+            slicer.vtkSegmentationConverter.DeserializeImageGeometry(node.GetSegmentation().GetConversionParameter(
+                slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), geometry, False)
+            spacing, dims = geometry.GetSpacing(), geometry.GetDimensions()
+            linked = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
+            assert (linked is volume) is (not one_mm)
+        else:
+            spacing, dims = node.GetSpacing(), node.GetImageData().GetDimensions()
+            if not one_mm:
+                np.testing.assert_allclose(ijk_to_ras(node), ijk_to_ras(volume), atol=1e-6)
+        if one_mm:
+            np.testing.assert_allclose(spacing, (1.0, 1.0, 1.0), atol=1e-6)
+            assert dims[2] > 2 * volume.GetImageData().GetDimensions()[2]  # the 4 mm axis, now in 1 mm voxels
+        else:
+            np.testing.assert_allclose(spacing, (1.0, 1.0, 4.0), atol=1e-6)
+            assert tuple(dims) == tuple(volume.GetImageData().GetDimensions())
