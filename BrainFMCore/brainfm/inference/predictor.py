@@ -552,9 +552,11 @@ class Predictor:
             fg_out = np.asarray(resample_to_grid(fg_vol, out_aff, tuple(out_shape), order="nearest").data) > 0
         extra: Dict[str, Any] = {}
         if "seg" in heads and mask_background:
-            hm = (prep.head if prep.head is not None else head_mask(net_image, voxel_mm=self.voxel_mm, masked=prep.masked)).astype(np.uint8)
-            extra["head_in"] = prep.head_in if prep.head_in is not None else np.asarray(to_input(hm, "nearest", 0)) > 0
-            extra["head_out"] = extra["head_in"] if output_frame == "input" else np.asarray(to_out(hm, "nearest", 0)) > 0
+            hm = prep.head if prep.head is not None else head_mask(net_image, voxel_mm=self.voxel_mm, masked=prep.masked)
+            hm = hm.astype(np.uint8)
+            head_in = prep.head_in if prep.head_in is not None else np.asarray(to_input(hm, "nearest", 0)) > 0
+            extra["head_in"] = head_in
+            extra["head_out"] = head_in if output_frame == "input" else np.asarray(to_out(hm, "nearest", 0)) > 0
         factor = int(round(self.voxel_mm))
         if factor > 1 and abs(self.voxel_mm - factor) < 1e-6 and "seg" in heads:
             # labels of a coarse model are decided on the 1 mm grid of the same box (logits interpolated)

@@ -141,9 +141,10 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
     """Read, validate, normalise and move ``image`` to the network frame (RAS, ``spacing`` mm).
 
     ``allow_anisotropic`` accepts slices thicker than :data:`brainfm.io.validate.MAX_SLICE_MM`
-    (10 mm; refused by default: results on such thick slices are unreliable). ``spacing`` is the model's working voxel size
-    (:attr:`brainfm.models.ModelInfo.voxel_mm`); ``antialias`` whether the image is low-pass filtered
-    before it is resampled to a coarser grid (:attr:`brainfm.models.ModelInfo.input_antialias`)."""
+    (10 mm; refused by default: results on such thick slices are unreliable). ``spacing`` is the
+    model's working voxel size (:attr:`brainfm.models.ModelInfo.voxel_mm`); ``antialias`` whether the
+    image is low-pass filtered before it is resampled to a coarser grid
+    (:attr:`brainfm.models.ModelInfo.input_antialias`)."""
     from brainfm.geometry import to_network_frame
     from brainfm.inference.headmask import is_masked
     from brainfm.io import validate_image

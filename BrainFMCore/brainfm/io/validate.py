@@ -50,9 +50,8 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     (slices that thick; ``None`` allows any), voxel anisotropy (largest / smallest voxel size) above
     ``max_anisotropy`` (default ``None``: any; the slice thickness, not the ratio, limits the
     results: 0.5 x 0.5 x 5 mm scores like 1 x 1 x 5 mm). Anisotropy above 3 gives a warning.
-    ``role`` is ``"image"`` (an
-    intensity image; warns when it looks like a label map) or ``"label"`` (a label map; must
-    hold integer values). Messages start with the file's name when the volume was read from one
+    ``role`` is ``"image"`` (an intensity image; warns when it looks like a label map) or
+    ``"label"`` (a label map; must hold integer values). Messages start with the file's name when the volume was read from one
     (``meta["source_path"]``); warnings found while reading it (``meta["warnings"]``: header
     problems) come first. The label-map check looks at the stored integers of scaled images
     (``meta["scl_slope"]``/``meta["scl_inter"]``), so an intensity offset cannot fool it.
