@@ -48,6 +48,7 @@ class BrainFMBiasFieldParameterNode:
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
+    oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -67,7 +68,7 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
         return BrainFMBiasFieldParameterNode(super().getParameterNode())
 
     def process(self, inputVolume, *, outputFieldVolume=None, outputCorrectedVolume=None, device: str = "auto",
-                quality: str = "full", model: str = "default", biasMethod: str = "auto",
+                quality: str = "full", model: str = "default", biasMethod: str = "auto", outputFrame: str = "input",
                 waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Estimate the bias field of ``inputVolume`` and divide it out.
@@ -83,11 +84,13 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
             segmentation when the model's measured quality says its head is not reliable), ``"fit"``
             (a smooth field that makes the tissue classes of the model's segmentation uniform) or
             ``"head"``. The run's ``summary.json`` names the method used.
+        :param outputFrame: ``"input"`` (results on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
+            over the head, finer than a thick-slice input).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("bias",), biasMethod=biasMethod,
+        return self.run(inputVolume, tasks=("bias",), biasMethod=biasMethod, outputFrame=outputFrame,
                         outputs={"outputCorrectedVolume": outputCorrectedVolume,
                                  "outputFieldVolume": outputFieldVolume},
                         create=("outputCorrectedVolume", "outputFieldVolume"), device=device, quality=quality,
@@ -104,7 +107,8 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputFieldVolume=p.outputFieldVolume, outputCorrectedVolume=p.outputCorrectedVolume,
             device=p.device, quality=p.quality, model=p.modelId or "default",
-            biasMethod=METHOD_CHOICES.get(p.method, "auto"), waitForCompletion=False, progressCallback=self.onProgress)
+            biasMethod=METHOD_CHOICES.get(p.method, "auto"), outputFrame="1mm" if p.oneMillimeterGrid else "input",
+            waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:
         BrainFMWidgetBase.showResults(self, run)

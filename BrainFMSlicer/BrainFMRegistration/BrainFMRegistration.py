@@ -61,6 +61,7 @@ class BrainFMRegistrationParameterNode:
     device: str = "auto"
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
+    oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -81,7 +82,7 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputTransform=None, outputAtlasVolume=None, outputResampledVolume=None,
                 atlasPath=None, device: str = "auto", quality: str = "full", model: str = "default",
-                regMethod: str = "auto", waitForCompletion: bool = True,
+                regMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Register ``inputVolume`` to the atlas.
 
@@ -99,11 +100,13 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
             segmentations when the model's measured quality says its head is not reliable), ``"fit"``
             (the map that carries the model's segmentation of the scan onto its segmentation of the
             atlas) or ``"head"``. The run's ``summary.json`` names the method used.
+        :param outputFrame: ``"input"`` (results on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
+            over the head, finer than a thick-slice input).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
-        return self.run(inputVolume, tasks=("reg",), regMethod=regMethod,
+        return self.run(inputVolume, tasks=("reg",), regMethod=regMethod, outputFrame=outputFrame,
                         outputs={"outputTransform": outputTransform, "outputAtlasVolume": outputAtlasVolume,
                                  "outputResampledVolume": outputResampledVolume},
                         create=("outputTransform",), atlas=atlasOrNone(atlasPath), device=device, quality=quality,
@@ -122,6 +125,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
             p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
             outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
             quality=p.quality, model=p.modelId or "default", regMethod=METHOD_CHOICES.get(p.method, "auto"),
+            outputFrame="1mm" if p.oneMillimeterGrid else "input",
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

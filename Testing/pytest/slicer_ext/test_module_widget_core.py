@@ -50,7 +50,8 @@ def widget(scene, tmp_path, monkeypatch):
     w.logic = BrainFMBiasField.BrainFMBiasFieldLogic()
     w.logic.logCallback = w.appendLog  # as setup() does
     w._parameterNode = FakeParameters(inputVolume=volume, outputCorrectedVolume=None, outputFieldVolume=None,
-                                      device="cpu", quality="Full", method="Auto", modelId=str(weights))
+                                      device="cpu", quality="Full", method="Auto", modelId=str(weights),
+                                      oneMillimeterGrid=False)
     w.shown, w.errors, w.weights = shown, errors, Path(weights)
     return w
 
@@ -186,15 +187,14 @@ METHOD_COMBOS = {
 }
 
 
-def module_widget(module, scene, tmp_path, monkeypatch, vol, **params):
-    """The module's widget with fake Qt widgets named after its .ui file, a tiny model with the heads of
-    ``METHOD_COMBOS`` and ``vol`` as its input; returns ``(widget, errors shown)``."""
+def module_widget(module, scene, tmp_path, monkeypatch, vol, heads, **params):
+    """The module's widget with fake Qt widgets named after its .ui file, a tiny model with ``heads``, ``vol``
+    as its input and ``params`` besides the shared parameters; returns ``(widget, errors shown)``."""
     import importlib
 
     from brainfm.models import BrainFMNet, ModelConfig, registry, save_native
 
     mod = importlib.import_module(module)
-    heads, module_params = METHOD_COMBOS[module][:2]
     monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "no_bundled_model")
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None)
@@ -212,7 +212,7 @@ def module_widget(module, scene, tmp_path, monkeypatch, vol, **params):
     w.logic.logCallback = w.appendLog
     w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu",
                                       quality="Full", method="Model head", modelId=str(weights),
-                                      oneMillimeterGrid=False, **{**module_params, **params})
+                                      oneMillimeterGrid=False, **params)
     return w, errors
 
 
@@ -225,10 +225,11 @@ def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
     from BrainFMSceneLib.parameters import SEG_METHODS, SYNTH_METHODS
 
     mod = importlib.import_module(module)
-    _heads, _params, prefix, fit_choice, fit_words = METHOD_COMBOS[module]
+    heads, params, prefix, fit_choice, fit_words = METHOD_COMBOS[module]
     assert sorted(mod.METHOD_CHOICES.values()) == sorted(SEG_METHODS if "Segmentation" in module else SYNTH_METHODS)
     assert UiFile(module_ui(module)).widgets["methodComboBox"].cls == "QComboBox"
-    w, errors = module_widget(module, scene, tmp_path, monkeypatch, blob_head((22, 24, 20), GEOMETRY_CASES["oblique"]))
+    w, errors = module_widget(module, scene, tmp_path, monkeypatch, blob_head((22, 24, 20), GEOMETRY_CASES["oblique"]),
+                              heads, **params)
     seen = {}
     for choice in ("Model head", fit_choice):
         w._parameterNode.method = choice
@@ -241,18 +242,35 @@ def test_method_combos_reach_the_engine(module, scene, tmp_path, monkeypatch):
     assert any(fit_words in line for line in seen[fit_choice]), seen
 
 
-@pytest.mark.parametrize("module", list(METHOD_COMBOS))
+#: module -> (heads of its tiny model, its parameters besides the shared ones, the output role checked)
+RESULTS_GRID = {
+    "BrainFMSegmentation": ({"segmentation": 33}, METHOD_COMBOS["BrainFMSegmentation"][1], "outputSegmentation"),
+    "BrainFMSynthesis": ({"segmentation": 33, "T2": 1}, METHOD_COMBOS["BrainFMSynthesis"][1], "outputVolume"),
+    "BrainFMBiasField": ({"bias_field_log": 1}, dict(outputCorrectedVolume=None, outputFieldVolume=None),
+                         "outputCorrectedVolume"),
+    "BrainFMRegistration": ({"registration": 3}, dict(outputTransform=None, outputResampledVolume=None),
+                            "outputAtlasVolume"),
+}
+
+
+@pytest.mark.parametrize("module", list(RESULTS_GRID))
 def test_one_millimetre_results_grid_for_thick_slices(module, scene, tmp_path, monkeypatch):
     """'Results grid: 1 mm' puts a thick-slice scan's results on a 1 mm grid over the same head (the
     segmentation's own geometry too, so editing keeps its voxels); unchecked, they keep the input's grid."""
     from fixtures import affine
 
+    from brainfm.io import write_volume
     from BrainFMSceneLib.volume_nodes import ijk_to_ras
 
     assert UiFile(module_ui(module)).widgets["oneMillimeterGridCheckBox"].cls == "QCheckBox"
+    heads, params, role = RESULTS_GRID[module]
+    params = dict(params)
+    if module == "BrainFMRegistration":  # an atlas file, and a node for the atlas warped onto the scan
+        write_volume(blob_head((30, 30, 30), affine(origin=(-15, -15, -15)), seed=2), tmp_path / "atlas.nii.gz")
+        params.update(atlasPath=tmp_path / "atlas.nii.gz",
+                      outputAtlasVolume=scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped atlas"))
     thick = blob_head((24, 26, 8), affine((1.0, 1.0, 4.0), origin=(-12, -13, -16)))
-    w, errors = module_widget(module, scene, tmp_path, monkeypatch, thick)
-    role = "outputSegmentation" if module == "BrainFMSegmentation" else "outputVolume"
+    w, errors = module_widget(module, scene, tmp_path, monkeypatch, thick, heads, **params)
     volume = w._parameterNode.inputVolume
     for one_mm in (False, True):
         w._parameterNode.oneMillimeterGrid = one_mm
