@@ -133,7 +133,7 @@ def _make(name: str, values: Sequence[int], fs_values: Sequence[int], descriptio
                        names, colors, partner, description)
 
 
-# -- brainfm56 (reference_impl.md §3.4) ------------------------------------------------------
+# -- brainfm56 (the official BrainFM checkpoints' segmentation channels) -------------------------
 _B56_VALUES = (0, 11, 12, 13, 16, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46,
                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 17, 47, 49, 51, 53, 55,
                18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 48, 50, 52, 54, 56)

@@ -242,8 +242,8 @@ _REFINE = re.compile(r"^backbone\.refine\.(\d+)\.conv1\.weight$")
 
 
 def infer_config(state_dict: Mapping[str, Any], *, unit_feat: bool = True, num_groups: int = 8) -> ModelConfig:
-    """Architecture from key names and shapes (reference §2.4): levels = number of encoder indices,
-    ``f_maps`` = out channels of encoder 0's second conv, heads = every ``head.final_conv_<name>``,
+    """Architecture from key names and shapes (as in the official BrainFM checkpoints): levels = number of
+    encoder indices, ``f_maps`` = out channels of encoder 0's second conv, heads = every ``head.final_conv_<name>``,
     ``refine`` = the inner width of every ``backbone.refine.<i>`` block (native models)."""
     sd = normalize_keys(state_dict)
     levels = sorted({int(m.group(1)) for k in sd for m in [_ENC.match(k)] if m})

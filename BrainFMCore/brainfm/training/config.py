@@ -68,7 +68,7 @@ class DataSection:
 
 @dataclass
 class LossSection:
-    """Loss weights (reference §5.1, all 1.0) and contrastive settings."""
+    """Loss weights (the reference BrainFM code: all 1.0) and contrastive settings."""
 
     weights: Dict[str, float] = field(default_factory=lambda: {
         "image": 1.0, "image_grad": 1.0, "seg_ce": 1.0, "seg_dice": 1.0, "bias_field_log": 1.0,

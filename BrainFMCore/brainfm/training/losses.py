@@ -1,4 +1,4 @@
-"""Loss functions of the BrainFM recipe (reference §5.1) with its bugs fixed, plus contrastive terms.
+"""Loss functions of the BrainFM recipe (as in the reference BrainFM code) with its bugs fixed, plus contrastive terms.
 
 Fixes relative to the reference: gradient losses use only valid finite differences (no zeroed last
 slice); the masked bias-field L2 is averaged over the mask, not over all voxels; soft Dice is averaged

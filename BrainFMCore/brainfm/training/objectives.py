@@ -56,7 +56,7 @@ def mask_of(batch: Any, name: str, n: int) -> Optional[torch.Tensor]:
 
 
 class BrainFMObjective:
-    """Weighted sum of the BrainFM task losses (reference §5.1, bugs fixed; see ``losses``).
+    """Weighted sum of the BrainFM task losses (as in the reference BrainFM code, its bugs fixed; see ``losses``).
 
     ``weights`` keys: image, image_grad, seg_ce, seg_dice, bias_field_log, distance, registration,
     registration_grad, sr, sr_grad.

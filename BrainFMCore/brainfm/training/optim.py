@@ -1,4 +1,4 @@
-"""AdamW with a linear warm-up followed by step decay (reference §5.2, counted in steps).
+"""AdamW with a linear warm-up followed by step decay (as in the reference BrainFM code, counted in steps).
 
 >>> import torch
 >>> from brainfm.training.optim import build_optimizer, lr_factor

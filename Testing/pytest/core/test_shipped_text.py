@@ -10,7 +10,7 @@ import brainfm
 
 CORE = Path(brainfm.__file__).resolve().parents[1]
 TEXT_SUFFIXES = {".py", ".json", ".md", ".txt", ".yaml", ".yml", ".csv", ".toml"}
-NOT_FOR_USERS = re.compile(r"/work/|\bbriefs?\b|\bengineers?\b|\bthe issue\b", re.IGNORECASE)
+NOT_FOR_USERS = re.compile(r"/work/|\bbriefs?\b|\bengineers?\b|\bthe issue\b|reference_impl|reference §", re.IGNORECASE)
 
 
 def shipped_text_files():
