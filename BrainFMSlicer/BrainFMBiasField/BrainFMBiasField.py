@@ -107,7 +107,7 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputFieldVolume=p.outputFieldVolume, outputCorrectedVolume=p.outputCorrectedVolume,
             device=p.device, quality=p.quality, model=p.modelId or "default",
-            biasMethod=METHOD_CHOICES.get(p.method, "auto"), outputFrame="1mm" if p.oneMillimeterGrid else "input",
+            biasMethod=METHOD_CHOICES.get(p.method, "auto"), outputFrame=self.outputFrame(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -125,7 +125,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
             p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
             outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
             quality=p.quality, model=p.modelId or "default", regMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame="1mm" if p.oneMillimeterGrid else "input",
+            outputFrame=self.outputFrame(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -118,7 +118,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
             outputTable=p.outputTable, device=p.device, quality=p.quality,
             model=p.modelId or "default", segMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame="1mm" if p.oneMillimeterGrid else "input",
+            outputFrame=self.outputFrame(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -143,7 +143,7 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
             p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
             outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
             model=p.modelId or "default", synthMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame="1mm" if p.oneMillimeterGrid else "input",
+            outputFrame=self.outputFrame(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from brainfm.errors import InputError
-from brainfm.geometry.crop import BBox, crop, foreground_bbox, margin_voxels
+from brainfm.geometry.crop import BBox, _translate, crop, foreground_bbox, margin_voxels
 from brainfm.geometry.grid import resample_to_grid
 from brainfm.geometry.mapping import GridMapper
 from brainfm.geometry.orient import is_axis_aligned, reorient_to_ras
@@ -55,6 +55,24 @@ class FrameTransform:
         object.__setattr__(self, "net_shape", tuple(int(s) for s in self.net_shape))
         if self.crop_bbox is not None:
             object.__setattr__(self, "crop_bbox", tuple((int(a), int(b)) for a, b in self.crop_bbox))
+
+    def cropped(self, box: BBox) -> "FrameTransform":
+        """This frame with its network grid cut to ``box`` (half-open voxel ranges of the current net
+        grid, as :func:`~brainfm.geometry.crop.crop` takes them): the same voxels at the same world
+        positions, ``crop_bbox`` composed with the crop already made.
+
+        >>> import numpy as np
+        >>> tf = FrameTransform(np.eye(4), (10, 10, 10), np.eye(4), (10, 10, 10), crop_bbox=((2, 10),) * 3)
+        >>> c = tf.cropped(((1, 5), (0, 8), (3, 4)))
+        >>> c.net_shape, c.crop_bbox, c.net_affine[:3, 3].tolist()
+        ((4, 8, 1), ((3, 7), (2, 10), (5, 6)), [1.0, 0.0, 3.0])
+        """
+        from dataclasses import replace
+
+        outer = self.crop_bbox or tuple((0, n) for n in self.net_shape)
+        composed = tuple((o + int(a), o + int(b)) for (a, b), (o, _end) in zip(box, outer))
+        return replace(self, net_affine=_translate(self.net_affine, [a for a, _ in box]),
+                       net_shape=tuple(int(b) - int(a) for a, b in box), crop_bbox=composed)
 
     # -- mapping ------------------------------------------------------------------------------
     def mapper(self, *, antialias: bool = True) -> GridMapper:

@@ -116,8 +116,6 @@ def crop_to_head(net: Volume, frame: Any, *, spacing: float, margin_mm: float = 
     >>> cropped.shape == head.shape == frame2.net_shape, cropped.shape      # the head and 4 mm around it
     (True, (18, 22, 28))
     """
-    from dataclasses import replace
-
     from brainfm.geometry import crop
     from brainfm.geometry.crop import foreground_bbox, margin_voxels
     from brainfm.inference.headmask import head_mask
@@ -129,11 +127,7 @@ def crop_to_head(net: Volume, frame: Any, *, spacing: float, margin_mm: float = 
     box = foreground_bbox(Volume(mask, net.affine), threshold=None, margin_vox=margin_voxels(margin_mm, spacing))
     if box is None or all(a == 0 and b == n for (a, b), n in zip(box, x.shape)):
         return net, frame, None
-    cropped = crop(net, box)
-    outer = frame.crop_bbox or tuple((0, n) for n in x.shape)
-    composed = tuple((o + a, o + b) for (a, b), (o, _e) in zip(box, outer))
-    frame = replace(frame, net_affine=cropped.affine.copy(), net_shape=cropped.shape, crop_bbox=composed)
-    return cropped, frame, np.ascontiguousarray(mask[tuple(slice(a, b) for a, b in box)])
+    return crop(net, box), frame.cropped(box), np.ascontiguousarray(mask[tuple(slice(a, b) for a, b in box)])
 
 
 def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic: bool = False,

@@ -150,6 +150,11 @@ class BrainFMWidgetBase(ModelWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         """Start the module's logic with ``waitForCompletion=False``; overridden by every task module."""
         raise NotImplementedError
 
+    @staticmethod
+    def outputFrame(p) -> str:
+        """The engine's output frame for the parameter node's *Results grid* checkbox: ``1mm`` or ``input``."""
+        return "1mm" if p.oneMillimeterGrid else "input"
+
     def requiredTasks(self, p) -> tuple:
         """Tasks the current settings need from the model (default: the module's ``MODEL_TASKS``)."""
         return tuple(self.logic.MODEL_TASKS)
