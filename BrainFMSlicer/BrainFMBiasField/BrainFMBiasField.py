@@ -49,6 +49,7 @@ class BrainFMBiasFieldParameterNode:
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
+    allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -69,7 +70,7 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputFieldVolume=None, outputCorrectedVolume=None, device: str = "auto",
                 quality: str = "full", model: str = "default", biasMethod: str = "auto", outputFrame: str = "input",
-                waitForCompletion: bool = True,
+                allowThickSlices: bool = False, waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Estimate the bias field of ``inputVolume`` and divide it out.
 
@@ -86,11 +87,14 @@ class BrainFMBiasFieldLogic(BrainFMLogicBase):
             ``"head"``. The run's ``summary.json`` names the method used.
         :param outputFrame: ``"input"`` (results on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
             over the head, finer than a thick-slice input).
+        :param allowThickSlices: run on slices thicker than 10 mm, which are refused by default (too little of
+            the anatomy survives slices that thick for reliable results).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
         return self.run(inputVolume, tasks=("bias",), biasMethod=biasMethod, outputFrame=outputFrame,
+                        allowThickSlices=allowThickSlices,
                         outputs={"outputCorrectedVolume": outputCorrectedVolume,
                                  "outputFieldVolume": outputFieldVolume},
                         create=("outputCorrectedVolume", "outputFieldVolume"), device=device, quality=quality,
@@ -107,7 +111,7 @@ class BrainFMBiasFieldWidget(BrainFMWidgetBase):
         return self.logic.process(
             p.inputVolume, outputFieldVolume=p.outputFieldVolume, outputCorrectedVolume=p.outputCorrectedVolume,
             device=p.device, quality=p.quality, model=p.modelId or "default",
-            biasMethod=METHOD_CHOICES.get(p.method, "auto"), outputFrame=self.outputFrame(p),
+            biasMethod=METHOD_CHOICES.get(p.method, "auto"), **self.gridOptions(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -62,6 +62,7 @@ class BrainFMRegistrationParameterNode:
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
+    allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -82,7 +83,8 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputTransform=None, outputAtlasVolume=None, outputResampledVolume=None,
                 atlasPath=None, device: str = "auto", quality: str = "full", model: str = "default",
-                regMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
+                regMethod: str = "auto", outputFrame: str = "input",
+                allowThickSlices: bool = False, waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Register ``inputVolume`` to the atlas.
 
@@ -102,11 +104,14 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
             atlas) or ``"head"``. The run's ``summary.json`` names the method used.
         :param outputFrame: ``"input"`` (results on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
             over the head, finer than a thick-slice input).
+        :param allowThickSlices: run on slices thicker than 10 mm, which are refused by default (too little of
+            the anatomy survives slices that thick for reliable results).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
         return self.run(inputVolume, tasks=("reg",), regMethod=regMethod, outputFrame=outputFrame,
+                        allowThickSlices=allowThickSlices,
                         outputs={"outputTransform": outputTransform, "outputAtlasVolume": outputAtlasVolume,
                                  "outputResampledVolume": outputResampledVolume},
                         create=("outputTransform",), atlas=atlasOrNone(atlasPath), device=device, quality=quality,
@@ -125,7 +130,7 @@ class BrainFMRegistrationWidget(BrainFMWidgetBase):
             p.inputVolume, outputTransform=p.outputTransform, outputAtlasVolume=p.outputAtlasVolume,
             outputResampledVolume=p.outputResampledVolume, atlasPath=atlasOrNone(p.atlasPath), device=p.device,
             quality=p.quality, model=p.modelId or "default", regMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame=self.outputFrame(p),
+            **self.gridOptions(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

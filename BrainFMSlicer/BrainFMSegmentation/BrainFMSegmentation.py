@@ -51,6 +51,7 @@ class BrainFMSegmentationParameterNode:
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
+    allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -73,7 +74,8 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, outputSegmentation=None, outputLabelmap=None, outputTable=None,
                 device: str = "auto", quality: str = "full", model: str = "default",
-                segMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
+                segMethod: str = "auto", outputFrame: str = "input",
+                allowThickSlices: bool = False, waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Segment ``inputVolume`` (an MRI of any contrast, or a CT) into FreeSurfer structures.
 
@@ -91,11 +93,14 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
             model's labels). The run's ``summary.json`` and log name the method used.
         :param outputFrame: ``"input"`` (the labels on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
             over the head: finer outlines for thick-slice scans; the structure volumes are measured there).
+        :param allowThickSlices: run on slices thicker than 10 mm, which are refused by default (too little of
+            the anatomy survives slices that thick for reliable results).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
         """
         return self.run(inputVolume, tasks=("seg",), segMethod=segMethod, outputFrame=outputFrame,
+                        allowThickSlices=allowThickSlices,
                         outputs={"outputSegmentation": outputSegmentation, "outputLabelmap": outputLabelmap,
                                  "outputTable": outputTable},
                         create=("outputSegmentation",), device=device, quality=quality, model=model,
@@ -118,7 +123,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
             p.inputVolume, outputSegmentation=p.outputSegmentation, outputLabelmap=p.outputLabelmap,
             outputTable=p.outputTable, device=p.device, quality=p.quality,
             model=p.modelId or "default", segMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame=self.outputFrame(p),
+            **self.gridOptions(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

@@ -56,6 +56,7 @@ class BrainFMSynthesisParameterNode:
     quality: Annotated[str, Choice(QUALITY_CHOICES)] = QUALITY_CHOICES[0]
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "Auto"
     oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
+    allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
 
 
@@ -76,7 +77,8 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
 
     def process(self, inputVolume, *, contrast: str = "T1w", superResolution: bool = False, outputVolume=None,
                 outputSuperResolution=None, device: str = "auto", quality: str = "full", model: str = "default",
-                synthMethod: str = "auto", outputFrame: str = "input", waitForCompletion: bool = True,
+                synthMethod: str = "auto", outputFrame: str = "input",
+                allowThickSlices: bool = False, waitForCompletion: bool = True,
                 progressCallback: Optional[Callable[[float, str], None]] = None) -> BrainFMRun:
         """Synthesize ``contrast`` from ``inputVolume`` on the input grid (or on a 1 mm grid).
 
@@ -97,6 +99,8 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
             the method used.
         :param outputFrame: ``"input"`` (the images on the input volume's grid) or ``"1mm"`` (on a 1 mm grid
             over the head: a 1 mm synthetic image from a thick-slice scan).
+        :param allowThickSlices: run on slices thicker than 10 mm, which are refused by default (too little of
+            the anatomy survives slices that thick for reliable results).
         :param waitForCompletion: block until done (scripts) or return the running run at once (GUI).
         :param progressCallback: ``callback(fraction, message)``.
         :return: the :class:`BrainFMRun`; ``run.outputs`` maps the parameter names above to nodes.
@@ -111,6 +115,7 @@ class BrainFMSynthesisLogic(BrainFMLogicBase):
                         create=("outputVolume", "outputSuperResolution"),
                         keys={"outputVolume": key, "outputSuperResolution": "superres"},
                         device=device, quality=quality, model=model, synthMethod=synthMethod, outputFrame=outputFrame,
+                        allowThickSlices=allowThickSlices,
                         waitForCompletion=waitForCompletion, progressCallback=progressCallback)
 
 
@@ -143,7 +148,7 @@ class BrainFMSynthesisWidget(BrainFMWidgetBase):
             p.inputVolume, contrast=p.contrast, superResolution=p.superResolution, outputVolume=p.outputVolume,
             outputSuperResolution=p.outputSuperResolution, device=p.device, quality=p.quality,
             model=p.modelId or "default", synthMethod=METHOD_CHOICES.get(p.method, "auto"),
-            outputFrame=self.outputFrame(p),
+            **self.gridOptions(p),
             waitForCompletion=False, progressCallback=self.onProgress)
 
     def showResults(self, run: BrainFMRun) -> None:

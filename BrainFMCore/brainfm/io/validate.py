@@ -26,7 +26,8 @@ MIN_SIZE = 8
 #: model card, "Thick slices")
 MAX_SLICE_MM = 10.0
 #: how the caller lets such voxels through, named in the refusal
-_ALLOW_HINT = "to run anyway pass allow_anisotropic=True (command line: --allow-anisotropic)"
+_ALLOW_HINT = ("to run anyway pass allow_anisotropic=True (command line: --allow-anisotropic; Slicer and "
+               f"BrainFM Web: tick 'Allow slices thicker than {MAX_SLICE_MM:g} mm')")
 _SAMPLE = 2_000_000  # voxels examined by the label-map heuristic
 
 
@@ -91,7 +92,7 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     if ratio > 3.0:
         warnings.append(f"voxel size {sp_txt} mm is anisotropic (ratio {ratio:.1f}); details between the thick "
                         "slices are interpolated (outputs on a 1 mm grid: output_frame='1mm'; command line: "
-                        "--output-frame 1mm; Slicer: Results grid 1 mm, under Advanced)")
+                        "--output-frame 1mm; Slicer and BrainFM Web: Results grid 1 mm)")
     if unusual_spacing(sp):
         warnings.append(f"unusual voxel size {sp_txt} mm; check the file's header (units must be mm)")
     sample = _sample(data)

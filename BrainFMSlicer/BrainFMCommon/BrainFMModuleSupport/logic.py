@@ -199,7 +199,7 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
             progressCallback: Optional[ProgressCallback] = None,
             finishedCallback: Optional[Callable[[BrainFMRun], None]] = None,
             biasMethod: str = "auto", regMethod: str = "auto", segMethod: str = "auto",
-            synthMethod: str = "auto", outputFrame: str = "input") -> BrainFMRun:
+            synthMethod: str = "auto", outputFrame: str = "input", allowThickSlices: bool = False) -> BrainFMRun:
         """Run ``brainfm run`` on ``inputVolume`` and import the results into ``outputs``.
 
         :param outputs: role -> existing node to fill in place, or None.
@@ -213,6 +213,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         :param synthMethod: ``auto``, ``fit`` or ``head`` (``brainfm run --synth-method``; the synthesis tasks).
         :param outputFrame: ``input`` (results on the input volume's grid) or ``1mm`` (on a 1 mm grid over
             the head, finer than a thick-slice input; ``brainfm run --output-frame``).
+        :param allowThickSlices: run on slices thicker than 10 mm, which the engine refuses by default
+            (``brainfm run --allow-anisotropic``).
         :return: the run; finished when ``waitForCompletion`` (its error is raised if it failed).
         """
         checkInputVolume(inputVolume)
@@ -222,7 +224,8 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         params = runParameters(tasks=tasks, device=device, quality=quality, model=model, atlas=atlas,
                                model_sha256=self.expectedSha256(model), bias_method=str(biasMethod or "auto"),
                                reg_method=str(regMethod or "auto"), seg_method=str(segMethod or "auto"),
-                               synth_method=str(synthMethod or "auto"), output_frame=str(outputFrame or "input"))
+                               synth_method=str(synthMethod or "auto"), output_frame=str(outputFrame or "input"),
+                               allow_thick_slices=bool(allowThickSlices))
         self.checkDevice(params.device)
         keys = dict(self.OUTPUTS if keys is None else keys)
         wanted = [role for role, node in outputs.items() if node is not None or role in create]

@@ -151,9 +151,12 @@ class BrainFMWidgetBase(ModelWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         raise NotImplementedError
 
     @staticmethod
-    def outputFrame(p) -> str:
-        """The engine's output frame for the parameter node's *Results grid* checkbox: ``1mm`` or ``input``."""
-        return "1mm" if p.oneMillimeterGrid else "input"
+    def gridOptions(p) -> Dict[str, object]:
+        """The logic's grid options from the parameter node's checkboxes under Advanced: ``outputFrame``
+        (*Results grid: 1 mm*: ``1mm``, else ``input``) and ``allowThickSlices`` (*Allow slices thicker
+        than 10 mm*)."""
+        return {"outputFrame": "1mm" if p.oneMillimeterGrid else "input",
+                "allowThickSlices": bool(p.allowThickSlices)}
 
     def requiredTasks(self, p) -> tuple:
         """Tasks the current settings need from the model (default: the module's ``MODEL_TASKS``)."""

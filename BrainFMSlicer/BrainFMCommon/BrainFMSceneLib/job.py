@@ -23,7 +23,7 @@ from BrainFMSceneLib.parameters import RunParameters
 from BrainFMSceneLib.process import ProcessResult, ProcessRunner, brainfm_command
 from BrainFMSceneLib.results import ImportedResults, import_results
 from BrainFMSceneLib.signals import Signal
-from BrainFMSceneLib.volume_files import DEFAULT_EXPORT_SUFFIX, export_volume_node
+from BrainFMSceneLib.volume_files import DEFAULT_EXPORT_SUFFIX, export_volume_node, safe_file_stem
 
 _EXPORT_END, _RUN_END = 0.05, 0.95
 
@@ -100,7 +100,8 @@ class BrainFMJob:
         self.progress.emit(0.0, "Exporting the input volume")
         tmp = self.runner.temp_dir
         try:
-            input_path = export_volume_node(node, tmp / f"input{DEFAULT_EXPORT_SUFFIX}")
+            # named after the node: the engine's messages name their file, so they name the volume the user chose
+            input_path = export_volume_node(node, tmp / f"{safe_file_stem(node.GetName())}{DEFAULT_EXPORT_SUFFIX}")
             self.output_dir = tmp / "output"
             args = brainfm_command(input_path, self.output_dir, self.params.as_arg_list(), python=self.python)
             self.progress.emit(_EXPORT_END, "Starting BrainFM")

@@ -56,6 +56,8 @@ class RunParameters:
     :param memory_gb: memory budget for tiling (None: automatic).
     :param output_frame: ``input`` (outputs on the input grid, the default) or ``1mm`` (a 1 mm grid over
         the head: finer than a thick-slice input; Slicer shows such results in world coordinates).
+    :param allow_thick_slices: run on slices thicker than 10 mm, which the engine refuses by default
+        (``--allow-anisotropic``).
     :param crop_foreground: crop to the head before inference (``--no-crop`` when False).
     :param probabilities: also write segmentation probabilities.
     :param frame: frame index for 4D inputs.
@@ -80,6 +82,7 @@ class RunParameters:
     tile_size: Optional[int] = None
     memory_gb: Optional[float] = None
     output_frame: str = "input"
+    allow_thick_slices: bool = False
     crop_foreground: bool = True
     probabilities: bool = False
     frame: Optional[int] = None
@@ -161,6 +164,8 @@ class RunParameters:
             args += ["--memory-gb", f"{float(self.memory_gb):g}"]
         if self.output_frame != "input":
             args += ["--output-frame", self.output_frame]
+        if self.allow_thick_slices:
+            args.append("--allow-anisotropic")
         if not self.crop_foreground:
             args.append("--no-crop")
         if self.probabilities:
@@ -212,7 +217,7 @@ class RunParameters:
                 kwargs[f.name] = int(text) if text else None
             elif f.name == "memory_gb":
                 kwargs[f.name] = float(text) if text else None
-            elif f.name in ("crop_foreground", "probabilities", "write_png", "compress_outputs"):
+            elif f.name in ("allow_thick_slices", "crop_foreground", "probabilities", "write_png", "compress_outputs"):
                 kwargs[f.name] = text.strip().lower() in ("1", "true", "yes", "on")
             else:
                 kwargs[f.name] = text

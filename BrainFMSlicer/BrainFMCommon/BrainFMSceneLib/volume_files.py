@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -50,6 +51,28 @@ WRITE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: read .nii with nibabel ~0 s (memory map), with SimpleITK 0.07 s. Uncompressed NIfTI is as fast
 #: as NRRD and is the engine's native format (nibabel), so it is the default.
 DEFAULT_EXPORT_SUFFIX = ".nii"
+
+
+#: image suffixes a node name may still carry (``scan.nii.gz`` loaded by some readers keeps them)
+_NAME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh")
+
+
+def safe_file_stem(name: str, *, default: str = "input", max_length: int = 100) -> str:
+    """A file-name stem made of a node's name: letters, digits, ``.``, ``_`` and ``-`` kept, other runs of
+    characters replaced by ``_``, an image suffix dropped; ``default`` when nothing is left. The engine
+    names its input file in its messages, so the user reads the name of the volume they selected.
+
+    >>> safe_file_stem("T1 MPRAGE (sag)"), safe_file_stem("scan.nii.gz"), safe_file_stem("../"), safe_file_stem("α")
+    ('T1_MPRAGE_sag', 'scan', 'input', 'input')
+    """
+    text = str(name or "")
+    lower = text.lower()
+    for suffix in _NAME_SUFFIXES:
+        if lower.endswith(suffix) and len(text) > len(suffix):
+            text = text[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:max_length].strip("._")
+    return stem or default
 
 
 def _suffix(path: Path) -> str:

@@ -79,7 +79,7 @@ class BrainFMWebApp:
             "brainfm_token": self.token,  # sent only to clients that connected with the token
             "models": options, "model": first, "model_path": "",
             "task_items": [{"value": v, "title": t} for v, t in TASK_CHOICES], "tasks": ["seg"],
-            "devices": list(DEVICE_CHOICES), "device": "auto",
+            "devices": list(DEVICE_CHOICES), "device": "auto", "one_mm_grid": False, "allow_thick_slices": False,
             "scan_path": "", "scan_name": "", "has_scan": False,
             "status": "idle", "running": False, "progress": 0.0, "message": "Open a scan to start.",
             "error": "", "log_tail": "",
@@ -124,11 +124,12 @@ class BrainFMWebApp:
             self._push_session()
 
     def apply(self) -> None:
-        """Start BrainFM with the page's model, tasks and device."""
+        """Start BrainFM with the page's model, tasks, device and grid options."""
         state = self.server.state
         model = str(state.model_path or "").strip() or state.model
         try:
-            self.session.start(tasks=list(state.tasks or []), model=model, device=state.device)
+            self.session.start(tasks=list(state.tasks or []), model=model, device=state.device,
+                               one_mm_grid=bool(state.one_mm_grid), allow_thick_slices=bool(state.allow_thick_slices))
         except Exception as exc:  # noqa: BLE001 - shown in the page
             with state:
                 self._push_session()

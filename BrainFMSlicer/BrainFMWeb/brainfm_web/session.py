@@ -34,7 +34,7 @@ from BrainFMSceneLib.results import find_case_dir
 from BrainFMSceneLib.scene_utils import remove_nodes
 from BrainFMSceneLib.segmentation_nodes import segment_summary
 from BrainFMSceneLib.table_nodes import table_rows
-from BrainFMSceneLib.volume_files import import_volume_file
+from BrainFMSceneLib.volume_files import import_volume_file, safe_file_stem
 from BrainFMSceneLib.volume_nodes import node_from_volume, volume_to_array_and_affine
 
 from brainfm_web.files import UPLOAD_SUFFIXES, AllowedFolders, check_suffix, zip_case_folder
@@ -50,10 +50,6 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 ENGINE_READ_SUFFIXES = (".mgz", ".mgh")
 #: node classes that hold data (compared before/after a run; the views' own nodes are left out)
 DATA_NODE_CLASS = "vtkMRMLStorableNode"
-
-
-def _case_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
 
 
 class WebSession:
@@ -131,8 +127,13 @@ class WebSession:
         return [o["value"] for o in self.model_options()]
 
     # -- run ---------------------------------------------------------------------------------------
-    def start(self, *, tasks: Sequence[str], model: str, device: str = "auto") -> None:
-        """Start ``brainfm run`` on the input volume (returns at once; drive it with :meth:`poll`)."""
+    def start(self, *, tasks: Sequence[str], model: str, device: str = "auto", one_mm_grid: bool = False,
+              allow_thick_slices: bool = False) -> None:
+        """Start ``brainfm run`` on the input volume (returns at once; drive it with :meth:`poll`).
+
+        ``one_mm_grid``: results on a 1 mm grid over the head instead of the scan's grid (finer for
+        thick-slice scans). ``allow_thick_slices``: run on slices thicker than 10 mm, refused otherwise.
+        """
         if self.running:
             raise InputError("a BrainFM run is already in progress")
         if self.input_node is None:
@@ -144,7 +145,9 @@ class WebSession:
             raise InputError("choose a model")
         if ("/" in model or "\\" in model) and model not in self.model_values():
             model = self.check_model_path(model)  # typed in the page: only inside the allowed folders
-        params = RunParameters(tasks=tuple(tasks), model=model, device=device, write_png=True)
+        params = RunParameters(tasks=tuple(tasks), model=model, device=device, write_png=True,
+                               output_frame="1mm" if one_mm_grid else "input",
+                               allow_thick_slices=bool(allow_thick_slices))
         job = BrainFMJob(self.scene, self.input_node, params, python=self.python, keep_temp=True,
                          create_labelmap=True)
         job.progress.connect(self._on_progress)
@@ -212,7 +215,7 @@ class WebSession:
         if output_dir is None:
             return None
         case = find_case_dir(output_dir)
-        target = self.workdir / "cases" / _case_name(self.input_node.GetName())
+        target = self.workdir / "cases" / safe_file_stem(self.input_node.GetName(), default="case")
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if target.exists():
             shutil.rmtree(target)

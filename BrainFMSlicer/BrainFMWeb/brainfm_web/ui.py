@@ -70,6 +70,13 @@ def _run_section(ctrl: Any) -> None:
                      disabled=("running",), style="flex: 0 0 50%", id=("'brainfm-task-' + t.value",))
     v3.VSelect(v_model=("device",), items=("devices",), label="Device", density="compact",
                hide_details=True, classes="mt-2", disabled=("running",), id="brainfm-device")
+    v3.VCheckbox(v_model=("one_mm_grid",), label="Results grid: 1 mm", id="brainfm-one-mm-grid",
+                 density="compact", hide_details=True, disabled=("running",),
+                 title="Results on a 1 mm grid over the head instead of the scan's grid: finer for thick-slice scans")
+    v3.VCheckbox(v_model=("allow_thick_slices",), label="Allow slices thicker than 10 mm", id="brainfm-allow-thick",
+                 density="compact", hide_details=True, disabled=("running",),
+                 title="Such scans are refused by default: too little of the anatomy survives slices that thick "
+                       "for reliable results")
     with html.Div(classes="d-flex align-center mt-3"):
         v3.VBtn("Apply", id="brainfm-apply", color="primary", click=ctrl.brainfm_apply,
                 disabled=("running || !has_scan",), v_show="!running")

@@ -155,7 +155,7 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
     p = parameters.RunParameters(tasks=("seg", "reg"), model="official", model_sha256="AB" * 32, atlas=str(atlas),
                                  device="cuda:1", precision="bf16", tile_size=96, memory_gb=6.5,
                                  output_frame="1mm", crop_foreground=False, probabilities=True, frame=2,
-                                 bias_method="fit", reg_method="head", seg_method="head", synth_method="head")
+                                 allow_thick_slices=True, bias_method="fit", reg_method="head", seg_method="head", synth_method="head")
     assert p.is_valid() == (True, "")
     assert parameters.RunParameters(bias_method="n4").is_valid() == (
         False, "Unknown bias-field method 'n4'; use auto, fit, head.")
@@ -171,7 +171,7 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
     assert (ns.output_frame, ns.no_crop, ns.probabilities, ns.frame) == ("1mm", True, True, 2)
     assert (ns.progress, ns.no_png, ns.no_compress, ns.bias_method, ns.reg_method, ns.seg_method) == (
         "machine", True, True, "fit", "head", "head")
-    assert ns.synth_method == "head"
+    assert ns.synth_method == "head" and ns.allow_anisotropic is True
     # options the library leaves out must mean the library's defaults to the engine
     default = parameters.RunParameters()
     ns = engine_parse(["run", "scan.nii", "-o", str(tmp_path / "out"), *default.as_arg_list()])
@@ -181,6 +181,7 @@ def test_run_options_are_parsed_by_the_engine_as_meant(tmp_path):
         False, None, None, None, None, None)
     assert ns.bias_method == default.bias_method == "auto" and ns.reg_method == default.reg_method == "auto"
     assert ns.seg_method == default.seg_method == "auto" and ns.synth_method == default.synth_method == "auto"
+    assert ns.allow_anisotropic is default.allow_thick_slices is False
     assert engine_option("run", "--model").default == registry.DEFAULT_ID
 
 

@@ -146,7 +146,7 @@ def test_real_brainfm_run_through_job(scene, tmp_path):
     job.progress.connect(lambda f, m: fractions.append(f))
     job.start()
     used_temp = job.runner.temp_dir
-    assert (used_temp / "input.nii").is_file()
+    assert (used_temp / "Scan_1.nii").is_file()  # named after the node: the engine's messages name it
     outcome = job.wait(timeout=600)
     assert outcome.ok, (outcome.process.error_message, outcome.error, outcome.process.log[-20:])
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 5

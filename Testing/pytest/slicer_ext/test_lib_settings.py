@@ -24,7 +24,7 @@ ENGINE_REQUIRES = ['torch>=2.5', 'numpy>=1.22', 'nibabel>=5.0', 'SimpleITK>=2.2'
 # -- parameters ----------------------------------------------------------------------------------
 def test_run_parameters_validation_and_arguments(tmp_path):
     p = RunParameters(tasks=("seg", "reg"), device="cuda:2", precision="bf16", tile_size=96, memory_gb=6,
-                      crop_foreground=False)
+                      crop_foreground=False, allow_thick_slices=True)
     assert p.is_valid() == (True, "")
     args = p.as_arg_list()
     assert args[:4] == ["--tasks", "seg,reg", "--model", "default"]
@@ -32,7 +32,7 @@ def test_run_parameters_validation_and_arguments(tmp_path):
     assert p.environment_updates() == {"CUDA_VISIBLE_DEVICES": "2"}
     assert RunParameters(device="cpu").environment_updates() == {"CUDA_VISIBLE_DEVICES": "-1"}
     assert RunParameters(device="auto").environment_updates() == {}
-    assert {"--no-crop", "--no-png", "--no-compress"} <= set(args) and args[args.index("--tile-size") + 1] == "96"
+    assert {"--no-crop", "--no-png", "--no-compress", "--allow-anisotropic"} <= set(args) and args[args.index("--tile-size") + 1] == "96"
     assert args[args.index("--progress") + 1] == "machine"
     assert "--no-compress" not in RunParameters(compress_outputs=True).as_arg_list()
     bad = {
@@ -47,7 +47,8 @@ def test_run_parameters_validation_and_arguments(tmp_path):
         ok, why = RunParameters(**{field_name: value}).is_valid()
         assert not ok and reason in why, field_name
     back = RunParameters.from_settings(p.to_settings())
-    assert back == p
+    assert back == p and back.allow_thick_slices is True
+    assert "--allow-anisotropic" not in RunParameters().as_arg_list()
 
 
 def test_signal_survives_a_broken_slot():

@@ -51,7 +51,7 @@ def widget(scene, tmp_path, monkeypatch):
     w.logic.logCallback = w.appendLog  # as setup() does
     w._parameterNode = FakeParameters(inputVolume=volume, outputCorrectedVolume=None, outputFieldVolume=None,
                                       device="cpu", quality="Full", method="Auto", modelId=str(weights),
-                                      oneMillimeterGrid=False)
+                                      oneMillimeterGrid=False, allowThickSlices=False)
     w.shown, w.errors, w.weights = shown, errors, Path(weights)
     return w
 
@@ -212,7 +212,7 @@ def module_widget(module, scene, tmp_path, monkeypatch, vol, heads, **params):
     w.logic.logCallback = w.appendLog
     w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu",
                                       quality="Full", method="Model head", modelId=str(weights),
-                                      oneMillimeterGrid=False, **params)
+                                      oneMillimeterGrid=False, allowThickSlices=False, **params)
     return w, errors
 
 
@@ -295,3 +295,45 @@ def test_one_millimetre_results_grid_for_thick_slices(module, scene, tmp_path, m
         else:
             np.testing.assert_allclose(spacing, (1.0, 1.0, 4.0), atol=1e-6)
             assert tuple(dims) == tuple(volume.GetImageData().GetDimensions())
+
+
+def scene_nodes(scene):
+    """(id, class, name) of every node of ``scene``: what 'the scene is unchanged' compares."""
+    return sorted((scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetClassName(), scene.GetNthNode(i).GetName())
+                  for i in range(scene.GetNumberOfNodes()))
+
+
+@pytest.mark.parametrize("module", list(RESULTS_GRID))
+def test_slices_thicker_than_10_mm_are_refused_until_allowed(module, scene, tmp_path, monkeypatch):
+    """A 12 mm-slice scan: Apply shows the engine's refusal, which names the checkbox, and leaves the scene
+    as it was; with 'Allow slices thicker than 10 mm' ticked the same Apply runs, results on the input grid."""
+    from fixtures import affine
+
+    from brainfm.io import write_volume
+    from BrainFMSceneLib.volume_nodes import ijk_to_ras
+
+    widgets = UiFile(module_ui(module)).widgets
+    assert widgets["allowThickSlicesCheckBox"].cls == "QCheckBox"
+    heads, params, role = RESULTS_GRID[module]
+    params = dict(params)
+    if module == "BrainFMRegistration":
+        write_volume(blob_head((30, 30, 30), affine(origin=(-15, -15, -15)), seed=2), tmp_path / "atlas.nii.gz")
+        params.update(atlasPath=tmp_path / "atlas.nii.gz",
+                      outputAtlasVolume=scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped atlas"))
+    thick = blob_head((24, 26, 8), affine((1.0, 1.0, 12.0), origin=(-12, -13, -48)))
+    w, errors = module_widget(module, scene, tmp_path, monkeypatch, thick, heads, **params)
+    before = scene_nodes(scene)
+    w.onApplyButton()
+    finish(w)
+    assert len(errors) == 1 and "thicker than 10 mm" in errors[0] and errors[0].startswith("head.nii: "), errors
+    assert "Allow slices thicker than 10 mm" in errors[0], errors[0]
+    assert scene_nodes(scene) == before
+    errors.clear()
+    w._parameterNode.allowThickSlices = True
+    w.onApplyButton()
+    finish(w)
+    assert "Done" in w.ui.progressBar.format and not errors, (w.ui.progressBar.format, errors)
+    node = getattr(w._parameterNode, role)
+    if role == "outputSegmentation":
+        node = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
+    np.testing.assert_allclose(ijk_to_ras(node), ijk_to_ras(w._parameterNode.inputVolume), atol=1e-6)

@@ -193,6 +193,9 @@ def test_upload_segment_and_see_freesurfer_structures(server, browser, data, sho
     driver.find_element(By.ID, "brainfm-upload").send_keys(str(data["scan"]))
     _until(driver, lambda d: _text(d, "brainfm-scan-name") == "generated_head", "the uploaded scan to open")
     _click(driver, driver.find_element(By.ID, "brainfm-task-t1"))
+    # the grid options for thick-slice scans are offered, unticked: results on the scan's grid
+    for option in ("brainfm-one-mm-grid", "brainfm-allow-thick"):
+        assert not driver.find_element(By.ID, option).is_selected(), option
     _click(driver, driver.find_element(By.ID, "brainfm-apply"))
     status = _wait_status(driver, ("completed", "failed"))
     assert status == "completed", _text(driver, "brainfm-error")

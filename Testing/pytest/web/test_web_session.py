@@ -163,3 +163,35 @@ def test_bad_model_fails_with_the_engine_message(session, web_data, tmp_path):
     assert session.wait(timeout=120) == "failed"
     assert "broken.pth" in session.error
     assert data_nodes(session.scene) == before
+
+
+def test_thick_slices_are_refused_until_allowed_and_come_back_on_a_1_mm_grid(session, web_data):
+    """12 mm slices: the run fails with the engine's refusal, which names the page's checkbox, and leaves the
+    scene as it was; allowed, with 'Results grid: 1 mm', the labels come back on a 1 mm grid over the scan."""
+    from web_helpers import write_scan
+
+    folder, _, model = web_data
+    scan = write_scan(folder / "thick_head.nii.gz", shape=(48, 56, 8), spacing=(1.0, 1.0, 12.0))
+    node = session.open_server_path(str(scan))
+    before = data_nodes(session.scene)
+    session.start(tasks=["seg"], model=str(model), device="cpu")
+    assert session.wait(timeout=120) == "failed"
+    assert session.error.startswith("thick_head.nii: "), session.error  # the scan's name, not a temporary one
+    assert "thicker than 10 mm" in session.error and "Allow slices thicker than 10 mm" in session.error, session.error
+    assert data_nodes(session.scene) == before and session.outputs == {}
+    session.start(tasks=["seg"], model=str(model), device="cpu", one_mm_grid=True, allow_thick_slices=True)
+    assert session.wait(timeout=300) == "completed", session.error + "\n" + "\n".join(session.log[-20:])
+    labelmap = session.outputs["seg_labelmap"]
+    arr, aff = volume_to_array_and_affine(labelmap)
+    np.testing.assert_allclose(np.linalg.norm(aff[:3, :3], axis=0), 1.0, atol=1e-6)
+    assert arr.shape[2] > 2 * 8  # the 12 mm axis, now in 1 mm voxels
+    # the 1 mm labels lie inside the scan's extent (world coordinates), and the page reads them there
+    _, scan_aff = volume_to_array_and_affine(node)
+    corners = np.array(np.meshgrid([0, 47], [0, 55], [0, 7], indexing="ij")).reshape(3, -1).T
+    world = (scan_aff[:3, :3] @ corners.T).T + scan_aff[:3, 3]
+    ijk = np.argwhere(arr > 0)
+    centre = (aff @ np.r_[ijk.mean(0), 1.0])[:3]
+    assert np.all(centre > world.min(0)) and np.all(centre < world.max(0))
+    some = ijk[len(ijk) // 2]
+    hit = session.label_at((aff @ np.r_[some, 1.0])[:3])
+    assert hit is not None and hit["value"] == int(arr[tuple(some)])
