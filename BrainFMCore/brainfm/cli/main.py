@@ -30,6 +30,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("brainfm.cli.demo_cmd", "make the sample scan and run every task on it (the main job)"),
     "info": ("brainfm.cli.info", "show versions, devices, model and atlas status"),
     "labels": ("brainfm.cli.labels_cmd", "export label tables (Slicer colour CSV, FreeSurfer LUT)"),
+    "volumes": ("brainfm.cli.volumes_cmd", "gather the structure volumes of every case of an output folder into one CSV"),
     "models": ("brainfm.cli.models_cmd", "list, add, verify and remove the models of the local model store"),
     "prepare": ("brainfm.cli.prepare_cmd", "prepare training data (training extension)"),
     "train": ("brainfm.cli.train_cmd", "train a model with the synthetic generator (training extension)"),

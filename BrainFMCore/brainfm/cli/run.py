@@ -257,7 +257,28 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     run = summary()
     if _has_results(records):  # a run whose every case failed leaves nothing behind
         write_json(run, out_root / name)
+        _cohort_table(out_root, reporter, world=world, rank=rank)
     return code, run
+
+
+def _cohort_table(out_root: Path, reporter: Any, *, world: int, rank: int) -> None:
+    """Gather the structure volumes of every case of ``out_root`` into one CSV (:mod:`brainfm.report.cohort`).
+    With several processes each knows only its share: the first one says how to gather them once all
+    are done. A case folder that cannot be read is named and leaves the batch's result unchanged."""
+    from brainfm.report.cohort import COHORT_TABLE, write_cohort_table
+
+    if world > 1:
+        if rank == 0:
+            _note(reporter, f"brainfm: once every process is done, `brainfm volumes {out_root}` gathers the "
+                            f"structure volumes of all cases into {out_root / COHORT_TABLE}")
+        return
+    try:
+        path = write_cohort_table(out_root)
+    except (BrainFMError, OSError) as exc:
+        _note(reporter, f"brainfm: warning: the structure volumes were not gathered into one table: {exc}")
+        return
+    if path is not None:
+        _note(reporter, f"brainfm: structure volumes of every case: {path}")
 
 
 def _has_results(records: Sequence[Dict[str, Any]]) -> bool:

@@ -92,7 +92,7 @@ def test_run_skip_overwrite_and_machine_progress(tmp_path, model, scans, capsys)
     assert sorted(p.name for p in case.glob("*.nii*")) == ["seg.nii", "synth_t1.nii"]
     assert json.loads((case / "summary.json").read_text())["outputs"]["seg"]["path"] == "seg.nii"
     assert np.array_equal(read_volume(case / "seg.nii").data, seg.data)
-    assert sorted(p.name for p in out.iterdir()) == ["a", "run_summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "run_summary.json", "seg_volumes_all.csv"]
 
 
 def test_folder_input_with_torchrun_sharding(tmp_path, model, scans, capsys, monkeypatch):
@@ -349,3 +349,42 @@ def test_reg_method_option_reaches_the_predictor_and_is_reported(tmp_path, scans
     code, _out, err = _run(base + ["-o", str(tmp_path / "fit"), "--reg-method", "fit"], capsys)
     assert code == 2 and "no segmentation head" in err
     assert not (tmp_path / "fit" / "a").exists()
+
+
+def test_a_batch_gathers_every_case_s_structure_volumes_into_one_table(tmp_path, model, scans, capsys):
+    """out/seg_volumes_all.csv: one row per case folder (cases skipped by a later run kept), one column per
+    structure with each case's own seg_volumes.csv values, and what made each row; `brainfm volumes` rebuilds it."""
+    import csv
+
+    out = tmp_path / "out"
+    base = ["run", "-o", str(out), "--model", str(model), "--device", "cpu", "--tasks", "seg", "--progress", "none",
+            "--no-png"]
+    code, _, err = _run(base[:1] + [str(scans / "a.nii.gz")] + base[1:], capsys)
+    assert code == 0, err
+    assert "structure volumes of every case" in err and "seg_volumes_all.csv" in err
+    code, _, err = _run(base[:1] + [str(scans)] + base[1:], capsys)  # a: skipped, b: done
+    assert code == 0, err
+    with open(out / "seg_volumes_all.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["a", "b"]
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert all(r["model_sha256"] == sha and r["output_frame"] == "input" for r in rows)
+    for r in rows:
+        with open(out / r["case"] / "seg_volumes.csv", newline="") as f:
+            own = {v["name"]: float(v["volume_mm3"]) for v in csv.DictReader(f)}
+        info = ("case", "model", "model_sha256", "seg_method", "output_frame", "Labelled-Total")
+        structures = {k: float(v) for k, v in r.items() if k not in info}
+        assert {k: structures[k] for k in own} == pytest.approx(own, rel=1e-5) and any(own.values())
+        assert all(v == 0 for k, v in structures.items() if k not in own)  # found in another case only
+        assert float(r["Labelled-Total"]) == pytest.approx(sum(own.values()), rel=1e-5)
+    # the same table from the command, to any file; a folder without segmented cases is refused
+    code, stdout, err = _run(["volumes", str(out), "-o", str(tmp_path / "all.csv")], capsys)
+    assert code == 0 and "(2 cases)" in stdout, err
+    assert (tmp_path / "all.csv").read_text() == (out / "seg_volumes_all.csv").read_text()
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(["volumes", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "no case folder with structure volumes" in err
+    # a damaged case folder is named, and a batch goes on without the table
+    (out / "a" / "seg_volumes.csv").write_text("not,a\nvolume,table\n")
+    code, _, err = _run(["volumes", str(out)], capsys)
+    assert code == 2 and str(out / "a" / "seg_volumes.csv") in err
