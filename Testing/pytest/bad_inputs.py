@@ -61,7 +61,7 @@ def qform_sform_disagree(base, model, tools):
     src = _nifti(base, "disagree.nii.gz", qform=Q, qcode=2, sform=s, scode=2)
     out = base / "out"
     return Scenario(_run_args(src, out, model), [src], out, 0, r"warning: disagree: .*qform and sform disagree",
-                    ["disagree", "run_summary.json"], check=_same_itk_place("disagree", src),
+                    ["disagree", "run_summary.json", "seg_volumes_all.csv"], check=_same_itk_place("disagree", src),
                     note="outputs repeat both transforms: each reader places them like the input")
 
 
@@ -97,25 +97,25 @@ def pixdim_negative(base, model, tools):
 
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0,
                     r"warning: negpix: negpix\.nii\.gz: header field pixdim\[2\] is negative",
-                    ["negpix", "run_summary.json"], check=check, note="warning recorded in summary.json")
+                    ["negpix", "run_summary.json", "seg_volumes_all.csv"], check=check, note="warning recorded in summary.json")
 
 
 def qfac_minus_1(base, model, tools):
     src = _nifti(base, "qfac.nii.gz", qform=LEFT, qcode=1)
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["qfac", "run_summary.json"], check=_same_itk_place("qfac", src))
+                    ["qfac", "run_summary.json", "seg_volumes_all.csv"], check=_same_itk_place("qfac", src))
 
 
 def negative_det_sform(base, model, tools):
     src = _nifti(base, "leftsform.nii.gz", qform=LEFT, qcode=1, sform=LEFT, scode=1)
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["leftsform", "run_summary.json"], check=_same_itk_place("leftsform", src))
+                    ["leftsform", "run_summary.json", "seg_volumes_all.csv"], check=_same_itk_place("leftsform", src))
 
 
 def input_named_like_output(base, model, tools):
     src = _nifti(base, "seg.nii.gz", qform=Q, qcode=1, sform=Q, scode=1)
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["run_summary.json", "seg"], note="case folder seg/ holds seg.nii.gz; the input is untouched")
+                    ["run_summary.json", "seg", "seg_volumes_all.csv"], note="case folder seg/ holds seg.nii.gz; the input is untouched")
 
 
 def case_folder_contains_input(base, model, tools):
@@ -192,7 +192,7 @@ def disk_full_while_writing(base, model, tools):
         assert run["cases"][0]["error"]["type"] == "StorageError"
 
     return Scenario(_run_args([a, b], base / "out", model), [a, b], base / "out", 5,
-                    r"cannot write .*: the disk is full", ["b", "run_summary.json"],
+                    r"cannot write .*: the disk is full", ["b", "run_summary.json", "seg_volumes_all.csv"],
                     patches=[(writers, "_write_nifti", full_for_a)], check=check,
                     note="injected OSError(ENOSPC) for case a; case b still done")
 
@@ -205,7 +205,7 @@ def folder_with_foreign_files(base, model, tools):
     (d / ".DS_Store").write_bytes(b"\0\1")
     inputs = [src, d / "sub-01_T1w.json", d / "notes.txt", d / ".DS_Store"]
     return Scenario(_run_args(d, base / "out", model), inputs, base / "out", 0, r"skipped .*\.DS_Store: hidden file",
-                    ["run_summary.json", "sub-01_T1w"], note="sidecar, text and hidden files listed as skipped")
+                    ["run_summary.json", "seg_volumes_all.csv", "sub-01_T1w"], note="sidecar, text and hidden files listed as skipped")
 
 
 def _dicom(folder: Path, **kw) -> List[Path]:
@@ -216,7 +216,7 @@ def _dicom(folder: Path, **kw) -> List[Path]:
 def dicom_series_folder(base, model, tools):
     files = _dicom(base / "dicom")
     return Scenario(_run_args(base / "dicom", base / "out", model), files, base / "out", 0,
-                    r"1 done, 0 skipped, 0 failed", ["3_T1_MPRAGE", "run_summary.json"])
+                    r"1 done, 0 skipped, 0 failed", ["3_T1_MPRAGE", "run_summary.json", "seg_volumes_all.csv"])
 
 
 def dicom_two_series(base, model, tools):
@@ -224,13 +224,13 @@ def dicom_two_series(base, model, tools):
     files += _dicom(base / "dicom", description="FLAIR ax", number=7, uid="1.2.826.0.1.3680043.2.1125.77.7",
                     prefix="B", seed=1)
     return Scenario(_run_args(base / "dicom", base / "out", model), files, base / "out", 0,
-                    r"2 done, 0 skipped, 0 failed", ["3_t1_sag", "7_FLAIR_ax", "run_summary.json"])
+                    r"2 done, 0 skipped, 0 failed", ["3_t1_sag", "7_FLAIR_ax", "run_summary.json", "seg_volumes_all.csv"])
 
 
 def single_dcm_file(base, model, tools):
     files = _dicom(base / "dicom", extension=".dcm")
     return Scenario(_run_args(files[3], base / "out", model), files, base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["3_T1_MPRAGE", "run_summary.json"], note="the file's whole series (12 files)")
+                    ["3_T1_MPRAGE", "run_summary.json", "seg_volumes_all.csv"], note="the file's whole series (12 files)")
 
 
 def multiframe_dicom(base, model, tools):
@@ -307,7 +307,7 @@ def scaled_int16_ct(base, model, tools):
         assert (inp["on_disk_dtype"], inp["scl_slope"], inp["scl_inter"]) == ("int16", 1.0, -1024.0)
 
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["ct", "run_summary.json"], check=check, note="on-disk int16, scl_slope 1, scl_inter -1024 in summary.json")
+                    ["ct", "run_summary.json", "seg_volumes_all.csv"], check=check, note="on-disk int16, scl_slope 1, scl_inter -1024 in summary.json")
 
 
 def uint8_with_intercept(base, model, tools):
@@ -319,7 +319,7 @@ def uint8_with_intercept(base, model, tools):
         assert "label map" not in o.stderr
 
     return Scenario(_run_args(src, base / "out", model), [src], base / "out", 0, r"1 done, 0 skipped, 0 failed",
-                    ["mr8", "run_summary.json"], check=check, note="no 'looks like a label map' warning")
+                    ["mr8", "run_summary.json", "seg_volumes_all.csv"], check=check, note="no 'looks like a label map' warning")
 
 
 def precision_auto_on_cpu(base, model, tools):
@@ -333,7 +333,7 @@ def precision_auto_on_cpu(base, model, tools):
 
     args = _run_args(src, base / "out", model, "--precision", "auto")
     args[args.index("--device") + 1] = "auto"
-    return Scenario(args, [src], base / "out", 0, r"1 done, 0 skipped, 0 failed", ["a", "run_summary.json"],
+    return Scenario(args, [src], base / "out", 0, r"1 done, 0 skipped, 0 failed", ["a", "run_summary.json", "seg_volumes_all.csv"],
                     check=check, note="what Slicer's Quality Fast + Device Auto sends; fp32 on a CPU")
 
 

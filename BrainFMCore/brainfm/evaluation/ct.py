@@ -19,13 +19,15 @@ from brainfm.evaluation.rows import has_task, na_row, row
 from brainfm.labels import EVAL17_FS, merge_hemispheres
 
 GOAL = "anatomically plausible labels (montage + structure volumes)"
-LR_PAIRS = {2: 41, 3: 42, 4: 43}  # cerebral WM, cortex, lateral ventricle
+LR_PAIRS = ((2, 41), (3, 42), (4, 43))  # cerebral WM, cortex, lateral ventricle
 
 
 def lr_ratios(rows: List[Mapping[str, Any]]) -> Dict[str, Optional[float]]:
     """Left/right volume ratio of the :data:`LR_PAIRS` (None when the right side is empty)."""
-    vol = {int(r["value"]): float(r["volume_mm3"]) for r in rows}
-    return {str(l): (round(vol.get(l, 0.0) / vol[r], 3) if vol.get(r) else None) for l, r in LR_PAIRS.items()}
+    from brainfm.labels.checks import lr_ratios as pair_ratios
+
+    ratios = pair_ratios({int(r["value"]): float(r["volume_mm3"]) for r in rows}, pairs=LR_PAIRS)
+    return {str(left): ratio for left, ratio in ratios.items()}
 
 
 def plausibility(rows: List[Mapping[str, Any]]) -> Dict[str, Any]:

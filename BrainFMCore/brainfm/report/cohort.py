@@ -6,7 +6,9 @@ table gathers them: one row per case folder of ``out/`` (a folder holding ``summ
 none of it), in label order. Columns before the structures say what made each row, because a folder
 may hold cases from several runs: ``case``, ``model`` (name and version), ``model_sha256``,
 ``seg_method`` (how the labels were made, as the case's ``summary.json`` says) and ``output_frame``
-(``input``: volumes measured on the scan's grid, ``1mm``: on the 1 mm grid). The last column,
+(``input``: volumes measured on the scan's grid, ``1mm``: on the 1 mm grid), and ``checks``: what
+:func:`brainfm.labels.checks.volume_checks` finds implausible in the case's volumes (a missing
+structure, a lopsided hemisphere, a labelled volume no brain has), empty when nothing. The last column,
 ``Labelled-Total``, is the sum of every structure: brain, ventricles and the CSF around the brain, an
 estimate of the intracranial volume on a whole-head scan (not on a skull-stripped one, whose outer CSF
 is gone).
@@ -14,16 +16,16 @@ is gone).
 >>> import tempfile, json
 >>> from pathlib import Path
 >>> out = Path(tempfile.mkdtemp())
->>> for case, rows in {"sub-01": "2,Left-Cerebral-White-Matter,10,10.0\\n17,Left-Hippocampus,2,2.0",
-...                    "sub-02": "2,Left-Cerebral-White-Matter,12,12.0"}.items():
+>>> wm = "2,Left-Cerebral-White-Matter,1,{}\\n41,Right-Cerebral-White-Matter,1,{}\\n17,Left-Hippocampus,1,{}\\n"
+>>> for case, rows in {"sub-01": wm.format(250e3, 260e3, 4e3), "sub-02": wm.format(240e3, 250e3, 0.0)}.items():
 ...     (out / case).mkdir()
 ...     _ = (out / case / "summary.json").write_text(json.dumps({"case": case, "model": {"name": "m", "version": "1"}}))
-...     _ = (out / case / "seg_volumes.csv").write_text("value,name,voxels,volume_mm3\\n" + rows + "\\n")
+...     _ = (out / case / "seg_volumes.csv").write_text("value,name,voxels,volume_mm3\\n" + rows)
 >>> path = write_cohort_table(out)
 >>> print(path.read_text().strip())
-case,model,model_sha256,seg_method,output_frame,Left-Cerebral-White-Matter,Left-Hippocampus,Labelled-Total
-sub-01,m 1,,,,10.0,2.0,12.0
-sub-02,m 1,,,,12.0,0.0,12.0
+case,model,model_sha256,seg_method,output_frame,checks,Left-Cerebral-White-Matter,Left-Hippocampus,Right-Cerebral-White-Matter,Labelled-Total
+sub-01,m 1,,,,,250000.0,4000.0,260000.0,514000.0
+sub-02,m 1,,,,Left-Hippocampus found nowhere,240000.0,0.0,250000.0,490000.0
 """
 from __future__ import annotations
 
@@ -34,17 +36,18 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 COHORT_TABLE = "seg_volumes_all.csv"  #: the table's file name in the output folder
 TOTAL_COLUMN = "Labelled-Total"
-_CASE_COLUMNS = ("case", "model", "model_sha256", "seg_method", "output_frame")
+_CASE_COLUMNS = ("case", "model", "model_sha256", "seg_method", "output_frame", "checks")
 
 PathLike = Union[str, Path]
 
 
 def case_volumes(case_dir: PathLike) -> Optional[Dict[str, Any]]:
-    """What one case folder says: ``{"case", "model", "model_sha256", "seg_method", "output_frame",
+    """What one case folder says: ``{"case", "model", "model_sha256", "seg_method", "output_frame", "checks",
     "volumes": {(value, name): mm³}}``, or None when it holds no ``summary.json`` and ``seg_volumes.csv``
     (not a segmented case). Raises :class:`~brainfm.errors.InputError` naming the file when one of
     them cannot be read."""
     from brainfm.errors import InputError
+    from brainfm.labels.checks import volume_checks
     from brainfm.report.save import SUMMARY_NAME
 
     folder = Path(case_dir)
@@ -70,6 +73,7 @@ def case_volumes(case_dir: PathLike) -> Optional[Dict[str, Any]]:
             "model_sha256": str(model.get("sha256") or ""),
             "seg_method": str(meta.get("seg_method") or ""),
             "output_frame": str(meta.get("output_frame") or ""),
+            "checks": "; ".join(volume_checks({value: mm3 for (value, _), mm3 in volumes.items()})),
             "volumes": volumes}
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from brainfm.labels.checks import volume_checks
 from brainfm.tasks import methods
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume, voxel_sizes
@@ -424,7 +425,9 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
         if ctx.mask_background and ctx.head_in is not None:
             np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.head_in, bool))
     voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))
-    ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
+    rows = ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
+    ctx.warnings += [f"segmentation check: {found}; look at the segmentation"
+                     for found in volume_checks({r["value"]: r["volume_mm3"] for r in rows})]
     if ctx.return_probabilities:
         if logits is None:
             raise ValueError("segmentation probabilities need the logits, but only the label decision was kept")

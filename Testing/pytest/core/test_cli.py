@@ -372,11 +372,15 @@ def test_a_batch_gathers_every_case_s_structure_volumes_into_one_table(tmp_path,
     for r in rows:
         with open(out / r["case"] / "seg_volumes.csv", newline="") as f:
             own = {v["name"]: float(v["volume_mm3"]) for v in csv.DictReader(f)}
-        info = ("case", "model", "model_sha256", "seg_method", "output_frame", "Labelled-Total")
+        info = ("case", "model", "model_sha256", "seg_method", "output_frame", "checks", "Labelled-Total")
         structures = {k: float(v) for k, v in r.items() if k not in info}
         assert {k: structures[k] for k in own} == pytest.approx(own, rel=1e-5) and any(own.values())
         assert all(v == 0 for k, v in structures.items() if k not in own)  # found in another case only
         assert float(r["Labelled-Total"]) == pytest.approx(sum(own.values()), rel=1e-5)
+        # the random-weight model's labels are no brain: the checks say so, as the case's summary does
+        summary = json.loads((out / r["case"] / "summary.json").read_text())
+        assert "labelled volume" in r["checks"]
+        assert [w for w in summary["warnings"] if "segmentation check: " in w]
     # the same table from the command, to any file; a folder without segmented cases is refused
     code, stdout, err = _run(["volumes", str(out), "-o", str(tmp_path / "all.csv")], capsys)
     assert code == 0 and "(2 cases)" in stdout, err
