@@ -60,6 +60,13 @@ class BrainFMRun:
     def running(self) -> bool:
         return self.status == "running"
 
+    @property
+    def warnings(self) -> list:
+        """The warnings of a completed run (the case's ``summary.json``), e.g. an anisotropic input or a
+        segmentation check; also in the log as ``brainfm: warning: ...`` lines. Empty otherwise."""
+        imported = getattr(self.outcome, "imported", None) if self.outcome is not None else None
+        return [str(w) for w in (getattr(imported, "summary", None) or {}).get("warnings", []) or []]
+
     def logText(self) -> str:
         """Everything the child printed (for error dialogs and bug reports)."""
         return "\n".join(self.outcome.process.log) if self.outcome is not None else ""

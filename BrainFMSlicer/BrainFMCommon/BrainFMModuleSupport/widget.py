@@ -267,7 +267,11 @@ class BrainFMWidgetBase(ModelWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         self._timer.stop()
         self._run = None
         if run.status == "completed":
-            self._setProgress(1.0, _("Done in {seconds:.1f} s").format(seconds=run.elapsedSeconds))
+            done = _("Done in {seconds:.1f} s").format(seconds=run.elapsedSeconds)
+            if run.warnings:  # said where the user looks; each one is in the log below
+                n = len(run.warnings)
+                done += " " + (_("(1 warning: see the log)") if n == 1 else _("({n} warnings: see the log)").format(n=n))
+            self._setProgress(1.0, done)
             self.showResults(run)
         elif run.status == "cancelled":
             self._setProgress(0.0, _("Cancelled"))

@@ -333,6 +333,9 @@ def test_slices_thicker_than_10_mm_are_refused_until_allowed(module, scene, tmp_
     w.onApplyButton()
     finish(w)
     assert "Done" in w.ui.progressBar.format and not errors, (w.ui.progressBar.format, errors)
+    # the run's warnings (12 mm slices are anisotropic) are counted where the user looks, and logged
+    assert "warning" in w.ui.progressBar.format and "see the log" in w.ui.progressBar.format
+    assert any("anisotropic" in line for line in w.ui.logTextEdit.lines)
     node = getattr(w._parameterNode, role)
     if role == "outputSegmentation":
         node = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
