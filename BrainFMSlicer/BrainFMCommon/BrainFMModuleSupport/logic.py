@@ -192,6 +192,26 @@ class BrainFMLogicBase(ModelLogicMixin, ScriptedLoadableModuleLogic):
         slicerVersion = getattr(slicer.app, "applicationVersion", "?") if hasattr(slicer, "app") else "?"
         return f"3D Slicer: {slicerVersion}\n" + format_diagnostics(info)
 
+    # -- results of earlier runs -------------------------------------------------------------------
+    def loadResults(self, caseFolder: str, *, inputVolume=None, inputPath: Optional[str] = None) -> Any:
+        """Load a case folder of ``brainfm run`` (e.g. a case of a command-line batch to review): the scan
+        it was made from and all its results, placed on the scan, the segmentation with FreeSurfer names
+        and colours (``BrainFMSceneLib.case_folders.load_case_folder``).
+
+        :param caseFolder: ``out/<case>`` (or an output folder holding one case).
+        :param inputVolume: the scan's volume node when it is already loaded.
+        :param inputPath: the scan's file when it has moved since the run (default: the recorded path).
+        :return: ``LoadedCase``: ``.input_node`` and ``.results.nodes`` (output key -> node).
+
+        >>> case = BrainFMSegmentationLogic().loadResults("out/sub-07")  # doctest: +SKIP
+        """
+        from BrainFMSceneLib.case_folders import load_case_folder
+
+        loaded = load_case_folder(slicer.mrmlScene, caseFolder, input_node=inputVolume, input_path=inputPath)
+        self.log(f"BrainFM: loaded {len(loaded.results.nodes)} results of '{loaded.input_node.GetName()}' "
+                 f"from {caseFolder}")
+        return loaded
+
     # -- run ---------------------------------------------------------------------------------------
     def run(self, inputVolume, *, tasks: Sequence[str], outputs: Dict[str, Any], create: Sequence[str] = (),
             keys: Optional[Dict[str, str]] = None, device: str = "auto", quality: str = "full",
