@@ -16,7 +16,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase
+from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase, InputError
 import BrainFMModuleSupport.testing
 
 
@@ -125,6 +125,31 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
             model=p.modelId or "default", segMethod=METHOD_CHOICES.get(p.method, "auto"),
             **self.gridOptions(p),
             waitForCompletion=False, progressCallback=self.onProgress)
+
+    def setup(self) -> None:
+        BrainFMWidgetBase.setup(self)
+        self.ui.loadCaseButton.connect("clicked(bool)", lambda _checked=False: self.onLoadCase())
+
+    def onLoadCase(self) -> bool:
+        """Load the case folder of the *Batch case* field (:meth:`BrainFMLogicBase.loadResults`) and show it
+        as a run's results are shown: the scan in the views, the segmentation over it, the nodes selected."""
+        folder = str(self.ui.caseFolderPathLineEdit.currentPath or "").strip()
+
+        def load() -> None:
+            if not folder:
+                raise InputError("Choose a case folder of a brainfm batch first (out/<case>).")
+            case = self.logic.loadResults(folder)
+            p = self._parameterNode or self.logic.getParameterNode()
+            p.inputVolume = case.input_node
+            nodes = case.results.nodes
+            if nodes.get("seg") is not None:
+                p.outputSegmentation = nodes["seg"]
+                self.ui.segmentationShow3DButton.setSegmentationNode(nodes["seg"])
+            if nodes.get("seg_volumes") is not None:
+                p.outputTable = nodes["seg_volumes"]
+            slicer.util.setSliceViewerLayers(background=case.input_node, fit=True)
+
+        return self.runWithErrorDisplay(_("Could not load the case."), load)
 
     def showResults(self, run: BrainFMRun) -> None:
         BrainFMWidgetBase.showResults(self, run)

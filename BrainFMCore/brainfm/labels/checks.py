@@ -69,5 +69,5 @@ def volume_checks(volumes: Mapping[int, float]) -> List[str]:
                          f"(expected {lo:g}-{hi:g})")
     total = sum(vol.values()) / 1000.0
     if vol and not TOTAL_CM3[0] <= total <= TOTAL_CM3[1]:
-        found.append(f"labelled volume {total:.0f} cm³ (expected {TOTAL_CM3[0]:g}-{TOTAL_CM3[1]:g} cm³)")
+        found.append(f"labelled volume {total:.0f} cm3 (expected {TOTAL_CM3[0]:g}-{TOTAL_CM3[1]:g} cm3)")
     return found

@@ -364,13 +364,13 @@ def test_a_batch_gathers_every_case_s_structure_volumes_into_one_table(tmp_path,
     assert "structure volumes of every case" in err and "seg_volumes_all.csv" in err
     code, _, err = _run(base[:1] + [str(scans)] + base[1:], capsys)  # a: skipped, b: done
     assert code == 0, err
-    with open(out / "seg_volumes_all.csv", newline="") as f:
+    with open(out / "seg_volumes_all.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ["a", "b"]
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     assert all(r["model_sha256"] == sha and r["output_frame"] == "input" for r in rows)
     for r in rows:
-        with open(out / r["case"] / "seg_volumes.csv", newline="") as f:
+        with open(out / r["case"] / "seg_volumes.csv", newline="", encoding="utf-8") as f:
             own = {v["name"]: float(v["volume_mm3"]) for v in csv.DictReader(f)}
         info = ("case", "model", "model_sha256", "seg_method", "output_frame", "checks", "Labelled-Total")
         structures = {k: float(v) for k, v in r.items() if k not in info}
@@ -384,7 +384,7 @@ def test_a_batch_gathers_every_case_s_structure_volumes_into_one_table(tmp_path,
     # the same table from the command, to any file; a folder without segmented cases is refused
     code, stdout, err = _run(["volumes", str(out), "-o", str(tmp_path / "all.csv")], capsys)
     assert code == 0 and "(2 cases)" in stdout, err
-    assert (tmp_path / "all.csv").read_text() == (out / "seg_volumes_all.csv").read_text()
+    assert (tmp_path / "all.csv").read_bytes() == (out / "seg_volumes_all.csv").read_bytes()
     (tmp_path / "empty").mkdir()
     code, _, err = _run(["volumes", str(tmp_path / "empty")], capsys)
     assert code == 2 and "no case folder with structure volumes" in err

@@ -28,7 +28,7 @@ def test_a_plausible_brain_passes_and_each_failure_is_named():
     assert found[0].startswith("Left-Cerebellum-White-Matter, Left-Cerebellum-Cortex, Right-Cerebellum-White-Matter")
     assert not any("ratio" in f for f in found)  # both sides empty: said once, as missing
     tiny = {k: v / 20 for k, v in vols.items()}  # e.g. voxel sizes in cm read as mm
-    assert volume_checks(tiny) == [f"labelled volume {sum(tiny.values()) / 1000:.0f} cm³ (expected 300-2500 cm³)"]
+    assert volume_checks(tiny) == [f"labelled volume {sum(tiny.values()) / 1000:.0f} cm3 (expected 300-2500 cm3)"]
     lo, hi = RATIO_RANGE
     assert volume_checks({**vols, 8: lo * vols[47]}) == [] and volume_checks({**vols, 8: hi * vols[47]}) == []
 

@@ -54,7 +54,7 @@ def test_a_case_of_a_batch_opens_on_its_scan(scene, batch):
     rows = {r["name"]: r["volume_mm3"] for r in table_rows(nodes["seg_volumes"])}
     import csv
 
-    with open(case / "seg_volumes.csv", newline="") as f:
+    with open(case / "seg_volumes.csv", newline="", encoding="utf-8") as f:
         written = {r["name"]: float(r["volume_mm3"]) for r in csv.DictReader(f) if float(r["volume_mm3"]) > 0}
     assert {k: v for k, v in rows.items() if v} == pytest.approx(written, rel=1e-4)
 

@@ -340,3 +340,32 @@ def test_slices_thicker_than_10_mm_are_refused_until_allowed(module, scene, tmp_
     if role == "outputSegmentation":
         node = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
     np.testing.assert_allclose(ijk_to_ras(node), ijk_to_ras(w._parameterNode.inputVolume), atol=1e-6)
+
+
+def test_segmentation_module_loads_a_case_of_a_command_line_batch(scene, tmp_path, monkeypatch):
+    """'Batch case' + Load: the case's scan becomes the input, its segmentation and volume table the
+    outputs; no folder chosen, or a folder that is no case, is said and changes nothing."""
+    from fixtures import GEOMETRY_CASES
+
+    from brainfm.cli.main import main
+    from brainfm.io import write_volume
+
+    w, errors = module_widget("BrainFMSegmentation", scene, tmp_path, monkeypatch,
+                              blob_head((22, 24, 20), GEOMETRY_CASES["ras"]), {"segmentation": 33},
+                              **METHOD_COMBOS["BrainFMSegmentation"][1])
+    scan = write_volume(blob_head((26, 28, 22), GEOMETRY_CASES["oblique"], seed=4), tmp_path / "in" / "sub-03.nii.gz")
+    assert main(["run", str(scan), "-o", str(tmp_path / "out"), "--model", w._parameterNode.modelId, "--device",
+                 "cpu", "--tasks", "seg", "--progress", "none", "--no-png"]) == 0
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    before = scene_nodes(scene)
+    for bad in ("", str(tmp_path / "in")):
+        w.ui.caseFolderPathLineEdit.currentPath = bad
+        assert w.onLoadCase() is False
+    assert len(errors) == 2 and "Choose a case folder" in errors[0] and "summary.json" in errors[1], errors
+    assert scene_nodes(scene) == before
+    w.ui.caseFolderPathLineEdit.currentPath = str(tmp_path / "out" / "sub-03")
+    assert w.onLoadCase() is True
+    p = w._parameterNode
+    assert p.inputVolume.GetName() == "sub-03" and p.outputSegmentation.IsA("vtkMRMLSegmentationNode")
+    assert p.outputTable.IsA("vtkMRMLTableNode") and p.outputTable.GetNumberOfRows() > 0
+    assert any("loaded" in line for line in w.ui.logTextEdit.lines)
