@@ -144,17 +144,20 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
             nodes = case.results.nodes
             if nodes.get("seg") is not None:
                 p.outputSegmentation = nodes["seg"]
-                self.ui.segmentationShow3DButton.setSegmentationNode(nodes["seg"])
             if nodes.get("seg_volumes") is not None:
                 p.outputTable = nodes["seg_volumes"]
-            slicer.util.setSliceViewerLayers(background=case.input_node, fit=True)
+            self._show(case.input_node, nodes.get("seg"))
 
         return self.runWithErrorDisplay(_("Could not load the case."), load)
 
     def showResults(self, run: BrainFMRun) -> None:
         BrainFMWidgetBase.showResults(self, run)
-        self.ui.segmentationShow3DButton.setSegmentationNode(run.outputs.get("outputSegmentation"))
-        slicer.util.setSliceViewerLayers(background=run.inputVolume, fit=True)
+        self._show(run.inputVolume, run.outputs.get("outputSegmentation"))
+
+    def _show(self, volume, segmentation) -> None:
+        """The scan in the slice views, its segmentation (or none) behind the 3D button."""
+        self.ui.segmentationShow3DButton.setSegmentationNode(segmentation)
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
 
 
 class BrainFMSegmentationTest(BrainFMModuleSupport.testing.BrainFMTestBase):

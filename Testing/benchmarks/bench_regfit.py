@@ -28,13 +28,6 @@ from benchcommon import emit, parser
 DEMONS = ({}, {"iterations": 15}, {"iterations": 60}, {"grid_mm": 3.0}, {"smoothing": 1.5})
 
 
-def _world(volume: Any) -> np.ndarray:
-    """(X, Y, Z, 3) RAS mm of every voxel of ``volume``."""
-    aff = np.asarray(volume.affine, np.float32)
-    ijk = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in volume.shape], indexing="ij")
-    return np.stack([aff[r, 0] * ijk[0] + aff[r, 1] * ijk[1] + aff[r, 2] * ijk[2] + aff[r, 3] for r in range(3)], -1)
-
-
 def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="regfit.json", repeats=1)
     args = ap.parse_args(argv)
@@ -44,12 +37,13 @@ def main(argv: List[str]) -> int:
     from brainfm.inference import Predictor
     from brainfm.inference.preprocess import load_image
     from brainfm.tasks import regfit
+    from brainfm.tasks.registration import world_points
     from brainfm.volume import Volume
 
     data = Path(args.data)
     lab_a, lab_b, img_a, img_b = held_out_pair(data)
     atlas = load_image(datasets.data_path(data, "atlas"))
-    worlds = (_world(img_a), _world(img_b))
+    worlds = tuple(world_points(img.affine, img.shape) for img in (img_a, img_b))
     masks = (np.asarray(img_a.data) > 0, np.asarray(img_b.data) > 0)
     rows: List[Dict[str, Any]] = []
     for flip in (True, False):

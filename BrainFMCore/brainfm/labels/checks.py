@@ -21,6 +21,7 @@ On the six real scans of the development data (T1, T2, FLAIR, whole-head T1, cli
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: left/right pairs whose volume ratio is checked: cerebral white matter, cerebral cortex, cerebellar cortex
@@ -40,12 +41,13 @@ def lr_ratios(volumes: Mapping[int, float], *, pairs: Sequence[Tuple[int, int]] 
             for left, right in pairs}
 
 
-def _expected() -> List[int]:
+@lru_cache(maxsize=1)
+def _expected() -> Tuple[int, ...]:
     """FreeSurfer numbers (left, right, midline) of the 17 evaluation classes."""
     from brainfm.labels.volumes import EVAL17_FS, merge_hemispheres
 
     values = list(range(256))
-    return [v for v, m in zip(values, merge_hemispheres(values)) if int(m) in EVAL17_FS]
+    return tuple(v for v, m in zip(values, merge_hemispheres(values)) if int(m) in EVAL17_FS)
 
 
 def volume_checks(volumes: Mapping[int, float]) -> List[str]:

@@ -69,12 +69,19 @@ def fitted_raw(ctx: TaskContext) -> np.ndarray:
         raise ValueError("the atlas template's segmentation is not available")
     scan = Volume(decide(ctx).labels_out(np.int16), ctx.out_affine)
     amap = fit_atlas_map(scan, ctx.atlas_labels)
-    shape = tuple(int(n) for n in np.asarray(ctx.net_image).shape)
-    aff = np.asarray(ctx.net_affine, np.float32)
-    ijk = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-    pts = np.stack([aff[r, 0] * ijk[0] + aff[r, 1] * ijk[1] + aff[r, 2] * ijk[2] + aff[r, 3] for r in range(3)], -1)
-    coords = amap(pts)
+    coords = amap(world_points(ctx.net_affine, np.asarray(ctx.net_image).shape))
     return np.ascontiguousarray(np.moveaxis(coords, -1, 0) / np.float32(REG_SCALE))
+
+
+def world_points(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """RAS mm of every voxel of a grid, ``(X, Y, Z, 3)`` float32: where a map to the atlas is evaluated.
+
+    >>> world_points(np.diag([2.0, 1.0, 1.0, 1.0]), (2, 1, 1))[:, 0, 0].tolist()
+    [[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
+    """
+    aff = np.asarray(affine, np.float32)
+    ijk = np.meshgrid(*[np.arange(int(n), dtype=np.float32) for n in shape[:3]], indexing="ij")
+    return np.stack([aff[r, 0] * ijk[0] + aff[r, 1] * ijk[1] + aff[r, 2] * ijk[2] + aff[r, 3] for r in range(3)], -1)
 
 
 def _reg_raw(ctx: TaskContext) -> np.ndarray:

@@ -37,13 +37,14 @@ class LoadedCase:
     results: ImportedResults
 
 
-def case_input_path(case_dir: PathLike) -> Path:
-    """The scan a case folder was made from, as its ``summary.json`` records it (``input.path``).
+def case_input_path(case_dir: PathLike, *, summary: Optional[dict] = None) -> Path:
+    """The scan a case folder was made from, as its ``summary.json`` records it (``input.path``;
+    ``summary``: that file, when already read).
 
     Raises :class:`InputError` naming the folder when the summary does not say.
     """
     folder = find_case_dir(case_dir)
-    recorded = (read_summary(folder).get("input") or {}).get("path")
+    recorded = ((read_summary(folder) if summary is None else summary).get("input") or {}).get("path")
     if not recorded:
         raise InputError(f"{folder / 'summary.json'} does not name the scan the case was made from; "
                          "give the scan (input_path=) or its volume node (input_node=)")
@@ -65,14 +66,14 @@ def load_case_folder(scene: Any, case_dir: PathLike, *, input_node: Any = None,
     folder = find_case_dir(case_dir)
     created = None
     if input_node is None:
-        path = Path(input_path) if input_path is not None else case_input_path(folder)
+        summary = read_summary(folder)
+        path = Path(input_path) if input_path is not None else case_input_path(folder, summary=summary)
         if path.is_dir():
             raise InputError(f"the case was made from the DICOM folder {path}: load the series in Slicer (DICOM "
                              "module) and pass its volume node as input_node")
         if not path.is_file():
             raise InputError(f"the scan of case {folder.name} is not at {path} (moved or on another computer); "
                              "give its new place (input_path=) or its volume node (input_node=)")
-        summary = read_summary(folder)
         created = input_node = import_volume_file(scene, path, name=str(summary.get("case") or folder.name))
     try:
         results = import_results(scene, folder, input_node)
