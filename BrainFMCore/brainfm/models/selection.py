@@ -123,12 +123,11 @@ def quality_text(quality: Optional[Dict[str, Any]]) -> str:
     followed by ``; bias field fitted to the segmentation`` and ``; registration fitted to the
     segmentations`` when its measured quality says the head of that task is not reliable
     (:func:`brainfm.models.quality.unreliable_tasks`)."""
-    if not quality or not quality.get("level"):
-        return "unmeasured"
-    text = quality_label(quality) or str(quality.get("level"))
-    if "bias" in unreliable_tasks(quality):
+    q = quality or {}
+    text = (quality_label(q) or str(q["level"])) if q.get("level") else "unmeasured"
+    if "bias" in unreliable_tasks(q):
         text += "; bias field fitted to the segmentation"
-    if "reg" in unreliable_tasks(quality):
+    if "reg" in unreliable_tasks(q):
         text += "; registration fitted to the segmentations"
     return text
 

@@ -239,7 +239,8 @@ def _inspect(path: Path, progress: Progress, cancel: Any) -> Dict[str, Any]:
                                    cancel=cancel)
     loaded = load_model(path, expected_sha256=digest, map_location="meta")
     info = loaded.info
-    return {**_describe_loaded(info, tasks_for_heads(loaded.net.head_names)), "sha256": info.sha256}
+    tasks = tasks_for_heads(loaded.net.head_names, voxel_mm=float(getattr(info, "voxel_mm", 1.0) or 1.0))
+    return {**_describe_loaded(info, tasks), "sha256": info.sha256}
 
 
 def _copy_verified(src: Path, dest: Path, sha256: str, progress: Progress, cancel: Any,

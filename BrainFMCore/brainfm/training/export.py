@@ -54,10 +54,13 @@ def trained_test_time_flip(cfg: Any) -> bool:
 def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any = None, step: int = 0,
                   name: Optional[str] = None, label_scheme: Optional[str] = None, dtype: str = "fp32",
                   provenance: Optional[Dict[str, Any]] = None, output_units: Optional[Dict[str, Any]] = None,
-                  ) -> Path:
+                  inherit: Optional[Dict[str, Any]] = None) -> Path:
     """Save ``model`` (a BrainFMNet, possibly DDP-wrapped) as ``<out_dir>/<name>.safetensors + .json``.
 
-    ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load).
+    ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load). ``inherit``: fields of
+    the description taken as given instead of from ``cfg`` (``voxel_mm``, ``input_antialias``,
+    ``test_time_flip``, ``output_units``, ``atlas``, ``quality``; ``provenance`` is added to), e.g. a
+    fine-tuned model's base (:func:`brainfm.training.finetune.inherited_info`).
     Returns the weights path.
     """
     from brainfm.models import save_native
@@ -73,12 +76,16 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
     if cfg is not None:
         prov["train_config"] = cfg.to_dict()
     prov.update(provenance or {})
+    given = dict(inherit or {})
+    prov.update(given.pop("provenance", None) or {})
+    fields: Dict[str, Any] = {
+        "atlas": None, "quality": {}, "output_units": dict(output_units or BRAINFM_OUTPUT_UNITS),
+        "voxel_mm": float(cfg.model.voxel_mm) if cfg is not None else 1.0,
+        "input_antialias": trained_input_antialias(cfg.model.voxel_mm) if cfg is not None else True,
+        "test_time_flip": trained_test_time_flip(cfg) if cfg is not None else False}
+    fields.update({k: v for k, v in given.items() if k in fields and v not in (None, {})})
     info = ModelInfo(name=name, version=f"step{int(step)}", format="native", sha256="", config=net.config,
-                     label_scheme=scheme, atlas=None, provenance=prov,
-                     output_units=dict(output_units or BRAINFM_OUTPUT_UNITS),
-                     voxel_mm=float(cfg.model.voxel_mm) if cfg is not None else 1.0,
-                     input_antialias=trained_input_antialias(cfg.model.voxel_mm) if cfg is not None else True,
-                     test_time_flip=trained_test_time_flip(cfg) if cfg is not None else False)
+                     label_scheme=scheme, provenance=prov, **fields)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights, _json = save_native(net, out / name, info=info, fp16=dtype == "fp16")
@@ -87,7 +94,8 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
 
 def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], *, dtype: str = "fp32") -> Tuple[Path, int]:
     """Export the network of a training checkpoint (a checkpoint folder, or a run folder: its latest
-    checkpoint) with the configuration it was trained with; returns ``(weights path, step)``.
+    checkpoint) with the configuration it was trained with (and, for a fine-tuning run, what the model
+    keeps of its base); returns ``(weights path, step)``.
     :class:`~brainfm.errors.CheckpointError` when there is no checkpoint."""
     from brainfm.errors import CheckpointError
     from brainfm.training.restore import find_checkpoint, model_from_checkpoint
@@ -97,4 +105,5 @@ def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], *
         raise CheckpointError(f"no training checkpoint in {checkpoint}")
     net, cfg, meta = model_from_checkpoint(found)
     step = int(meta["step"])
-    return export_native(net, out_dir, cfg=cfg, step=step, dtype=dtype), step
+    inherit = (meta.get("extra") or {}).get("export_info")  # a fine-tuned model's base (Trainer export_info)
+    return export_native(net, out_dir, cfg=cfg, step=step, dtype=dtype, inherit=inherit), step

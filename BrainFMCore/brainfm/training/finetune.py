@@ -1,8 +1,8 @@
 """Fine-tuning a pretrained BrainFM / Brain-ID model on real images with labels or target images.
 
 Modes: ``head`` (one-layer adaptation: frozen backbone, new 1x1x1 head; the model keeps its other
-heads), ``encoder`` (frozen encoder, decoder + new head trained), ``full`` (everything trained; the
-other heads are dropped because the features change). The result is a native model
+heads, which give the same results as the base's), ``encoder`` (frozen encoder, decoder + new head
+trained), ``full`` (everything trained; the other heads are dropped because the features change). The result is a native model
 (``<out>/model/<name>.safetensors + .json``) with its label scheme, usable by ``brainfm run`` and the
 Slicer modules.
 
@@ -91,12 +91,87 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     return net
 
 
-def _load_pair(image: Path, target: Path, task: str, scheme: Any) -> Tuple[np.ndarray, np.ndarray]:
-    from brainfm.geometry import resample_to_grid, to_network_frame
+#: measured reliability of a head (``ModelInfo.quality``) that a head-mode fine-tune keeps unchanged
+KEPT_QUALITY = {"bias_field_log": "bias_applied_corr", "registration": "reg_carried_dice17"}
+
+
+def inherited_info(info: Any, *, mode: str, head: str) -> Dict[str, Any]:
+    """What a model fine-tuned from a base described by ``info`` (:class:`brainfm.models.ModelInfo`)
+    keeps of it: how inputs reach the network (``voxel_mm``, ``input_antialias``), the test-time flip,
+    the meaning of its outputs (``output_units``, ``atlas``) and, in mode ``head`` (every other head
+    unchanged), the measured reliability of the heads it did not retrain. Its segmentation quality is
+    not kept: the fine-tuned head has not been measured. The base's identity goes to ``provenance``.
+
+    >>> from brainfm.models import ModelConfig, ModelInfo
+    >>> base = ModelInfo(name="compact", version="s1", format="native", sha256="ab", config=ModelConfig(),
+    ...                  voxel_mm=2.0, input_antialias=False, test_time_flip=True,
+    ...                  quality={"level": "release", "bias_applied_corr": 0.04})
+    >>> kept = inherited_info(base, mode="head", head="segmentation")
+    >>> kept["voxel_mm"], kept["input_antialias"], kept["quality"], kept["provenance"]["base_model"]["name"]
+    (2.0, False, {'bias_applied_corr': 0.04}, 'compact')
+    """
+    quality = dict(getattr(info, "quality", None) or {})
+    kept = {key: quality[key] for h, key in KEPT_QUALITY.items() if mode == "head" and h != head and key in quality}
+    return {
+        "voxel_mm": float(getattr(info, "voxel_mm", 1.0) or 1.0),
+        "input_antialias": bool(getattr(info, "input_antialias", True)),
+        "test_time_flip": bool(getattr(info, "test_time_flip", False)),
+        "output_units": dict(getattr(info, "output_units", None) or {}),
+        "atlas": getattr(info, "atlas", None),
+        "quality": kept,
+        "provenance": {"base_model": {k: getattr(info, k, None) for k in ("name", "version", "format", "sha256")},
+                       "fine_tuning_mode": mode},
+    }
+
+
+def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, scheme: Any, base_scheme: Any) -> int:
+    """Start each class of ``net``'s new ``head`` from the class of ``base``'s head with the same label
+    (FreeSurfer number), so that fine-tuning adapts what the base knows instead of learning every class
+    anew; the other classes keep their initial weights. Returns how many classes were carried (0 when
+    the base has no such 1x1x1 head or a scheme is unknown).
+
+    >>> from brainfm.labels import get_scheme
+    >>> from brainfm.models import BrainFMNet, ModelConfig
+    >>> base = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 33}))
+    >>> net = build_finetune_model(base, head="segmentation", channels=33)
+    >>> carry_classes(net, base, head="segmentation", scheme=get_scheme("brainid33"), base_scheme=get_scheme("fs33"))
+    31
+    >>> key = "head.final_conv_segmentation.weight"
+    >>> w, old = net.state_dict()[key], base.state_dict()[key]
+    >>> bool((w[7] == old[1]).all())   # brainid33's class 7 and fs33's class 1: cerebral white matter (2)
+    True
+    """
+    key = f"head.final_conv_{head}."
+    old, new = base.state_dict(), net.state_dict()
+    w, b = old.get(key + "weight"), old.get(key + "bias")
+    if (w is None or b is None or scheme is None or base_scheme is None or key + "weight" not in new
+            or tuple(w.shape[1:]) != tuple(new[key + "weight"].shape[1:])):
+        return 0
+    row = {int(v): i for i, v in enumerate(base_scheme.fs_values) if i < w.shape[0]}
+    carried = 0
+    with torch.no_grad():
+        for c, v in enumerate(scheme.fs_values):
+            i = row.get(int(v))
+            if i is not None:
+                new[key + "weight"][c].copy_(w[i])
+                new[key + "bias"][c].copy_(b[i])
+                carried += 1
+    return carried
+
+
+def _load_pair(image: Path, target: Path, task: str, scheme: Any, *, voxel_mm: float = 1.0,
+               antialias: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """``image`` as the model sees it at inference (:func:`brainfm.inference.preprocess.prepare`:
+    normalised, the CT window for CT, on the model's ``voxel_mm`` grid, cropped to the head) and
+    ``target`` on that grid (labels: channel indices of ``scheme``; images: min-max normalised)."""
+    from brainfm.geometry import resample_to_grid
+    from brainfm.inference.preprocess import prepare
     from brainfm.io import read_volume
 
-    img = read_volume(image)
-    net, _ = to_network_frame(img, crop_foreground=True)
+    try:
+        net = prepare(image, spacing=voxel_mm, antialias=antialias, allow_anisotropic=True).net
+    except InputError as exc:
+        raise InputError(str(exc) if str(image) in str(exc) else f"{image}: {exc}") from None
     tv = read_volume(target)
     if task == "seg":
         lab = resample_to_grid(tv, net.affine, net.shape, order="nearest").data
@@ -117,19 +192,16 @@ def _load_pair(image: Path, target: Path, task: str, scheme: Any) -> Tuple[np.nd
         if hi <= lo:
             raise InputError(f"target image {target} is constant")
         tgt = (t - lo) / (hi - lo)
-    x = net.data.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        raise InputError(f"image {image} is constant")
-    return (x - lo) / (hi - lo), tgt
+    return np.asarray(net.data, np.float32), tgt
 
 
 class PairedSource:
-    """Random crops of real image/target pairs (network frame, 1 mm RAS), with a random gamma."""
+    """Random crops of real image/target pairs on the model's grid (network frame, RAS, ``voxel_mm``),
+    with a random gamma."""
 
     def __init__(self, pairs: Sequence[Tuple[Path, Path]], *, task: str = "seg", target_key: str = "segmentation",
                  label_scheme: str = "fs33", size: int = 96, n_samples: int = 2, device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, n_val: int = 0) -> None:
+                 seed: int = 0, n_val: int = 0, voxel_mm: float = 1.0, antialias: bool = True) -> None:
         from brainfm.labels import get_scheme
 
         if not pairs:
@@ -137,7 +209,7 @@ class PairedSource:
         self.task, self.key, self.size, self.n, self.seed = task, target_key, int(size), int(n_samples), int(seed)
         self.device = torch.device(device)
         scheme = get_scheme(label_scheme) if task == "seg" else None
-        data = [_load_pair(a, b, task, scheme) for a, b in pairs]
+        data = [_load_pair(a, b, task, scheme, voxel_mm=voxel_mm, antialias=antialias) for a, b in pairs]
         n_val = min(int(n_val), len(data) - 1)
         self._train = data[: len(data) - n_val]
         self._val = data[len(data) - n_val:] if n_val else []
@@ -196,6 +268,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
     ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
     1-channel image head (``head``, default ``T1``) regressing min-max normalised target images.
+    The images are prepared as the model prepares them at inference, on its grid (a 2 mm model
+    trains and predicts on 2 mm), and the fine-tuned model keeps what its base says about its inputs
+    and outputs (:func:`inherited_info`; a bare network as ``base_model``: 1 mm, the defaults). A new
+    segmentation head starts from the base's classes of the same labels (:func:`carry_classes`).
     """
     from brainfm.labels import get_scheme
     from brainfm.training.config import TrainConfig, apply_overrides
@@ -203,16 +279,30 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
     if task not in ("seg", "image"):
         raise InputError(f"unknown fine-tuning task {task!r} (seg or image)")
+    info: Any = None
     if isinstance(base_model, torch.nn.Module):
         base = base_model
     else:
         from brainfm.models import load_model
         from brainfm.models.registry import resolve_model
 
-        base = load_model(resolve_model(str(base_model))).net
+        base, info = load_model(resolve_model(str(base_model)))
     head = head or ("segmentation" if task == "seg" else "T1")
     channels = get_scheme(label_scheme).n_channels if task == "seg" else 1
     net = build_finetune_model(base, head=head, channels=channels, mode=mode)
+    if task == "seg":
+        from brainfm.labels import decide_scheme
+
+        base_channels = base.head.channels().get(head)
+        try:
+            base_scheme = (decide_scheme(getattr(info, "label_scheme", None), n_channels=base_channels)
+                           if base_channels else None)
+        except InputError:
+            base_scheme = None
+        carry_classes(net, base, head=head, scheme=get_scheme(label_scheme), base_scheme=base_scheme)
+    keep = inherited_info(info, mode=mode, head=head) if info is not None else {}
+    voxel_mm = float(keep.get("voxel_mm", 1.0))
+    antialias = bool(keep.get("input_antialias", True))
     pairs = pair_folder(data_folder, task=task)
     c = net.config
     heads_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in c.heads.items()) + "}"
@@ -222,6 +312,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
         f"model.head_hidden={hidden_yaml}", f"model.refine={list(c.refine)}",
         f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
+        f"model.voxel_mm={voxel_mm}",
         f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
         "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",
         f"run.device={device}", f"run.seed={seed}", "run.ckpt_every=100", "run.log_every=5",
@@ -234,9 +325,11 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     dev = select_device(device, DistInfo.from_env())
     key = "segmentation" if task == "seg" else (head if cfg.loss.objective == "brainfm" else "T1")
     source = PairedSource(pairs, task=task, target_key=key, label_scheme=label_scheme, size=size,
-                          n_samples=n_samples, device=dev, seed=seed, n_val=n_val if len(pairs) > 1 else 0)
+                          n_samples=n_samples, device=dev, seed=seed, n_val=n_val if len(pairs) > 1 else 0,
+                          voxel_mm=voxel_mm, antialias=antialias)
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
-    trainer = Trainer(cfg, source=source, model=net, resume=resume, progress=progress, cancel=cancel)
+    trainer = Trainer(cfg, source=source, model=net, resume=resume, progress=progress, cancel=cancel,
+                      export_info=keep)
     res = trainer.fit()
     return FinetuneResult(res.native_model, res.checkpoint, res.step, res.val, res.losses)

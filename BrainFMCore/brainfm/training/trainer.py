@@ -90,13 +90,16 @@ def architecture_of(cfg: TrainConfig) -> Dict[str, Any]:
 class Trainer:
     """Runs ``cfg`` on ``source``; ``resume`` is ``"auto"`` (latest checkpoint of the run, if any),
     ``"none"`` or a checkpoint folder. ``init_from`` loads weights only (e.g. continue from a native
-    model or another run) when there is nothing to resume."""
+    model or another run) when there is nothing to resume. ``export_info``: fields of the exported
+    model's description that come from elsewhere than ``cfg`` (a fine-tuned model's base:
+    :func:`brainfm.training.finetune.inherited_info`)."""
 
     def __init__(self, cfg: TrainConfig, *, source: Any, model: Optional[torch.nn.Module] = None,
                  resume: str = "auto", init_from: Optional[str] = None,
                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                 info: Optional[D.DistInfo] = None) -> None:
+                 info: Optional[D.DistInfo] = None, export_info: Optional[Dict[str, Any]] = None) -> None:
         self.cfg, self.source, self.resume, self.init_from = cfg, source, resume, init_from
+        self.export_info = dict(export_info or {})
         self.progress, self.cancel = ensure_callback(progress), cancel
         self.info = info or D.DistInfo.from_env()
         self._model = model
@@ -341,7 +344,8 @@ class Trainer:
                                         keep_last=r.keep_last, averaged=self.ema,
                                         extra={"world_size": self.info.world_size,
                                                "cpu_seconds": round(self.cpu_seconds(), 1),
-                                               "gpu_seconds": round(self.gpu_seconds(), 1)})
+                                               "gpu_seconds": round(self.gpu_seconds(), 1),
+                                               **({"export_info": self.export_info} if self.export_info else {})})
         D.barrier()
         return path
 
@@ -366,4 +370,4 @@ class Trainer:
         from brainfm.training.export import export_native
 
         return export_native(model, self.out_dir / "model", cfg=self.cfg, step=step,
-                             dtype=self.cfg.run.export_dtype)
+                             dtype=self.cfg.run.export_dtype, inherit=self.export_info)

@@ -32,8 +32,10 @@ def files(tmp_path_factory):
     ckpt_factory.write_official(d / "brainfm_pretrained.pth")
     ckpt_factory.write_official(d / "other_official.pth", seed=5)
     ckpt_factory.write_brainid(d / "brain_id_pretrained.pth")
-    ckpt_factory.write_native(d / "finetuned", info={"name": "my-finetuned", "voxel_mm": 2.0,
-                                                    "quality": {"level": "preview", "real_t1_dice17": 0.734}})
+    ckpt_factory.write_native(d / "finetuned", heads={"T1": 1, "high_res_residual": 1, "segmentation": 33,
+                                                     "distance": 4},
+                              info={"name": "my-finetuned", "voxel_mm": 2.0,
+                                    "quality": {"level": "preview", "real_t1_dice17": 0.734}})
     ckpt_factory.write_forbidden_pickle(d / "evil.pth")
     (d / "garbage.pth").write_bytes(os.urandom(4096))
     return d
@@ -81,7 +83,7 @@ def test_add_native_and_brainid_keep_their_description(home, files):
     native = store.add_model(files / "finetuned.json")  # the sidecar path works too
     assert native.name == "my-finetuned" and native.format == "native" and native.voxel_mm == 2.0
     assert native.quality == {"level": "preview", "real_t1_dice17": 0.734} and native.label_scheme == "fs33"
-    assert native.sidecar.is_file() and native.tasks == ["t1", "seg", "dist", "feat"]
+    assert native.sidecar.is_file() and native.tasks == ["t1", "seg", "dist", "feat"]  # no 1 mm "sr" at 2 mm
     assert load_model(registry.resolve_model("my-finetuned")).info.name == "my-finetuned"
     bid = store.add_model(files / "brain_id_pretrained.pth")
     assert bid.name == "brainid" and bid.format == "brainid" and bid.heads == {"image": 1}

@@ -532,6 +532,9 @@ def test_quality_measures_the_registration_head_and_the_text_says_when_it_is_fit
     assert "reg_carried_dice17" not in measure_quality(p, data_root, heldout=False, bias=False, registration=False)
     assert unreliable_tasks({"reg_carried_dice17": REG_USABLE_DICE - 0.01}) == ["reg"]
     assert unreliable_tasks({"reg_carried_dice17": REG_USABLE_DICE}) == []
+    # a fine-tuned model: its segmentation unmeasured, the heads it kept as reliable as its base's
+    assert quality_text({"bias_applied_corr": 0.04}) == "unmeasured; bias field fitted to the segmentation"
+    assert quality_text(None) == quality_text({}) == "unmeasured"
     assert quality_text({"level": "preview", "real_t1_dice17": 0.75, "bias_applied_corr": 0.1,
                          "reg_carried_dice17": 0.39}) == ("preview (merged-17 Dice 0.750 on a real T1); bias field "
                                                           "fitted to the segmentation; registration fitted to the "

@@ -88,3 +88,90 @@ def test_bad_fine_tuning_data(tmp_path, data_dir):
         finetune(_base(), data_dir, tmp_path / "y", steps=1, size=24, device="cpu")
     with pytest.raises(InputError, match="mode"):
         build_finetune_model(_base(), head="segmentation", channels=33, mode="decoder")
+
+
+def test_a_fine_tuned_model_works_on_its_base_s_grid_and_keeps_its_other_outputs(data_dir, tmp_path):
+    """A 2 mm base (like the bundled model): fine-tuning sees each image exactly as inference prepares it
+    on 2 mm, the fine-tuned model keeps the base's description (grid, filter, flip, output units,
+    atlas, the measured reliability of the heads it did not retrain), and those heads' results are the
+    base's, voxel for voxel."""
+    from brainfm.inference import Predictor
+    from brainfm.inference.preprocess import prepare
+    from brainfm.labels import get_scheme
+    from brainfm.models import save_native
+    from brainfm.training.finetune import _load_pair
+
+    base = _base()
+    units = {"images": "min-max [0,1] of the target contrast", "registration_scale": 100.0}
+    info = {"name": "toy-compact", "version": "s7", "voxel_mm": 2.0, "input_antialias": False,
+            "test_time_flip": True, "atlas": {"name": "gca"}, "output_units": units,
+            "quality": {"level": "release", "real_t1_dice17": 0.81, "bias_applied_corr": 0.04}}
+    weights, _ = save_native(base, tmp_path / "base" / "toy-compact", info=info)
+
+    image, labels = data_dir / "images" / "s0.nii.gz", data_dir / "labels" / "s0.nii.gz"
+    x, t = _load_pair(image, labels, "seg", get_scheme("fs33"), voxel_mm=2.0, antialias=False)
+    net = prepare(image, spacing=2.0, antialias=False).net
+    np.testing.assert_array_equal(x, net.data)  # what inference gives the network, 2 mm
+    assert t.shape == x.shape and set(np.unique(t)) <= set(range(33)) and len(np.unique(t)) > 2
+
+    res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", steps=3, size=16,
+                   n_samples=1, lr=0.01, device="cpu", name="toy-seg")
+    tuned = load_model(res.native_model).info
+    assert (tuned.voxel_mm, tuned.input_antialias, tuned.test_time_flip) == (2.0, False, True)
+    assert tuned.atlas == {"name": "gca"} and tuned.output_units == units
+    assert tuned.quality == {"bias_applied_corr": 0.04}  # the new head's quality is not the base's
+    assert tuned.provenance["base_model"]["name"] == "toy-compact"
+    assert tuned.provenance["base_model"]["sha256"] == load_model(weights).info.sha256
+    from brainfm.training.export import export_checkpoint
+
+    again, _ = export_checkpoint(tmp_path / "ft", tmp_path / "exported")  # later, from the run's checkpoint
+    kept = load_model(again).info
+    assert (kept.voxel_mm, kept.input_antialias, kept.atlas, kept.quality) == (2.0, False, {"name": "gca"},
+                                                                               {"bias_applied_corr": 0.04})
+
+    scan = blob_head(SHAPE, GEOMETRY_CASES["oblique"], seed=5)
+    a = Predictor.from_pretrained(str(weights), device="cpu").predict(scan, tasks=["t1"], synth_method="head")
+    b = Predictor.from_pretrained(str(res.native_model), device="cpu").predict(scan, tasks=["t1", "seg"],
+                                                                               synth_method="head")
+    assert b.metadata["model"]["voxel_mm"] == 2.0 and b["seg"].shape == scan.shape
+    np.testing.assert_allclose(np.asarray(b["synth_t1"].data), np.asarray(a["synth_t1"].data), atol=1e-6)
+    assert float(np.ptp(np.asarray(a["synth_t1"].data))) > 0
+
+
+def test_fine_tuning_prepares_a_ct_as_inference_does(tmp_path):
+    """A head CT in Hounsfield units trains on the CT window that inference applies, not on min-max HU."""
+    from brainfm.inference.preprocess import prepare
+    from brainfm.labels import get_scheme
+    from brainfm.training.finetune import _load_pair
+
+    aff = GEOMETRY_CASES["ras"]
+    img = blob_head(SHAPE, seed=2).data
+    hu = np.where(img > 1, 20.0 + img * 0.5, -1000.0)
+    hu[:3] = 1500.0  # bone far above the window
+    _write(tmp_path / "ct.nii.gz", hu.astype(np.int16), aff)
+    _write(tmp_path / "lab.nii.gz", label_head(SHAPE).astype(np.int16), aff)
+    x, _ = _load_pair(tmp_path / "ct.nii.gz", tmp_path / "lab.nii.gz", "seg", get_scheme("fs33"))
+    prep = prepare(tmp_path / "ct.nii.gz")
+    assert prep.ct_window
+    np.testing.assert_array_equal(x, prep.net.data)
+    assert float(np.median(x[x > 0])) > 0.3  # brain in the middle of the window, not squeezed near 0 by bone
+
+
+def test_a_new_segmentation_head_starts_from_the_base_s_classes_of_the_same_labels(data_dir, tmp_path):
+    from brainfm.labels import get_scheme
+    from brainfm.models import save_native
+
+    torch.manual_seed(1)
+    base = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, unit_feat=False,
+                                  heads={"image": 1, "segmentation": 33}))
+    weights, _ = save_native(base, tmp_path / "base" / "toy-seg", info={"name": "toy-seg", "label_scheme": "fs33"})
+    res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", label_scheme="brainid33",
+                   steps=1, size=16, n_samples=1, lr=1e-9, device="cpu")
+    tuned = load_model(res.native_model).net.state_dict()["head.final_conv_segmentation.weight"]
+    old = load_model(weights).net.state_dict()["head.final_conv_segmentation.weight"]
+    fs33, brainid = get_scheme("fs33").fs_values, get_scheme("brainid33").fs_values
+    for c, value in enumerate(brainid):
+        if value in fs33:  # the base's class of that label, barely moved by one tiny step
+            torch.testing.assert_close(tuned[c], old[fs33.index(value)], atol=1e-5, rtol=0)
+    new = [c for c, v in enumerate(brainid) if v not in fs33]
+    assert new and all(not torch.allclose(tuned[c], old[0], atol=1e-3) for c in new)
