@@ -2,9 +2,9 @@
 
 Modes: ``head`` (one-layer adaptation: frozen backbone, new 1x1x1 head; the model keeps its other
 heads, which give the same results as the base's), ``encoder`` (frozen encoder, decoder + new head
-trained), ``full`` (everything trained; the other heads are dropped because the features change). The result is a native model
-(``<out>/model/<name>.safetensors + .json``) with its label scheme, usable by ``brainfm run`` and the
-Slicer modules.
+trained), ``full`` (everything trained; the other heads are dropped because the features change). The
+result is a native model (``<out>/model/<name>.safetensors + .json``) with its label scheme, usable by
+``brainfm run`` and the Slicer modules.
 
 Data folder layout: ``<folder>/images/*`` with ``<folder>/labels/*`` (task ``seg``, FreeSurfer label
 numbers, mapped to the classes of ``label_scheme``) or ``<folder>/targets/*`` (task ``image``),
