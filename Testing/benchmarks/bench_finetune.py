@@ -10,7 +10,12 @@ Reported for the base model and the fine-tuned one: merged-17 Dice of the model'
 each works on; and how far an output that fine-tuning did not retrain, the synthetic T1, moved (largest
 absolute difference, the images being 0-1).
 
-    python Testing/benchmarks/bench_finetune.py [--steps 150]
+With ``--own-labels`` the labels are the user's own instead: 1 "Hippocampus" (both sides) and 2
+"Thalamus" (both sides), named by a FreeSurfer LUT (``--label-scheme`` a table); reported is the Dice
+of each on the held-out renderings (the base model's own hippocampus and thalamus labels, merged the
+same way, for comparison).
+
+    python Testing/benchmarks/bench_finetune.py [--steps 150] [--own-labels]
 """
 from __future__ import annotations
 
@@ -64,10 +69,37 @@ def score(predictor: Any, images: List[Any], truths: List[np.ndarray]) -> Dict[s
             "voxel_mm": float(predictor.voxel_mm), "t1": t1}
 
 
+OWN_LABELS = {1: ("Hippocampus", (17, 53)), 2: ("Thalamus", (10, 49))}
+
+
+def own(labels: np.ndarray) -> np.ndarray:
+    """The FreeSurfer labels as the user's own: ``OWN_LABELS``' values, 0 elsewhere."""
+    out = np.zeros(np.shape(labels), np.int16)
+    for value, (_name, fs) in OWN_LABELS.items():
+        out[np.isin(labels, fs)] = value
+    return out
+
+
+def own_dice(predictor: Any, images: List[Any], truths: List[np.ndarray], *, fs_labels: bool) -> Dict[str, float]:
+    """Held-out Dice of each own label (the predictions of a FreeSurfer model mapped with :func:`own`)."""
+    from brainfm.metrics import dice_per_label
+
+    scores: Dict[str, List[float]] = {name: [] for name, _ in OWN_LABELS.values()}
+    for img, truth in zip(images, truths):
+        seg = np.asarray(predictor.predict(img, tasks=["seg"])["seg"].data)
+        per = dice_per_label(own(seg) if fs_labels else seg, own(truth), labels=list(OWN_LABELS))
+        for value, (name, _fs) in OWN_LABELS.items():
+            scores[name].append(float(per[value]))
+    return {name: round(float(np.mean(v)), 4) for name, v in scores.items()}
+
+
 def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="finetune.json", repeats=1)
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
     args = ap.parse_args(argv)
+    if args.own_labels and args.out.endswith("finetune.json"):
+        args.out = args.out[: -len(".json")] + "_own_labels.json"
     import torch
 
     from brainfm.evaluation import datasets
@@ -80,7 +112,7 @@ def main(argv: List[str]) -> int:
     held = [datasets.load_labels(data, n) for n in datasets.held_out_names()]
     images, truths = [flair(v, rng) for v in held], [np.asarray(v.data) for v in held]
     base = Predictor.from_pretrained("bundled", device="cpu", threads=args.threads)
-    before = score(base, images, truths)
+    before = own_dice(base, images, truths, fs_labels=True) if args.own_labels else score(base, images, truths)
     with tempfile.TemporaryDirectory(prefix="brainfm-bench-ft-") as tmp:
         folder = Path(tmp) / "data"
         for sub in ("images", "labels"):
@@ -88,16 +120,25 @@ def main(argv: List[str]) -> int:
         for name in OWN:
             labels = own_labels(data, name)
             write_volume(flair(labels, rng), folder / "images" / f"{name}.nii.gz")
-            write_volume(labels, folder / "labels" / f"{name}.nii.gz")
+            write_volume(labels.with_data(own(labels.data)) if args.own_labels else labels,
+                         folder / "labels" / f"{name}.nii.gz")
+        scheme = "fs33"
+        if args.own_labels:
+            scheme = str(Path(tmp) / "mine.txt")
+            Path(scheme).write_text("".join(f"{v} {n} {40 * v} {200 - 40 * v} 120 0\n"
+                                            for v, (n, _fs) in OWN_LABELS.items()))
         t0 = time.perf_counter()
         res = finetune("bundled", folder, Path(tmp) / "run", task="seg", mode="head", steps=args.steps,
-                       device="cpu", name="bench-finetuned")
+                       device="cpu", name="bench-finetuned", label_scheme=scheme)
         seconds = time.perf_counter() - t0
         tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
-        after = score(tuned, images, truths)
-    t1_base, t1_tuned = before.pop("t1"), after.pop("t1")
-    moved = (float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None)
+        after = own_dice(tuned, images, truths, fs_labels=False) if args.own_labels else score(tuned, images, truths)
+    moved = None
+    if not args.own_labels:
+        t1_base, t1_tuned = before.pop("t1"), after.pop("t1")
+        moved = (float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None)
     emit({"steps": args.steps, "finetune_seconds": round(seconds, 1), "threads": args.threads,
+          "labels": "own: " + ", ".join(n for n, _ in OWN_LABELS.values()) if args.own_labels else "fs33",
           "base": before, "finetuned": after, "synthetic_t1_largest_change": moved,
           "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}, args.out)
     return 0

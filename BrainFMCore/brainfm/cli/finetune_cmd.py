@@ -27,7 +27,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("seg", "image"))
     p.add_argument("--mode", choices=("head", "encoder", "full"))
     p.add_argument("--head", help="image head to train (T1, T2, FLAIR, CT, image); seg uses 'segmentation'")
-    p.add_argument("--label-scheme", help="classes of the new segmentation head (default fs33)")
+    p.add_argument("--label-scheme",
+                   help="classes of the new segmentation head: fs33 (the default; labels are FreeSurfer numbers), "
+                        "auto (one class per value found in your label maps, FreeSurfer's names where it has "
+                        "them), or a label table naming labels of your own (a Slicer colour-table .csv or a "
+                        "FreeSurfer LUT .txt); a model of your own labels writes them with their names and "
+                        "colours and fits nothing to FreeSurfer anatomy")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--lr", type=float)

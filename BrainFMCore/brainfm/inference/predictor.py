@@ -205,6 +205,17 @@ class Predictor:
         self._atlas_cache[key] = vol  # type: ignore[assignment]
         return vol
 
+    @property
+    def segments_anatomy(self) -> bool:
+        """Whether this model segments the brain's anatomy in FreeSurfer's labels, which the fitted
+        methods read (labels refined to the scan, bias field, registration and synthesis fitted to
+        them); False without a segmentation head, or with one fine-tuned for labels of a user's own
+        (:attr:`brainfm.labels.LabelScheme.anatomical`)."""
+        if "seg" not in self.available_tasks:
+            return False
+        scheme = self._scheme()
+        return scheme is None or bool(getattr(scheme, "anatomical", True))
+
     def registration_method(self, requested: str = "auto") -> str:
         """``"head"`` or ``"fit"``: how this model registers for ``reg_method`` ``requested``
         (``auto``: fitted to the segmentations when the model's measured quality says its registration
@@ -216,7 +227,7 @@ class Predictor:
         """
         return resolve_reg_method(
             requested, head_reliable="reg" not in unreliable_tasks(getattr(self.info, "quality", None)),
-            has_seg="seg" in self.available_tasks)
+            has_seg=self.segments_anatomy)
 
     def atlas_labels(self, atlas: Volume, *, cancel: Optional[CancelToken] = None) -> Volume:
         """This model's segmentation of the ``atlas`` template (FreeSurfer numbers on the atlas grid),
@@ -350,7 +361,10 @@ class Predictor:
         atlas_vol = self._atlas(atlas, warnings) if "reg" in task_list else None
         heads = head_map(task_list, self.task_heads)
         uses = {t: {h} for t, h in heads.items()}  # task -> the heads it reads
-        has_seg = "seg" in self.available_tasks  # the fitted methods read the segmentation
+        has_seg = self.segments_anatomy  # the fitted methods read the segmentation of the anatomy
+        if not has_seg and "seg" in self.available_tasks and check_seg_method(seg_method) == "fit":
+            raise InputError("seg_method 'fit' refines FreeSurfer's anatomy to the scan, but this model's "
+                             "segmentation is of labels of your own; use 'head' or 'auto'")
         bias_how = None
         if "bias" in task_list:
             bias_how = resolve_bias_method(
@@ -376,7 +390,7 @@ class Predictor:
                 cb(0.0, "registration: segmentation of the atlas template")
                 atlas_labels = self.atlas_labels(atlas_vol, cancel=cancel)
         seg_would = (resolve_seg_method(seg_method, coarse_grid=self.voxel_mm > 1.0 + 1e-6, ct=prep.ct_window)
-                     if has_seg else None)
+                     if has_seg else "head" if "seg" in self.available_tasks else None)
         synth_how = None
         synth_tasks = [t for t in task_list if t in SYNTH_TASKS]
         if synth_tasks:
@@ -478,7 +492,7 @@ class Predictor:
         # a fitted result needs no head warning, nor does a head used for want of an atlas (warned above)
         fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit" or no_atlas}
         warned_tasks = [t for t in task_list if not fitted.get(t, False)]
-        warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks)
+        warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks, can_fit=self.segments_anatomy)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
             "model": self._model_meta(),

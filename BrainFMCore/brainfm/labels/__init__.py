@@ -9,12 +9,23 @@ from __future__ import annotations
 from brainfm.labels.export import (
     SLICER_CSV_COLUMNS,
     read_freesurfer_lut,
+    read_label_table,
     scheme_table,
     write_freesurfer_lut,
     write_slicer_color_csv,
 )
 from brainfm.labels.freesurfer import freesurfer_lut, fs_color, fs_name
-from brainfm.labels.schemes import SCHEMES, LabelScheme, all_fs_values, decide_scheme, get_scheme, scheme_for_channels
+from brainfm.labels.schemes import (
+    SCHEMES,
+    LabelScheme,
+    all_fs_values,
+    custom_scheme,
+    decide_scheme,
+    get_scheme,
+    scheme_for_channels,
+    scheme_from_dict,
+    scheme_text,
+)
 from brainfm.labels.volumes import EVAL17_FS, merge_hemispheres, structure_volumes
 
 __all__ = [
@@ -23,6 +34,10 @@ __all__ = [
     "get_scheme",
     "scheme_for_channels",
     "decide_scheme",
+    "custom_scheme",
+    "scheme_from_dict",
+    "scheme_text",
+    "read_label_table",
     "all_fs_values",
     "freesurfer_lut",
     "fs_name",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from brainfm.io.atomic import atomic_output
 from brainfm.labels.freesurfer import fs_color, fs_name
@@ -43,14 +43,18 @@ def _entries(scheme: Union[None, str, LabelScheme]) -> List[Tuple[int, str, Tupl
         sch = get_scheme(scheme) if isinstance(scheme, str) else scheme
         values = sorted(sch.fs_values)
         names = {v: sch.name_of_fs(v) for v in values}
+        colors = {v: tuple(sch.colors[sch.fs_values.index(v)]) + (255,) if v else fs_color(0) for v in values}
+        return [(v, names[v], colors[v]) for v in values]  # type: ignore[misc]
     return [(v, names[v], fs_color(v)) for v in values]
 
 
-def write_slicer_color_csv(path: PathLike, *, scheme: Union[None, str, LabelScheme] = None) -> Path:
+def write_slicer_color_csv(path: PathLike, *, scheme: Union[None, str, LabelScheme] = None,
+                           terminology: bool = True) -> Path:
     """Write a Slicer colour-table CSV for ``scheme`` (default: every label of every scheme).
 
     Terminology columns hold SNOMED CT codes where a verified code exists
-    (:mod:`brainfm.labels.terminology`), otherwise they are empty. Written atomically.
+    (:mod:`brainfm.labels.terminology`), otherwise (or without ``terminology``: the labels of a
+    user's own, whose names need not mean FreeSurfer's structures) they are empty. Written atomically.
     Returns the path written.
     """
     target = Path(path)
@@ -63,7 +67,7 @@ def write_slicer_color_csv(path: PathLike, *, scheme: Union[None, str, LabelSche
                 if value == 0:
                     continue
                 row: List[object] = [value, name, r, g, b, a]
-                t = type_code(name)
+                t = type_code(name) if terminology else None
                 if t is not None:
                     m = modifier_code(name)
                     row += list(CATEGORY)
@@ -107,6 +111,44 @@ def read_freesurfer_lut(path: PathLike) -> dict:
             continue
         out[int(parts[0])] = (parts[1], (int(parts[2]), int(parts[3]), int(parts[4])))
     return out
+
+
+def read_label_table(path: PathLike) -> Tuple[Dict[int, str], Dict[int, Tuple[int, int, int]]]:
+    """``(names, colours)`` by label value of a label table: a Slicer colour-table CSV (``LabelValue,
+    Name, Color_R, Color_G, Color_B``...) or a FreeSurfer LUT (``value name r g b a`` lines).
+    :class:`~brainfm.errors.InputError` naming the file when it is neither or has no label.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "mine.csv"
+    >>> _ = p.write_text("LabelValue,Name,Color_R,Color_G,Color_B,Color_A\\n1,Lesion,255,0,0,255\\n")
+    >>> read_label_table(p)
+    ({1: 'Lesion'}, {1: (255, 0, 0)})
+    """
+    from brainfm.errors import InputError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the label table {p}: {exc}") from None
+    names: Dict[int, str] = {}
+    colors: Dict[int, Tuple[int, int, int]] = {}
+    try:
+        if p.suffix.lower() == ".csv":
+            for row in csv.DictReader(text.splitlines()):
+                v = int(row["LabelValue"])
+                names[v] = str(row.get("Name") or f"Label {v}")
+                colors[v] = tuple(int(float(row[f"Color_{c}"])) for c in "RGB")  # type: ignore[assignment]
+        else:
+            for v, (name, rgb) in read_freesurfer_lut(p).items():
+                names[v], colors[v] = name, tuple(rgb)  # type: ignore[assignment]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{p} is not a label table (a Slicer colour-table CSV or a FreeSurfer LUT): {exc}") from None
+    names.pop(0, None)
+    colors.pop(0, None)
+    if not names:
+        raise InputError(f"the label table {p} has no label besides the background")
+    return names, colors
 
 
 def scheme_table(scheme: Union[str, LabelScheme]) -> List[dict]:

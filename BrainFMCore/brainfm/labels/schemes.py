@@ -25,7 +25,7 @@ Schemes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -50,6 +50,10 @@ class LabelScheme:
     colors: Tuple[Tuple[int, int, int], ...]
     lr_partner: Tuple[int, ...]
     description: str = ""
+    #: the classes are FreeSurfer's whole-brain anatomy, which the fitted methods (labels refined to the
+    #: scan, bias field and registration fitted to them, synthesis per tissue) and the volume checks read;
+    #: False for a scheme of a user's own labels (:func:`custom_scheme`)
+    anatomical: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.values)
@@ -90,6 +94,19 @@ class LabelScheme:
     def channel_of_value(self, labels: np.ndarray) -> np.ndarray:
         """Channel index (int64) of each native value; values not in the scheme -> 0."""
         return _lookup(np.asarray(labels), self.values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-serialisable form (a model's ``label_scheme`` when it is not a built-in scheme);
+        :func:`scheme_from_dict` reads it back.
+
+        >>> s = custom_scheme([0, 1, 2], names={1: "Lesion", 2: "Edema"})
+        >>> scheme_from_dict(s.to_dict()) == s
+        True
+        """
+        return {"name": self.name, "values": list(self.values), "fs_values": list(self.fs_values),
+                "names": list(self.names), "colors": [list(c) for c in self.colors],
+                "lr_partner": list(self.lr_partner), "description": self.description,
+                "anatomical": self.anatomical}
 
     def name_of_fs(self, value: int) -> str:
         """Name of FreeSurfer number ``value`` in this scheme (FreeSurfer LUT name otherwise)."""
@@ -172,6 +189,79 @@ SCHEMES: Dict[str, LabelScheme] = {
 SCHEME_BY_CHANNELS: Dict[int, str] = {56: "brainfm56", 18: "brainfm_left18", 33: "fs33"}
 
 
+#: colours of a user's labels that FreeSurfer does not name (cycled)
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128))
+
+
+def custom_scheme(values: Iterable[int], *, names: Optional[Mapping[int, str]] = None,
+                  colors: Optional[Mapping[int, Sequence[int]]] = None, name: str = "custom") -> LabelScheme:
+    """A scheme of a user's own labels: one class per label value (background 0 first, added when
+    missing), written as those values. Names and colours come from ``names`` / ``colors`` (a label
+    table); without them, FreeSurfer's name and colour where FreeSurfer names the value, else
+    ``Label N`` and a palette colour. Left/right partners pair ``Left-X`` with ``Right-X``.
+    Not :attr:`~LabelScheme.anatomical`: the product's fits to FreeSurfer anatomy are not used with it.
+
+    >>> s = custom_scheme([17, 0, 53, 5001])
+    >>> s.values, s.names[1:], s.lr_partner, s.anatomical
+    ((0, 17, 53, 5001), ('Left-Hippocampus', 'Right-Hippocampus', 'Label 5001'), (0, 2, 1, 3), False)
+    >>> custom_scheme([0, 7], names={7: "Lesion"}).names
+    ('Unknown', 'Lesion')
+    >>> custom_scheme([0, 70000]).names[1]
+    'Label 70000'
+    """
+    from brainfm.labels.freesurfer import freesurfer_lut
+
+    lut = freesurfer_lut()
+    vals = sorted({int(v) for v in values} | {0})
+    if len(vals) < 2:
+        raise InputError("a label scheme needs at least one label besides the background (0)")
+    given_names, given_colors = dict(names or {}), dict(colors or {})
+    out_names, out_colors = [], []
+    for i, v in enumerate(vals):
+        if v in given_names:
+            out_names.append(str(given_names[v]))
+        elif v in lut and not given_names:
+            out_names.append(lut[v][0])
+        else:
+            out_names.append("Unknown" if v == 0 else f"Label {v}")
+        if v in given_colors:
+            out_colors.append(tuple(int(c) for c in list(given_colors[v])[:3]))
+        elif v in lut and not given_colors:
+            out_colors.append(tuple(int(c) for c in lut[v][1][:3]))
+        else:
+            out_colors.append((0, 0, 0) if v == 0 else PALETTE[(i - 1) % len(PALETTE)])
+    return LabelScheme(name, tuple(vals), tuple(vals), tuple(out_names), tuple(out_colors),  # type: ignore[arg-type]
+                       _partner_by_name(out_names), "a user's own labels", anatomical=False)
+
+
+def scheme_text(declared: Union[None, str, Mapping[str, Any]]) -> Optional[str]:
+    """How a model's ``label_scheme`` reads in a list of models: a built-in scheme's name, or the
+    labels of a scheme of a user's own.
+
+    >>> scheme_text("fs33"), scheme_text(custom_scheme([1, 7], names={1: "Lesion", 7: "Edema"}).to_dict())
+    ('fs33', 'own labels: Lesion, Edema')
+    """
+    if not isinstance(declared, Mapping):
+        return declared or None
+    names = [str(n) for v, n in zip(declared.get("values") or (), declared.get("names") or ()) if int(v) != 0]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"own labels: {shown}"
+
+
+def scheme_from_dict(d: Mapping[str, Any]) -> LabelScheme:
+    """The scheme :meth:`LabelScheme.to_dict` wrote (:class:`~brainfm.errors.InputError` when malformed)."""
+    try:
+        return LabelScheme(str(d["name"]), tuple(int(v) for v in d["values"]), tuple(int(v) for v in d["fs_values"]),
+                           tuple(str(n) for n in d["names"]),
+                           tuple(tuple(int(c) for c in col[:3]) for col in d["colors"]),  # type: ignore[misc]
+                           tuple(int(p) for p in d["lr_partner"]), str(d.get("description", "")),
+                           bool(d.get("anatomical", False)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"malformed label scheme description ({exc})") from None
+
+
 def get_scheme(name: str) -> LabelScheme:
     """The scheme called ``name`` (``brainfm56``, ``brainfm_left18``, ``fs33``, ``brainid33``).
 
@@ -194,13 +284,14 @@ def scheme_for_channels(n: int) -> LabelScheme:
         raise InputError(f"no label scheme has {n} channels (known: 56, 18, 33)") from None
 
 
-def decide_scheme(declared: Union[None, str, LabelScheme] = None, *, n_channels: Optional[int] = None) -> LabelScheme:
+def decide_scheme(declared: Union[None, str, LabelScheme, Mapping[str, Any]] = None, *,
+                  n_channels: Optional[int] = None) -> LabelScheme:
     """The label scheme of a segmentation head: the engine's one rule (used by the predictor, the
     segmentation task, model loading and training evaluation).
 
-    A declared scheme wins (a :class:`LabelScheme` as it is, or the scheme registered under that
-    name, e.g. a model's ``label_scheme``); without one, the default scheme for a head with
-    ``n_channels`` outputs (:func:`scheme_for_channels`). Raises
+    A declared scheme wins (a :class:`LabelScheme` as it is, the scheme registered under that
+    name, e.g. a model's ``label_scheme``, or a scheme's :meth:`~LabelScheme.to_dict`); without
+    one, the default scheme for a head with ``n_channels`` outputs (:func:`scheme_for_channels`). Raises
     :class:`~brainfm.errors.InputError` for an unknown name, or when nothing is declared and no
     scheme has ``n_channels`` channels (or ``n_channels`` is not given).
 
@@ -213,6 +304,8 @@ def decide_scheme(declared: Union[None, str, LabelScheme] = None, *, n_channels:
     """
     if isinstance(declared, str) and declared:
         return get_scheme(declared)
+    if isinstance(declared, Mapping):
+        return scheme_from_dict(declared)
     if declared is not None and not isinstance(declared, str):
         return declared
     if n_channels is None:

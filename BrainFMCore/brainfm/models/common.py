@@ -17,7 +17,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -57,7 +57,9 @@ class ModelInfo:
     format: str  # 'brainfm-official' | 'brainid' | 'native'
     sha256: str
     config: ModelConfig
-    label_scheme: Optional[str] = None
+    #: a built-in scheme's name (``brainfm.labels.SCHEMES``) or, for a user's own labels, a scheme's
+    #: ``LabelScheme.to_dict``
+    label_scheme: Union[None, str, Dict[str, Any]] = None
     atlas: Optional[Dict[str, Any]] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
     output_units: Dict[str, Any] = field(default_factory=dict)

@@ -77,18 +77,28 @@ def unreliable_tasks(quality: Optional[Mapping[str, Any]]) -> List[str]:
     return out
 
 
-def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str]) -> List[str]:
-    """Warnings for the ``tasks`` this model's measured ``quality`` says it does not do reliably yet."""
+def task_warnings(quality: Optional[Mapping[str, Any]], tasks: Sequence[str], *, can_fit: bool = True) -> List[str]:
+    """Warnings for the ``tasks`` this model's measured ``quality`` says it does not do reliably yet;
+    ``can_fit``: whether the model's segmentation can stand in (FreeSurfer anatomy, not a user's own
+    labels), which decides the advice.
+
+    >>> task_warnings({"reg_carried_dice17": 0.4}, ["reg"], can_fit=False)[0].split("; ")[-1]
+    'this model cannot fit it to its segmentation (its labels are your own): register with a model of FreeSurfer labels'
+    """
     out: List[str] = []
     if "bias" in tasks and "bias" in unreliable_tasks(quality):
         corr = float((quality or {})["bias_applied_corr"])
+        advice = ("for bias correction fit the field to the segmentation instead (bias_method 'fit' or 'auto', "
+                  "the default; brainfm run --bias-method fit)") if can_fit else _NO_FIT.format("correct the bias")
         out.append(f"this model's bias field is not reliable yet: its log field correlates {corr:.2f} "
-                   "with known fields applied to a real T1 (1 is a perfect estimate); for bias correction "
-                   "fit the field to the segmentation instead (bias_method 'fit' or 'auto', the default; "
-                   "brainfm run --bias-method fit)")
+                   f"with known fields applied to a real T1 (1 is a perfect estimate); {advice}")
     if "reg" in tasks and "reg" in unreliable_tasks(quality):
         dice = float((quality or {})["reg_carried_dice17"])
+        advice = ("fit the map to the segmentation instead (reg_method 'fit' or 'auto', the default; brainfm run "
+                  "--reg-method fit)") if can_fit else _NO_FIT.format("register")
         out.append(f"this model's registration head is not reliable yet: labels carried between two brains "
-                   f"through its atlas coordinates reach merged-17 Dice {dice:.2f}; fit the map to the "
-                   "segmentation instead (reg_method 'fit' or 'auto', the default; brainfm run --reg-method fit)")
+                   f"through its atlas coordinates reach merged-17 Dice {dice:.2f}; {advice}")
     return out
+
+
+_NO_FIT = "this model cannot fit it to its segmentation (its labels are your own): {} with a model of FreeSurfer labels"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from brainfm.errors import BrainFMError, ModelNotAvailableError
+from brainfm.labels.schemes import scheme_text
 from brainfm.models import store
 from brainfm.models.jsonfile import read_json
 from brainfm.models.quality import quality_label, unreliable_tasks
@@ -83,7 +84,7 @@ def bundled_model() -> Optional[Dict[str, Any]]:
         "name": "bundled", "format": "native", "model_name": str(meta.get("name") or "brainfm-compact"),
         "version": str(meta.get("version") or ""), "path": str(weights), "sha256": meta.get("weights_sha256"),
         "size_bytes": weights.stat().st_size, "heads": heads, "tasks": tasks_for_heads(heads, voxel_mm=voxel_mm),
-        "label_scheme": meta.get("label_scheme"), "voxel_mm": voxel_mm,
+        "label_scheme": scheme_text(meta.get("label_scheme")), "voxel_mm": voxel_mm,
         "quality": dict(quality or {}), "storage": "bundled",
     }
 
@@ -179,7 +180,7 @@ def describe_file(path: "str | Path") -> Optional[Dict[str, Any]]:
             quality = meta.get("quality") if isinstance(meta.get("quality"), dict) else {}
             voxel_mm = float(meta.get("voxel_mm") or 1.0)
             return {"name": None, "format": "native", "model_name": meta.get("name"), "heads": heads,
-                    "tasks": tasks_for_heads(heads, voxel_mm=voxel_mm), "label_scheme": meta.get("label_scheme"),
+                    "tasks": tasks_for_heads(heads, voxel_mm=voxel_mm), "label_scheme": scheme_text(meta.get("label_scheme")),
                     "voxel_mm": voxel_mm, "quality": dict(quality or {}),
                     "quality_text": quality_text(quality), "sha256": meta.get("weights_sha256")}
     return None

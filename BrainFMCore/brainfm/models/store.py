@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from brainfm.errors import CheckpointError, InputError, ModelNotAvailableError
 from brainfm.io.atomic import atomic_output
+from brainfm.labels.schemes import scheme_text
 from brainfm.models import hashing
 from brainfm.models.jsonfile import read_json, update_json
 
@@ -220,7 +221,7 @@ def _describe_loaded(info: Any, tasks: List[str]) -> Dict[str, Any]:
     return {
         "format": info.format, "model_name": info.name, "version": info.version,
         "heads": {str(k): int(v) for k, v in cfg.heads.items()}, "tasks": list(tasks),
-        "label_scheme": info.label_scheme, "voxel_mm": float(getattr(info, "voxel_mm", 1.0) or 1.0),
+        "label_scheme": scheme_text(info.label_scheme), "voxel_mm": float(getattr(info, "voxel_mm", 1.0) or 1.0),
         "quality": dict(getattr(info, "quality", {}) or {}),
         "architecture": {"num_levels": cfg.num_levels, "f_maps": cfg.f_maps, "in_channels": cfg.in_channels,
                          "unit_feat": bool(cfg.unit_feat), "num_groups": cfg.num_groups,

@@ -68,12 +68,13 @@ def case_volumes(case_dir: PathLike) -> Optional[Dict[str, Any]]:
                          f"volume_mm3): {exc!r}") from None
     model = summary.get("model") or {}
     meta = summary.get("metadata") or {}
+    own_labels = isinstance(model.get("label_scheme"), dict)  # a user's own labels: no anatomy to check
     return {"case": str(summary.get("case") or folder.name),
             "model": " ".join(str(model[k]) for k in ("name", "version") if model.get(k)),
             "model_sha256": str(model.get("sha256") or ""),
             "seg_method": str(meta.get("seg_method") or ""),
             "output_frame": str(meta.get("output_frame") or ""),
-            "checks": "; ".join(volume_checks({value: mm3 for (value, _), mm3 in volumes.items()})),
+            "checks": "" if own_labels else "; ".join(volume_checks({v: mm3 for (v, _), mm3 in volumes.items()})),
             "volumes": volumes}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
@@ -130,13 +130,22 @@ def _aspects(spacing: Sequence[float]) -> List[Tuple[float, float]]:
     return [(sx, sy), (sx, sz), (sy, sz)]
 
 
-def _colorize_labels(lab: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """RGB image and a boolean mask of labelled pixels."""
+def label_colors(vol: Volume) -> Optional[Dict[int, Sequence[int]]]:
+    """RGB by label value of a segmentation of a user's own labels (its ``label_table`` metadata:
+    ``[[value, name, r, g, b], ...]``), None for FreeSurfer's labels."""
+    table = vol.meta.get("label_table")
+    return {int(row[0]): [int(c) for c in row[2:5]] for row in table} if table else None
+
+
+def _colorize_labels(lab: np.ndarray, colors: Optional[Dict[int, Sequence[int]]] = None
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """RGB image and a boolean mask of labelled pixels; ``colors``: RGB by label value (a user's own
+    labels), else FreeSurfer's."""
     rgb = np.zeros(lab.shape + (3,), np.uint8)
     for v in np.unique(lab):
         if v == 0:
             continue
-        rgb[lab == v] = fs_color(int(v))[:3]
+        rgb[lab == v] = (colors or {}).get(int(v)) or fs_color(int(v))[:3]
     return rgb, lab != 0
 
 
@@ -164,7 +173,7 @@ def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
             urange = _window_range(udata)
             base = [_apply_window(v, urange) for v in _slices(udata, ijk)]
         for n, (view, aspect) in enumerate(zip(views, _aspects(spacing))):
-            rgb, mask = _colorize_labels(np.asarray(view))
+            rgb, mask = _colorize_labels(np.asarray(view), label_colors(vol))
             grey = base[n] if base is not None else np.zeros(view.shape, np.uint8)
             out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
             out[mask] = 0.45 * out[mask] + 0.55 * rgb[mask]

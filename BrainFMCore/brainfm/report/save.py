@@ -4,6 +4,8 @@ Layout of ``out_dir``::
 
     <key>.nii.gz        one per output (labels int16/int32, images float32, fields as NIfTI vectors)
     seg_volumes.csv     structure volumes (value, name, voxels, volume_mm3), when segmented
+    seg_labels.csv      names and colours of the labels (Slicer colour table), for a model fine-tuned
+                        for labels of a user's own
     <table>.csv         any other table of the prediction
     montage.png         input + outputs, three orthogonal slices (optional)
     summary.json        input, model, device, precision, tiled, timings, warnings, outputs
@@ -36,7 +38,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from brainfm.errors import InputError, StorageError
 from brainfm.io.atomic import folder_mode, make_folder, replace_folder, same_path, storage_error
@@ -167,6 +169,9 @@ class CaseWriter:
         unit = vol.meta.get("units") or DEFAULT_UNITS.get(key, "a.u.")
         self.described[key] = {"path": name, "kind": output_kind(key, vol.data), "units": unit,
                                "shape": list(vol.data.shape)}
+        if vol.meta.get("label_table"):  # a user's own labels: their names and colours beside the map
+            self.described[key]["label_table"] = write_label_table(vol.meta["label_table"],
+                                                                   self.tmp / f"{key}_labels.csv").name
         if self._montage is not None:
             self._montage.add(key, vol, unit)
 
@@ -227,6 +232,17 @@ class CaseWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
             _remove_empty(self._created)
+
+
+def write_label_table(rows: Sequence[Sequence[Any]], path: Path) -> Path:
+    """Write the names and colours of a user's own labels (``[[value, name, r, g, b], ...]``, a
+    segmentation's ``label_table`` metadata) as a Slicer colour-table CSV."""
+    from brainfm.labels import custom_scheme, write_slicer_color_csv
+
+    values = [int(r[0]) for r in rows]
+    scheme = custom_scheme(values, names={int(r[0]): str(r[1]) for r in rows},
+                           colors={int(r[0]): [int(c) for c in r[2:5]] for r in rows})
+    return write_slicer_color_csv(path, scheme=scheme, terminology=False)
 
 
 def save_prediction(prediction: Any, out_dir: PathLike, *, input_volume: Optional[Volume] = None,

@@ -39,8 +39,9 @@ def resolve(method: str, *, option: str, head_reliable: bool, has_seg: bool, fit
     an unknown method, or ``fit`` without a segmentation head."""
     m = check_method(method, option=option)
     if m == "fit" and not has_seg:
-        raise InputError(f"{option} 'fit' fits to the model's segmentation, but this model has no "
-                         "segmentation head; use 'head'")
+        raise InputError(f"{option} 'fit' fits to the model's segmentation of the brain's anatomy, but this "
+                         "model has no segmentation head for it (none, or one fine-tuned for labels of your "
+                         "own); use 'head'")
     if m == "auto":
         return "fit" if (has_seg and not head_reliable and fit_allowed) else "head"
     return m

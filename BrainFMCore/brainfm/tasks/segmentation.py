@@ -411,6 +411,9 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
     seg = d.labels_out()
     meta = dict(task="seg", kind="label", units="FreeSurfer label number",
                 label_scheme=getattr(scheme, "name", None))
+    if not getattr(scheme, "anatomical", True):  # a user's own labels: their names and colours travel along
+        meta.update(units="label number", label_table=[
+            [int(v), n, *map(int, c)] for v, n, c in zip(scheme.fs_values, scheme.names, scheme.colors) if v])
     out = {"seg": ctx.volume(seg, **meta)}
     in_aff = np.asarray(ctx.input_affine if ctx.input_affine is not None else ctx.out_affine, float)
     in_shape = ctx.input_shape
@@ -426,8 +429,9 @@ def run_seg(ctx: TaskContext) -> Dict[str, Volume]:
             np.copyto(idx_in, np.asarray(n_ch, idx_in.dtype), where=~np.asarray(ctx.head_in, bool))
     voxel_mm3 = float(abs(np.linalg.det(in_aff[:3, :3])))
     rows = ctx.tables["seg_volumes"] = volume_rows(_count(idx_in, lut), voxel_mm3, scheme)
-    ctx.warnings += [f"segmentation check: {found}; look at the segmentation"
-                     for found in volume_checks({r["value"]: r["volume_mm3"] for r in rows})]
+    if getattr(scheme, "anatomical", True):  # the checks know FreeSurfer's anatomy, not a user's own labels
+        ctx.warnings += [f"segmentation check: {found}; look at the segmentation"
+                         for found in volume_checks({r["value"]: r["volume_mm3"] for r in rows})]
     if ctx.return_probabilities:
         if logits is None:
             raise ValueError("segmentation probabilities need the logits, but only the label decision was kept")

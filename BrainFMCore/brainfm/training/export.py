@@ -52,15 +52,17 @@ def trained_test_time_flip(cfg: Any) -> bool:
 
 
 def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any = None, step: int = 0,
-                  name: Optional[str] = None, label_scheme: Optional[str] = None, dtype: str = "fp32",
+                  name: Optional[str] = None, label_scheme: Union[None, str, Dict[str, Any]] = None,
+                  dtype: str = "fp32",
                   provenance: Optional[Dict[str, Any]] = None, output_units: Optional[Dict[str, Any]] = None,
                   inherit: Optional[Dict[str, Any]] = None) -> Path:
     """Save ``model`` (a BrainFMNet, possibly DDP-wrapped) as ``<out_dir>/<name>.safetensors + .json``.
 
     ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load). ``inherit``: fields of
     the description taken as given instead of from ``cfg`` (``voxel_mm``, ``input_antialias``,
-    ``test_time_flip``, ``output_units``, ``atlas``, ``quality``; ``provenance`` is added to), e.g. a
-    fine-tuned model's base (:func:`brainfm.training.finetune.inherited_info`).
+    ``test_time_flip``, ``output_units``, ``atlas``, ``quality``, ``label_scheme``: a scheme's
+    ``to_dict`` for a user's own labels; ``provenance`` is added to), e.g. a fine-tuned model's base
+    (:func:`brainfm.training.finetune.inherited_info`).
     Returns the weights path.
     """
     from brainfm.models import save_native
@@ -70,13 +72,14 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
     if dtype not in ("fp32", "fp16"):
         raise ValueError(f"export dtype must be fp32 or fp16, got {dtype!r}")
     name = name or (cfg.model.name if cfg is not None else "brainfm-native")
-    scheme = label_scheme or (cfg.model.label_scheme if cfg is not None else None) or label_scheme_for(net.config.heads)
+    given = dict(inherit or {})
+    scheme = (label_scheme or given.pop("label_scheme", None) or (cfg.model.label_scheme if cfg is not None else None)
+              or label_scheme_for(net.config.heads))
     prov: Dict[str, Any] = {"trained_by": "brainfm.training", "step": int(step),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if cfg is not None:
         prov["train_config"] = cfg.to_dict()
     prov.update(provenance or {})
-    given = dict(inherit or {})
     prov.update(given.pop("provenance", None) or {})
     fields: Dict[str, Any] = {
         "atlas": None, "quality": {}, "output_units": dict(output_units or BRAINFM_OUTPUT_UNITS),

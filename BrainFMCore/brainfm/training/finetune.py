@@ -124,17 +124,20 @@ def inherited_info(info: Any, *, mode: str, head: str) -> Dict[str, Any]:
     }
 
 
-def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, scheme: Any, base_scheme: Any) -> int:
+def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, scheme: Any, base_scheme: Any
+                  ) -> List[int]:
     """Start each class of ``net``'s new ``head`` from the class of ``base``'s head with the same label
-    (FreeSurfer number), so that fine-tuning adapts what the base knows instead of learning every class
-    anew; the other classes keep their initial weights. Returns how many classes were carried (0 when
-    the base has no such 1x1x1 head or a scheme is unknown).
+    (FreeSurfer number and name: a user's label 2 named "Thalamus" is not FreeSurfer's white matter), so
+    that fine-tuning adapts what the base knows instead of learning every class anew; the other classes
+    keep their initial weights (:func:`start_new_classes`). Returns the classes carried (none when the
+    base has no such 1x1x1 head or a scheme is unknown).
 
     >>> from brainfm.labels import get_scheme
     >>> from brainfm.models import BrainFMNet, ModelConfig
     >>> base = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 33}))
     >>> net = build_finetune_model(base, head="segmentation", channels=33)
-    >>> carry_classes(net, base, head="segmentation", scheme=get_scheme("brainid33"), base_scheme=get_scheme("fs33"))
+    >>> len(carry_classes(net, base, head="segmentation", scheme=get_scheme("brainid33"),
+    ...                   base_scheme=get_scheme("fs33")))
     31
     >>> key = "head.final_conv_segmentation.weight"
     >>> w, old = net.state_dict()[key], base.state_dict()[key]
@@ -146,17 +149,106 @@ def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, sch
     w, b = old.get(key + "weight"), old.get(key + "bias")
     if (w is None or b is None or scheme is None or base_scheme is None or key + "weight" not in new
             or tuple(w.shape[1:]) != tuple(new[key + "weight"].shape[1:])):
-        return 0
-    row = {int(v): i for i, v in enumerate(base_scheme.fs_values) if i < w.shape[0]}
-    carried = 0
+        return []
+    row = {(int(v), n): i for i, (v, n) in enumerate(zip(base_scheme.fs_values, base_scheme.names)) if i < w.shape[0]}
+    carried = []
     with torch.no_grad():
-        for c, v in enumerate(scheme.fs_values):
-            i = row.get(int(v))
+        for c, (v, n) in enumerate(zip(scheme.fs_values, scheme.names)):
+            i = row.get((int(v), n))
             if i is not None:
                 new[key + "weight"][c].copy_(w[i])
                 new[key + "bias"][c].copy_(b[i])
-                carried += 1
+                carried.append(c)
     return carried
+
+
+def start_new_classes(net: torch.nn.Module, base: torch.nn.Module,
+                      pairs: Sequence[Tuple[np.ndarray, np.ndarray]], *, head: str, skip: Sequence[int] = (),
+                      size: int = 96, max_images: int = 4) -> List[int]:
+    """Start each class of ``net``'s new ``head`` that is not in ``skip`` (the classes
+    :func:`carry_classes` carried) from what the base sees inside it: the base head's classes, weighted
+    by their share of the class's voxels in the training ``pairs`` (images and channel-index targets
+    on the model's grid; the base's arg-max in a ``size`` window around the new classes of each of the
+    first ``max_images``). A user's "Hippocampus" of both sides starts near FreeSurfer's left and right
+    hippocampus; fine-tuning then has to learn the difference, not the whole class. Returns the
+    classes started this way (a class found in none of the windows keeps its initial weights)."""
+    key = f"head.final_conv_{head}."
+    old, new = base.state_dict(), net.state_dict()
+    w, b = old.get(key + "weight"), old.get(key + "bias")
+    if (w is None or b is None or key + "weight" not in new
+            or tuple(w.shape[1:]) != tuple(new[key + "weight"].shape[1:])):
+        return []
+    todo = [c for c in range(int(new[key + "weight"].shape[0])) if c not in set(skip)]
+    if not todo:
+        return []
+    multiple = 2 ** (int(getattr(base.config, "num_levels", 5)) - 1)
+    side = max(multiple, int(np.ceil(int(size) / multiple)) * multiple)
+    counts = np.zeros((int(new[key + "weight"].shape[0]), int(w.shape[0])))
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            for x, t in list(pairs)[:max_images]:
+                where = np.argwhere(np.isin(t, todo))
+                if not len(where):
+                    continue
+                starts = [max(0, min(int(c) - side // 2, n - side)) for c, n in zip(where.mean(0), x.shape)]
+                box = tuple(slice(a, a + side) for a in starts)
+                xs, ts = x[box], t[box]
+                pad = [(0, side - n) for n in xs.shape]
+                logits = base(torch.from_numpy(np.pad(xs, pad))[None, None].float(), heads=[head])[head][0]
+                arg = logits.argmax(0).numpy()[tuple(slice(0, n) for n in xs.shape)]
+                for c in todo:
+                    inside = arg[ts == c]
+                    if inside.size:
+                        counts[c] += np.bincount(inside.ravel(), minlength=counts.shape[1])[: counts.shape[1]]
+    finally:
+        base.train(was_training)
+    started = []
+    with torch.no_grad():
+        for c in todo:
+            total = counts[c].sum()
+            if total <= 0:
+                continue
+            share = torch.from_numpy(counts[c] / total).to(w.dtype)
+            new[key + "weight"][c].copy_((share.view(-1, *([1] * (w.dim() - 1))) * w).sum(0))
+            new[key + "bias"][c].copy_((share * b).sum())
+            started.append(c)
+    return started
+
+
+def fine_tuning_scheme(label_scheme: Any, pairs: Sequence[Tuple[Path, Path]]) -> Any:
+    """The classes of a new segmentation head: a :class:`~brainfm.labels.LabelScheme` as it is; a
+    built-in scheme's name (``fs33``: the labels are FreeSurfer numbers); ``auto``: every label value
+    found in the label maps of ``pairs``, one class each (:func:`brainfm.labels.custom_scheme`:
+    FreeSurfer's names where it has them); or the path of a label table (Slicer colour-table CSV or
+    FreeSurfer LUT): its labels, names and colours (values of the maps that it does not list are
+    background)."""
+    from brainfm.io import read_volume
+    from brainfm.labels import LabelScheme, custom_scheme, get_scheme, read_label_table
+
+    if isinstance(label_scheme, LabelScheme):
+        return label_scheme
+    text = str(label_scheme)
+    if text == "auto":
+        found: set = set()
+        for _image, labels in pairs:
+            data = np.asarray(read_volume(labels).data)
+            if data.size and not np.all(np.equal(np.mod(data, 1), 0)):
+                raise InputError(f"label map {labels} has non-integer values")
+            found.update(int(v) for v in np.unique(data))
+        if len(found - {0}) > MAX_AUTO_LABELS:
+            raise InputError(f"the label maps hold {len(found - {0})} different values, more than "
+                             f"{MAX_AUTO_LABELS}: are they label maps? Give a label table listing the labels to learn")
+        return custom_scheme(found)
+    if text.lower().endswith((".csv", ".txt", ".lut", ".ctbl")) or Path(text).is_file():
+        names, colors = read_label_table(text)
+        return custom_scheme(names, names=names, colors=colors, name=Path(text).stem)
+    return get_scheme(text)
+
+
+#: most label values ``label_scheme="auto"`` accepts (a continuous image has thousands)
+MAX_AUTO_LABELS = 255
 
 
 def _load_pair(image: Path, target: Path, task: str, scheme: Any, *, voxel_mm: float = 1.0,
@@ -200,15 +292,17 @@ class PairedSource:
     with a random gamma."""
 
     def __init__(self, pairs: Sequence[Tuple[Path, Path]], *, task: str = "seg", target_key: str = "segmentation",
-                 label_scheme: str = "fs33", size: int = 96, n_samples: int = 2, device: Union[str, torch.device] = "cpu",
+                 label_scheme: Any = "fs33", size: int = 96, n_samples: int = 2, device: Union[str, torch.device] = "cpu",
                  seed: int = 0, n_val: int = 0, voxel_mm: float = 1.0, antialias: bool = True) -> None:
-        from brainfm.labels import get_scheme
+        from brainfm.labels import LabelScheme, get_scheme
 
         if not pairs:
             raise InputError("no fine-tuning pairs")
         self.task, self.key, self.size, self.n, self.seed = task, target_key, int(size), int(n_samples), int(seed)
         self.device = torch.device(device)
-        scheme = get_scheme(label_scheme) if task == "seg" else None
+        scheme = None
+        if task == "seg":
+            scheme = label_scheme if isinstance(label_scheme, LabelScheme) else get_scheme(label_scheme)
         data = [_load_pair(a, b, task, scheme, voxel_mm=voxel_mm, antialias=antialias) for a, b in pairs]
         n_val = min(int(n_val), len(data) - 1)
         self._train = data[: len(data) - n_val]
@@ -259,7 +353,7 @@ class FinetuneResult:
 
 
 def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: PathLike, out_dir: PathLike, *,
-             task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: str = "fs33",
+             task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: Any = "fs33",
              steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
              n_val: int = 1, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
              resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None
@@ -271,9 +365,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     The images are prepared as the model prepares them at inference, on its grid (a 2 mm model
     trains and predicts on 2 mm), and the fine-tuned model keeps what its base says about its inputs
     and outputs (:func:`inherited_info`; a bare network as ``base_model``: 1 mm, the defaults). A new
-    segmentation head starts from the base's classes of the same labels (:func:`carry_classes`).
+    segmentation head starts from the base's classes of the same labels (:func:`carry_classes`), its
+    other classes from the base's classes inside them (:func:`start_new_classes`). ``label_scheme``:
+    see :func:`fine_tuning_scheme` (labels of your own: a label table or ``auto``).
     """
-    from brainfm.labels import get_scheme
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
 
@@ -288,7 +383,9 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
         base, info = load_model(resolve_model(str(base_model)))
     head = head or ("segmentation" if task == "seg" else "T1")
-    channels = get_scheme(label_scheme).n_channels if task == "seg" else 1
+    pairs = pair_folder(data_folder, task=task)
+    scheme = fine_tuning_scheme(label_scheme, pairs) if task == "seg" else None
+    channels = scheme.n_channels if scheme is not None else 1
     net = build_finetune_model(base, head=head, channels=channels, mode=mode)
     if task == "seg":
         from brainfm.labels import decide_scheme
@@ -299,11 +396,12 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
                            if base_channels else None)
         except InputError:
             base_scheme = None
-        carry_classes(net, base, head=head, scheme=get_scheme(label_scheme), base_scheme=base_scheme)
+        carried = carry_classes(net, base, head=head, scheme=scheme, base_scheme=base_scheme)
     keep = inherited_info(info, mode=mode, head=head) if info is not None else {}
+    if scheme is not None and not scheme.anatomical:  # a user's own labels travel with the model
+        keep["label_scheme"] = scheme.to_dict()
     voxel_mm = float(keep.get("voxel_mm", 1.0))
     antialias = bool(keep.get("input_antialias", True))
-    pairs = pair_folder(data_folder, task=task)
     c = net.config
     heads_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in c.heads.items()) + "}"
     hidden_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in c.head_hidden.items()) + "}"
@@ -311,7 +409,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         f"model.f_maps={c.f_maps}", f"model.num_levels={c.num_levels}", f"model.num_groups={c.num_groups}",
         f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
         f"model.head_hidden={hidden_yaml}", f"model.refine={list(c.refine)}",
-        f"model.label_scheme={label_scheme if task == 'seg' else 'none'}", f"model.name={name}",
+        f"model.label_scheme={scheme.name if scheme is not None else 'none'}", f"model.name={name}",
         f"model.voxel_mm={voxel_mm}",
         f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
         "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",
@@ -324,9 +422,11 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
     dev = select_device(device, DistInfo.from_env())
     key = "segmentation" if task == "seg" else (head if cfg.loss.objective == "brainfm" else "T1")
-    source = PairedSource(pairs, task=task, target_key=key, label_scheme=label_scheme, size=size,
+    source = PairedSource(pairs, task=task, target_key=key, label_scheme=scheme, size=size,
                           n_samples=n_samples, device=dev, seed=seed, n_val=n_val if len(pairs) > 1 else 0,
                           voxel_mm=voxel_mm, antialias=antialias)
+    if task == "seg":  # the classes the base does not have start from what it sees there
+        start_new_classes(net, base, source._train, head=head, skip=carried, size=size)
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
     trainer = Trainer(cfg, source=source, model=net, resume=resume, progress=progress, cancel=cancel,

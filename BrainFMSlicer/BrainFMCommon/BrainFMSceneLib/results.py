@@ -141,6 +141,20 @@ def _set_units(node: Any, units: Optional[str]) -> None:
         node.SetAttribute("BrainFM.Units", str(units))
 
 
+def own_label_table(scene: Any, case_dir: Path, summary: Mapping[str, Any], info: Mapping[str, Any]) -> Any:
+    """The colour-table node of a segmentation of a model's own labels (a model fine-tuned for labels of
+    the user's own: the case folder holds their names and colours, ``info["label_table"]``), one per
+    model; None for FreeSurfer's labels (the engine's table)."""
+    table = info.get("label_table")
+    if not table:
+        return None
+    from BrainFMSceneLib.label_tables import load_color_table_node
+
+    model = summary.get("model") or {}
+    name = f"{model.get('name') or 'model'} labels ({str(model.get('sha256') or '')[:8]})"
+    return load_color_table_node(scene, csv_path=case_dir / str(table), name=name)
+
+
 def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Optional[Iterable[str]] = None,
                    output_nodes: Optional[Mapping[str, Any]] = None, create_labelmap: bool = False,
                    csv_path: Optional[PathLike] = None) -> ImportedResults:
@@ -202,7 +216,8 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
                 seg = add_segmentation_from_labels(
                     scene, labels, affine, name=name, reference_node=input_node,
                     segmentation_node=given.get(key), create_labelmap=create_labelmap,
-                    labelmap_node=given.get("seg_labelmap"), csv_path=csv_path)
+                    labelmap_node=given.get("seg_labelmap"), csv_path=csv_path,
+                    color_node=None if csv_path is not None else own_label_table(scene, case_dir, summary, info))
                 result.segmentation = seg
                 new_or_given(key, seg.segmentation_node)
                 if seg.labelmap_node is not None:

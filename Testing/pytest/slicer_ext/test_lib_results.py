@@ -164,3 +164,37 @@ def test_real_brainfm_run_through_job(scene, tmp_path):
     assert all(not s["name"].startswith("Label ") for s in summary)  # FreeSurfer names from the engine table
     assert node.GetMTime() == mtime and node.GetStorageNode() is None  # input untouched
     assert not used_temp.exists()  # private temp folder removed after the import
+
+
+def test_a_segmentation_of_your_own_labels_keeps_their_names_and_colours(scene, tmp_path):
+    """A model fine-tuned for labels of the user's own (Lesion 1, Edema 7): its case folder carries their
+    table, and the imported segments have those names and colours, not FreeSurfer's for 1 and 7."""
+    torch = pytest.importorskip("torch")
+    from brainfm.inference import Predictor
+    from brainfm.labels import custom_scheme
+    from brainfm.models import BrainFMNet, ModelConfig, save_native
+    from brainfm.report.save import save_prediction
+    from brainfm.volume import Volume
+
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, heads={"segmentation": 3}))
+    with torch.no_grad():  # class scores that put both labels in the scan
+        net.head.final_conv_segmentation.bias.copy_(torch.tensor([0.0, 0.1, 0.0]))
+    scheme = custom_scheme([1, 7], names={1: "Lesion", 7: "Edema"}, colors={1: (255, 0, 0), 7: (0, 0, 255)})
+    weights, _ = save_native(net, tmp_path / "model" / "lesions", info={"name": "lesions",
+                                                                         "label_scheme": scheme.to_dict()})
+    aff = GEOMETRY_CASES["oblique"]
+    node, _folder = _input_node(scene, aff)
+    image, image_aff = volume_to_array_and_affine(node)
+    pred = Predictor.from_pretrained(str(weights), device="cpu").predict(Volume(image, image_aff), tasks=["seg"])
+    found = set(np.unique(np.asarray(pred["seg"].data)).tolist()) - {0}
+    assert found and found <= {1, 7}
+    save_prediction(pred, tmp_path / "out" / "MRHead", png=False)
+
+    res = import_results(scene, tmp_path / "out", node)
+    segments = {s["label_value"]: s for s in segment_summary(res.segmentation.segmentation_node)}
+    assert set(segments) == found
+    expected = {1: ("Lesion", (1.0, 0.0, 0.0)), 7: ("Edema", (0.0, 0.0, 1.0))}
+    for value, seg in segments.items():
+        assert (seg["name"], tuple(round(c, 3) for c in seg["color"])) == expected[value]
+    assert res.segmentation.color_node.GetName().startswith("lesions labels")

@@ -144,6 +144,10 @@ class Oracle:
     info = None  # no measured quality
     registration_method = Predictor.registration_method  # the product's choice, from info and the tasks
 
+    @property
+    def segments_anatomy(self) -> bool:  # FreeSurfer's labels whenever it segments
+        return "seg" in self.available_tasks
+
     def __init__(self, tasks: List[str], answer) -> None:
         self.available_tasks = tasks
         self.answer = answer

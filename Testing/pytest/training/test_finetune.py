@@ -175,3 +175,86 @@ def test_a_new_segmentation_head_starts_from_the_base_s_classes_of_the_same_labe
             torch.testing.assert_close(tuned[c], old[fs33.index(value)], atol=1e-5, rtol=0)
     new = [c for c, v in enumerate(brainid) if v not in fs33]
     assert new and all(not torch.allclose(tuned[c], old[0], atol=1e-3) for c in new)
+
+
+def test_fine_tuning_for_labels_of_your_own(data_dir, tmp_path):
+    """A label table names the user's labels (Lesion 1, Edema 7): the model learns those classes, writes
+    those values with those names and colours (volume table, Slicer colour table beside the map), and
+    uses none of the fits to FreeSurfer anatomy, which its labels no longer describe."""
+    from brainfm.inference import Predictor
+    from brainfm.labels import custom_scheme
+    from brainfm.models import save_native
+    from brainfm.report.save import save_prediction
+    from brainfm.training.finetune import fine_tuning_scheme
+
+    own = tmp_path / "own"
+    for sub in ("images", "labels"):
+        (own / sub).mkdir(parents=True)
+    aff = GEOMETRY_CASES["lps_stored"]
+    for i in range(2):
+        _write(own / "images" / f"s{i}.nii.gz", blob_head(SHAPE, seed=i).data, aff)
+        lab = label_head(SHAPE)
+        mine = np.where(np.isin(lab, (2, 41)), 1, np.where(np.isin(lab, (4, 43)), 7, 0)).astype(np.int16)
+        _write(own / "labels" / f"s{i}.nii.gz", mine, aff)
+    table = tmp_path / "mine.csv"
+    table.write_text("LabelValue,Name,Color_R,Color_G,Color_B,Color_A\n1,Lesion,255,0,0,255\n7,Edema,0,0,255,255\n")
+    assert fine_tuning_scheme("auto", pair_folder(own)).values == (0, 1, 7)
+    # without a table: FreeSurfer's names for FreeSurfer's numbers
+    assert fine_tuning_scheme("auto", pair_folder(own)).names[1:] == ("Left-Cerebral-Exterior",
+                                                                        "Left-Cerebellum-White-Matter")
+
+    torch.manual_seed(0)
+    base = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, unit_feat=False,
+                                  heads={"image": 1, "segmentation": 33, "bias_field_log": 1}))
+    weights, _ = save_native(base, tmp_path / "base" / "toy", info={
+        "name": "toy", "label_scheme": "fs33", "voxel_mm": 2.0, "quality": {"bias_applied_corr": 0.04}})
+    res = finetune(str(weights), own, tmp_path / "ft", task="seg", label_scheme=str(table), steps=2, size=16,
+                   n_samples=1, device="cpu", name="lesions")
+    info = load_model(res.native_model).info
+    assert isinstance(info.label_scheme, dict) and info.label_scheme["names"] == ["Unknown", "Lesion", "Edema"]
+    assert info.config.heads["segmentation"] == 3
+
+    predictor = Predictor.from_pretrained(str(res.native_model), device="cpu")
+    assert not predictor.segments_anatomy and Predictor.from_pretrained(str(weights), device="cpu").segments_anatomy
+    scan = blob_head(SHAPE, aff, seed=4)
+    pred = predictor.predict(scan, tasks=["seg", "bias"])
+    assert set(np.unique(np.asarray(pred["seg"].data))) <= {0, 1, 7}
+    assert pred.metadata["seg_method"] == "model head" and pred.metadata["bias_method"] == "model head"
+    assert not any("segmentation check" in w for w in pred.metadata.get("warnings", []))
+    names = {r["value"]: r["name"] for r in pred.tables["seg_volumes"]}
+    assert names[1] == "Lesion" and names[7] == "Edema" and set(names) <= {1, 7}
+    summary = save_prediction(pred, tmp_path / "case", input_volume=scan, png=True)
+    rows = (tmp_path / "case" / "seg_labels.csv").read_text().splitlines()
+    assert rows[1].startswith("1,Lesion,255,0,0,255") and rows[2].startswith("7,Edema,0,0,255,255")
+    assert summary["outputs"]["seg"]["label_table"] == "seg_labels.csv"
+    from brainfm.report.save import write_label_table
+
+    named = write_label_table([[17, "Left-Hippocampus", 1, 2, 3]], tmp_path / "t.csv").read_text()
+    assert "17,Left-Hippocampus,1,2,3,255" in named and "SCT" not in named  # a user's name, no code guessed
+    with pytest.raises(InputError, match="labels of your own"):
+        predictor.predict(scan, tasks=["seg"], seg_method="fit")
+    with pytest.raises(InputError, match="no segmentation head"):
+        predictor.predict(scan, tasks=["bias"], bias_method="fit")
+    assert custom_scheme([0, 1, 7], names={1: "Lesion", 7: "Edema"}).anatomical is False
+
+
+def test_a_class_the_base_lacks_starts_from_the_base_s_classes_inside_it():
+    from brainfm.training.finetune import start_new_classes
+
+    torch.manual_seed(3)
+    base = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, heads={"segmentation": 33}))
+    base.eval()
+    x = blob_head((24, 24, 24), seed=1).data.astype(np.float32)  # one window, no padding
+    x /= x.max()
+    with torch.no_grad():
+        arg = base(torch.from_numpy(x)[None, None], heads=["segmentation"])["segmentation"][0].argmax(0).numpy()
+    k = int(np.bincount(arg.ravel()).argmax())
+    target = (arg == k).astype(np.int64)  # the user's label 1 is exactly where the base sees class k
+    net = build_finetune_model(base, head="segmentation", channels=2)
+    started = start_new_classes(net, base, [(x, target)], head="segmentation", skip=[0], size=24)
+    assert started == [1]
+    new, old = net.state_dict(), base.state_dict()
+    for part in ("weight", "bias"):
+        key = f"head.final_conv_segmentation.{part}"
+        torch.testing.assert_close(new[key][1], old[key][k])
+    assert start_new_classes(net, base, [(x, np.zeros_like(target))], head="segmentation", skip=[0]) == []
