@@ -162,6 +162,28 @@ def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, sch
     return carried
 
 
+def carry_image_head(net: torch.nn.Module, base: torch.nn.Module, *, head: str) -> bool:
+    """Start an image head that the base has too (``T2`` fine-tuned on your T2 targets) from the base's,
+    when both are 1x1x1 of the same shape; returns whether it was carried.
+
+    >>> from brainfm.models import BrainFMNet, ModelConfig
+    >>> base = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"T2": 1}))
+    >>> net = build_finetune_model(base, head="T2", channels=1)
+    >>> carry_image_head(net, base, head="T2"), bool((net.state_dict()["head.final_conv_T2.weight"]
+    ...                                               == base.state_dict()["head.final_conv_T2.weight"]).all())
+    (True, True)
+    """
+    key = f"head.final_conv_{head}."
+    old, new = base.state_dict(), net.state_dict()
+    parts = ("weight", "bias")
+    if not all(key + p in old and key + p in new and old[key + p].shape == new[key + p].shape for p in parts):
+        return False
+    with torch.no_grad():
+        for p in parts:
+            new[key + p].copy_(old[key + p])
+    return True
+
+
 def start_new_classes(net: torch.nn.Module, base: torch.nn.Module,
                       pairs: Sequence[Tuple[np.ndarray, np.ndarray]], *, head: str, skip: Sequence[int] = (),
                       size: int = 96, max_images: int = 4) -> List[int]:
@@ -366,7 +388,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     trains and predicts on 2 mm), and the fine-tuned model keeps what its base says about its inputs
     and outputs (:func:`inherited_info`; a bare network as ``base_model``: 1 mm, the defaults). A new
     segmentation head starts from the base's classes of the same labels (:func:`carry_classes`), its
-    other classes from the base's classes inside them (:func:`start_new_classes`). ``label_scheme``:
+    other classes from the base's classes inside them (:func:`start_new_classes`); an image head the
+    base has starts from the base's (:func:`carry_image_head`). ``label_scheme``:
     see :func:`fine_tuning_scheme` (labels of your own: a label table or ``auto``).
     """
     from brainfm.training.config import TrainConfig, apply_overrides
@@ -397,6 +420,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         except InputError:
             base_scheme = None
         carried = carry_classes(net, base, head=head, scheme=scheme, base_scheme=base_scheme)
+    else:
+        carry_image_head(net, base, head=head)
     keep = inherited_info(info, mode=mode, head=head) if info is not None else {}
     if scheme is not None and not scheme.anatomical:  # a user's own labels travel with the model
         keep["label_scheme"] = scheme.to_dict()

@@ -258,3 +258,16 @@ def test_a_class_the_base_lacks_starts_from_the_base_s_classes_inside_it():
         key = f"head.final_conv_segmentation.{part}"
         torch.testing.assert_close(new[key][1], old[key][k])
     assert start_new_classes(net, base, [(x, np.zeros_like(target))], head="segmentation", skip=[0]) == []
+
+
+def test_an_image_head_the_base_has_starts_from_the_base_s(data_dir, tmp_path):
+    torch.manual_seed(2)
+    base = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, unit_feat=False, heads={"T2": 1}))
+    with torch.no_grad():
+        base.head.final_conv_T2.bias.fill_(0.37)
+    res = finetune(base, data_dir, tmp_path / "t2", task="image", mode="head", head="T2", steps=1, size=16,
+                   n_samples=1, lr=1e-9, device="cpu")
+    tuned = load_model(res.native_model).net.state_dict()
+    for part in ("weight", "bias"):
+        key = f"head.final_conv_T2.{part}"
+        torch.testing.assert_close(tuned[key], base.state_dict()[key], atol=1e-5, rtol=0)
