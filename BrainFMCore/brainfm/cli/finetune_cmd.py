@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any, Dict
 
 import brainfm.training  # noqa: F401 - the training part; without it `brainfm` lists this command as not available
@@ -73,4 +75,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     print(json.dumps({"model": str(res.native_model), "step": res.step, "val": res.val}))
+    if res.native_model is not None:
+        print(f"brainfm: to use it: brainfm models add {res.native_model}, then --model "
+              f"{Path(res.native_model).stem} (or pick it in the Slicer model selector)", file=sys.stderr)
     return 0

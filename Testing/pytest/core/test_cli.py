@@ -392,3 +392,39 @@ def test_a_batch_gathers_every_case_s_structure_volumes_into_one_table(tmp_path,
     (out / "a" / "seg_volumes.csv").write_text("not,a\nvolume,table\n")
     code, _, err = _run(["volumes", str(out)], capsys)
     assert code == 2 and str(out / "a" / "seg_volumes.csv") in err
+
+
+def test_fine_tune_for_labels_of_your_own_then_add_and_run_the_model(tmp_path, scans, capsys):
+    """The user's path on the command line: ``brainfm finetune`` with a label table, ``brainfm models
+    add`` as the command suggests, ``brainfm run --model NAME``: the case has the user's values, names
+    and colour table."""
+    pytest.importorskip("brainfm.training")
+    base_dir = tmp_path / "base"
+    _net, base, _json = ckpt_factory.write_native(base_dir / "toy", heads={"T1": 1, "segmentation": 33},
+                                                  info={"voxel_mm": 2.0})
+    data = tmp_path / "mine"
+    for i, name in enumerate(("a", "b")):
+        img = blob_head((28, 32, 24), GEOMETRY_CASES["ras"], seed=i)
+        write_volume(img, data / "images" / f"{name}.nii.gz")
+        x = np.asarray(img.data)
+        write_volume(img.with_data(np.where(x > np.percentile(x, 80), 5, 0).astype(np.int16)),
+                     data / "labels" / f"{name}.nii.gz")
+    table = tmp_path / "mine.txt"
+    table.write_text("0 Unknown 0 0 0 0\n5 Core 250 20 20 0\n")
+    code, out, err = _run(["finetune", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "ft"),
+                           "--label-scheme", str(table), "--steps", "2", "--size", "16", "--name", "cores",
+                           "--device", "cpu", "--progress", "none"], capsys)
+    assert code == 0, err
+    weights = json.loads(out.strip().splitlines()[-1])["model"]
+    assert f"brainfm models add {weights}, then --model cores" in err
+    code, _out, err = _run(["models", "add", weights], capsys)
+    assert code == 0, err
+    code, _out, err = _run(["run", str(scans / "a.nii.gz"), "-o", str(tmp_path / "out"), "--model", "cores",
+                            "--device", "cpu", "--tasks", "seg", "--progress", "none"], capsys)
+    assert code == 0, err
+    case = tmp_path / "out" / "a"
+    assert set(np.unique(np.asarray(read_volume(case / "seg.nii.gz").data)).tolist()) <= {0, 5}
+    assert "5,Core,250,20,20,255" in (case / "seg_labels.csv").read_text()
+    summary = json.loads((case / "summary.json").read_text())
+    assert summary["model"]["label_scheme"]["names"] == ["Unknown", "Core"]
+    assert summary["metadata"]["seg_method"] == "model head"
