@@ -492,7 +492,7 @@ class Predictor:
         # a fitted result needs no head warning, nor does a head used for want of an atlas (warned above)
         fitted = {"bias": bias_how == "fit", "reg": reg_how == "fit" or no_atlas}
         warned_tasks = [t for t in task_list if not fitted.get(t, False)]
-        warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks, can_fit=self.segments_anatomy)
+        warnings += task_warnings(getattr(self.info, "quality", None), warned_tasks, can_fit=has_seg)
         timings["total"], cpu["total"] = time.perf_counter() - t_start, time.process_time() - c_start
         metadata = {
             "model": self._model_meta(),

@@ -172,8 +172,9 @@ def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
             udata, _ = _canonical(under)
             urange = _window_range(udata)
             base = [_apply_window(v, urange) for v in _slices(udata, ijk)]
+        colors = label_colors(vol)
         for n, (view, aspect) in enumerate(zip(views, _aspects(spacing))):
-            rgb, mask = _colorize_labels(np.asarray(view), label_colors(vol))
+            rgb, mask = _colorize_labels(np.asarray(view), colors)
             grey = base[n] if base is not None else np.zeros(view.shape, np.uint8)
             out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
             out[mask] = 0.45 * out[mask] + 0.55 * rgb[mask]

@@ -124,6 +124,17 @@ def inherited_info(info: Any, *, mode: str, head: str) -> Dict[str, Any]:
     }
 
 
+def _head_weights(net: torch.nn.Module, base: torch.nn.Module, head: str) -> Optional[Tuple[torch.Tensor, ...]]:
+    """``(base weight, base bias, new weight, new bias)`` of the 1x1x1 ``head`` of ``base`` and ``net``
+    (the new ones are the live parameters), or None when either lacks it or their inputs differ."""
+    key = f"head.final_conv_{head}."
+    old, new = base.state_dict(), net.state_dict()
+    parts = [d.get(key + p) for d in (old, new) for p in ("weight", "bias")]
+    if any(t is None for t in parts) or tuple(parts[0].shape[1:]) != tuple(parts[2].shape[1:]):
+        return None
+    return tuple(parts)  # type: ignore[arg-type]
+
+
 def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, scheme: Any, base_scheme: Any
                   ) -> List[int]:
     """Start each class of ``net``'s new ``head`` from the class of ``base``'s head with the same label
@@ -144,20 +155,18 @@ def carry_classes(net: torch.nn.Module, base: torch.nn.Module, *, head: str, sch
     >>> bool((w[7] == old[1]).all())   # brainid33's class 7 and fs33's class 1: cerebral white matter (2)
     True
     """
-    key = f"head.final_conv_{head}."
-    old, new = base.state_dict(), net.state_dict()
-    w, b = old.get(key + "weight"), old.get(key + "bias")
-    if (w is None or b is None or scheme is None or base_scheme is None or key + "weight" not in new
-            or tuple(w.shape[1:]) != tuple(new[key + "weight"].shape[1:])):
+    weights = _head_weights(net, base, head)
+    if weights is None or scheme is None or base_scheme is None:
         return []
+    w, b, new_w, new_b = weights
     row = {(int(v), n): i for i, (v, n) in enumerate(zip(base_scheme.fs_values, base_scheme.names)) if i < w.shape[0]}
     carried = []
     with torch.no_grad():
         for c, (v, n) in enumerate(zip(scheme.fs_values, scheme.names)):
             i = row.get((int(v), n))
             if i is not None:
-                new[key + "weight"][c].copy_(w[i])
-                new[key + "bias"][c].copy_(b[i])
+                new_w[c].copy_(w[i])
+                new_b[c].copy_(b[i])
                 carried.append(c)
     return carried
 
@@ -173,14 +182,13 @@ def carry_image_head(net: torch.nn.Module, base: torch.nn.Module, *, head: str) 
     ...                                               == base.state_dict()["head.final_conv_T2.weight"]).all())
     (True, True)
     """
-    key = f"head.final_conv_{head}."
-    old, new = base.state_dict(), net.state_dict()
-    parts = ("weight", "bias")
-    if not all(key + p in old and key + p in new and old[key + p].shape == new[key + p].shape for p in parts):
+    weights = _head_weights(net, base, head)
+    if weights is None or weights[0].shape != weights[2].shape:
         return False
+    w, b, new_w, new_b = weights
     with torch.no_grad():
-        for p in parts:
-            new[key + p].copy_(old[key + p])
+        new_w.copy_(w)
+        new_b.copy_(b)
     return True
 
 
@@ -194,18 +202,16 @@ def start_new_classes(net: torch.nn.Module, base: torch.nn.Module,
     first ``max_images``). A user's "Hippocampus" of both sides starts near FreeSurfer's left and right
     hippocampus; fine-tuning then has to learn the difference, not the whole class. Returns the
     classes started this way (a class found in none of the windows keeps its initial weights)."""
-    key = f"head.final_conv_{head}."
-    old, new = base.state_dict(), net.state_dict()
-    w, b = old.get(key + "weight"), old.get(key + "bias")
-    if (w is None or b is None or key + "weight" not in new
-            or tuple(w.shape[1:]) != tuple(new[key + "weight"].shape[1:])):
+    weights = _head_weights(net, base, head)
+    if weights is None:
         return []
-    todo = [c for c in range(int(new[key + "weight"].shape[0])) if c not in set(skip)]
+    w, b, new_w, new_b = weights
+    todo = [c for c in range(int(new_w.shape[0])) if c not in set(skip)]
     if not todo:
         return []
     multiple = 2 ** (int(getattr(base.config, "num_levels", 5)) - 1)
     side = max(multiple, int(np.ceil(int(size) / multiple)) * multiple)
-    counts = np.zeros((int(new[key + "weight"].shape[0]), int(w.shape[0])))
+    counts = np.zeros((int(new_w.shape[0]), int(w.shape[0])))
     was_training = base.training
     base.eval()
     try:
@@ -233,8 +239,8 @@ def start_new_classes(net: torch.nn.Module, base: torch.nn.Module,
             if total <= 0:
                 continue
             share = torch.from_numpy(counts[c] / total).to(w.dtype)
-            new[key + "weight"][c].copy_((share.view(-1, *([1] * (w.dim() - 1))) * w).sum(0))
-            new[key + "bias"][c].copy_((share * b).sum())
+            new_w[c].copy_((share.view(-1, *([1] * (w.dim() - 1))) * w).sum(0))
+            new_b[c].copy_((share * b).sum())
             started.append(c)
     return started
 
