@@ -3,7 +3,9 @@
 The "own scans" are training label maps 01-04 rendered as FLAIR (the standard protocol, a 1 mm Gaussian
 blur and Rician noise of 3 % of the brightest tissue), with those maps as their labels. The held-out maps
 19 and 20, rendered the same way, score the result. ``brainfm.training.finetune.finetune`` trains a new
-segmentation head (mode ``head``: the rest of the network frozen) for ``--steps`` steps.
+segmentation head (mode ``head``: the rest of the network frozen) for ``--steps`` steps, once on cached
+features (the backbone's feature of each image computed once, the default) and once running the
+backbone at every step (the way it was done before), side by side in one run.
 
 Reported for the base model and the fine-tuned one: merged-17 Dice of the model's own labels
 (``seg_method`` ``head``) and of the product's labels (the default) on the held-out renderings; the grid
@@ -15,7 +17,7 @@ With ``--own-labels`` the labels are the user's own instead: 1 "Hippocampus" (bo
 of each on the held-out renderings (the base model's own hippocampus and thalamus labels, merged the
 same way, for comparison).
 
-    python Testing/benchmarks/bench_finetune.py [--steps 150] [--own-labels]
+    python Testing/benchmarks/bench_finetune.py [--steps 150] [--own-labels] [--paths cached per-step]
 """
 from __future__ import annotations
 
@@ -97,6 +99,9 @@ def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="finetune.json", repeats=1)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
+    ap.add_argument("--paths", nargs="+", choices=("cached", "per-step"), default=["cached", "per-step"],
+                    help="cached: the backbone's features computed once per image (the default of "
+                         "brainfm finetune); per-step: the backbone runs at every step, on random crops")
     args = ap.parse_args(argv)
     if args.own_labels and args.out.endswith("finetune.json"):
         args.out = args.out[: -len(".json")] + "_own_labels.json"
@@ -127,20 +132,27 @@ def main(argv: List[str]) -> int:
             scheme = str(Path(tmp) / "mine.txt")
             Path(scheme).write_text("".join(f"{v} {n} {40 * v} {200 - 40 * v} 120 0\n"
                                             for v, (n, _fs) in OWN_LABELS.items()))
-        t0 = time.perf_counter()
-        res = finetune("bundled", folder, Path(tmp) / "run", task="seg", mode="head", steps=args.steps,
-                       device="cpu", name="bench-finetuned", label_scheme=scheme)
-        seconds = time.perf_counter() - t0
-        tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
-        after = own_dice(tuned, images, truths, fs_labels=False) if args.own_labels else score(tuned, images, truths)
-    moved = None
-    if not args.own_labels:
-        t1_base, t1_tuned = before.pop("t1"), after.pop("t1")
-        moved = (float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None)
-    emit({"steps": args.steps, "finetune_seconds": round(seconds, 1), "threads": args.threads,
+        runs: Dict[str, Any] = {}
+        for path in args.paths:
+            t0 = time.perf_counter()
+            res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode="head", steps=args.steps,
+                           device="cpu", name="bench-finetuned", label_scheme=scheme,
+                           feature_cache=path == "cached")
+            seconds = time.perf_counter() - t0
+            tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
+            after = (own_dice(tuned, images, truths, fs_labels=False) if args.own_labels
+                     else score(tuned, images, truths))
+            moved = None
+            if not args.own_labels:
+                t1_base, t1_tuned = before["t1"], after.pop("t1")
+                moved = float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None
+            runs[path] = {"finetune_seconds": round(seconds, 1), "seconds_per_step": round(seconds / args.steps, 3),
+                          "finetuned": after, "synthetic_t1_largest_change": moved,
+                          "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}
+    before.pop("t1", None)
+    emit({"steps": args.steps, "threads": args.threads,
           "labels": "own: " + ", ".join(n for n, _ in OWN_LABELS.values()) if args.own_labels else "fs33",
-          "base": before, "finetuned": after, "synthetic_t1_largest_change": moved,
-          "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}, args.out)
+          "base": before, **runs}, args.out)
     return 0
 
 

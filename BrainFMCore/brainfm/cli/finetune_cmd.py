@@ -38,9 +38,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
     p.add_argument("--lr", type=float)
-    p.add_argument("--size", type=int, help="crop size in voxels (lower on out-of-memory)")
+    p.add_argument("--size", type=int, help="crop size in voxels (lower on out-of-memory); with the feature "
+                                            "cache of mode head a segmentation step takes random voxels instead")
     p.add_argument("--n-samples", type=int, help="crops per step (lower on out-of-memory)")
     p.add_argument("--name", help="name of the written model")
+    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction,
+                   help="mode head: compute the frozen backbone's features of each image once and train the "
+                        "head on them (the default; --no-feature-cache runs the backbone at every step)")
     p.add_argument("--device")
     p.add_argument("--resume")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

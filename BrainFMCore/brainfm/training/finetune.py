@@ -369,6 +369,31 @@ class PairedSource:
             yield self._make([(x, t, origin, 1.0)])
 
 
+#: share of the progress bar of a head-mode fine-tune that computing the cached features takes
+CACHE_SHARE = 0.2
+
+
+def _cached_source(net: torch.nn.Module, source: PairedSource, *, head: str, task: str, key: str, size: int,
+                   n_samples: int, device: torch.device, seed: int, progress: Any, cancel: Any) -> Any:
+    """A :class:`~brainfm.training.feature_cache.CachedFeatureSource` of ``source``'s images (features
+    of ``net``'s backbone on ``device``), or None when they would not fit in memory."""
+    from brainfm.inference.device import available_memory_bytes
+    from brainfm.progress import ensure_callback, scaled
+    from brainfm.training.feature_cache import CachedFeatureSource, choose_gammas
+
+    shapes = [x.shape for x, _ in list(source._train) + list(source._val)]
+    gammas = choose_gammas(shapes, int(net.config.head_in_channels or net.config.f_maps),
+                           available_memory_bytes(torch.device("cpu")))
+    if not gammas:
+        ensure_callback(progress)(0.0, "the features of the images do not fit in memory: "
+                                       "the backbone runs at every step")
+        return None
+    net.to(device)
+    return CachedFeatureSource(net.backbone, source._train, source._val, task=task, target_key=key, size=size,
+                               n_samples=n_samples, device=device, seed=seed, gammas=gammas,
+                               progress=scaled(progress, 0.0, CACHE_SHARE), cancel=cancel)
+
+
 @dataclass
 class FinetuneResult:
     """Where the fine-tuned model went and how training ended."""
@@ -384,8 +409,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
              task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: Any = "fs33",
              steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
              n_val: int = 1, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
-             resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None
-             ) -> FinetuneResult:
+             resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None,
+             feature_cache: bool = True) -> FinetuneResult:
     """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
 
     ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
@@ -397,6 +422,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     other classes from the base's classes inside them (:func:`start_new_classes`); an image head the
     base has starts from the base's (:func:`carry_image_head`). ``label_scheme``:
     see :func:`fine_tuning_scheme` (labels of your own: a label table or ``auto``).
+    ``feature_cache`` (mode ``head``): compute the frozen backbone's feature of each image once and
+    train the head on it (:mod:`brainfm.training.feature_cache`; whole images, three intensity
+    variants); without it, or when the features would not fit in memory, every step runs the backbone
+    on random crops.
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -460,7 +489,16 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         start_new_classes(net, base, source._train, head=head, skip=carried, size=size)
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
-    trainer = Trainer(cfg, source=source, model=net, resume=resume, progress=progress, cancel=cancel,
+    model: torch.nn.Module = net
+    cached = _cached_source(net, source, head=head, task=task, key=key, size=size, n_samples=n_samples,
+                            device=dev, seed=seed, progress=progress, cancel=cancel) \
+        if mode == "head" and feature_cache else None
+    if cached is not None:
+        from brainfm.progress import scaled
+        from brainfm.training.feature_cache import HeadOnlyNet
+
+        source, model, progress = cached, HeadOnlyNet(net, heads=[head]), scaled(progress, CACHE_SHARE, 1.0)
+    trainer = Trainer(cfg, source=source, model=model, resume=resume, progress=progress, cancel=cancel,
                       export_info=keep)
     res = trainer.fit()
     return FinetuneResult(res.native_model, res.checkpoint, res.step, res.val, res.losses)
