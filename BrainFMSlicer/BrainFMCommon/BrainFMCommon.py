@@ -6,8 +6,8 @@ Its folder holds two libraries, one per layer:
   ``brainfm run`` child process, model choices, dependency installer, diagnostics, label tables);
   it also runs without the Slicer application, on the MRML scene of the ``slicer-core`` wheel;
 - ``BrainFMModuleSupport/``: what the task modules build on inside the Slicer application:
-  the logic base (``logic.py``, ``run.py``, ``models.py``), the checks (``checks.py``), the widget
-  base (``widget.py``, ``model_widget.py``), the texts (``texts.py``), the widgets and parameters
+  the logic base (``logic.py``, ``run.py``, ``models.py``, ``finetune.py``), the checks (``checks.py``),
+  the widget base (``widget.py``, ``model_widget.py``, ``finetune_widget.py``), the texts (``texts.py``), the widgets and parameters
   every module provides (``ui_contract.py``) and the self-test helpers (``testing.py``).
 
 This file is the module itself (hidden from the module list), its self-test, and the names the task
@@ -25,6 +25,10 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 
 # Re-exported for the task modules and for scripts (``from BrainFMCommon import ...``).
 from BrainFMSceneLib._errors import BrainFMError, InputError  # noqa: F401
+from BrainFMSceneLib.finetune_job import FinetuneJob  # noqa: F401
+from BrainFMModuleSupport.finetune import FINETUNE_STEPS, FinetuneLogicMixin  # noqa: F401
+from BrainFMModuleSupport.finetune_widget import FinetuneWidgetMixin  # noqa: F401
+from BrainFMSceneLib.model_add import AddModelJob  # noqa: F401
 from BrainFMModuleSupport import BrainFMLogicBase, BrainFMRun  # noqa: F401
 from BrainFMModuleSupport.checks import (  # noqa: F401
     MODEL_CHOICES,
@@ -43,9 +47,10 @@ from BrainFMModuleSupport.ui_contract import COMMON_PARAMETERS, COMMON_WIDGETS  
 from BrainFMModuleSupport.widget import BrainFMWidgetBase  # noqa: F401
 
 __all__ = [
-    "ACKNOWLEDGEMENT", "COMMON_PARAMETERS", "COMMON_WIDGETS", "CONTRIBUTORS", "DEFAULT_MODEL_ID", "MODEL_CHOICES",
-    "MODEL_CUSTOM", "MODEL_DEFAULT", "MODEL_OFFICIAL", "QUALITY_CHOICES", "BrainFMCommon", "BrainFMCommonTest",
-    "BrainFMError", "BrainFMLogicBase", "BrainFMRun", "BrainFMWidgetBase", "InputError", "ModelWidgetMixin",
+    "ACKNOWLEDGEMENT", "COMMON_PARAMETERS", "COMMON_WIDGETS", "CONTRIBUTORS", "DEFAULT_MODEL_ID", "FINETUNE_STEPS",
+    "MODEL_CHOICES", "MODEL_CUSTOM", "MODEL_DEFAULT", "MODEL_OFFICIAL", "QUALITY_CHOICES", "AddModelJob",
+    "BrainFMCommon", "BrainFMCommonTest", "BrainFMError", "BrainFMLogicBase", "BrainFMRun", "BrainFMWidgetBase",
+    "FinetuneJob", "FinetuneLogicMixin", "FinetuneWidgetMixin", "InputError", "ModelWidgetMixin",
     "checkInputVolume", "checkOutputNodes", "helpText", "modelSpec",
 ]
 

@@ -6,6 +6,11 @@ Console example (Slicer Python console)::
     logic = slicer.util.getModuleLogic("BrainFMSegmentation")
     result = logic.process(volume, device="auto", quality="full")
     print(result.outputs["outputSegmentation"].GetName(), result.elapsedSeconds)
+
+Fine-tuning on scans and segmentations of the scene (the new model is added to the model store)::
+
+    job = logic.finetune([(volume, segmentation)], steps=500, name="my-labels")
+    print(job.model.id)
 """
 from typing import Annotated, Callable, Optional
 
@@ -16,7 +21,8 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
 import BrainFMCommon
-from BrainFMCommon import QUALITY_CHOICES, BrainFMRun, BrainFMLogicBase, BrainFMWidgetBase, InputError
+from BrainFMCommon import (FINETUNE_STEPS, QUALITY_CHOICES, BrainFMLogicBase, BrainFMRun, BrainFMWidgetBase,
+                           FinetuneLogicMixin, FinetuneWidgetMixin, InputError)
 import BrainFMModuleSupport.testing
 
 
@@ -35,7 +41,10 @@ class BrainFMSegmentation(ScriptedLoadableModule):
             "Segments the brain anatomy (FreeSurfer structures: cortex, white matter, deep grey matter, "
             "ventricles, cerebellum, brainstem, CSF) of an MRI of any contrast or a CT, and measures "
             "the structure volumes. Labels from: Refined to the scan fits one intensity model per tissue to the scan, "
-            "with the model's probabilities as the prior, so the outlines follow the scan's own edges.")
+            "with the model's probabilities as the prior, so the outlines follow the scan's own edges. "
+            "Fine-tune: pairs of a scan and its segmentation (BrainFM's, possibly corrected, or labels of your own) "
+            "teach the selected model your labels; the new model is added to your model store and offered in "
+            "every BrainFM module.")
         self.parent.acknowledgementText = BrainFMCommon.ACKNOWLEDGEMENT
 
 
@@ -53,9 +62,12 @@ class BrainFMSegmentationParameterNode:
     oneMillimeterGrid: bool = False  # results on a 1 mm grid instead of the input's (thick slices)
     allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
+    finetuneSegmentation: vtkMRMLSegmentationNode  # labels of the input volume, for the next training pair
+    finetuneSteps: int = FINETUNE_STEPS
+    finetuneModelName: str = ""  # empty: finetuned-<date>-<time>
 
 
-class BrainFMSegmentationLogic(BrainFMLogicBase):
+class BrainFMSegmentationLogic(FinetuneLogicMixin, BrainFMLogicBase):
     """Segmentation without the GUI (Python console, ``Slicer --python-script``).
 
     >>> logic = BrainFMSegmentationLogic()  # doctest: +SKIP
@@ -107,7 +119,11 @@ class BrainFMSegmentationLogic(BrainFMLogicBase):
                         waitForCompletion=waitForCompletion, progressCallback=progressCallback)
 
 
-class BrainFMSegmentationWidget(BrainFMWidgetBase):
+class BrainFMSegmentationWidget(FinetuneWidgetMixin, BrainFMWidgetBase):
+    """The panel: segmentation (the common Apply section), *Batch case* + Load, and the *Fine-tune* section
+    (training pairs of the input volume and a segmentation; the job runs like a model addition: progress bar,
+    Apply and Fine-tune turn into Cancel, the model selector shows the new model when it is done)."""
+
     logicClass = BrainFMSegmentationLogic
 
     def outputNodes(self, p):
@@ -129,6 +145,7 @@ class BrainFMSegmentationWidget(BrainFMWidgetBase):
     def setup(self) -> None:
         BrainFMWidgetBase.setup(self)
         self.ui.loadCaseButton.connect("clicked(bool)", lambda _checked=False: self.onLoadCase())
+        self.setupFinetune()
 
     def onLoadCase(self) -> bool:
         """Load the case folder of the *Batch case* field (:meth:`BrainFMLogicBase.loadResults`) and show it

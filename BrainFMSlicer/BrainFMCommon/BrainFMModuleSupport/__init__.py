@@ -11,6 +11,8 @@ lazily, after the dependency check.
 - :mod:`BrainFMModuleSupport.checks`        input volume, output nodes and model choice checks
 - :mod:`BrainFMModuleSupport.widget`        ``BrainFMWidgetBase``: the common panel (Apply/Cancel, progress, log)
 - :mod:`BrainFMModuleSupport.model_widget`  the model selector of the panel
+- :mod:`BrainFMModuleSupport.finetune`      ``FinetuneLogicMixin``: fine-tune on scans + segmentations, add the model
+- :mod:`BrainFMModuleSupport.finetune_widget`  the *Fine-tune* section of a panel (training pairs, steps, name)
 - :mod:`BrainFMModuleSupport.texts`         contributors, acknowledgement, help text
 - :mod:`BrainFMModuleSupport.ui_contract`   widgets and parameters every task module provides
 - :mod:`BrainFMModuleSupport.testing`       ``BrainFMTestBase``: helpers of the in-Slicer self-tests

@@ -22,6 +22,8 @@ Modules (each importable on its own; none imports Qt, torch or ``brainfm`` at im
 - :mod:`BrainFMSceneLib.parameters`          ``RunParameters`` dataclass (is_valid, as_arg_list)
 - :mod:`BrainFMSceneLib.registry`            model choices (``list_models``: store, bundled, best default), checksums
 - :mod:`BrainFMSceneLib.model_add`           ``AddModelJob``: ``brainfm models add`` in a child process
+- :mod:`BrainFMSceneLib.training_pairs`      scans + segmentations of the scene -> ``brainfm finetune`` data folder
+- :mod:`BrainFMSceneLib.finetune_job`        ``FinetuneJob``: ``brainfm finetune``, then ``models add``, in child processes
 - :mod:`BrainFMSceneLib.install`             ``InstallLogic``: dependency checks and installation
 - :mod:`BrainFMSceneLib.diagnostics`         environment report (dict + text)
 - :mod:`BrainFMSceneLib.signals`             tiny pure-Python ``Signal``
@@ -43,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "diagnostics",
+    "finetune_job",
     "install",
     "job",
     "label_tables",
@@ -55,6 +58,7 @@ __all__ = [
     "segmentation_nodes",
     "signals",
     "table_nodes",
+    "training_pairs",
     "transform_nodes",
     "volume_files",
     "volume_nodes",

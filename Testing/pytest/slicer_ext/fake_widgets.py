@@ -12,6 +12,7 @@ class FakeWidget:
         self.cls, self.text, self.toolTip, self.enabled = cls, "", "", True
         self.value, self.format, self.lines, self.items, self.currentIndex = 0, "", [], [], -1
         self.currentPath = ""
+        self.currentRow = -1  # QListWidget's selected row
 
     def className(self):
         return self.cls

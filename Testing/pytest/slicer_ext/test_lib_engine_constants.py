@@ -24,7 +24,8 @@ import pytest
 brainfm = pytest.importorskip("brainfm", reason="the engine (BrainFMCore) is not installed")
 
 from BrainFMSceneLib import __version__ as LIB_VERSION  # noqa: E402
-from BrainFMSceneLib import install, model_add, parameters, process, registry, results, table_nodes  # noqa: E402
+from BrainFMSceneLib import (  # noqa: E402
+    finetune_job, install, model_add, parameters, process, registry, results, table_nodes, training_pairs)
 from BrainFMSceneLib._errors import CancelledError, InputError  # noqa: E402
 from slicer_static_helpers import (  # noqa: E402
     MODULE_SUPPORT,
@@ -230,6 +231,25 @@ def test_models_add_protocol_is_the_engines(tmp_path):
         ns = engine_parse(command[3:])
         assert (ns.models_command, ns.file, ns.name, ns.storage, ns.progress) == (
             "add", weights, "mine", storage, "machine")
+
+
+def test_finetune_command_scheme_and_model_names_are_the_engines(tmp_path):
+    """``brainfm finetune`` takes the library's command as meant; the fs33 values, the model-name rule and the
+    reserved names are the engine's (the JSON line it prints is read in test_lib_finetune.py's real run)."""
+    from brainfm.labels import get_scheme
+    from brainfm.models import store
+
+    assert training_pairs.FS33_VALUES == tuple(v for v in get_scheme("fs33").fs_values if v)
+    assert finetune_job.MODEL_NAME_RE.pattern == store.NAME_RE.pattern
+    assert finetune_job.RESERVED_NAMES == store.RESERVED_NAMES
+    assert finetune_job.DEFAULT_STEPS == engine_attr("FINETUNE_DEFAULTS", "brainfm.training.finetune_options")["steps"]
+    table = str(tmp_path / "label_table.csv")
+    command = finetune_job.finetune_command(tmp_path / "data", tmp_path / "run", model="official", steps=7,
+                                            name="mine", label_scheme=table, device="cpu", python="python")
+    assert command[:3] == ["python", "-m", "brainfm"]
+    ns = engine_parse(command[3:])
+    assert (ns.command, ns.model, ns.data, ns.out, ns.label_scheme, ns.steps, ns.name, ns.device, ns.progress) == (
+        "finetune", "official", str(tmp_path / "data"), str(tmp_path / "run"), table, 7, "mine", "cpu", "machine")
 
 
 def _keys_read_by_choice_from_dict() -> set:

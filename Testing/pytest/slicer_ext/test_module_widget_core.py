@@ -369,3 +369,73 @@ def test_segmentation_module_loads_a_case_of_a_command_line_batch(scene, tmp_pat
     assert p.inputVolume.GetName() == "sub-03" and p.outputSegmentation.IsA("vtkMRMLSegmentationNode")
     assert p.outputTable.IsA("vtkMRMLTableNode") and p.outputTable.GetNumberOfRows() > 0
     assert any("loaded" in line for line in w.ui.logTextEdit.lines)
+
+
+def finish_model_job(w, timeout=300.0):
+    """Poll as the panel's timer does until the model job (a model addition or a fine-tuning) has ended."""
+    deadline = time.monotonic() + timeout
+    while w._addJob is not None:
+        assert time.monotonic() < deadline, "the model job did not finish"
+        w._onPoll()
+        time.sleep(0.05)
+
+
+def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monkeypatch):
+    """The Fine-tune section: Add pair (input volume + selected segmentation) explains what is missing,
+    Remove takes the selected pair out, Fine-tune runs the real engine on the panel's model with the steps
+    and name of the parameter node, Apply and Fine-tune turn into Cancel meanwhile, and the new model is
+    then listed and selected; a second fine-tuning cancelled with the same button adds nothing."""
+    from BrainFMSceneLib.finetune_job import FinetuneJob
+    from BrainFMSceneLib.registry import list_models
+    from fixtures import label_head
+
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    shape = (22, 24, 20)
+    w, errors = module_widget("BrainFMSegmentation", scene, tmp_path, monkeypatch,
+                              blob_head(shape, GEOMETRY_CASES["oblique"]), {"segmentation": 33},
+                              **METHOD_COMBOS["BrainFMSegmentation"][1], finetuneSegmentation=None, finetuneSteps=2,
+                              finetuneModelName="ventricles")
+    p = w._parameterNode
+    w._checkCanApply()
+    assert not w.ui.finetuneButton.enabled and "training pair" in w.ui.finetuneButton.toolTip
+    assert w.onAddFinetunePair() is False and "Select the segmentation of head" in errors[-1]
+    lm = add_volume(scene, (label_head(shape) == 4).astype(np.int16), GEOMETRY_CASES["oblique"], "drawn",
+                    labelmap=True)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my ventricles")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
+    seg.GetSegmentation().GetNthSegment(0).SetName("Ventricle")
+    p.finetuneSegmentation = seg
+    assert w.onAddFinetunePair() is True
+    assert w.onAddFinetunePair() is False and "already in the list" in errors[-1]
+    assert w.ui.finetunePairsListWidget.items == [("head + my ventricles", None)]
+    w.ui.finetunePairsListWidget.currentRow = 0
+    w.onRemoveFinetunePair()
+    assert w.ui.finetunePairsListWidget.items == [] and not w.ui.finetuneButton.enabled
+    assert w.onAddFinetunePair() is True and w.ui.finetuneButton.enabled and w.ui.finetuneButton.text == "Fine-tune"
+    errors.clear()
+
+    w.onFinetune()
+    assert isinstance(w._addJob, FinetuneJob) and w._addJob.running, errors
+    assert w._addJob.name == "ventricles" and w._addJob.steps == 2 and w._addJob.model_spec == p.modelId
+    assert w.ui.applyButton.text == "Cancel" and w.ui.finetuneButton.text == "Cancel"
+    assert "fine-tuning" in w.ui.applyButton.toolTip
+    finish_model_job(w)
+    assert not errors and "Fine-tuned model 'ventricles' added" in w.ui.progressBar.format, (errors, w.ui.logTextEdit.lines[-5:])
+    assert p.modelId == "ventricles" and w.ui.modelComboBox.itemData(w.ui.modelComboBox.currentIndex) == "ventricles"
+    assert w.ui.applyButton.text == "Apply" and w.ui.finetuneButton.text == "Fine-tune"
+    assert any("Ventricle" in line for line in w.ui.logTextEdit.lines)  # the label of the new model
+
+    p.finetuneModelName, p.finetuneSteps = "never-added", 5000
+    w.onFinetune()
+    job = w._addJob
+    temp = job.temp_dir
+    said = []
+    job.runner.progress.connect(lambda f, m: said.append(m))
+    deadline = time.monotonic() + 120
+    while not said and time.monotonic() < deadline:
+        w._onPoll()
+        time.sleep(0.05)
+    w.onFinetune()  # the same button cancels
+    finish_model_job(w)
+    assert job.status == "cancelled" and "Cancelled" in w.ui.progressBar.format and not errors
+    assert not temp.exists() and "never-added" not in [c.id for c in list_models()]

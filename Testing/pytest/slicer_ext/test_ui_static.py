@@ -14,6 +14,7 @@ import pytest
 
 from slicer_static_helpers import (
     MODULE_SUPPORT,
+    find_class,
     TASK_MODULES,
     GUI_CONNECTORS,
     UiFile,
@@ -32,6 +33,9 @@ NAME_CLASSES = {
     "Selector": {"qMRMLNodeComboBox"},
     "ComboBox": {"QComboBox"},
     "PathLineEdit": {"ctkPathLineEdit"},
+    "LineEdit": {"QLineEdit"},
+    "SpinBox": {"QSpinBox"},
+    "ListWidget": {"QListWidget"},
     "CheckBox": {"QCheckBox"},
     "TextEdit": {"QPlainTextEdit", "QTextEdit"},
     "ProgressBar": {"QProgressBar"},
@@ -60,10 +64,19 @@ def common_tree():
     return tree
 
 
+def module_tree(name: str):
+    """The module file, plus the files of the BrainFMModuleSupport mixins its widget uses (their ``self.ui``
+    is the module's panel)."""
+    tree = parse_py(module_py(name))
+    if "FinetuneWidgetMixin" in ast.unparse(tree):
+        tree.body.extend(parse_py(MODULE_SUPPORT / "finetune_widget.py").body)
+    return tree
+
+
 @pytest.fixture(scope="module", params=TASK_MODULES)
 def module(request):
     name = request.param
-    return name, UiFile(module_ui(name)), parse_py(module_py(name))
+    return name, UiFile(module_ui(name)), module_tree(name)
 
 
 def test_top_level_is_qmrmlwidget_with_three_sections(module):
@@ -186,3 +199,39 @@ def test_ui_is_designer_compatible(module):
     assert ui.root.findtext("class") == name
     for w in ui.widgets.values():
         assert re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", w.name), f"{name}.ui: bad object name {w.name!r}"
+
+
+def test_segmentation_fine_tune_section():
+    """The Segmentation module's collapsed *Fine-tune* section: a segmentation selector bound to the parameter
+    node, Add pair / the pair list / Remove, steps (default 500 in the .ui and in the parameter node), the
+    model name and the Fine-tune button, all inside the section."""
+    name = "BrainFMSegmentation"
+    ui, tree = UiFile(module_ui(name)), module_tree(name)
+    section = next(e for e in ui.root.iter("widget") if e.get("name") == "finetuneCollapsibleButton")
+    inside = {e.get("name"): e.get("class") for e in section.iter("widget")}
+    assert inside == {
+        "finetuneCollapsibleButton": "ctkCollapsibleButton", "finetuneLayoutLabelSegmentation": "QLabel",
+        "finetuneSegmentationSelector": "qMRMLNodeComboBox", "finetuneAddPairButton": "QPushButton",
+        "finetunePairsListWidget": "QListWidget", "finetuneRemovePairButton": "QPushButton",
+        "finetuneLayoutLabelSteps": "QLabel", "finetuneStepsSpinBox": "QSpinBox", "finetuneLayoutLabelName": "QLabel",
+        "finetuneModelNameLineEdit": "QLineEdit", "finetuneButton": "QPushButton"}
+    widgets = ui.widgets
+    assert widgets["finetuneCollapsibleButton"].props == {**widgets["finetuneCollapsibleButton"].props,
+                                                          "text": "Fine-tune", "collapsed": True}
+    assert widgets["finetuneButton"].props.get("text") == "Fine-tune"
+    assert widgets["finetuneAddPairButton"].props.get("text") == "Add pair"
+    assert widgets["finetuneRemovePairButton"].props.get("text") == "Remove"
+    bindings = {param: w.name for param, w in ui.parameter_bindings().items()}
+    assert {k: bindings.get(k) for k in ("finetuneSegmentation", "finetuneSteps", "finetuneModelName")} == {
+        "finetuneSegmentation": "finetuneSegmentationSelector", "finetuneSteps": "finetuneStepsSpinBox",
+        "finetuneModelName": "finetuneModelNameLineEdit"}
+    fields = parameter_fields(tree, f"{name}ParameterNode")
+    steps = next(n for n in find_class(tree, f"{name}ParameterNode").body
+                 if isinstance(n, ast.AnnAssign) and n.target.id == "finetuneSteps")
+    assert base_type_name(fields["finetuneSteps"]) == "int" and ast.unparse(steps.value) == "FINETUNE_STEPS"
+    steps_default = literal_assignment(parse_py(MODULE_SUPPORT / "finetune.py"), "FINETUNE_STEPS")
+    assert steps_default == 500 == widgets["finetuneStepsSpinBox"].props["value"]
+    assert widgets["finetuneStepsSpinBox"].props["minimum"] == 1
+    used = ui_attributes_used(tree)
+    assert {w for w in inside if not w.startswith(("finetuneLayoutLabel", "finetuneCollapsible"))} - used == {
+        "finetuneSegmentationSelector", "finetuneStepsSpinBox", "finetuneModelNameLineEdit"}  # bound, not touched

@@ -1,0 +1,142 @@
+"""The *Fine-tune* section of a module panel: :class:`FinetuneWidgetMixin` (before ``BrainFMWidgetBase``).
+
+The section pairs the panel's input volume with the segmentation of ``finetuneSegmentationSelector``
+(*Add pair*; the list ``finetunePairsListWidget``, *Remove*), and *Fine-tune* runs the logic's
+``finetune()`` with the steps and model name of the parameter node (``finetuneSteps``,
+``finetuneModelName``) and the panel's model as the base. The job runs like a model file addition
+(``self._addJob``): the progress bar shows it, Apply and *Fine-tune* turn into Cancel, and when it
+completes the model selector is filled again with the new model selected.
+"""
+from typing import Any, List, Tuple
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # pragma: no cover - outside the Slicer application
+    def _(text: str) -> str:
+        return text
+
+from BrainFMSceneLib._errors import InputError
+from BrainFMSceneLib.finetune_job import FinetuneJob
+
+
+class FinetuneWidgetMixin:
+    """Fine-tune section behaviour; expects the ``BrainFMWidgetBase`` attributes and the widgets
+    ``finetuneAddPairButton``, ``finetunePairsListWidget``, ``finetuneRemovePairButton``, ``finetuneButton``."""
+
+    def __init__(self, parent=None) -> None:
+        self._finetunePairs: List[Tuple[Any, Any]] = []  # (volume, segmentation) per training pair, in order
+        super().__init__(parent)
+
+    def setupFinetune(self) -> None:
+        """Connect the section's buttons (call from ``setup()``)."""
+        self.ui.finetuneAddPairButton.connect("clicked(bool)", lambda _checked=False: self.onAddFinetunePair())
+        self.ui.finetuneRemovePairButton.connect("clicked(bool)", lambda _checked=False: self.onRemoveFinetunePair())
+        self.ui.finetuneButton.connect("clicked(bool)", lambda _checked=False: self.onFinetune())
+
+    def _finetuning(self) -> bool:
+        return isinstance(self._addJob, FinetuneJob) and self._addJob.running
+
+    # -- pairs -------------------------------------------------------------------------------------
+    def onAddFinetunePair(self) -> bool:
+        """Add (input volume, selected segmentation) to the training pairs; False (error shown) if not added."""
+
+        def add() -> None:
+            p = self._parameterNode
+            volume, segmentation = (p.inputVolume, p.finetuneSegmentation) if p is not None else (None, None)
+            if volume is None:
+                raise InputError(_("Select the scan as the input volume (Inputs) first."))
+            if segmentation is None:
+                raise InputError(_("Select the segmentation of {volume} first.").format(volume=volume.GetName()))
+            if any(v is volume and s is segmentation for v, s in self._finetunePairs):
+                raise InputError(_("This pair is already in the list."))
+            self._finetunePairs.append((volume, segmentation))
+            self._showFinetunePairs()
+
+        return self.runWithErrorDisplay(_("Could not add the training pair."), add)
+
+    def onRemoveFinetunePair(self) -> None:
+        """Remove the selected training pair."""
+        row = self.ui.finetunePairsListWidget.currentRow
+        if 0 <= row < len(self._finetunePairs):
+            del self._finetunePairs[row]
+            self._showFinetunePairs()
+
+    def _showFinetunePairs(self) -> None:
+        # a node deleted from the scene takes its pair with it
+        self._finetunePairs = [(v, s) for v, s in self._finetunePairs
+                               if v.GetScene() is not None and s.GetScene() is not None]
+        pairs = self.ui.finetunePairsListWidget
+        pairs.clear()
+        for volume, segmentation in self._finetunePairs:
+            pairs.addItem(f"{volume.GetName()} + {segmentation.GetName()}")
+        self._checkCanApply()
+
+    # -- run ---------------------------------------------------------------------------------------
+    def onFinetune(self) -> None:
+        """Start fine-tuning on the training pairs (or cancel the running fine-tuning)."""
+        if self._finetuning():
+            self.appendLog(_("Cancelling..."))
+            self._addJob.cancel()
+            return
+        p = self._parameterNode
+        self.ui.logTextEdit.clear()
+        self._setProgress(0.0, _("Fine-tuning"))
+
+        def start() -> None:
+            self._showFinetunePairs()
+            self.logic.setupPythonRequirements(interactive=True)
+            self._addJob = self.logic.finetune(
+                list(self._finetunePairs), model=p.modelId or "default", steps=int(p.finetuneSteps),
+                name=(p.finetuneModelName or "").strip() or None, device=p.device, waitForCompletion=False,
+                progressCallback=self.onProgress)
+            self._timer.start()
+
+        if not self.runWithErrorDisplay(_("Fine-tuning could not start."), start):
+            self._setProgress(0.0, _("Not started"))
+        self._checkCanApply()
+
+    def _pollAddJob(self) -> None:
+        job = self._addJob
+        if not isinstance(job, FinetuneJob):
+            super()._pollAddJob()
+            return
+        if job.poll():
+            return
+        self._addJob = None
+        self._timer.stop()
+        if job.status == "completed":
+            self._setProgress(1.0, _("Fine-tuned model '{name}' added").format(name=job.model.id))
+            self._fillModelComboBox()
+            index = self.ui.modelComboBox.findData(job.model.id)
+            if self._parameterNode is not None and index >= 0:
+                self._parameterNode.modelId = job.model.id
+                self.ui.modelComboBox.currentIndex = index
+        elif job.status == "cancelled":
+            self._setProgress(0.0, _("Cancelled"))
+        else:
+            import slicer
+
+            self._setProgress(0.0, _("Fine-tuning failed"))
+            slicer.util.errorDisplay(str(job.error), detailedText=job.logText())
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        super()._checkCanApply(caller, event)
+        button = self.ui.finetuneButton
+        self.ui.finetuneRemovePairButton.enabled = bool(self._finetunePairs) and not self._finetuning()
+        if self._finetuning():
+            stop = _("Stop the fine-tuning (no model is added).")
+            self.ui.applyButton.toolTip = button.toolTip = stop
+            button.text, button.enabled = _("Cancel"), True
+            return
+        button.text = _("Fine-tune")
+        busy = (self._run is not None and self._run.running) or (self._addJob is not None and self._addJob.running)
+        reason = _("Wait for the running computation to end.") if busy else (
+            "" if self._finetunePairs else _("Add at least one training pair (a scan and its segmentation)."))
+        button.enabled = not reason
+        button.toolTip = reason or _("Fine-tune the selected model on the training pairs and add it to your model store.")
+
+    def onSceneEndClose(self, caller, event) -> None:
+        self._finetunePairs = []  # their nodes are gone with the scene
+        self.ui.finetunePairsListWidget.clear()
+        super().onSceneEndClose(caller, event)
