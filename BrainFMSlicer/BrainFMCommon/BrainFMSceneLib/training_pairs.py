@@ -5,11 +5,16 @@ node). :func:`export_training_pairs` writes ``images/<case>.nii`` and ``labels/<
 file name, the labels on the exact voxel grid of the image: a segmentation is exported with Slicer's
 segmentation-to-labelmap export and the image as reference geometry) and decides the label scheme:
 
-- every segment of every pair carries BrainFM's label-value tag (BrainFM's own results, possibly
-  edited) with a value of the ``fs33`` scheme: the labels keep those FreeSurfer numbers, scheme ``fs33``;
-- otherwise each segment gets a value by its name (the same name the same value in every pair,
-  1..N in first-seen order) and a colour-table CSV (values, names, segment colours) is written as
-  ``label_table.csv``: the scheme is that file.
+- a segment is one of FreeSurfer's structures of the ``fs33`` scheme when it carries BrainFM's
+  label-value tag with such a value (BrainFM's own results, possibly edited) or when its name is that
+  structure's FreeSurfer name (e.g. ``Left-Hippocampus``: a FreeSurfer segmentation loaded into Slicer);
+- every segment of every pair is such a structure: the labels keep those FreeSurfer numbers, scheme
+  ``fs33`` (the new model segments FreeSurfer anatomy);
+- otherwise a colour-table CSV (values, names, segment colours) is written as ``label_table.csv`` and
+  the scheme is that file: FreeSurfer's structures keep their numbers and names (the new model's class
+  then starts from the base model's class of that structure), as do segments with BrainFM's tag of
+  another FreeSurfer number; every other segment gets a value by its name (the same name the same value
+  in every pair; the smallest values not taken, in first-seen order).
 
 A labelmap node's values count as FreeSurfer numbers when its colour table is BrainFM's label table;
 otherwise each value is a segment named after its colour table entry. The input nodes are never
@@ -73,6 +78,17 @@ class _Segment:
     name: str
     color: Tuple[int, int, int]
     fs_value: Optional[int]
+
+
+def fs33_names() -> Dict[int, str]:
+    """FreeSurfer number -> FreeSurfer name of the structures of the engine's ``fs33`` scheme (empty where
+    the engine is not installed: then only BrainFM's tags identify them)."""
+    try:
+        from brainfm.labels import get_scheme
+    except ImportError:
+        return {}
+    scheme = get_scheme(FS33)
+    return {int(v): str(n) for n, v in zip(scheme.names, scheme.fs_values) if int(v) in FS33_VALUES}
 
 
 def _rgb255(rgb: Sequence[float]) -> Tuple[int, int, int]:
@@ -210,17 +226,31 @@ def export_training_pairs(pairs: Sequence[Tuple[Any, Any]], folder: PathLike) ->
     if not pairs:
         raise InputError("Add at least one training pair (a scan and its segmentation).")
     found = [_pair_labels(tuple(pair)) for pair in pairs]  # every check before anything is written
-    fs33 = all(s.fs_value in FS33_VALUES for *_, segments in found for s in segments)
+    names = fs33_names()
+    by_fs_name = {n.lower(): v for v, n in names.items()}
+
+    def freesurfer(s: _Segment) -> Optional[int]:
+        return s.fs_value if s.fs_value is not None else by_fs_name.get(s.name.strip().lower())
+
+    structures = [freesurfer(s) for *_, segments in found for s in segments]
+    fs33 = all(v in FS33_VALUES for v in structures)
+    taken = {int(v) for v in structures if v is not None}
     by_name: Dict[str, TrainingLabel] = {}
     by_value: Dict[int, TrainingLabel] = {}
     luts = []
     for *_, segments in found:
         lut = np.zeros(len(segments) + 1, np.int64)
         for i, s in enumerate(segments):
-            if fs33:
-                label = by_value.setdefault(int(s.fs_value), TrainingLabel(int(s.fs_value), s.name, s.color))
+            value = freesurfer(s)
+            if value is not None:  # FreeSurfer's name, which the engine matches with the base's class
+                name = s.name if fs33 else names.get(int(value), s.name)
+                label = by_value.setdefault(int(value), TrainingLabel(int(value), name, s.color))
             else:
-                label = by_name.setdefault(s.name, TrainingLabel(len(by_name) + 1, s.name, s.color))
+                if s.name not in by_name:
+                    free = next(v for v in range(1, 1 << 15) if v not in taken)
+                    taken.add(free)
+                    by_name[s.name] = TrainingLabel(free, s.name, s.color)
+                label = by_name[s.name]
             lut[i + 1] = label.value
         luts.append(lut)
     root = Path(folder)
@@ -232,6 +262,6 @@ def export_training_pairs(pairs: Sequence[Tuple[Any, Any]], folder: PathLike) ->
         export_volume_node(volume, root / "images" / f"{case}{DEFAULT_EXPORT_SUFFIX}")
         _write_labels(index, lut, volume, root / "labels" / f"{case}{DEFAULT_EXPORT_SUFFIX}")
         cases.append(case)
-    labels = sorted(by_value.values(), key=lambda x: x.value) if fs33 else list(by_name.values())
+    labels = sorted(list(by_value.values()) + list(by_name.values()), key=lambda x: x.value)
     scheme = FS33 if fs33 else str(write_label_table(labels, root))
     return ExportedPairs(root, scheme, labels, cases)

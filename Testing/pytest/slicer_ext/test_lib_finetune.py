@@ -127,8 +127,10 @@ def test_own_labels_get_values_by_name_and_a_colour_table_the_engine_reads(scene
     np.testing.assert_array_equal(lab_b, expected_b)
 
 
-def test_a_segment_without_brainfm_value_makes_every_label_named(scene, tmp_path):
-    """A BrainFM result plus one segment the user added: not fs33 any more, every segment valued by its name."""
+def test_a_segment_of_your_own_makes_a_named_label_table_that_keeps_freesurfer_s_structures(scene, tmp_path):
+    """A BrainFM result plus one segment the user added: not fs33 any more; the FreeSurfer structures keep
+    their numbers and names (the new model's classes start from the base's), the new segment gets the
+    smallest value not taken."""
     aff = GEOMETRY_CASES["ras"]
     volume = add_volume(scene, blob_head(SHAPE, aff).data, aff, "scan")
     seg = add_segmentation_from_labels(scene, label_head(SHAPE), aff, name="seg", reference_node=volume).segmentation_node
@@ -141,12 +143,31 @@ def test_a_segment_without_brainfm_value_makes_every_label_named(scene, tmp_path
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(extra, seg)
     seg.GetSegmentation().GetNthSegment(seg.GetSegmentation().GetNumberOfSegments() - 1).SetName("Lesion")
     out = export_training_pairs([(volume, seg)], tmp_path / "own")
-    names = [label.name for label in out.labels]
-    assert out.label_scheme.endswith("label_table.csv") and names[-1] == "Lesion"
-    assert [label.value for label in out.labels] == list(range(1, len(names) + 1))
-    assert names[:-1] == [s["name"] for s in segment_summary(seg)][:-1]  # FreeSurfer names, valued by order
+    assert out.label_scheme.endswith("label_table.csv")
+    assert [(x.value, x.name) for x in out.labels] == [(1, "Lesion")] + [(x.value, x.name) for x in brainfm_only.labels]
     lab, _ = _read(out.data_dir / "labels" / f"{out.cases[0]}.nii")
-    assert set(np.unique(lab[9:11, 11:13, 8:10])) == {len(names)}  # the lesion painted over the anatomy
+    assert set(np.unique(lab[9:11, 11:13, 8:10])) == {1}  # the lesion painted over the anatomy
+    outside = np.ones(SHAPE, bool)
+    outside[9:11, 11:13, 8:10] = False
+    np.testing.assert_array_equal(lab[outside], label_head(SHAPE)[outside])  # FreeSurfer numbers elsewhere
+
+
+def test_segments_named_as_freesurfer_structures_keep_their_numbers(scene, tmp_path):
+    """A FreeSurfer segmentation loaded into Slicer (no BrainFM tags, FreeSurfer's names, any case): its
+    structures are recognised by name, the labels are FreeSurfer numbers and the scheme is fs33."""
+    aff = GEOMETRY_CASES["ras"]
+    volume = add_volume(scene, blob_head(SHAPE, aff).data, aff, "scan")
+    labels = label_head(SHAPE)
+    mask = {name: labels == value for value, name in ((2, "Left-Cerebral-White-Matter"), (17, "left-hippocampus"),
+                                                      (41, "Right-Cerebral-White-Matter"))}
+    mask["left-hippocampus"] = np.zeros(SHAPE, bool)
+    mask["left-hippocampus"][5:8, 6:9, 5:8] = True
+    seg = _user_segmentation(scene, volume, [(n, m, (0.5, 0.5, 0.5)) for n, m in mask.items()])
+    out = export_training_pairs([(volume, seg)], tmp_path / "fs")
+    assert out.label_scheme == "fs33" and [x.value for x in out.labels] == [2, 17, 41]
+    lab, _ = _read(out.data_dir / "labels" / f"{out.cases[0]}.nii")
+    assert set(np.unique(lab[5:8, 6:9, 5:8])) == {17}
+    assert set(np.unique(lab)) == {0, 2, 17, 41}
 
 
 def test_labelmap_pairs_are_resampled_to_the_volume_and_named_by_value(scene, tmp_path):
