@@ -17,7 +17,7 @@ FINETUNE_STEPS = 500
 
 class FinetuneLogicMixin:
     """``finetune()`` for a ``BrainFMLogicBase`` subclass (uses its ``setupPythonRequirements``,
-    ``checkDevice``, ``pythonExecutable``, ``_childEnvironment`` and ``log``)."""
+    ``checkDevice``, ``pythonExecutable``, ``_childEnvironment`` and ``startModelJob``)."""
 
     def finetune(self, pairs: Sequence[Tuple[Any, Any]], *, model: str = "default", steps: int = FINETUNE_STEPS,
                  name: Optional[str] = None, device: str = "auto", waitForCompletion: bool = True,
@@ -41,12 +41,5 @@ class FinetuneLogicMixin:
         self.checkDevice(device)
         job = FinetuneJob(pairs, model=model or "default", steps=steps, name=name, device=device,
                           python=self.pythonExecutable, base_env=self._childEnvironment())
-        if progressCallback is not None:
-            job.progress.connect(progressCallback)
-        job.log.connect(self.log)
-        self.log(f"BrainFM: fine-tuning '{job.name}' on {len(job.pairs)} training pair(s)")
-        job.start()
-        if waitForCompletion:
-            job.wait().raise_if_failed()
-            self.log(f"BrainFM: added model '{job.model.id}'")
-        return job
+        return self.startModelJob(job, f"BrainFM: fine-tuning '{job.name}' on {len(job.pairs)} training pair(s)",
+                                  waitForCompletion=waitForCompletion, progressCallback=progressCallback)

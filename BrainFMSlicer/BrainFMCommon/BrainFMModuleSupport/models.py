@@ -108,10 +108,18 @@ class ModelLogicMixin:
         self.setupPythonRequirements(interactive=False)
         job = AddModelJob(path, name=name, storage=storage, python=self.pythonExecutable,
                           base_env=self._childEnvironment())
+        return self.startModelJob(job, f"BrainFM: adding {os.path.basename(str(path))} to the model store",
+                                  waitForCompletion=waitForCompletion, progressCallback=progressCallback)
+
+    def startModelJob(self, job: Any, message: str, *, waitForCompletion: bool = True,
+                      progressCallback: Optional[Callable[[float, str], None]] = None) -> Any:
+        """Start ``job`` (a job that ends with a model added to the store: ``AddModelJob``, ``FinetuneJob``)
+        with its progress and log connected, after logging ``message``; with ``waitForCompletion`` wait
+        for it and raise its error if it failed. Returns ``job``."""
         if progressCallback is not None:
             job.progress.connect(progressCallback)
         job.log.connect(self.log)
-        self.log(f"BrainFM: adding {os.path.basename(str(path))} to the model store")
+        self.log(message)
         job.start()
         if waitForCompletion:
             job.wait().raise_if_failed()

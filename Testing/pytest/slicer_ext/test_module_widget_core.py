@@ -56,10 +56,11 @@ def widget(scene, tmp_path, monkeypatch):
     return w
 
 
-def finish(w, timeout=300.0):
+def finish(w, timeout=300.0, *, job="_run"):
+    """Poll as the panel's timer does until the panel's ``job`` (the run, or ``_addJob``) has ended."""
     deadline = time.monotonic() + timeout
-    while w._run is not None:
-        assert time.monotonic() < deadline, "run did not finish"
+    while getattr(w, job) is not None:
+        assert time.monotonic() < deadline, f"{job} did not finish"
         w._onPoll()
         time.sleep(0.05)
 
@@ -373,11 +374,7 @@ def test_segmentation_module_loads_a_case_of_a_command_line_batch(scene, tmp_pat
 
 def finish_model_job(w, timeout=300.0):
     """Poll as the panel's timer does until the model job (a model addition or a fine-tuning) has ended."""
-    deadline = time.monotonic() + timeout
-    while w._addJob is not None:
-        assert time.monotonic() < deadline, "the model job did not finish"
-        w._onPoll()
-        time.sleep(0.05)
+    finish(w, timeout, job="_addJob")
 
 
 def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monkeypatch):
