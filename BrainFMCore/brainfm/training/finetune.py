@@ -369,6 +369,22 @@ class PairedSource:
             yield self._make([(x, t, origin, 1.0)])
 
 
+#: fewest pairs from which fine-tuning holds one image out for validation by default
+MIN_PAIRS_FOR_VALIDATION = 4
+
+
+def validation_images(n_pairs: int, n_val: Optional[int] = None) -> int:
+    """Images of ``n_pairs`` held out for validation: ``n_val`` when given (at least one image is left to
+    train on), else one from :data:`MIN_PAIRS_FOR_VALIDATION` pairs on and none below.
+
+    >>> validation_images(2), validation_images(3), validation_images(4), validation_images(2, 1), validation_images(1, 1)
+    (0, 0, 1, 1, 0)
+    """
+    if n_val is None:
+        return 1 if n_pairs >= MIN_PAIRS_FOR_VALIDATION else 0
+    return max(0, min(int(n_val), int(n_pairs) - 1))
+
+
 #: share of the progress bar of a head-mode fine-tune that computing the cached features takes
 CACHE_SHARE = 0.2
 
@@ -408,7 +424,7 @@ class FinetuneResult:
 def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: PathLike, out_dir: PathLike, *,
              task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: Any = "fs33",
              steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
-             n_val: int = 1, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
+             n_val: Optional[int] = None, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
              resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None,
              feature_cache: bool = True) -> FinetuneResult:
     """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
@@ -422,7 +438,9 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     other classes from the base's classes inside them (:func:`start_new_classes`); an image head the
     base has starts from the base's (:func:`carry_image_head`). ``label_scheme``:
     see :func:`fine_tuning_scheme` (labels of your own: a label table or ``auto``).
-    ``feature_cache`` (mode ``head``): compute the frozen backbone's feature of each image once and
+    ``n_val``: images held out for validation (the last ones by name; default
+    :func:`validation_images`: one from four pairs on, none below, where every image is worth more
+    for training). ``feature_cache`` (mode ``head``): compute the frozen backbone's feature of each image once and
     train the head on it (:mod:`brainfm.training.feature_cache`; whole images, three intensity
     variants); without it, or when the features would not fit in memory, every step runs the backbone
     on random crops.
@@ -483,7 +501,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     dev = select_device(device, DistInfo.from_env())
     key = "segmentation" if task == "seg" else (head if cfg.loss.objective == "brainfm" else "T1")
     source = PairedSource(pairs, task=task, target_key=key, label_scheme=scheme, size=size,
-                          n_samples=n_samples, device=dev, seed=seed, n_val=n_val if len(pairs) > 1 else 0,
+                          n_samples=n_samples, device=dev, seed=seed, n_val=validation_images(len(pairs), n_val),
                           voxel_mm=voxel_mm, antialias=antialias)
     if task == "seg":  # the classes the base does not have start from what it sees there
         start_new_classes(net, base, source._train, head=head, skip=carried, size=size)

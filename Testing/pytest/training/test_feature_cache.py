@@ -96,6 +96,7 @@ def test_fine_tuning_on_cached_features_learns_exports_the_full_network_and_resu
     assert fractions == sorted(fractions) and fractions[-1] == 1.0  # one bar: the features, then the steps
     assert all(f <= 0.2 for f, m in seen if "features" in m)
     assert np.mean(res.losses[-5:]) < 0.7 * np.mean(res.losses[:5])  # the head learns
+    assert "dice" not in res.val  # three pairs: all of them train, none is held out
     tuned = load_model(res.native_model).net.state_dict()
     for k, v in base.state_dict().items():  # backbone and the other heads untouched
         if not k.startswith("head.final_conv_segmentation."):

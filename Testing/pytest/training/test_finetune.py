@@ -43,7 +43,7 @@ def test_head_only_adaptation_keeps_backbone_and_writes_native_model(data_dir, t
     base = _base()
     weights, _ = save_native(base, tmp_path / "base" / "toy-brainid", info={"name": "toy-brainid"})
     res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", steps=4, size=24,
-                   n_samples=1, lr=0.01, device="cpu", name="toy-seg")
+                   n_samples=1, lr=0.01, device="cpu", name="toy-seg", n_val=1)
     loaded = load_model(res.native_model)
     assert loaded.info.label_scheme == "fs33"
     assert loaded.info.config.heads == {"image": 1, "segmentation": 33}
