@@ -99,6 +99,8 @@ def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="finetune.json", repeats=1)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
+    ap.add_argument("--head-hidden", type=int, default=None,
+                    help="width of the new head's hidden layer (default: brainfm finetune's; 0: a plain head)")
     ap.add_argument("--paths", nargs="+", choices=("cached", "per-step"), default=["cached", "per-step"],
                     help="cached: the backbone's features computed once per image (the default of "
                          "brainfm finetune); per-step: the backbone runs at every step, on random crops")
@@ -110,9 +112,11 @@ def main(argv: List[str]) -> int:
     from brainfm.evaluation import datasets
     from brainfm.inference import Predictor
     from brainfm.io import write_volume
-    from brainfm.training.finetune import finetune
+    from brainfm.training.finetune import HEAD_HIDDEN, finetune
 
     torch.set_num_threads(args.threads)
+    if args.head_hidden is None:
+        args.head_hidden = HEAD_HIDDEN
     data, rng = Path(args.data), np.random.default_rng(0)
     held = [datasets.load_labels(data, n) for n in datasets.held_out_names()]
     images, truths = [flair(v, rng) for v in held], [np.asarray(v.data) for v in held]
@@ -137,7 +141,7 @@ def main(argv: List[str]) -> int:
             t0 = time.perf_counter()
             res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode="head", steps=args.steps,
                            device="cpu", name="bench-finetuned", label_scheme=scheme,
-                           feature_cache=path == "cached")
+                           feature_cache=path == "cached", head_hidden=args.head_hidden)
             seconds = time.perf_counter() - t0
             tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
             after = (own_dice(tuned, images, truths, fs_labels=False) if args.own_labels
@@ -150,7 +154,7 @@ def main(argv: List[str]) -> int:
                           "finetuned": after, "synthetic_t1_largest_change": moved,
                           "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}
     before.pop("t1", None)
-    emit({"steps": args.steps, "threads": args.threads,
+    emit({"steps": args.steps, "threads": args.threads, "head_hidden": args.head_hidden,
           "labels": "own: " + ", ".join(n for n, _ in OWN_LABELS.values()) if args.own_labels else "fs33",
           "base": before, **runs}, args.out)
     return 0

@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                             "cache of mode head a segmentation step takes random voxels instead")
     p.add_argument("--n-samples", type=int, help="crops per step (lower on out-of-memory)")
     p.add_argument("--name", help="name of the written model")
+    p.add_argument("--head-hidden", type=int, metavar="WIDTH",
+                   help="width of the per-voxel hidden layer of the new head (default 32; 0: a plain 1x1x1 "
+                        "head): it starts as the plain head and can learn what one linear layer cannot")
     p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction,
                    help="mode head: compute the frozen backbone's features of each image once and train the "
                         "head on them (the default; --no-feature-cache runs the backbone at every step)")

