@@ -400,7 +400,7 @@ def validation_images(n_pairs: int, n_val: Optional[int] = None) -> int:
 CACHE_SHARE = 0.2
 
 
-def _cached_source(net: torch.nn.Module, source: PairedSource, *, head: str, task: str, key: str, size: int,
+def _cached_source(net: torch.nn.Module, source: PairedSource, *, task: str, key: str, size: int,
                    n_samples: int, device: torch.device, seed: int, progress: Any, cancel: Any) -> Any:
     """A :class:`~brainfm.training.feature_cache.CachedFeatureSource` of ``source``'s images (features
     of ``net``'s backbone on ``device``), or None when they would not fit in memory."""
@@ -522,7 +522,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
     model: torch.nn.Module = net
-    cached = _cached_source(net, source, head=head, task=task, key=key, size=size, n_samples=n_samples,
+    cached = _cached_source(net, source, task=task, key=key, size=size, n_samples=n_samples,
                             device=dev, seed=seed, progress=progress, cancel=cancel) \
         if mode == "head" and feature_cache else None
     if cached is not None:
