@@ -95,30 +95,10 @@ class FinetuneWidgetMixin:
             self._setProgress(0.0, _("Not started"))
         self._checkCanApply()
 
-    def _pollAddJob(self) -> None:
-        job = self._addJob
-        if not isinstance(job, FinetuneJob):
-            super()._pollAddJob()
-            return
-        if job.poll():
-            return
-        self._addJob = None
-        self._timer.stop()
-        if job.status == "completed":
-            self._setProgress(1.0, _("Fine-tuned model '{name}' added").format(name=job.model.id))
-            self._fillModelComboBox()
-            index = self.ui.modelComboBox.findData(job.model.id)
-            if self._parameterNode is not None and index >= 0:
-                self._parameterNode.modelId = job.model.id
-                self.ui.modelComboBox.currentIndex = index
-        elif job.status == "cancelled":
-            self._setProgress(0.0, _("Cancelled"))
-        else:
-            import slicer
-
-            self._setProgress(0.0, _("Fine-tuning failed"))
-            slicer.util.errorDisplay(str(job.error), detailedText=job.logText())
-        self._checkCanApply()
+    def _modelJobMessages(self, job) -> "tuple[str, str]":
+        if isinstance(job, FinetuneJob):
+            return _("Fine-tuned model '{name}' added"), _("Fine-tuning failed")
+        return super()._modelJobMessages(job)
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         super()._checkCanApply(caller, event)

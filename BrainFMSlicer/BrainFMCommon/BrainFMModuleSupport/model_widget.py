@@ -117,8 +117,9 @@ class ModelWidgetMixin:
             return
         self._addJob = None
         self._timer.stop()
+        done, failed = self._modelJobMessages(job)
         if job.status == "completed":
-            self._setProgress(1.0, _("Added model '{name}'").format(name=job.model.id))
+            self._setProgress(1.0, done.format(name=job.model.id))
             self._fillModelComboBox()
             self._selectAddedModel(job.model)
         elif job.status == "cancelled":
@@ -126,9 +127,14 @@ class ModelWidgetMixin:
         else:
             import slicer
 
-            self._setProgress(0.0, _("Not added"))
+            self._setProgress(0.0, failed)
             slicer.util.errorDisplay(str(job.error), detailedText="\n".join(job.result.log if job.result else []))
         self._checkCanApply()
+
+    def _modelJobMessages(self, job) -> "tuple[str, str]":
+        """What the progress line says when the model job ``job`` completed (``{name}``: the new model)
+        or failed."""
+        return _("Added model '{name}'"), _("Not added")
 
     def _selectAddedModel(self, model) -> None:
         """Select a newly added model unless the best-available entry already stands for it."""
