@@ -63,6 +63,7 @@ class BrainFMSegmentationParameterNode:
     allowThickSlices: bool = False  # run on slices thicker than 10 mm (refused by default)
     modelId: str = "default"  # model id: default (best available), a store name, bundled or a file path
     finetuneSegmentation: vtkMRMLSegmentationNode  # labels of the input volume, for the next training pair
+    finetunePairs: list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]  # (scan, its labels) to train on
     finetuneSteps: int = FINETUNE_STEPS
     finetuneModelName: str = ""  # empty: finetuned-<date>-<time>
 
@@ -185,7 +186,8 @@ class BrainFMSegmentationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
     def runTest(self):
         self.runSteps(self.test_segmentation,
                       self.test_bad_inputs_leave_scene_unchanged,
-                      self.test_cancel_leaves_scene_unchanged)
+                      self.test_cancel_leaves_scene_unchanged,
+                      self.test_finetune_adds_a_model)
 
     def test_segmentation(self):
         volume = self.makeInputVolume()
@@ -210,3 +212,6 @@ class BrainFMSegmentationTest(BrainFMModuleSupport.testing.BrainFMTestBase):
 
     def test_cancel_leaves_scene_unchanged(self):
         self.checkCancel(BrainFMSegmentationLogic())
+
+    def test_finetune_adds_a_model(self):
+        self.checkFinetune(BrainFMSegmentationLogic())

@@ -1,7 +1,8 @@
 """The *Fine-tune* section of a module panel: :class:`FinetuneWidgetMixin` (before ``BrainFMWidgetBase``).
 
 The section pairs the panel's input volume with the segmentation of ``finetuneSegmentationSelector``
-(*Add pair*; the list ``finetunePairsListWidget``, *Remove*), and *Fine-tune* runs the logic's
+(*Add pair*; the list ``finetunePairsListWidget``, *Remove*; the pairs are the parameter ``finetunePairs``, so
+they are saved with the scene), and *Fine-tune* runs the logic's
 ``finetune()`` with the steps and model name of the parameter node (``finetuneSteps``,
 ``finetuneModelName``) and the panel's model as the base. The job runs like a model file addition
 (``self._addJob``): the progress bar shows it, Apply and *Fine-tune* turn into Cancel, and when it
@@ -20,11 +21,13 @@ from BrainFMSceneLib.finetune_job import FinetuneJob
 
 
 class FinetuneWidgetMixin:
-    """Fine-tune section behaviour; expects the ``BrainFMWidgetBase`` attributes and the widgets
-    ``finetuneAddPairButton``, ``finetunePairsListWidget``, ``finetuneRemovePairButton``, ``finetuneButton``."""
+    """Fine-tune section behaviour; expects the ``BrainFMWidgetBase`` attributes, the widgets
+    ``finetuneAddPairButton``, ``finetunePairsListWidget``, ``finetuneRemovePairButton``, ``finetuneButton``
+    and the parameter ``finetunePairs`` (``list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]``:
+    the pairs are saved with the scene)."""
 
     def __init__(self, parent=None) -> None:
-        self._finetunePairs: List[Tuple[Any, Any]] = []  # (volume, segmentation) per training pair, in order
+        self._shownFinetunePairs: List[str] = []  # the list widget's lines, to refill it only on a change
         super().__init__(parent)
 
     def setupFinetune(self) -> None:
@@ -37,6 +40,13 @@ class FinetuneWidgetMixin:
         return isinstance(self._addJob, FinetuneJob) and self._addJob.running
 
     # -- pairs -------------------------------------------------------------------------------------
+    def finetunePairs(self) -> List[Tuple[Any, Any]]:
+        """The training pairs (volume, segmentation) of the parameter node whose nodes are both in the scene."""
+        p = self._parameterNode
+        pairs = [tuple(pair) for pair in (p.finetunePairs if p is not None else [])]
+        return [(v, s) for v, s in pairs
+                if v is not None and s is not None and v.GetScene() is not None and s.GetScene() is not None]
+
     def onAddFinetunePair(self) -> bool:
         """Add (input volume, selected segmentation) to the training pairs; False (error shown) if not added."""
 
@@ -47,29 +57,35 @@ class FinetuneWidgetMixin:
                 raise InputError(_("Select the scan as the input volume (Inputs) first."))
             if segmentation is None:
                 raise InputError(_("Select the segmentation of {volume} first.").format(volume=volume.GetName()))
-            if any(v is volume and s is segmentation for v, s in self._finetunePairs):
+            pairs = self.finetunePairs()
+            if any(v is volume and s is segmentation for v, s in pairs):
                 raise InputError(_("This pair is already in the list."))
-            self._finetunePairs.append((volume, segmentation))
-            self._showFinetunePairs()
+            p.finetunePairs = pairs + [(volume, segmentation)]  # pairs of deleted nodes leave with this write
+            self._checkCanApply()
 
         return self.runWithErrorDisplay(_("Could not add the training pair."), add)
 
     def onRemoveFinetunePair(self) -> None:
         """Remove the selected training pair."""
         row = self.ui.finetunePairsListWidget.currentRow
-        if 0 <= row < len(self._finetunePairs):
-            del self._finetunePairs[row]
-            self._showFinetunePairs()
+        pairs = self.finetunePairs()
+        if 0 <= row < len(pairs):
+            del pairs[row]
+            self._parameterNode.finetunePairs = pairs
+            self._checkCanApply()
 
-    def _showFinetunePairs(self) -> None:
-        # a node deleted from the scene takes its pair with it
-        self._finetunePairs = [(v, s) for v, s in self._finetunePairs
-                               if v.GetScene() is not None and s.GetScene() is not None]
-        pairs = self.ui.finetunePairsListWidget
-        pairs.clear()
-        for volume, segmentation in self._finetunePairs:
-            pairs.addItem(f"{volume.GetName()} + {segmentation.GetName()}")
-        self._checkCanApply()
+    def _listFinetunePairs(self) -> List[Tuple[Any, Any]]:
+        """Fill the list widget from the parameter node (only when its lines change: a refill loses the
+        selected row); returns the pairs listed."""
+        pairs = self.finetunePairs()
+        lines = [f"{volume.GetName()} + {segmentation.GetName()}" for volume, segmentation in pairs]
+        if lines != self._shownFinetunePairs:
+            widget = self.ui.finetunePairsListWidget
+            widget.clear()
+            for line in lines:
+                widget.addItem(line)
+            self._shownFinetunePairs = lines
+        return pairs
 
     # -- run ---------------------------------------------------------------------------------------
     def onFinetune(self) -> None:
@@ -83,10 +99,10 @@ class FinetuneWidgetMixin:
         self._setProgress(0.0, _("Fine-tuning"))
 
         def start() -> None:
-            self._showFinetunePairs()
+            self._checkCanApply()
             self.logic.setupPythonRequirements(interactive=True)
             self._addJob = self.logic.finetune(
-                list(self._finetunePairs), model=p.modelId or "default", steps=int(p.finetuneSteps),
+                self.finetunePairs(), model=p.modelId or "default", steps=int(p.finetuneSteps),
                 name=(p.finetuneModelName or "").strip() or None, device=p.device, waitForCompletion=False,
                 progressCallback=self.onProgress)
             self._timer.start()
@@ -102,8 +118,9 @@ class FinetuneWidgetMixin:
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         super()._checkCanApply(caller, event)
+        pairs = self._listFinetunePairs()  # a loaded scene brings its pairs; a deleted node takes its pair
         button = self.ui.finetuneButton
-        self.ui.finetuneRemovePairButton.enabled = bool(self._finetunePairs) and not self._finetuning()
+        self.ui.finetuneRemovePairButton.enabled = bool(pairs) and not self._finetuning()
         if self._finetuning():
             stop = _("Stop the fine-tuning (no model is added).")
             self.ui.applyButton.toolTip = button.toolTip = stop
@@ -112,11 +129,6 @@ class FinetuneWidgetMixin:
         button.text = _("Fine-tune")
         busy = (self._run is not None and self._run.running) or (self._addJob is not None and self._addJob.running)
         reason = _("Wait for the running computation to end.") if busy else (
-            "" if self._finetunePairs else _("Add at least one training pair (a scan and its segmentation)."))
+            "" if pairs else _("Add at least one training pair (a scan and its segmentation)."))
         button.enabled = not reason
         button.toolTip = reason or _("Fine-tune the selected model on the training pairs and add it to your model store.")
-
-    def onSceneEndClose(self, caller, event) -> None:
-        self._finetunePairs = []  # their nodes are gone with the scene
-        self.ui.finetunePairsListWidget.clear()
-        super().onSceneEndClose(caller, event)

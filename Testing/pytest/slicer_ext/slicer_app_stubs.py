@@ -83,6 +83,7 @@ def _serializer_default(type_: Any) -> Any:
     Raises for types not listed, so a new field type gets checked against serializers.py first.
     """
     import pathlib
+    import typing
 
     import slicer
 
@@ -97,6 +98,11 @@ def _serializer_default(type_: Any) -> Any:
         return type_()
     if isinstance(type_, type) and issubclass(type_, slicer.vtkMRMLNode):
         return None
+    if typing.get_origin(type_) is list and len(typing.get_args(type_)) == 1:
+        _serializer_default(typing.get_args(type_)[0])
+        return []
+    if typing.get_origin(type_) is tuple and typing.get_args(type_):
+        return tuple(_serializer_default(t) for t in typing.get_args(type_))
     raise TypeError(f"Unable to create serializer for type: {type_} (not in the stub's checked list)")
 
 
@@ -106,12 +112,14 @@ def parameterNodeWrapper(cls: Any = None):
     Evaluates the annotations with ``typing.get_type_hints(include_extras=True)``, picks a
     serializer per field, validates each default against its ``Choice`` (the real wrapper writes the
     defaults into the parameter node through the validators when it wraps a node), refuses the
-    reserved names and sets ``allParameters``. GUI binding is not emulated.
+    reserved names and sets ``allParameters`` and ``_defaults`` (name -> default). GUI binding is not
+    emulated.
     """
     import typing
 
     def wrap(c: Any) -> Any:
         hints = typing.get_type_hints(c, include_extras=True)
+        defaults = {}
         for name, hint in hints.items():
             base, extras = hint, ()
             if typing.get_origin(hint) is typing.Annotated:
@@ -121,11 +129,13 @@ def parameterNodeWrapper(cls: Any = None):
             for extra in extras:
                 if isinstance(extra, Choice):
                     extra.validate(default)
+            defaults[name] = default
         for reserved in WRAPPER_RESERVED:
             if hasattr(c, reserved):
                 raise ValueError(f"Cannot use reserved name '{reserved}' in a parameterNodeWrapper")
         c.allParameters = dict(hints)
         c._is_parameter_node_wrapper = True
+        c._defaults = defaults  # what a new parameter node holds (tests start from it)
         return c
 
     return wrap if cls is None else wrap(cls)

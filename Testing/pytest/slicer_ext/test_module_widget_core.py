@@ -7,6 +7,7 @@ the parameter node and shown, errors shown, cancel leaving the scene unchanged.
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,9 +212,10 @@ def module_widget(module, scene, tmp_path, monkeypatch, vol, heads, **params):
         w.ui.segmentationShow3DButton.setSegmentationNode = lambda node: None
     w.logic = getattr(mod, module + "Logic")()
     w.logic.logCallback = w.appendLog
-    w._parameterNode = FakeParameters(inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu",
-                                      quality="Full", method="Model head", modelId=str(weights),
-                                      oneMillimeterGrid=False, allowThickSlices=False, **params)
+    defaults = {name: copy.copy(value) for name, value in getattr(mod, module + "ParameterNode")._defaults.items()}
+    w._parameterNode = FakeParameters(**{**defaults, **dict(
+        inputVolume=add_volume(scene, vol.data, vol.affine, "head"), device="cpu", quality="Full",
+        method="Model head", modelId=str(weights), oneMillimeterGrid=False, allowThickSlices=False, **params)})
     return w, errors
 
 
@@ -390,8 +392,7 @@ def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monke
     shape = (22, 24, 20)
     w, errors = module_widget("BrainFMSegmentation", scene, tmp_path, monkeypatch,
                               blob_head(shape, GEOMETRY_CASES["oblique"]), {"segmentation": 33},
-                              **METHOD_COMBOS["BrainFMSegmentation"][1], finetuneSegmentation=None, finetuneSteps=2,
-                              finetuneModelName="ventricles")
+                              **METHOD_COMBOS["BrainFMSegmentation"][1], finetuneSteps=2, finetuneModelName="ventricles")
     p = w._parameterNode
     w._checkCanApply()
     assert not w.ui.finetuneButton.enabled and "training pair" in w.ui.finetuneButton.toolTip
@@ -405,10 +406,24 @@ def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monke
     assert w.onAddFinetunePair() is True
     assert w.onAddFinetunePair() is False and "already in the list" in errors[-1]
     assert w.ui.finetunePairsListWidget.items == [("head + my ventricles", None)]
+    assert p.finetunePairs == [(p.inputVolume, seg)]  # a parameter: saved with the scene
+    reopened, _errors = module_widget("BrainFMSegmentation", scene, tmp_path, monkeypatch,
+                                      blob_head(shape, GEOMETRY_CASES["oblique"]), {"segmentation": 33})
+    reopened._parameterNode = p
+    reopened._checkCanApply()
+    assert reopened.ui.finetunePairsListWidget.items == [("head + my ventricles", None)]
+    assert reopened.ui.finetuneButton.enabled
     w.ui.finetunePairsListWidget.currentRow = 0
     w.onRemoveFinetunePair()
     assert w.ui.finetunePairsListWidget.items == [] and not w.ui.finetuneButton.enabled
     assert w.onAddFinetunePair() is True and w.ui.finetuneButton.enabled and w.ui.finetuneButton.text == "Fine-tune"
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other")
+    p.finetuneSegmentation = other
+    assert w.onAddFinetunePair() is True and len(w.ui.finetunePairsListWidget.items) == 2
+    scene.RemoveNode(other)  # a node deleted from the scene takes its pair with it
+    w._checkCanApply()
+    assert w.ui.finetunePairsListWidget.items == [("head + my ventricles", None)]
+    assert w.finetunePairs() == [(p.inputVolume, seg)]
     errors.clear()
 
     w.onFinetune()
