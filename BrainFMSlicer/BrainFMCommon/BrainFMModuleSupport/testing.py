@@ -7,6 +7,7 @@ CPU and checks the output nodes. Without the ``brainfm`` package in Slicer's Pyt
 are skipped with a message (install it from a module's Advanced > Install button first).
 """
 import math
+import os
 import shutil
 import tempfile
 import unittest
@@ -132,3 +133,39 @@ class BrainFMTestBase(ScriptedLoadableModuleTest):
         self.assertEqual(run.status, "cancelled", run.error)
         self.assertIsInstance(run.error, CancelledError)
         self.assertEqual(self.nodeIDs(), before, "a cancelled run left nodes in the scene")
+
+    def checkFinetune(self, logic):
+        """Fine-tuning on a pair with a label of the user's own adds a model to a private model store (the
+        user's store is not touched), adds no node to the scene and leaves the pair's nodes as they were."""
+        model = self.tinyModel()  # first: skips without brainfm in Slicer's Python
+        volume = self.makeInputVolume("finetune-scan")
+        shell = (slicer.util.arrayFromVolume(volume) > 80).astype(np.int16)  # the bright shell of the test head
+        labelmap = slicer.util.addVolumeFromArray(shell, ijkToRAS=TEST_IJK_TO_RAS, name="finetune-labels",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "finetune-segmentation")
+        self.assertTrue(slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap,
+                                                                                                  segmentation))
+        segmentation.GetSegmentation().GetNthSegment(0).SetName("Shell")  # a label of the user's own
+        voxels = slicer.util.arrayFromVolume(volume).copy()
+        before = self.nodeIDs()
+        store = tempfile.mkdtemp(prefix="BrainFMTest-store-")
+        startup = logic._childEnvironment
+        logic._childEnvironment = lambda: {**(startup() or os.environ), "BRAINFM_HOME": store}
+        previous = os.environ.get("BRAINFM_HOME")
+        os.environ["BRAINFM_HOME"] = store  # the store this process lists: the children's
+        try:
+            job = logic.finetune([(volume, segmentation)], model=model, steps=2, name="selftest-shell",
+                                 device="cpu")
+            self.assertEqual(job.status, "completed", job.error)
+            self.assertEqual(job.model.id, "selftest-shell")
+            self.assertTrue(any(f.suffix == ".safetensors" for f in Path(store).rglob("*")), "no weights in the store")
+        finally:
+            if previous is None:
+                os.environ.pop("BRAINFM_HOME", None)
+            else:
+                os.environ["BRAINFM_HOME"] = previous
+            shutil.rmtree(store, ignore_errors=True)
+        self.assertEqual(self.nodeIDs(), before, "fine-tuning changed the scene")
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), voxels)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 1)
+        self.delayDisplay("Fine-tuning: model 'selftest-shell' added to a private model store")
