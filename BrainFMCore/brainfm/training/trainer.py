@@ -34,6 +34,7 @@ from brainfm.training import dist as D
 from brainfm.training.config import TrainConfig
 from brainfm.training.ema import build_ema
 from brainfm.training.evaluate import evaluate_batches, summarize
+from brainfm.training.memory_format import to_channels_last
 from brainfm.training.objectives import build_objective
 from brainfm.training.optim import from_config as build_optim
 from brainfm.training.runlog import CsvLog, TensorBoard, plot_loss_curve
@@ -152,7 +153,7 @@ class Trainer:
         model = (self._model or build_model(cfg)).to(device)
         cl = self._channels_last(device)
         if cl:
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = to_channels_last(model)
         self.model = model
         self.ema = build_ema(model, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         objective = build_objective(cfg.loss)

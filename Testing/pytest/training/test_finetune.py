@@ -69,6 +69,15 @@ def test_frozen_encoder_and_full_modes(data_dir, tmp_path):
     assert set(loaded.info.config.heads) == {"T1"}
     enc = "backbone.encoders.0.basic_module.SingleConv1.conv.weight"
     assert not torch.equal(loaded.net.state_dict()[enc], base.state_dict()[enc])
+    # trained on the CPU in channels_last_3d: the decoder's first GroupNorm gets the frozen encoder's
+    # output (no gradient) and needs its own weight's; PyTorch's kernel for that crashed the process
+    # (brainfm.training.memory_format)
+    res = finetune(base, data_dir, tmp_path / "encoder", task="seg", mode="encoder", steps=2, size=24,
+                   n_samples=2, lr=0.01, device="cpu")  # a batch of 2 keeps the channels_last_3d layout
+    sd, bsd = load_model(res.native_model).net.state_dict(), base.state_dict()
+    assert torch.equal(sd[enc], bsd[enc])  # the encoder stays as it was
+    dec = "backbone.decoders.0.basic_module.SingleConv1.groupnorm.weight"
+    assert not torch.equal(sd[dec], bsd[dec]) and all(np.isfinite(res.losses))
 
 
 def test_bad_fine_tuning_data(tmp_path, data_dir):
