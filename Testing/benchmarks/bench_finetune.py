@@ -5,7 +5,8 @@ blur and Rician noise of 3 % of the brightest tissue), with those maps as their 
 19 and 20, rendered the same way, score the result. ``brainfm.training.finetune.finetune`` trains a new
 segmentation head (mode ``head``: the rest of the network frozen) for ``--steps`` steps, once on cached
 features (the backbone's feature of each image computed once, the default) and once running the
-backbone at every step (the way it was done before), side by side in one run.
+backbone at every step (the way it was done before), side by side in one run. ``--paths encoder`` adds
+mode ``encoder``: the decoder trains with the new head (the encoder frozen), on random crops.
 
 Reported for the base model and the fine-tuned one: merged-17 Dice of the model's own labels
 (``seg_method`` ``head``) and of the product's labels (the default) on the held-out renderings; the grid
@@ -95,15 +96,20 @@ def own_dice(predictor: Any, images: List[Any], truths: List[np.ndarray], *, fs_
     return {name: round(float(np.mean(v)), 4) for name, v in scores.items()}
 
 
+#: the ways of fine-tuning compared: ``brainfm finetune``'s mode and whether it caches the backbone's features
+PATHS = {"cached": ("head", True), "per-step": ("head", False), "encoder": ("encoder", False)}
+
+
 def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="finetune.json", repeats=1)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
     ap.add_argument("--head-hidden", type=int, default=None,
                     help="width of the new head's hidden layer (default: brainfm finetune's; 0: a plain head)")
-    ap.add_argument("--paths", nargs="+", choices=("cached", "per-step"), default=["cached", "per-step"],
+    ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=["cached", "per-step"],
                     help="cached: the backbone's features computed once per image (the default of "
-                         "brainfm finetune); per-step: the backbone runs at every step, on random crops")
+                         "brainfm finetune); per-step: the backbone runs at every step, on random crops; "
+                         "encoder: mode encoder (the decoder trains too), on random crops")
     args = ap.parse_args(argv)
     if args.own_labels and args.out.endswith("finetune.json"):
         args.out = args.out[: -len(".json")] + "_own_labels.json"
@@ -139,9 +145,10 @@ def main(argv: List[str]) -> int:
         runs: Dict[str, Any] = {}
         for path in args.paths:
             t0 = time.perf_counter()
-            res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode="head", steps=args.steps,
+            mode, cached = PATHS[path]
+            res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode=mode, steps=args.steps,
                            device="cpu", name="bench-finetuned", label_scheme=scheme,
-                           feature_cache=path == "cached", head_hidden=args.head_hidden)
+                           feature_cache=cached, head_hidden=args.head_hidden)
             seconds = time.perf_counter() - t0
             tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
             after = (own_dice(tuned, images, truths, fs_labels=False) if args.own_labels
