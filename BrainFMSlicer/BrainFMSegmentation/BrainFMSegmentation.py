@@ -66,6 +66,7 @@ class BrainFMSegmentationParameterNode:
     finetunePairs: list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]  # (scan, its labels) to train on
     finetuneSteps: int = FINETUNE_STEPS
     finetuneModelName: str = ""  # empty: finetuned-<date>-<time>
+    finetuneDecoder: bool = False  # train the decoder too (mode encoder): better, much slower on a CPU
 
 
 class BrainFMSegmentationLogic(FinetuneLogicMixin, BrainFMLogicBase):

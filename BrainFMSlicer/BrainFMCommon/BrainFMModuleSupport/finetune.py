@@ -20,7 +20,7 @@ class FinetuneLogicMixin:
     ``checkDevice``, ``pythonExecutable``, ``_childEnvironment`` and ``startModelJob``)."""
 
     def finetune(self, pairs: Sequence[Tuple[Any, Any]], *, model: str = "default", steps: int = FINETUNE_STEPS,
-                 name: Optional[str] = None, device: str = "auto", waitForCompletion: bool = True,
+                 name: Optional[str] = None, mode: str = "head", device: str = "auto", waitForCompletion: bool = True,
                  progressCallback: Optional[Callable[[float, str], None]] = None) -> Any:
         """Fine-tune ``model`` on ``pairs`` of (scan, its segmentation) and add the result to the model store.
 
@@ -29,6 +29,8 @@ class FinetuneLogicMixin:
         :param model: base model (``"default"``, a name of the model store, ``"bundled"`` or a weights file).
         :param steps: optimisation steps (about a minute on a CPU for a few cases at the default).
         :param name: name of the new model in the store (default ``finetuned-<date>-<time>``).
+        :param mode: ``"head"`` (a new head on the frozen network; about a minute on a CPU) or ``"encoder"``
+            (the decoder trains too: better, but about 24 s per step on a 2-core CPU; minutes on a GPU).
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param waitForCompletion: block until done (scripts; a failure is raised) or return the running job.
         :param progressCallback: ``callback(fraction, message)``.
@@ -39,7 +41,7 @@ class FinetuneLogicMixin:
 
         self.setupPythonRequirements(interactive=False)
         self.checkDevice(device)
-        job = FinetuneJob(pairs, model=model or "default", steps=steps, name=name, device=device,
+        job = FinetuneJob(pairs, model=model or "default", steps=steps, name=name, mode=mode, device=device,
                           python=self.pythonExecutable, base_env=self._childEnvironment())
         return self.startModelJob(job, f"BrainFM: fine-tuning '{job.name}' on {len(job.pairs)} training pair(s)",
                                   waitForCompletion=waitForCompletion, progressCallback=progressCallback)

@@ -3,8 +3,9 @@
 The section pairs the panel's input volume with the segmentation of ``finetuneSegmentationSelector``
 (*Add pair*; the list ``finetunePairsListWidget``, *Remove*; the pairs are the parameter ``finetunePairs``, so
 they are saved with the scene), and *Fine-tune* runs the logic's
-``finetune()`` with the steps and model name of the parameter node (``finetuneSteps``,
-``finetuneModelName``) and the panel's model as the base. The job runs like a model file addition
+``finetune()`` with the steps, model name and mode of the parameter node (``finetuneSteps``,
+``finetuneModelName``, ``finetuneDecoder``: mode ``encoder`` instead of ``head``) and the panel's model as
+the base. The job runs like a model file addition
 (``self._addJob``): the progress bar shows it, Apply and *Fine-tune* turn into Cancel, and when it
 completes the model selector is filled again with the new model selected.
 """
@@ -103,7 +104,8 @@ class FinetuneWidgetMixin:
             self.logic.setupPythonRequirements(interactive=True)
             self._addJob = self.logic.finetune(
                 self.finetunePairs(), model=p.modelId or "default", steps=int(p.finetuneSteps),
-                name=(p.finetuneModelName or "").strip() or None, device=p.device, waitForCompletion=False,
+                name=(p.finetuneModelName or "").strip() or None, mode="encoder" if p.finetuneDecoder else "head",
+                device=p.device, waitForCompletion=False,
                 progressCallback=self.onProgress)
             self._timer.start()
 

@@ -40,6 +40,9 @@ from BrainFMSceneLib.volume_files import private_temp_dir
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_NAMES = ("default", "bundled")
 DEFAULT_STEPS = 500
+#: what a fine-tuning trains (``brainfm finetune --mode``): ``head`` (a new head on the frozen network:
+#: a minute on a CPU) or ``encoder`` (the decoder too: better, about 24 s per step on a 2-core CPU)
+MODES = ("head", "encoder")
 #: share of the progress bar for the export and for the fine-tuning (the rest: adding the model)
 _EXPORT_END, _TRAIN_END = 0.02, 0.95
 
@@ -59,20 +62,25 @@ def default_model_name() -> str:
 
 
 def finetune_command(data_dir: Union[str, Path], out_dir: Union[str, Path], *, model: str = "default",
-                     steps: int = DEFAULT_STEPS, name: str, label_scheme: str = FS33, device: Optional[str] = None,
-                     python: Optional[str] = None) -> List[str]:
+                     steps: int = DEFAULT_STEPS, name: str, label_scheme: str = FS33, mode: str = "head",
+                     device: Optional[str] = None, python: Optional[str] = None) -> List[str]:
     """``[python, -m, brainfm, finetune, ...]`` as an argument list (never a shell string).
 
     :param data_dir: folder with ``images/`` and ``labels/`` (:func:`export_training_pairs`).
     :param out_dir: run folder; the model is written to ``<out_dir>/model/<name>.safetensors``.
     :param label_scheme: ``fs33`` or the path of a colour table of the user's own labels.
+    :param mode: one of :data:`MODES`.
     :param device: ``cpu``, ``cuda``, ``cuda:N``; None: the engine's default (``auto``).
     """
     if int(steps) < 1:
         raise InputError(f"The number of fine-tuning steps must be at least 1, got {steps}.")
+    if mode not in MODES:
+        raise InputError(f"Unknown fine-tuning mode {mode!r}: {' or '.join(MODES)}.")
     args = [python or default_python(), "-m", "brainfm", "finetune", "--model", str(model or "default"),
             "--data", str(data_dir), "--out", str(out_dir), "--label-scheme", str(label_scheme),
             "--steps", str(int(steps)), "--name", check_model_name(name)]
+    if mode != "head":
+        args += ["--mode", mode]
     if device and device != "auto":
         args += ["--device", str(device)]
     return args + ["--progress", "machine"]
@@ -104,16 +112,18 @@ class FinetuneJob:
 
     :param model: base model (``default``, a store name, ``bundled`` or a weights file).
     :param steps: optimisation steps; :param name: name of the new model (default: :func:`default_model_name`).
+    :param mode: what is trained, one of :data:`MODES`.
     :param base_env: environment of the children (in Slicer: the startup environment);
         :param env_updates: extra variables (e.g. ``BRAINFM_HOME``).
     Signals: ``progress(fraction, message)`` over export, fine-tuning and adding; ``log(text)``.
     """
 
     def __init__(self, pairs: Sequence[Tuple[Any, Any]], *, model: str = "default", steps: int = DEFAULT_STEPS,
-                 name: Optional[str] = None, device: Optional[str] = None, python: Optional[str] = None,
-                 base_env: Optional[Mapping[str, str]] = None, env_updates: Optional[Mapping[str, str]] = None,
-                 keep_temp: bool = False) -> None:
+                 name: Optional[str] = None, mode: str = "head", device: Optional[str] = None,
+                 python: Optional[str] = None, base_env: Optional[Mapping[str, str]] = None,
+                 env_updates: Optional[Mapping[str, str]] = None, keep_temp: bool = False) -> None:
         self.pairs = [tuple(p) for p in pairs]
+        self.mode = mode
         self.model_spec, self.steps, self.device, self.python = model or "default", int(steps), device, python
         self.name = (name or "").strip() or default_model_name()
         self.base_env = dict(base_env) if base_env is not None else None
@@ -149,7 +159,7 @@ class FinetuneJob:
                           + ", ".join(label.name for label in self.exported.labels))
             args = finetune_command(self.exported.data_dir, self.temp_dir / "run", model=self.model_spec,
                                     steps=self.steps, name=self.name, label_scheme=self.exported.label_scheme,
-                                    device=self.device, python=self.python)
+                                    mode=self.mode, device=self.device, python=self.python)
             self.runner = ProcessRunner(base_env=self.base_env)
             self.runner.log.connect(self.log.emit)
             self.runner.progress.connect(

@@ -214,6 +214,10 @@ def test_finetune_command_is_an_argument_list():
                     "--out", "/d/run", "--label-scheme", "/d/data/label_table.csv", "--steps", "20",
                     "--name", "lesions.v2", "--device", "cuda:1", "--progress", "machine"]
     assert "--device" not in finetune_command("d", "r", name="x", device="auto", python="p")
+    assert "--mode" not in args  # mode head: the engine's default
+    assert finetune_command("d", "r", name="x", mode="encoder", python="p")[-4:-2] == ["--mode", "encoder"]
+    with pytest.raises(InputError, match="Unknown fine-tuning mode 'full'"):
+        finetune_command("d", "r", name="x", mode="full", python="p")
     for bad in ("", "default", "../x", "a b"):
         with pytest.raises(InputError, match="not allowed"):
             finetune_command("d", "r", name=bad, python="p")

@@ -426,9 +426,11 @@ def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monke
     assert w.finetunePairs() == [(p.inputVolume, seg)]
     errors.clear()
 
+    p.finetuneDecoder = True  # "Train: decoder too"
     w.onFinetune()
     assert isinstance(w._addJob, FinetuneJob) and w._addJob.running, errors
     assert w._addJob.name == "ventricles" and w._addJob.steps == 2 and w._addJob.model_spec == p.modelId
+    assert w._addJob.mode == "encoder"
     assert w.ui.applyButton.text == "Cancel" and w.ui.finetuneButton.text == "Cancel"
     assert "fine-tuning" in w.ui.applyButton.toolTip
     finish_model_job(w)
@@ -437,9 +439,10 @@ def test_segmentation_module_fine_tunes_on_training_pairs(scene, tmp_path, monke
     assert w.ui.applyButton.text == "Apply" and w.ui.finetuneButton.text == "Fine-tune"
     assert any("Ventricle" in line for line in w.ui.logTextEdit.lines)  # the label of the new model
 
-    p.finetuneModelName, p.finetuneSteps = "never-added", 5000
+    p.finetuneModelName, p.finetuneSteps, p.finetuneDecoder = "never-added", 5000, False
     w.onFinetune()
     job = w._addJob
+    assert job.mode == "head"
     temp = job.temp_dir
     said = []
     job.runner.progress.connect(lambda f, m: said.append(m))

@@ -204,7 +204,7 @@ def test_ui_is_designer_compatible(module):
 def test_segmentation_fine_tune_section():
     """The Segmentation module's collapsed *Fine-tune* section: a segmentation selector bound to the parameter
     node, Add pair / the pair list / Remove, steps (default 500 in the .ui and in the parameter node), the
-    model name and the Fine-tune button, all inside the section."""
+    model name, "Train: decoder too" and the Fine-tune button, all inside the section."""
     name = "BrainFMSegmentation"
     ui, tree = UiFile(module_ui(name)), module_tree(name)
     section = next(e for e in ui.root.iter("widget") if e.get("name") == "finetuneCollapsibleButton")
@@ -214,7 +214,8 @@ def test_segmentation_fine_tune_section():
         "finetuneSegmentationSelector": "qMRMLNodeComboBox", "finetuneAddPairButton": "QPushButton",
         "finetunePairsListWidget": "QListWidget", "finetuneRemovePairButton": "QPushButton",
         "finetuneLayoutLabelSteps": "QLabel", "finetuneStepsSpinBox": "QSpinBox", "finetuneLayoutLabelName": "QLabel",
-        "finetuneModelNameLineEdit": "QLineEdit", "finetuneButton": "QPushButton"}
+        "finetuneModelNameLineEdit": "QLineEdit", "finetuneLayoutLabelDecoder": "QLabel",
+        "finetuneDecoderCheckBox": "QCheckBox", "finetuneButton": "QPushButton"}
     widgets = ui.widgets
     assert widgets["finetuneCollapsibleButton"].props == {**widgets["finetuneCollapsibleButton"].props,
                                                           "text": "Fine-tune", "collapsed": True}
@@ -222,9 +223,10 @@ def test_segmentation_fine_tune_section():
     assert widgets["finetuneAddPairButton"].props.get("text") == "Add pair"
     assert widgets["finetuneRemovePairButton"].props.get("text") == "Remove"
     bindings = {param: w.name for param, w in ui.parameter_bindings().items()}
-    assert {k: bindings.get(k) for k in ("finetuneSegmentation", "finetuneSteps", "finetuneModelName")} == {
+    assert {k: bindings.get(k) for k in ("finetuneSegmentation", "finetuneSteps", "finetuneModelName",
+                                         "finetuneDecoder")} == {
         "finetuneSegmentation": "finetuneSegmentationSelector", "finetuneSteps": "finetuneStepsSpinBox",
-        "finetuneModelName": "finetuneModelNameLineEdit"}
+        "finetuneModelName": "finetuneModelNameLineEdit", "finetuneDecoder": "finetuneDecoderCheckBox"}
     fields = parameter_fields(tree, f"{name}ParameterNode")
     steps = next(n for n in find_class(tree, f"{name}ParameterNode").body
                  if isinstance(n, ast.AnnAssign) and n.target.id == "finetuneSteps")
@@ -234,4 +236,5 @@ def test_segmentation_fine_tune_section():
     assert widgets["finetuneStepsSpinBox"].props["minimum"] == 1
     used = ui_attributes_used(tree)
     assert {w for w in inside if not w.startswith(("finetuneLayoutLabel", "finetuneCollapsible"))} - used == {
-        "finetuneSegmentationSelector", "finetuneStepsSpinBox", "finetuneModelNameLineEdit"}  # bound, not touched
+        "finetuneSegmentationSelector", "finetuneStepsSpinBox", "finetuneModelNameLineEdit",
+        "finetuneDecoderCheckBox"}  # bound, not touched
