@@ -56,6 +56,13 @@ def check_model_name(name: str) -> str:
     return text
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`MODES`, else :class:`InputError` naming them."""
+    if mode not in MODES:
+        raise InputError(f"Unknown fine-tuning mode {mode!r}: {' or '.join(MODES)}.")
+    return mode
+
+
 def default_model_name() -> str:
     """``finetuned-<date>-<time>``: a fresh model name."""
     return time.strftime("finetuned-%Y%m%d-%H%M%S")
@@ -74,12 +81,10 @@ def finetune_command(data_dir: Union[str, Path], out_dir: Union[str, Path], *, m
     """
     if int(steps) < 1:
         raise InputError(f"The number of fine-tuning steps must be at least 1, got {steps}.")
-    if mode not in MODES:
-        raise InputError(f"Unknown fine-tuning mode {mode!r}: {' or '.join(MODES)}.")
     args = [python or default_python(), "-m", "brainfm", "finetune", "--model", str(model or "default"),
             "--data", str(data_dir), "--out", str(out_dir), "--label-scheme", str(label_scheme),
             "--steps", str(int(steps)), "--name", check_model_name(name)]
-    if mode != "head":
+    if check_mode(mode) != "head":
         args += ["--mode", mode]
     if device and device != "auto":
         args += ["--device", str(device)]
@@ -123,7 +128,7 @@ class FinetuneJob:
                  python: Optional[str] = None, base_env: Optional[Mapping[str, str]] = None,
                  env_updates: Optional[Mapping[str, str]] = None, keep_temp: bool = False) -> None:
         self.pairs = [tuple(p) for p in pairs]
-        self.mode = mode
+        self.mode = check_mode(mode)
         self.model_spec, self.steps, self.device, self.python = model or "default", int(steps), device, python
         self.name = (name or "").strip() or default_model_name()
         self.base_env = dict(base_env) if base_env is not None else None

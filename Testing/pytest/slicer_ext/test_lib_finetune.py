@@ -218,6 +218,8 @@ def test_finetune_command_is_an_argument_list():
     assert finetune_command("d", "r", name="x", mode="encoder", python="p")[-4:-2] == ["--mode", "encoder"]
     with pytest.raises(InputError, match="Unknown fine-tuning mode 'full'"):
         finetune_command("d", "r", name="x", mode="full", python="p")
+    with pytest.raises(InputError, match="Unknown fine-tuning mode 'decoder'"):
+        FinetuneJob([], mode="decoder")  # refused when the job is made, before anything runs
     for bad in ("", "default", "../x", "a b"):
         with pytest.raises(InputError, match="not allowed"):
             finetune_command("d", "r", name=bad, python="p")
