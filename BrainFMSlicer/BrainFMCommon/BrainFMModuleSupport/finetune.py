@@ -30,7 +30,7 @@ class FinetuneLogicMixin:
         :param steps: optimisation steps (about a minute on a CPU for a few cases at the default).
         :param name: name of the new model in the store (default ``finetuned-<date>-<time>``).
         :param mode: ``"head"`` (a new head on the frozen network; about a minute on a CPU) or ``"encoder"``
-            (the decoder trains too: better, but about 24 s per step on a 2-core CPU; minutes on a GPU).
+            (the decoder trains too: better, but about 24 s per step on a 2-core CPU).
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param waitForCompletion: block until done (scripts; a failure is raised) or return the running job.
         :param progressCallback: ``callback(fraction, message)``.
