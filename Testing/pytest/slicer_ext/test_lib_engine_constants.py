@@ -234,8 +234,8 @@ def test_models_add_protocol_is_the_engines(tmp_path):
 
 
 def test_finetune_command_scheme_and_model_names_are_the_engines(tmp_path):
-    """``brainfm finetune`` takes the library's command as meant; the fs33 values, the model-name rule and the
-    reserved names are the engine's (the JSON line it prints is read in test_lib_finetune.py's real run)."""
+    """``brainfm finetune`` takes the library's command as meant; the fs33 values, the model-name rule, the
+    reserved names and the modes are the engine's (the JSON line it prints is read in test_lib_finetune.py's real run)."""
     from brainfm.labels import get_scheme
     from brainfm.models import store
 
@@ -250,6 +250,9 @@ def test_finetune_command_scheme_and_model_names_are_the_engines(tmp_path):
     ns = engine_parse(command[3:])
     assert (ns.command, ns.model, ns.data, ns.out, ns.label_scheme, ns.steps, ns.name, ns.device, ns.progress) == (
         "finetune", "official", str(tmp_path / "data"), str(tmp_path / "run"), table, 7, "mine", "cpu", "machine")
+    assert set(finetune_job.MODES) <= set(engine_attr("MODES", "brainfm.training.finetune"))
+    assert engine_parse(finetune_job.finetune_command("d", "r", name="x", mode="encoder", python="p")[3:]).mode \
+        == "encoder"
 
 
 def _keys_read_by_choice_from_dict() -> set:
