@@ -343,7 +343,7 @@ class Predictor:
         task_times: Dict[str, float] = {}
         cb = _Monotone(progress)
         check = cancel.raise_if_cancelled if cancel is not None else (lambda: None)
-        task_list = resolve_tasks(tasks, self.task_heads)
+        task_list = resolve_tasks(tasks, self.head_names, voxel_mm=self.voxel_mm)
         check_bias_method(bias_method)  # a misspelt method: refused before any work
         check_reg_method(reg_method)
         check_seg_method(seg_method)

@@ -21,6 +21,10 @@ feat    (backbone feature)          features
 ['t1', 'seg', 'reg', 'feat']
 >>> resolve_tasks(["all"], ["image"])   # 'all' leaves out the large 'feat' unless asked
 ['t1']
+>>> resolve_tasks(["sr"], ["T1", "high_res_residual"], voxel_mm=2.0)
+Traceback (most recent call last):
+  ...
+brainfm.errors.InputError: task 'sr' (1 mm super-resolution) is not offered by a model that works on a 2 mm grid; available tasks: t1, feat
 >>> head_map(["t1"], ["image"])
 {'t1': 'image'}
 """
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from brainfm.errors import InputError
-from brainfm.models.task_heads import TASK_HEADS, tasks_for_heads
+from brainfm.models.task_heads import COARSE_GRID_HIDDEN_HEADS, TASK_HEADS, tasks_for_heads
 from brainfm.tasks import bias, distance, features, registration, segmentation, superres, synthesis
 from brainfm.tasks.context import TaskContext
 from brainfm.volume import Volume
@@ -85,16 +89,19 @@ def available_tasks(heads: Iterable[str]) -> List[str]:
     return tasks_for_heads(heads)
 
 
-def resolve_tasks(requested: Iterable[str], heads: Iterable[str]) -> List[str]:
-    """Expand ``all``, lower-case, de-duplicate and check the requested tasks against the model.
+def resolve_tasks(requested: Iterable[str], heads: Iterable[str], *, voxel_mm: float = 1.0) -> List[str]:
+    """Expand ``all``, lower-case, de-duplicate and check the requested tasks against the model
+    (its ``heads`` and the grid it works on, ``voxel_mm``: a coarser grid than 1 mm offers no 1 mm
+    super-resolution, :func:`~brainfm.models.task_heads.tasks_for_heads`).
 
     ``all`` means every available task except ``feat`` (large) unless listed explicitly.
-    Raises :class:`InputError` naming what is available.
+    Raises :class:`InputError` naming what is available and, for a task the model has the head of
+    but not the grid for, why.
     """
     if isinstance(requested, str):
         requested = [t for t in requested.replace(",", " ").split() if t]
     hs = list(heads)
-    avail = available_tasks(hs)
+    avail = tasks_for_heads(hs, voxel_mm=voxel_mm)
     out: List[str] = []
     for t in requested:
         name = str(t).strip().lower()
@@ -104,6 +111,11 @@ def resolve_tasks(requested: Iterable[str], heads: Iterable[str]) -> List[str]:
             raise InputError(
                 f"unknown task {t!r}; known tasks: {', '.join(TASK_NAMES)} or 'all' "
                 f"(this model supports: {', '.join(avail)})"
+            )
+        elif name not in avail and set(TASKS[name].heads) & set(hs) & set(COARSE_GRID_HIDDEN_HEADS):
+            raise InputError(
+                f"task {name!r} ({TASKS[name].description}) is not offered by a model that works on a "
+                f"{float(voxel_mm):g} mm grid; available tasks: {', '.join(avail)}"
             )
         elif name not in avail:
             raise InputError(

@@ -196,3 +196,13 @@ def test_task_registry():
         resolve_tasks(["segm"], OFFICIAL)
     with pytest.raises(InputError, match="high_res_residual.*available tasks: t1"):
         resolve_tasks(["sr"], OFFICIAL)
+
+
+def test_super_resolution_on_a_coarse_grid_is_refused_for_its_grid_not_a_missing_head():
+    heads = OFFICIAL + ["high_res_residual"]
+    assert resolve_tasks(["sr"], heads, voxel_mm=1.0) == ["sr"]
+    assert "sr" not in resolve_tasks(["all"], heads, voxel_mm=2.0)
+    with pytest.raises(InputError, match=r"task 'sr' \(1 mm super-resolution\) is not offered by a model that "
+                                         r"works on a 2 mm grid; available tasks: t1,") as err:
+        resolve_tasks(["sr"], heads, voxel_mm=2.0)
+    assert "high_res_residual" not in str(err.value)
