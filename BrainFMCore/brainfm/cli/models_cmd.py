@@ -2,7 +2,7 @@
 
     brainfm models list [--json]
     brainfm models add FILE [--name NAME] [--link | --reference] [--progress bar|machine|none]
-    brainfm models verify NAME
+    brainfm models verify NAME        (NAME may also be default or bundled)
     brainfm models remove NAME
     brainfm models path NAME          (NAME may also be default or bundled)
 
@@ -43,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="keep the file where it is and record its path")
     add.set_defaults(storage="copy")
     add.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
-    ver = sub.add_parser("verify", help="hash a stored model again and compare with its record")
+    ver = sub.add_parser("verify", help="hash a stored model again and compare with its record "
+                                        "(default and bundled work too)")
     ver.add_argument("name", metavar="NAME")
     ver.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
     rm = sub.add_parser("remove", help="forget a stored model and delete its stored copy")
@@ -123,12 +124,23 @@ def _add(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from brainfm.models import store
 
+    from brainfm.models import selection
+    from brainfm.models.registry import DEFAULT_MODEL_ID
+
+    name = args.name
+    if name == "default" and store.find_model(name) is None:
+        chosen = selection.default_model()
+        name = chosen.spec
     reporter = _reporter(args)
     try:
-        m = store.verify_model(args.name, progress=reporter)
+        if name in ("bundled", DEFAULT_MODEL_ID) and store.find_model(name) is None:
+            path, digest = selection.verify_bundled(progress=reporter)
+        else:
+            m = store.verify_model(name, progress=reporter)
+            path, digest = m.path, m.sha256
     finally:
         reporter.close()
-    sys.stdout.write(f"{m.name}: OK, {m.path} has the recorded SHA-256 {m.sha256}\n")
+    sys.stdout.write(f"{args.name}: OK, {path} has the recorded SHA-256 {digest}\n")
     return 0
 
 

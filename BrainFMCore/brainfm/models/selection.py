@@ -89,6 +89,32 @@ def bundled_model() -> Optional[Dict[str, Any]]:
     }
 
 
+def verify_bundled(*, progress: Any = None, cancel: Any = None) -> "tuple[Path, str]":
+    """Hash the bundled model's weights again (ignoring the cache) and compare with both records of
+    it: the package's model registry and the model's JSON sidecar. Returns ``(weights, sha256)``;
+    :class:`~brainfm.errors.ModelNotAvailableError` when it is not in the package,
+    :class:`~brainfm.errors.CheckpointError` when a record differs.
+
+    >>> path, digest = verify_bundled()
+    >>> path.name, len(digest)
+    ('brainfm-compact.safetensors', 64)
+    """
+    from brainfm.errors import CheckpointError
+    from brainfm.models import hashing, registry
+
+    weights, sidecar = bundled_paths()
+    if not weights.is_file():
+        raise ModelNotAvailableError(registry.BUNDLED_MISSING_MESSAGE)
+    got = hashing.cached_sha256(weights, refresh=True, progress=progress, cancel=cancel)
+    records = (("the model registry", registry.get_entry(registry.DEFAULT_MODEL_ID).get("sha256")),
+               (f"its description {sidecar.name}", (read_json(sidecar, default={}) or {}).get("weights_sha256")))
+    for where, want in records:
+        if want != got:
+            raise CheckpointError(f"checksum mismatch for the bundled model ({weights}): sha256 {got}, recorded "
+                                  f"{want} in {where}; the package's files were changed: reinstall brainfm")
+    return weights, got
+
+
 def official_in_store(models: Optional[List[store.StoredModel]] = None) -> Optional[store.StoredModel]:
     """The store's official BrainFM model: the one named ``official``, else the latest added."""
     officials = [m for m in (store.list_models() if models is None else models) if m.is_official]

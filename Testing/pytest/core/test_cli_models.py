@@ -3,8 +3,10 @@ default model of ``run``/``demo``, with official-format files generated here."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,24 @@ def test_demo_uses_the_best_available_model(official, tmp_path, capsys, monkeypa
 def test_the_command_is_registered():
     out = subprocess.run([sys.executable, "-m", "brainfm", "models", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(a in out.stdout for a in ("list", "add", "verify", "remove", "path"))
+
+
+def test_verify_takes_bundled_and_default_as_path_does(official, tmp_path, monkeypatch, capsys):
+    real = Path(registry.__file__).parent / "bundled"
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    for name in ("brainfm-compact.safetensors", "brainfm-compact.json"):
+        shutil.copyfile(real / name, bundled / name)
+    monkeypatch.setattr(registry, "BUNDLED_DIR", bundled)
+    recorded = registry.get_entry(registry.DEFAULT_MODEL_ID)["sha256"]
+    for spec in ("bundled", "default", "brainfm-compact"):   # the bundled model is the default of an empty store
+        code, out, _ = _run(["models", "verify", spec, "--progress", "none"], capsys)
+        assert code == 0 and out.strip() == f"{spec}: OK, {bundled / 'brainfm-compact.safetensors'} has the " \
+                                            f"recorded SHA-256 {recorded}"
+    code, _, _ = _run(["models", "add", str(official), "--progress", "none"], capsys)
+    code, out, _ = _run(["models", "verify", "default", "--progress", "none"], capsys)
+    assert code == 0 and out.startswith("default: OK, ") and "brainfm-compact" not in out   # now the official one
+    with open(bundled / "brainfm-compact.safetensors", "ab") as fh:
+        fh.write(b"tampered")
+    code, _, err = _run(["models", "verify", "bundled", "--progress", "none"], capsys)
+    assert code == 3 and "checksum mismatch for the bundled model" in err and "the model registry" in err
