@@ -378,6 +378,7 @@ def main(args: argparse.Namespace) -> int:
         remove_if_empty(created)  # a run that wrote nothing (model error, cancel) leaves no empty folder
     if args.progress != "machine" and runs:
         counts = runs[0]["counts"]
+        where = out_root if _has_results(runs[0]["cases"]) else "nothing written (the errors are above)"
         sys.stderr.write(f"brainfm: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
-                         f"{', %d files skipped' % len(skipped) if skipped else ''} -> {out_root}\n")
+                         f"{', %d files skipped' % len(skipped) if skipped else ''} -> {where}\n")
     return code

@@ -314,6 +314,12 @@ def test_cases_failing_in_a_batch_do_not_stop_it(tmp_path, model, scans, capsys)
     assert run["cases"][2]["error"] == {"type": "InputError", "exit_code": 2,
                                         "message": run["cases"][2]["error"]["message"]}
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "run_summary.json"]
+    assert err.rstrip().endswith(f"2 done, 0 skipped, 1 failed -> {out}")
+    alone = tmp_path / "alone"
+    code, _, err = _run(["run", str(bad), "-o", str(alone), "--model", str(model), "--device", "cpu",
+                         "--tasks", "t1", "--progress", "none", "--no-png"], capsys)
+    assert code == 2 and not alone.exists()   # every case failed: nothing written, and the last line says so
+    assert err.rstrip().endswith("0 done, 0 skipped, 1 failed -> nothing written (the errors are above)")
 
 
 
