@@ -40,8 +40,8 @@ DEFAULT_MODEL_ID = "brainfm-compact"
 DEFAULT_ATLAS_ID = "gca"
 
 BUNDLED_MISSING_MESSAGE = (
-    "The bundled compact BrainFM model is not included in this version yet (it is trained by brainfm's own "
-    "training, on a GPU or the CPU; see the model card). Use the official BrainFM weights instead: download "
+    "The bundled compact BrainFM model is missing from this installation (its weights file is not in the "
+    "package; reinstall brainfm to restore it). Or use the official BrainFM weights: download "
     "brainfm_pretrained.pth from the 'Downloads' section of https://github.com/jhuldr/BrainFM#downloads, then "
     "run `brainfm models add PATH/TO/brainfm_pretrained.pth` once (or pass --model PATH/TO/brainfm_pretrained.pth "
     "or a fine-tuned model on every run)."
