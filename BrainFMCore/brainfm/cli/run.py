@@ -8,7 +8,8 @@ one case each; other files such as BIDS ``.json`` sidecars are listed as skipped
 an input folder, or a case folder that would contain its input (exit 2); it must be writable and
 have room for the outputs (exit 5). Each case goes to ``OUT/<case>/`` (see
 :mod:`brainfm.report.save`); cases whose ``summary.json`` exists are skipped unless
-``--overwrite``. The model is loaded once. Under torchrun (env ``WORLD_SIZE`` > 1) rank ``r``
+``--overwrite`` when it names the same input and the tasks asked for; otherwise the case fails with
+the reason (:func:`_other_results`). The model is loaded once. Under torchrun (env ``WORLD_SIZE`` > 1) rank ``r``
 processes cases ``r, r + W, ...`` and pins ``cuda:LOCAL_RANK`` when ``--device auto``. A failed case
 is reported (its message names the input) and the others still run; ``run_summary.json`` records
 every case's status (``done``, ``skipped``, ``failed`` with the error, ``cancelled``) and the
@@ -178,14 +179,23 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     t0 = time.perf_counter()
     records: List[Dict[str, Any]] = []
     todo: List[InputCase] = []
+    code = 0
     for case in mine:
         folder = out_root / case.name
         if (folder / SUMMARY_NAME).is_file() and not args.overwrite:
-            records.append({**case.record(), "status": "skipped", "folder": str(folder),
-                            "reason": "summary.json exists (use --overwrite)"})
+            other = _other_results(folder / SUMMARY_NAME, case, _tasks(args.tasks))
+            if other is None:
+                records.append({**case.record(), "status": "skipped", "folder": str(folder),
+                                "reason": "summary.json exists (use --overwrite)"})
+                continue
+            err = InputError(f"{folder} holds {other}; choose another output folder, or pass --overwrite to "
+                             "replace that case folder with this run's results")
+            report_error(err, machine=args.progress == "machine", debug=False)
+            records.append({**case.record(), "status": "failed", "folder": str(folder),
+                            "error": {"type": "InputError", "message": str(err), "exit_code": err.exit_code}})
+            code = code or err.exit_code
         else:
             todo.append(case)
-    code = 0
     name = RUN_SUMMARY if world == 1 else f"run_summary.rank{rank}.json"
 
     def summary() -> Dict[str, Any]:
@@ -279,6 +289,28 @@ def _cohort_table(out_root: Path, reporter: Any, *, world: int, rank: int) -> No
         return
     if path is not None:
         _note(reporter, f"brainfm: structure volumes of every case: {path}")
+
+
+def _other_results(summary_path: Path, case: InputCase, tasks: Sequence[str]) -> Optional[str]:
+    """What a finished case folder holds when it is not this run's ``case``: the results of another
+    input (a file of the same name elsewhere, or of a folder whose files were named differently) or
+    of other tasks than ``tasks`` (``all`` asks for what the folder's run gave). None when the folder
+    is this case's, and the run skips it. A summary this cannot read names nothing (None)."""
+    import json
+
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        meta = summary.get("metadata") or {}
+        made_from, made = meta.get("input_path"), [str(t) for t in meta.get("tasks") or []]
+    except (OSError, ValueError, AttributeError):
+        return None
+    if made_from and os.path.realpath(str(made_from)) not in {os.path.realpath(str(f)) for f in case.protected}:
+        return f"the results of another input, {made_from}, not of {case.path}"
+    missing = [t for t in tasks if t != "all" and t not in made]
+    if made and missing:
+        return (f"the results of tasks {', '.join(made)} of {case.path}, without {', '.join(missing)}, which "
+                "this run asks for")
+    return None
 
 
 def _has_results(records: Sequence[Dict[str, Any]]) -> bool:

@@ -15,7 +15,8 @@ Layout of ``out_dir``::
 Everything is written into a temporary folder beside ``out_dir`` that is renamed to ``out_dir``
 at the end; a failure or cancellation removes it (and any parent folder it had to create), so a
 case folder is either complete or absent. With ``overwrite=True`` an existing case folder is
-replaced only after the new one is complete. The case folder and its files get the permissions the
+replaced only after the new one is complete, and only when it is one (it holds a ``summary.json``):
+a folder of anything else is never replaced. The case folder and its files get the permissions the
 user's umask gives (``0755``/``0644`` with umask 022). A write the storage refuses (disk full,
 read-only, no permission) raises :class:`~brainfm.errors.StorageError`. NIfTI outputs on the input
 grid repeat the input file's qform and sform (see :func:`brainfm.io.write_volume`), so every viewer
@@ -86,8 +87,12 @@ def _check_target(out: Path, overwrite: bool, forbid: Iterable[Optional[PathLike
                              "input; choose another output folder")
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a folder")
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise InputError(f"case folder {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not (out / SUMMARY_NAME).is_file():
+            raise InputError(f"folder {out} already exists and is not a BrainFM case folder (it has no "
+                             f"{SUMMARY_NAME}); it is left as it is: choose another output folder")
+        if not overwrite:
+            raise InputError(f"case folder {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
 
 
 def montage_title(name: str, model: Optional[Mapping[str, Any]]) -> str:

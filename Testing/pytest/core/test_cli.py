@@ -95,6 +95,45 @@ def test_run_skip_overwrite_and_machine_progress(tmp_path, model, scans, capsys)
     assert sorted(p.name for p in out.iterdir()) == ["a", "run_summary.json", "seg_volumes_all.csv"]
 
 
+
+def test_a_finished_case_folder_is_skipped_only_for_its_own_input_and_tasks(tmp_path, model, scans, capsys):
+    """A case folder made from another file of the same name, or without a task this run asks for, is
+    not taken for this run's results: the case fails with the reason and the folder is kept as it is."""
+    out = tmp_path / "out"
+    base = ["-o", str(out), "--model", str(model), "--device", "cpu", "--progress", "none", "--no-png"]
+    code, _, err = _run(["run", str(scans / "a.nii.gz"), "--tasks", "t1"] + base, capsys)
+    assert code == 0, err
+    before = (out / "a" / "summary.json").read_bytes()
+    elsewhere = tmp_path / "other" / "a.nii.gz"   # another scan, the same name
+    write_volume(blob_head((20, 24, 20), GEOMETRY_CASES["oblique"], seed=7), elsewhere)
+    code, _, err = _run(["run", str(elsewhere), "--tasks", "t1"] + base, capsys)
+    assert code == 2 and f"{out / 'a'} holds the results of another input, {(scans / 'a.nii.gz').resolve()}" in err
+    assert "pass --overwrite" in err
+    code, _, err = _run(["run", str(scans / "a.nii.gz"), "--tasks", "t1,seg"] + base, capsys)
+    assert code == 2 and "holds the results of tasks t1 of" in err and "without seg, which this run asks for" in err
+    assert (out / "a" / "summary.json").read_bytes() == before
+    for tasks in ("t1", "all"):   # its own input and tasks: skipped as before
+        code, _, err = _run(["run", str(scans / "a.nii.gz"), "--tasks", tasks] + base, capsys)
+        assert code == 0 and "0 done, 1 skipped, 0 failed" in err
+    code, _, err = _run(["run", str(scans / "a.nii.gz"), "--tasks", "t1,seg", "--overwrite"] + base, capsys)
+    assert code == 0 and json.loads((out / "a" / "summary.json").read_text())["metadata"]["tasks"] == ["t1", "seg"]
+
+
+def test_overwrite_never_replaces_a_folder_brainfm_did_not_make(tmp_path, model, scans, capsys):
+    """The output folder may hold the scan itself; a folder there named like the case is the user's."""
+    study = tmp_path / "study"
+    study.mkdir()
+    scan = study / "T1.nii.gz"
+    scan.write_bytes((scans / "a.nii.gz").read_bytes())
+    (study / "T1").mkdir()
+    (study / "T1" / "IM0001.dcm").write_bytes(b"precious")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = _run(["run", str(scan), "-o", str(study), "--model", str(model), "--device", "cpu",
+                             "--tasks", "t1", "--progress", "none", "--no-png"] + extra, capsys)
+        assert code == 2 and "is not a BrainFM case folder (it has no summary.json)" in err and "--overwrite" not in err
+        assert (study / "T1" / "IM0001.dcm").read_bytes() == b"precious"
+        assert sorted(p.name for p in study.iterdir()) == ["T1", "T1.nii.gz"]
+
 def test_folder_input_with_torchrun_sharding(tmp_path, model, scans, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
