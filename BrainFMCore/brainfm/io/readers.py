@@ -183,6 +183,14 @@ def _pick_frame(arr: np.ndarray, p: Path, frame: Optional[int],
 
 
 def _convert_dtype(arr: np.ndarray, kind: str, p: Path) -> np.ndarray:
+    if arr.dtype.names:   # NIfTI RGB / RGBA: a record per voxel
+        raise InputError(f"{p.name} is a colour (RGB) image with voxels of {', '.join(arr.dtype.names)}; BrainFM "
+                         "needs a grey-scale scan: save the scan itself, not a rendering of it")
+    if arr.dtype.kind == "c":
+        raise InputError(f"{p.name} holds complex-valued voxels; BrainFM needs a magnitude image: save the "
+                         "magnitude (the absolute value) of the complex data and run it on that")
+    if arr.dtype.kind not in "iubf":
+        raise InputError(f"{p.name}: voxels of type {arr.dtype} are not an image BrainFM can read")
     is_int = arr.dtype.kind in "iub"
     if kind == "image" or (kind == "auto" and not is_int):
         return arr.astype(np.float32, copy=False)

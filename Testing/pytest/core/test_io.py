@@ -155,6 +155,22 @@ def test_2d_images_rejected(tmp_path):
         read_volume(tmp_path / "flat.nrrd")
 
 
+
+def test_colour_and_complex_voxels_are_refused_by_name(tmp_path, recwarn):
+    """An RGB NIfTI and a complex one get a clear refusal naming the file, not an internal error or a
+    silently dropped imaginary part."""
+    grey = (np.random.default_rng(0).random((6, 7, 8)) * 255).astype(np.uint8)
+    rgb = np.zeros(grey.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for c in "RGB":
+        rgb[c] = grey
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    nib.save(nib.Nifti1Image((grey + 1j * grey).astype(np.complex64), np.eye(4)), tmp_path / "iq.nii.gz")
+    with pytest.raises(InputError, match=r"rgb.nii.gz is a colour \(RGB\) image .* needs a grey-scale scan"):
+        read_volume(tmp_path / "rgb.nii.gz")
+    with pytest.raises(InputError, match=r"iq.nii.gz holds complex-valued voxels; .* magnitude"):
+        read_volume(tmp_path / "iq.nii.gz")
+    assert not [w for w in recwarn if issubclass(w.category, np.exceptions.ComplexWarning)]
+
 def test_missing_unknown_and_truncated_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_volume(tmp_path / "nothing.nii.gz")
