@@ -38,6 +38,28 @@ METHOD_LOG_LINES = (("bias_method", "bias field"), ("seg_method", "segmentation"
                     ("reg_method", "registration"))
 
 
+def positive(cast: Any) -> Any:
+    """An argparse ``type`` that reads a number with ``cast`` and refuses zero and negative values.
+
+    >>> positive(int)("96"), positive(float)("2.5")
+    (96, 2.5)
+    >>> positive(int)("0")
+    Traceback (most recent call last):
+      ...
+    argparse.ArgumentTypeError: must be greater than 0, got 0
+    """
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    parse.__name__ = cast.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``: model, device, precision, memory, tiling, progress."""
     p.add_argument("--tasks", default="all", help="all, or a comma list of t1,t2,flair,ct,sr,seg,dist,bias,reg,feat")
@@ -50,8 +72,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: fp16 on CUDA GPUs; bf16 on CPUs with native bfloat16 (AVX512-BF16/AMX) for models "
                         "validated in bf16, else fp32; fp32 forces full precision")
-    p.add_argument("--tile-size", type=int, default=None, help="force tiling with cubes of N voxels")
-    p.add_argument("--memory-gb", type=float, default=None,
+    p.add_argument("--tile-size", type=positive(int), default=None, help="force tiling with cubes of N voxels")
+    p.add_argument("--memory-gb", type=positive(float), default=None,
                    help="peak memory target in GB for each case (default: 60%% of the available RAM; "
                         "on CUDA: GPU memory of the forward)")
     p.add_argument("--output-frame", default="input", choices=("input", "1mm"),
@@ -169,6 +191,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     from brainfm.cli.inputs import check_output_location
     from brainfm.cli.progress import report_error
     from brainfm.report import SUMMARY_NAME, CaseWriter
+    from brainfm.tasks import resolve_tasks
     from brainfm.report.summary import utc_now, write_json
 
     rank, world, local_rank = shard()
@@ -209,6 +232,10 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
         reporter(0.0, "loading the model")
         predictor = make_predictor(args, pick_device(args.device, world, local_rank))
         reporter(0.05, f"model loaded on {predictor.device}")
+        try:  # what the model cannot do fails the run once, not every case
+            resolve_tasks(_tasks(args.tasks), predictor.head_names, voxel_mm=predictor.voxel_mm)
+        except InputError as exc:
+            raise InputError(f"--tasks {args.tasks}: {exc}") from None
         span = 0.95 / len(todo)
         for n, case in enumerate(todo):
             start = 0.05 + n * span
@@ -365,9 +392,17 @@ def preflight(out_root: Path, cases: Sequence[InputCase], args: argparse.Namespa
 
 
 def _tasks(spec: str) -> List[str]:
+    """The task names of ``--tasks``, checked against the known names (before any model is loaded;
+    which of them the model offers is checked once it is)."""
+    from brainfm.models.task_heads import TASK_HEADS
+
     tasks = [t.strip().lower() for t in str(spec).split(",") if t.strip()]
     if not tasks:
         raise InputError("--tasks is empty; use 'all' or a comma list such as seg,t1")
+    unknown = [t for t in tasks if t != "all" and t not in TASK_HEADS]
+    if unknown:
+        raise InputError(f"--tasks: unknown task {', '.join(map(repr, unknown))}; known tasks: "
+                         f"{', '.join(TASK_HEADS)} or 'all'")
     return tasks
 
 

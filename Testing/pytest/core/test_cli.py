@@ -473,3 +473,20 @@ def test_fine_tune_for_labels_of_your_own_then_add_and_run_the_model(tmp_path, s
     summary = json.loads((case / "summary.json").read_text())
     assert summary["model"]["label_scheme"]["names"] == ["Unknown", "Core"]
     assert summary["metadata"]["seg_method"] == "model head"
+
+
+def test_task_and_number_options_are_checked_once_for_the_run(tmp_path, model, scans, capsys):
+    """A misspelt task, a task the model cannot do or a zero size fail the run once, by the option's
+    name, not every case of a folder by its file name; nothing is written."""
+    out = tmp_path / "out"
+    base = ["run", str(scans), "-o", str(out), "--model", str(model), "--device", "cpu", "--progress", "none"]
+    code, _, err = _run(base + ["--tasks", "seg,bogus"], capsys)
+    assert code == 2 and "error: --tasks: unknown task 'bogus'; known tasks: t1, t2" in err
+    code, _, err = _run(base + ["--tasks", "seg,dist"], capsys)   # the tiny model has no distance head
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("brainfm: error: --tasks seg,dist: task 'dist'")
+    assert "a.nii.gz" not in err and "b.mgz" not in err and not out.exists()
+    for option in (["--tile-size", "0"], ["--memory-gb", "-2"]):
+        with pytest.raises(SystemExit) as stop:
+            main(base + option)
+        assert stop.value.code == 2 and f"argument {option[0]}: must be greater than 0" in capsys.readouterr().err
