@@ -14,7 +14,8 @@ Layout of ``out_dir``::
 
 Everything is written into a temporary folder beside ``out_dir`` that is renamed to ``out_dir``
 at the end; a failure or cancellation removes it (and any parent folder it had to create), so a
-case folder is either complete or absent. With ``overwrite=True`` an existing case folder is
+case folder is either complete or absent. One left by a process that was killed outright is removed
+by the next writer of that case (:func:`remove_stale_partials`). With ``overwrite=True`` an existing case folder is
 replaced only after the new one is complete, and only when it is one (it holds a ``summary.json``):
 a folder of anything else is never replaced. The case folder and its files get the permissions the
 user's umask gives (``0755``/``0644`` with umask 022). A write the storage refuses (disk full,
@@ -51,6 +52,49 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 SUMMARY_NAME = "summary.json"
 MONTAGE_NAME = "montage.png"
+
+
+def _partial_prefix(name: str) -> str:
+    """How the partial folders of case ``name`` begin: the case, this machine and this process, so that
+    a later run can tell the folders of a process that died (killed, crashed) from those of a live one."""
+    import hashlib
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f".{name}.{host}-{os.getpid()}."
+
+
+def remove_stale_partials(out: Path) -> List[Path]:
+    """Remove the partial folders of case folder ``out`` that a process of this machine left when it died
+    before it could clean up (``kill -9``, a crash, a power cut); those of live processes stay. Returns
+    the folders removed.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> mine = _partial_prefix("case").rsplit("-", 1)[0]
+    >>> (root / f"{mine}-999999999.x.partial").mkdir()          # no such process
+    >>> (root / f"{_partial_prefix('case')}y.partial").mkdir()    # this process: alive
+    >>> [p.name.endswith("x.partial") for p in remove_stale_partials(root / "case")]
+    [True]
+    """
+    here = _partial_prefix(out.name).rsplit("-", 1)[0] + "-"
+    removed = []
+    try:
+        candidates = [p for p in out.parent.iterdir() if p.name.startswith(here) and p.name.endswith(".partial")]
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            pid = int(folder.name[len(here):].split(".", 1)[0])
+            os.kill(pid, 0)
+            continue  # its process is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError, OSError):
+            continue  # not ours to judge
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def write_table_csv(rows: List[Mapping[str, Any]], path: PathLike) -> Path:
@@ -145,8 +189,9 @@ class CaseWriter:
 
             self._montage = MontageBuilder(input_volume, title=self.title)
         self._created = make_folder(self.out.parent) if not self.out.parent.is_dir() else []
+        remove_stale_partials(self.out)
         try:
-            self.tmp: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial",
+            self.tmp: Optional[Path] = Path(tempfile.mkdtemp(prefix=_partial_prefix(self.out.name), suffix=".partial",
                                                              dir=str(self.out.parent)))
             os.chmod(self.tmp, folder_mode())  # the case folder follows the umask, not mkdtemp's private 0700
         except OSError as e:

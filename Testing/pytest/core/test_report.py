@@ -210,3 +210,30 @@ def test_montage_is_anatomically_oriented_whatever_the_storage(tmp_path, case):
     assert ax[0] < -3 and ax[1] < -3, f"axial: left should be left, anterior up; got {ax}"
     assert co[0] < -3 and co[1] < -3, f"coronal: left should be left, superior up; got {co}"
     assert sa[0] > 3 and sa[1] < -3, f"sagittal: anterior should be right, superior up; got {sa}"
+
+
+def test_a_case_writer_killed_outright_leaves_a_partial_folder_the_next_one_removes(tmp_path):
+    """SIGKILL gives no chance to clean up: the next writer of the same case removes what was left; the
+    partial folder of a live writer of another case stays."""
+    import signal
+    import subprocess
+    import sys
+
+    from brainfm.report import CaseWriter
+
+    code = ("import os, signal, sys, numpy as np\n"
+            "from brainfm.report import CaseWriter\nfrom brainfm.volume import Volume\n"
+            "w = CaseWriter(sys.argv[1], input_volume=Volume(np.zeros((4, 4, 4), np.float32), np.eye(4)), png=False)\n"
+            "w.add('synth_t1', Volume(np.ones((4, 4, 4), np.float32), np.eye(4)))\n"
+            "print(w.tmp, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "case")], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL
+    left = Path(done.stdout.strip())
+    assert left.is_dir() and left.parent == tmp_path and (left / "synth_t1.nii.gz").is_file()
+    img = Volume(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    with CaseWriter(tmp_path / "other", input_volume=img, png=False) as live:   # another case: untouched
+        with CaseWriter(tmp_path / "case", input_volume=img, png=False) as w:
+            assert not left.exists() and live.tmp.is_dir()
+            w.finish(None)
+        live.finish(None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case", "other"]
