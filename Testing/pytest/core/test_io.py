@@ -336,3 +336,17 @@ def test_sitk_bridge_round_trip_keeps_geometry(case):
         to_sitk(Volume(vol.data, shear))
     with pytest.raises(InputError, match="3D volume"):
         to_sitk(Volume(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)))
+
+
+@pytest.mark.parametrize("units", ["meter", "micron"])
+def test_nifti_positions_in_metres_or_microns_are_refused(tmp_path, units):
+    """ITK converts such units and nibabel does not: a run would place its results 1000 times off in
+    one of them, so the file is refused by name, before its voxels are read."""
+    img = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.diag([0.002, 0.002, 0.002, 1.0]))
+    img.header.set_xyzt_units(units)
+    nib.save(img, tmp_path / "odd.nii.gz")
+    with pytest.raises(InputError, match=rf"odd.nii.gz: its header gives positions in {units}s \(xyzt_units\)"):
+        read_volume(tmp_path / "odd.nii.gz")
+    img.header.set_xyzt_units("mm")
+    nib.save(img, tmp_path / "mm.nii.gz")
+    assert read_volume(tmp_path / "mm.nii.gz").spacing == pytest.approx((0.002,) * 3)
