@@ -18,7 +18,13 @@ With ``--own-labels`` the labels are the user's own instead: 1 "Hippocampus" (bo
 of each on the held-out renderings (the base model's own hippocampus and thalamus labels, merged the
 same way, for comparison).
 
-    python Testing/benchmarks/bench_finetune.py [--steps 150] [--own-labels] [--paths cached per-step]
+With ``--lesions`` the user's one label is "Lesion": every map (training and held-out) gets lesions
+painted into its cerebral white matter (the generator's PEPSI-style masks: thresholded smooth noise,
+fixed seeds, FreeSurfer label 77) before it is rendered, so they are bright on the FLAIR as white-matter
+hyperintensities are. The base model has no lesion class; reported for it is what it labels the lesion
+voxels instead.
+
+    python Testing/benchmarks/bench_finetune.py [--steps 150] [--own-labels | --lesions] [--paths cached per-step]
 """
 from __future__ import annotations
 
@@ -26,11 +32,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from benchcommon import emit, parser, rician
+from brainfm.generator.labels import LESION_LABEL
 
 OWN = ("training_seg_01", "training_seg_02", "training_seg_03", "training_seg_04")
 
@@ -72,28 +79,61 @@ def score(predictor: Any, images: List[Any], truths: List[np.ndarray]) -> Dict[s
             "voxel_mm": float(predictor.voxel_mm), "t1": t1}
 
 
-OWN_LABELS = {1: ("Hippocampus", (17, 53)), 2: ("Thalamus", (10, 49))}
+#: a user's own labels: value -> (name, the FreeSurfer labels it stands for)
+LabelSet = Dict[int, Tuple[str, Tuple[int, ...]]]
+OWN_LABELS: LabelSet = {1: ("Hippocampus", (17, 53)), 2: ("Thalamus", (10, 49))}
+LESION_LABELS: LabelSet = {1: ("Lesion", (LESION_LABEL,))}
 
 
-def own(labels: np.ndarray) -> np.ndarray:
-    """The FreeSurfer labels as the user's own: ``OWN_LABELS``' values, 0 elsewhere."""
+def own(labels: np.ndarray, label_set: LabelSet = OWN_LABELS) -> np.ndarray:
+    """The FreeSurfer labels as the user's own: ``label_set``'s values, 0 elsewhere."""
     out = np.zeros(np.shape(labels), np.int16)
-    for value, (_name, fs) in OWN_LABELS.items():
+    for value, (_name, fs) in label_set.items():
         out[np.isin(labels, fs)] = value
     return out
 
 
-def own_dice(predictor: Any, images: List[Any], truths: List[np.ndarray], *, fs_labels: bool) -> Dict[str, float]:
+def with_lesions(labels: Any, seed: int) -> Any:
+    """``labels`` (a FreeSurfer label Volume) with PEPSI-style lesions in its cerebral white matter
+    (:func:`brainfm.generator.pathology.lesion_mask`, control grid 0.06 of the size, 2 std), label 77."""
+    import torch
+
+    from brainfm.generator.pathology import lesion_mask
+
+    lab = np.asarray(labels.data)
+    wm = torch.from_numpy(np.isin(lab, (2, 41)))[None, None]
+    mask = lesion_mask(wm, torch.Generator().manual_seed(seed), scale=0.06, threshold=2.0)[0, 0].numpy()
+    return labels.with_data(np.where(mask, LESION_LABEL, lab).astype(np.int32))
+
+
+def own_dice(predictor: Any, images: List[Any], truths: List[np.ndarray], *, fs_labels: bool,
+             label_set: LabelSet = OWN_LABELS) -> Dict[str, float]:
     """Held-out Dice of each own label (the predictions of a FreeSurfer model mapped with :func:`own`)."""
     from brainfm.metrics import dice_per_label
 
-    scores: Dict[str, List[float]] = {name: [] for name, _ in OWN_LABELS.values()}
+    scores: Dict[str, List[float]] = {name: [] for name, _ in label_set.values()}
     for img, truth in zip(images, truths):
         seg = np.asarray(predictor.predict(img, tasks=["seg"])["seg"].data)
-        per = dice_per_label(own(seg) if fs_labels else seg, own(truth), labels=list(OWN_LABELS))
-        for value, (name, _fs) in OWN_LABELS.items():
+        per = dice_per_label(own(seg, label_set) if fs_labels else seg, own(truth, label_set),
+                             labels=list(label_set))
+        for value, (name, _fs) in label_set.items():
             scores[name].append(float(per[value]))
     return {name: round(float(np.mean(v)), 4) for name, v in scores.items()}
+
+
+def labelled_as(predictor: Any, images: List[Any], truths: List[np.ndarray], value: int) -> Dict[str, float]:
+    """What ``predictor`` labels the voxels of FreeSurfer label ``value``: the share of each label
+    (its FreeSurfer name) over all held-out images, the three largest."""
+    from brainfm.labels.freesurfer import fs_name
+
+    counts: Dict[int, int] = {}
+    for img, truth in zip(images, truths):
+        seg = np.asarray(predictor.predict(img, tasks=["seg"])["seg"].data)[np.asarray(truth) == value]
+        for label, n in zip(*np.unique(seg, return_counts=True)):
+            counts[int(label)] = counts.get(int(label), 0) + int(n)
+    total = max(sum(counts.values()), 1)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    return {fs_name(label): round(n / total, 3) for label, n in top}
 
 
 #: the ways of fine-tuning compared: ``brainfm finetune``'s mode and whether it caches the backbone's features
@@ -103,7 +143,10 @@ PATHS = {"cached": ("head", True), "per-step": ("head", False), "encoder": ("enc
 def main(argv: List[str]) -> int:
     ap = parser(__doc__, out_name="finetune.json", repeats=1)
     ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--own-labels", action="store_true", help="fine-tune for two labels of a user's own")
+    kind.add_argument("--lesions", action="store_true",
+                      help="fine-tune for one label of a user's own, lesions painted into the white matter")
     ap.add_argument("--head-hidden", type=int, default=None,
                     help="width of the new head's hidden layer (default: brainfm finetune's; 0: a plain head)")
     ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=["cached", "per-step"],
@@ -111,8 +154,9 @@ def main(argv: List[str]) -> int:
                          "brainfm finetune); per-step: the backbone runs at every step, on random crops; "
                          "encoder: mode encoder (the decoder trains too), on random crops")
     args = ap.parse_args(argv)
-    if args.own_labels and args.out.endswith("finetune.json"):
-        args.out = args.out[: -len(".json")] + "_own_labels.json"
+    label_set = LESION_LABELS if args.lesions else OWN_LABELS if args.own_labels else None
+    if label_set is not None and args.out.endswith("finetune.json"):
+        args.out = args.out[: -len(".json")] + ("_lesions.json" if args.lesions else "_own_labels.json")
     import torch
 
     from brainfm.evaluation import datasets
@@ -125,23 +169,34 @@ def main(argv: List[str]) -> int:
         args.head_hidden = HEAD_HIDDEN
     data, rng = Path(args.data), np.random.default_rng(0)
     held = [datasets.load_labels(data, n) for n in datasets.held_out_names()]
+    if args.lesions:
+        held = [with_lesions(v, seed) for seed, v in enumerate(held, start=100)]
     images, truths = [flair(v, rng) for v in held], [np.asarray(v.data) for v in held]
     base = Predictor.from_pretrained("bundled", device="cpu", threads=args.threads)
-    before = own_dice(base, images, truths, fs_labels=True) if args.own_labels else score(base, images, truths)
+    if args.lesions:   # the base model has no lesion class
+        before = {"lesion_voxels_labelled_as": labelled_as(base, images, truths, LESION_LABEL),
+                  "heldout_lesion_ml": [round(float(np.sum(t == LESION_LABEL)) * float(np.prod(v.spacing)) / 1000, 1)
+                                        for t, v in zip(truths, held)]}
+    elif args.own_labels:
+        before = own_dice(base, images, truths, fs_labels=True)
+    else:
+        before = score(base, images, truths)
     with tempfile.TemporaryDirectory(prefix="brainfm-bench-ft-") as tmp:
         folder = Path(tmp) / "data"
         for sub in ("images", "labels"):
             (folder / sub).mkdir(parents=True)
-        for name in OWN:
+        for seed, name in enumerate(OWN, start=1):
             labels = own_labels(data, name)
+            if args.lesions:
+                labels = with_lesions(labels, seed)
             write_volume(flair(labels, rng), folder / "images" / f"{name}.nii.gz")
-            write_volume(labels.with_data(own(labels.data)) if args.own_labels else labels,
+            write_volume(labels.with_data(own(labels.data, label_set)) if label_set is not None else labels,
                          folder / "labels" / f"{name}.nii.gz")
         scheme = "fs33"
-        if args.own_labels:
+        if label_set is not None:
             scheme = str(Path(tmp) / "mine.txt")
             Path(scheme).write_text("".join(f"{v} {n} {40 * v} {200 - 40 * v} 120 0\n"
-                                            for v, (n, _fs) in OWN_LABELS.items()))
+                                            for v, (n, _fs) in label_set.items()))
         runs: Dict[str, Any] = {}
         for path in args.paths:
             t0 = time.perf_counter()
@@ -151,10 +206,10 @@ def main(argv: List[str]) -> int:
                            feature_cache=cached, head_hidden=args.head_hidden)
             seconds = time.perf_counter() - t0
             tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
-            after = (own_dice(tuned, images, truths, fs_labels=False) if args.own_labels
+            after = (own_dice(tuned, images, truths, fs_labels=False, label_set=label_set) if label_set is not None
                      else score(tuned, images, truths))
             moved = None
-            if not args.own_labels:
+            if label_set is None:
                 t1_base, t1_tuned = before["t1"], after.pop("t1")
                 moved = float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None
             runs[path] = {"finetune_seconds": round(seconds, 1), "seconds_per_step": round(seconds / args.steps, 3),
@@ -162,7 +217,7 @@ def main(argv: List[str]) -> int:
                           "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}
     before.pop("t1", None)
     emit({"steps": args.steps, "threads": args.threads, "head_hidden": args.head_hidden,
-          "labels": "own: " + ", ".join(n for n, _ in OWN_LABELS.values()) if args.own_labels else "fs33",
+          "labels": "own: " + ", ".join(n for n, _ in label_set.values()) if label_set is not None else "fs33",
           "base": before, **runs}, args.out)
     return 0
 
