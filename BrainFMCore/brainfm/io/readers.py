@@ -143,9 +143,41 @@ def _check_space_units(img: Any, p: Path) -> None:
                          "it again")
 
 
+def detached_data_file(p: Path) -> Optional[Path]:
+    r"""The voxel data file that a detached header (MetaImage ``.mhd``, NRRD ``.nhdr``) names, or None for
+    other files and for headers that hold their own data (``LOCAL``) or name a list of files.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "scan.mhd").write_text("NDims = 3\nElementDataFile = scan.raw\n")
+    >>> detached_data_file(d / "scan.mhd").name
+    'scan.raw'
+    """
+    name = p.name.lower()
+    if not (name.endswith(".mhd") or name.endswith(".nhdr")):
+        return None
+    try:
+        lines = p.read_text(encoding="latin-1", errors="replace").splitlines()[:200]
+    except OSError:
+        return None
+    keys = ("elementdatafile",) if name.endswith(".mhd") else ("data file", "datafile")
+    for line in lines:
+        key, sep, value = line.partition("=" if name.endswith(".mhd") else ":")
+        value = value.strip()
+        if sep and key.strip().lower() in keys:
+            if not value or value.upper() == "LOCAL" or value.upper().startswith("LIST") or "%" in value or " " in value:
+                return None
+            return (p.parent / value) if not Path(value).is_absolute() else Path(value)
+    return None
+
+
 def _read_sitk(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[str]]:
     import SimpleITK as sitk
 
+    data_file = detached_data_file(p)
+    if data_file is not None and not data_file.is_file():
+        raise InputError(f"cannot read {p.name}: its voxels are in a separate file, {data_file.name}, which is "
+                         f"missing (looked for {data_file}); copy it next to {p.name}")
     try:
         img = sitk.ReadImage(str(p))
         arr = sitk.GetArrayFromImage(img)

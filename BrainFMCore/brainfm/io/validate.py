@@ -82,6 +82,11 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     ratio = float(sp.max() / sp.min())
     sp_txt = " x ".join(f"{s:.3g}" for s in sp)
     if max_slice_mm is not None and float(sp.max()) > max_slice_mm:
+        if sorted(sp)[1] > 4.0:  # coarse in-plane too: no thick-slice scan, most likely a header in other units
+            raise InputError(
+                f"{where}voxel size {sp_txt} mm: voxels this large along two or three axes are not a brain scan's "
+                "slices; the header most likely gives sizes in other units than millimetres: check it (e.g. "
+                f"`nib-ls`, `fslhd`); if the sizes are right, {_ALLOW_HINT}")
         raise InputError(
             f"{where}voxel size {sp_txt} mm: slices thicker than {max_slice_mm:g} mm are too thick for reliable "
             f"results; {_ALLOW_HINT}")

@@ -350,3 +350,13 @@ def test_nifti_positions_in_metres_or_microns_are_refused(tmp_path, units):
     img.header.set_xyzt_units("mm")
     nib.save(img, tmp_path / "mm.nii.gz")
     assert read_volume(tmp_path / "mm.nii.gz").spacing == pytest.approx((0.002,) * 3)
+
+
+def test_a_detached_header_without_its_voxel_file_is_named(tmp_path):
+    """A MetaImage .mhd (or NRRD .nhdr) whose .raw was not copied along: the missing file is named."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 9, 10), np.float32)), str(tmp_path / "scan.mhd"))
+    assert read_volume(tmp_path / "scan.mhd").shape == (10, 9, 8)
+    raw = next(tmp_path.glob("scan.*raw"))
+    raw.unlink()
+    with pytest.raises(InputError, match=rf"scan.mhd: its voxels are in a separate file, {raw.name}, which is missing"):
+        read_volume(tmp_path / "scan.mhd")

@@ -46,6 +46,12 @@ def test_too_thick_slices_and_override():
     warnings = validate_image(v, max_slice_mm=None)
     assert any("anisotropic (ratio 12.0)" in w for w in warnings)
     assert validate_image(v, max_slice_mm=15) != []
+    # voxels large along every axis are no thick slices: the refusal points at the header's units
+    with pytest.raises(InputError) as e:
+        validate_image(blob_head((12, 12, 12), affine((50.0, 50.0, 50.0))))
+    msg = str(e.value)
+    assert "50 x 50 x 50 mm" in msg and "other units than millimetres" in msg and "--allow-anisotropic" in msg
+    assert "too thick for reliable results" not in msg
     # fine in-plane voxels with thick slices: the thickness counts, not the ratio (here 12, accepted)
     fine = validate_image(blob_head((40, 40, 12), affine((0.5, 0.5, 6.0))))
     assert len(fine) == 1 and "ratio 12.0" in fine[0]
