@@ -122,15 +122,12 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from brainfm.models import store
-
-    from brainfm.models import selection
+    from brainfm.models import selection, store
     from brainfm.models.registry import DEFAULT_MODEL_ID
 
     name = args.name
     if name == "default" and store.find_model(name) is None:
-        chosen = selection.default_model()
-        name = chosen.spec
+        name = selection.default_model().spec
     reporter = _reporter(args)
     try:
         if name in ("bundled", DEFAULT_MODEL_ID) and store.find_model(name) is None:

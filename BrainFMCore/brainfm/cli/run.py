@@ -191,8 +191,8 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     from brainfm.cli.inputs import check_output_location
     from brainfm.cli.progress import report_error
     from brainfm.report import SUMMARY_NAME, CaseWriter
-    from brainfm.tasks import resolve_tasks
     from brainfm.report.summary import utc_now, write_json
+    from brainfm.tasks import resolve_tasks
 
     rank, world, local_rank = shard()
     cases = _as_cases(files)
@@ -203,10 +203,11 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     records: List[Dict[str, Any]] = []
     todo: List[InputCase] = []
     code = 0
+    requested = _tasks(args.tasks)
     for case in mine:
         folder = out_root / case.name
         if (folder / SUMMARY_NAME).is_file() and not args.overwrite:
-            other = _other_results(folder / SUMMARY_NAME, case, _tasks(args.tasks))
+            other = _other_results(folder / SUMMARY_NAME, case, requested)
             if other is None:
                 records.append({**case.record(), "status": "skipped", "folder": str(folder),
                                 "reason": "summary.json exists (use --overwrite)"})
@@ -233,7 +234,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
         predictor = make_predictor(args, pick_device(args.device, world, local_rank))
         reporter(0.05, f"model loaded on {predictor.device}")
         try:  # what the model cannot do fails the run once, not every case
-            resolve_tasks(_tasks(args.tasks), predictor.head_names, voxel_mm=predictor.voxel_mm)
+            resolve_tasks(requested, predictor.head_names, voxel_mm=predictor.voxel_mm)
         except InputError as exc:
             raise InputError(f"--tasks {args.tasks}: {exc}") from None
         span = 0.95 / len(todo)
@@ -250,7 +251,7 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                                 overwrite=args.overwrite, png=not args.no_png, title=case.name,
                                 extra={"case": case.name, **(extra or {})},
                                 compress=not getattr(args, "no_compress", False)) as writer:
-                    pred = predictor.predict(vol, tasks=_tasks(args.tasks), output_frame=args.output_frame,
+                    pred = predictor.predict(vol, tasks=requested, output_frame=args.output_frame,
                                              atlas=args.atlas, crop_foreground=not args.no_crop,
                                              return_probabilities=args.probabilities,
                                              allow_anisotropic=getattr(args, "allow_anisotropic", False),

@@ -67,7 +67,8 @@ def _partial_prefix(name: str) -> str:
 def remove_stale_partials(out: Path) -> List[Path]:
     """Remove the partial folders of case folder ``out`` that a process of this machine left when it died
     before it could clean up (``kill -9``, a crash, a power cut); those of live processes stay. Returns
-    the folders removed.
+    the folders removed. Only on POSIX systems, where a process can be asked whether it lives (on
+    Windows ``os.kill`` would end it).
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -77,8 +78,10 @@ def remove_stale_partials(out: Path) -> List[Path]:
     >>> [p.name.endswith("x.partial") for p in remove_stale_partials(root / "case")]
     [True]
     """
+    removed: List[Path] = []
+    if os.name != "posix":
+        return removed
     here = _partial_prefix(out.name).rsplit("-", 1)[0] + "-"
-    removed = []
     try:
         candidates = [p for p in out.parent.iterdir() if p.name.startswith(here) and p.name.endswith(".partial")]
     except OSError:
