@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,7 @@ def test_montage_is_anatomically_oriented_whatever_the_storage(tmp_path, case):
     assert sa[0] > 3 and sa[1] < -3, f"sagittal: anterior should be right, superior up; got {sa}"
 
 
-@pytest.mark.skipif(__import__("os").name != "posix", reason="SIGKILL and the liveness check are POSIX")
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the liveness check are POSIX")
 def test_a_case_writer_killed_outright_leaves_a_partial_folder_the_next_one_removes(tmp_path):
     """SIGKILL gives no chance to clean up: the next writer of the same case removes what was left; the
     partial folder of a live writer of another case stays."""
