@@ -324,13 +324,12 @@ def _other_results(summary_path: Path, case: InputCase, tasks: Sequence[str]) ->
     input (a file of the same name elsewhere, or of a folder whose files were named differently) or
     of other tasks than ``tasks`` (``all`` asks for what the folder's run gave). None when the folder
     is this case's, and the run skips it. A summary this cannot read names nothing (None)."""
-    import json
+    from brainfm.report.summary import read_summary
 
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        meta = summary.get("metadata") or {}
+        meta = read_summary(summary_path).get("metadata") or {}
         made_from, made = meta.get("input_path"), [str(t) for t in meta.get("tasks") or []]
-    except (OSError, ValueError, AttributeError):
+    except (InputError, AttributeError, TypeError):
         return None
     if made_from and os.path.realpath(str(made_from)) not in {os.path.realpath(str(f)) for f in case.protected}:
         return f"the results of another input, {made_from}, not of {case.path}"

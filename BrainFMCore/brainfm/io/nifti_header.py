@@ -121,6 +121,12 @@ def _check_raw(hdr, name: str) -> List[str]:
                 f"{name}: header field pixdim[{i}] is negative ({v:g}); nibabel (used here) reads a voxel size of "
                 f"{abs(v):g} mm, ITK-based readers (SimpleITK, 3D Slicer) flip that axis instead. The outputs repeat "
                 "this header, so each viewer places them exactly where it places the input; check the orientation")
+    units = {1: "meter", 3: "micron"}.get(int(hdr["xyzt_units"]) & 0x07)
+    if units:  # ITK converts them to mm, nibabel (used here) and FSL do not
+        raise InputError(f"{name}: its header gives positions in {units}s (xyzt_units); nibabel and FSL read them "
+                         "as millimetres while ITK and 3D Slicer convert them, so results would not line up in "
+                         "every viewer. Save the file with millimetre units (voxel sizes and affine in mm) and run "
+                         "it again")
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
     if qcode > 0:
         quat = np.array([float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x",
@@ -175,7 +181,7 @@ def _itk_affine(path: PathLike) -> Optional[np.ndarray]:
 def inspect_geometry(path: PathLike, img: Any) -> HeaderGeometry:
     """Check the raw header of the NIfTI file ``path`` (``img``: its ``nibabel`` image) and
     describe its geometry. Raises :class:`InputError` (naming the file and the header field) for
-    a zero voxel size or a singular/non-finite sform; warns about disagreeing qform and sform,
+    a zero voxel size, a singular/non-finite sform or positions in metres or microns; warns about disagreeing qform and sform,
     negative ``pixdim``, odd ``qfac`` and missing transforms.
     """
     name = Path(path).name

@@ -112,7 +112,6 @@ def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[s
     except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
         raise _unreadable(p, e) from e
     if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        _check_space_units(img, p)
         extra["geometry"] = img
         slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
         extra.update(scl_slope=float(slope), scl_inter=float(inter))
@@ -126,21 +125,6 @@ def _read_nibabel(p: Path) -> Tuple[np.ndarray, np.ndarray, np.dtype, Optional[s
     if arr.ndim < 3:
         raise InputError(f"{p.name} is a {arr.ndim}D image (shape {arr.shape}); BrainFM needs a 3D volume")
     return arr, affine, orig_dtype, intent, extra
-
-
-def _check_space_units(img: Any, p: Path) -> None:
-    """Refuse a NIfTI file whose header gives positions in metres or microns (``xyzt_units``): nibabel
-    and FSL read them as millimetres, ITK and 3D Slicer convert them, so the two would place the scan
-    and its results 1000 times apart."""
-    try:
-        units = img.header.get_xyzt_units()[0]
-    except Exception:  # an unknown code: nobody converts it
-        return
-    if units in ("meter", "micron"):
-        raise InputError(f"{p.name}: its header gives positions in {units}s (xyzt_units); nibabel and FSL read them "
-                         "as millimetres while ITK and 3D Slicer convert them, so results would not line up in "
-                         "every viewer. Save the file with millimetre units (voxel sizes and affine in mm) and run "
-                         "it again")
 
 
 def detached_data_file(p: Path) -> Optional[Path]:

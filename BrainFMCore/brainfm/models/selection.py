@@ -102,12 +102,13 @@ def verify_bundled(*, progress: Any = None, cancel: Any = None) -> "tuple[Path, 
     from brainfm.errors import CheckpointError
     from brainfm.models import hashing, registry
 
-    weights, sidecar = bundled_paths()
-    if not weights.is_file():
+    described = bundled_model()
+    if described is None:
         raise ModelNotAvailableError(registry.BUNDLED_MISSING_MESSAGE)
+    weights, sidecar = bundled_paths()
     got = hashing.cached_sha256(weights, refresh=True, progress=progress, cancel=cancel)
     records = (("the model registry", registry.get_entry(registry.DEFAULT_MODEL_ID).get("sha256")),
-               (f"its description {sidecar.name}", (read_json(sidecar, default={}) or {}).get("weights_sha256")))
+               (f"its description {sidecar.name}", described.get("sha256")))
     for where, want in records:
         if want != got:
             raise CheckpointError(f"checksum mismatch for the bundled model ({weights}): sha256 {got}, recorded "

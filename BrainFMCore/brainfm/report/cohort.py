@@ -49,17 +49,13 @@ def case_volumes(case_dir: PathLike) -> Optional[Dict[str, Any]]:
     from brainfm.errors import InputError
     from brainfm.labels.checks import volume_checks
     from brainfm.report.save import SUMMARY_NAME
+    from brainfm.report.summary import read_summary
 
     folder = Path(case_dir)
     summary_path, table_path = folder / SUMMARY_NAME, folder / "seg_volumes.csv"
     if not (summary_path.is_file() and table_path.is_file()):
         return None
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{summary_path}: cannot be read as a BrainFM case summary ({exc})") from None
-    if not isinstance(summary, dict):
-        raise InputError(f"{summary_path}: not a BrainFM case summary (a JSON object is expected)")
+    summary = read_summary(summary_path)
     try:
         with open(table_path, newline="", encoding="utf-8") as f:
             volumes = {(int(r["value"]), str(r["name"])): float(r["volume_mm3"]) for r in csv.DictReader(f)}

@@ -145,3 +145,23 @@ def write_json(data: Mapping[str, Any], path: PathLike) -> Path:
     with atomic_output(target) as tmp:
         tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return target
+
+
+def read_summary(path: PathLike) -> Dict[str, Any]:
+    """The case summary ``path`` (a ``summary.json`` that :func:`build_summary` made) as a dict;
+    :class:`~brainfm.errors.InputError` naming the file when it cannot be read or is no JSON object.
+
+    >>> import tempfile, pathlib
+    >>> p = write_json({"case": "a"}, pathlib.Path(tempfile.mkdtemp()) / "summary.json")
+    >>> read_summary(p)["case"]
+    'a'
+    """
+    from brainfm.errors import InputError
+
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as a BrainFM case summary ({exc})") from None
+    if not isinstance(summary, dict):
+        raise InputError(f"{path}: not a BrainFM case summary (a JSON object is expected)")
+    return summary
