@@ -39,6 +39,27 @@ def voxel_sizes(affine: np.ndarray) -> Tuple[float, float, float]:
     return float(n[0]), float(n[1]), float(n[2])
 
 
+def check_affine(affine: Any) -> np.ndarray:
+    """``affine`` as the 4x4 float64 array a :class:`Volume` keeps; :class:`InputError` when it is not
+    4x4, holds NaN/Inf or is singular (a zero voxel size or degenerate axes).
+
+    >>> check_affine(np.diag([2, 1, 1, 1])).dtype
+    dtype('float64')
+    >>> check_affine(np.diag([2.0, 0.0, 1.0, 1.0]))
+    Traceback (most recent call last):
+      ...
+    brainfm.errors.InputError: affine is singular (zero voxel size or degenerate axes)
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise InputError(f"affine must be 4x4, got shape {aff.shape}")
+    if not np.all(np.isfinite(aff)):
+        raise InputError("affine contains NaN or Inf")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise InputError("affine is singular (zero voxel size or degenerate axes)")
+    return aff
+
+
 @dataclass(frozen=True)
 class Volume:
     """A 3D image (or a 3D field with a trailing channel axis) with its RAS affine.
@@ -53,13 +74,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         data = np.asarray(self.data)
-        aff = np.asarray(self.affine, dtype=np.float64)
-        if aff.shape != (4, 4):
-            raise InputError(f"affine must be 4x4, got shape {aff.shape}")
-        if not np.all(np.isfinite(aff)):
-            raise InputError("affine contains NaN or Inf")
-        if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-            raise InputError("affine is singular (zero voxel size or degenerate axes)")
+        aff = check_affine(self.affine)
         if data.ndim not in (3, 4):
             raise InputError(f"a Volume holds 3D data (optionally with a channel axis), got {data.ndim}D")
         object.__setattr__(self, "data", data)

@@ -44,17 +44,38 @@ class InputCase:
 
     def read(self, *, frame: Optional[int] = None):
         """The case's :class:`~brainfm.volume.Volume` (:func:`brainfm.io.read_volume` or the DICOM series reader)."""
-        if self.error:
-            raise InputError(self.error)
+        self._check_listing(frame)
         if self.series is not None:
             from brainfm.io.dicom import read_series
 
-            if frame not in (None, 0):
-                raise InputError(f"--frame {frame}: DICOM series {self.name} is a single 3D volume")
             return read_series(self.series)
         from brainfm.io import read_volume
 
         return read_volume(self.path, frame=frame)
+
+    def check_header(self, *, frame: Optional[int] = None, allow_anisotropic: bool = False) -> None:
+        """Refuse, from headers only (milliseconds), what :meth:`read` and the checks of a prediction would
+        refuse, with the same message (:func:`brainfm.io.validate.check_image_header`). A DICOM series
+        passes but for a problem found while listing it or a ``frame`` it does not have: its files are
+        many and :meth:`read` checks them as it reads them.
+
+        >>> InputCase(Path("scan.dcm"), error="cannot read the DICOM file scan.dcm").check_header()
+        Traceback (most recent call last):
+          ...
+        brainfm.errors.InputError: cannot read the DICOM file scan.dcm
+        """
+        self._check_listing(frame)
+        if self.series is None:
+            from brainfm.io.validate import check_image_header
+
+            check_image_header(self.path, frame=frame, allow_anisotropic=allow_anisotropic)
+
+    def _check_listing(self, frame: Optional[int]) -> None:
+        """Refuse a case with a problem found while listing it, or a DICOM series asked for a frame."""
+        if self.error:
+            raise InputError(self.error)
+        if self.series is not None and frame not in (None, 0):
+            raise InputError(f"--frame {frame}: DICOM series {self.name} is a single 3D volume")
 
     def record(self) -> Dict[str, Any]:
         """How ``run_summary.json`` names the input of this case."""

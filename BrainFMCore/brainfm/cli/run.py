@@ -6,8 +6,11 @@ Inputs (:mod:`brainfm.cli.inputs`): image files; folders (their supported images
 one case each; other files such as BIDS ``.json`` sidecars are listed as skipped); a ``.dcm`` file
 (its whole series). Before the model is loaded the output folder is checked: never an input, inside
 an input folder, or a case folder that would contain its input (exit 2); it must be writable and
-have room for the outputs (exit 5). Each case goes to ``OUT/<case>/`` (see
-:mod:`brainfm.report.save`); cases whose ``summary.json`` exists are skipped unless
+have room for the outputs (exit 5); and every case's header is checked (:func:`_check_headers`): a
+case that its header already shows to be unusable (2D, several frames without ``--frame``, a zero
+voxel size, a singular affine, slices too thick...) fails at once with the message its full read
+would give, so a run whose every input is bad never loads the model. Each case goes to
+``OUT/<case>/`` (see :mod:`brainfm.report.save`); cases whose ``summary.json`` exists are skipped unless
 ``--overwrite`` when it names the same input and the tasks asked for; otherwise the case fails with
 the reason (:func:`_other_results`). The model is loaded once. Under torchrun (env ``WORLD_SIZE`` > 1) rank ``r``
 processes cases ``r, r + W, ...`` and pins ``cuda:LOCAL_RANK`` when ``--device auto``. A failed case
@@ -192,7 +195,6 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
     from brainfm.cli.progress import report_error
     from brainfm.report import SUMMARY_NAME, CaseWriter
     from brainfm.report.summary import utc_now, write_json
-    from brainfm.tasks import resolve_tasks
 
     rank, world, local_rank = shard()
     cases = _as_cases(files)
@@ -220,6 +222,11 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
             code = code or err.exit_code
         else:
             todo.append(case)
+    todo, refused = _check_headers(todo, args)
+    for case, exc in refused:  # before the model is loaded: a run of bad inputs fails in milliseconds
+        record, failed = _failure(exc, case, args, out_root)
+        records.append(record)
+        code = code or failed
     name = RUN_SUMMARY if world == 1 else f"run_summary.rank{rank}.json"
 
     def summary() -> Dict[str, Any]:
@@ -230,6 +237,8 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                 "cases": records, **(extra or {})}
 
     if todo:
+        from brainfm.tasks import resolve_tasks  # imports torch: only when a case is to be run
+
         reporter(0.0, "loading the model")
         predictor = make_predictor(args, pick_device(args.device, world, local_rank))
         reporter(0.05, f"model loaded on {predictor.device}")
@@ -275,28 +284,66 @@ def process_cases(args: argparse.Namespace, files: Sequence[Any], out_root: Path
                     write_json(summary(), out_root / name)
                 raise
             except Exception as e:  # noqa: BLE001 - one bad case never stops the batch
-                if isinstance(e, BrainFMError):
-                    err: BaseException = e
-                elif isinstance(e, OSError):
-                    from brainfm.io.atomic import storage_error
-
-                    err = storage_error(e, getattr(e, "filename", None) or out_root / case.name)
-                else:
-                    err = RuntimeError(f"internal error ({type(e).__name__}): {e}; rerun with --debug for the "
-                                       "traceback and report it")
-                message = _named(err, case)
-                shown = type(err)(message) if isinstance(err, BrainFMError) else RuntimeError(message)
-                report_error(shown, machine=args.progress == "machine", debug=bool(getattr(args, "debug", False)))
-                records.append({**case.record(), "status": "failed",
-                                "error": {"type": type(err).__name__, "message": message,
-                                          "exit_code": int(getattr(err, "exit_code", 1))}})
-                code = code or int(getattr(err, "exit_code", 1))
+                record, failed = _failure(e, case, args, out_root)
+                records.append(record)
+                code = code or failed
         reporter(1.0, "done")
     run = summary()
     if _has_results(records):  # a run whose every case failed leaves nothing behind
         write_json(run, out_root / name)
         _cohort_table(out_root, reporter, world=world, rank=rank)
     return code, run
+
+
+def _check_headers(cases: Sequence[InputCase],
+                   args: argparse.Namespace) -> Tuple[List[InputCase], List[Tuple[InputCase, InputError]]]:
+    """``(cases to run, [(case, error)...])``: every case's header checked, before the model is loaded
+    (:meth:`~brainfm.cli.inputs.InputCase.check_header` with ``--frame`` and ``--allow-anisotropic``:
+    milliseconds a file, no voxel read). A refused case gets the error its full read would give; a
+    header the check cannot judge (an unexpected failure) leaves the case to its full read.
+
+    >>> ok, refused = _check_headers([InputCase(Path("a.dcm"), "a", error="cannot read a.dcm")], argparse.Namespace())
+    >>> ok, [(c.name, str(e)) for c, e in refused]
+    ([], [('a', 'cannot read a.dcm')])
+    """
+    frame, allow = getattr(args, "frame", None), bool(getattr(args, "allow_anisotropic", False))
+    passed: List[InputCase] = []
+    refused: List[Tuple[InputCase, InputError]] = []
+    for case in cases:
+        try:
+            case.check_header(frame=frame, allow_anisotropic=allow)
+        except InputError as exc:
+            refused.append((case, exc))
+            continue
+        except Exception:  # noqa: BLE001 - not the check's to judge: the full read reports it
+            pass
+        passed.append(case)
+    return passed, refused
+
+
+def _failure(exc: BaseException, case: InputCase, args: argparse.Namespace,
+             out_root: Path) -> Tuple[Dict[str, Any], int]:
+    """Report the failure ``exc`` of ``case`` (its message names the input) and return its
+    ``run_summary.json`` record and exit code. An :class:`OSError` is an I/O error
+    (:func:`~brainfm.io.atomic.storage_error`); an exception that is no :class:`BrainFMError` an
+    internal error."""
+    from brainfm.cli.progress import report_error
+
+    if isinstance(exc, BrainFMError):
+        err: BaseException = exc
+    elif isinstance(exc, OSError):
+        from brainfm.io.atomic import storage_error
+
+        err = storage_error(exc, getattr(exc, "filename", None) or out_root / case.name)
+    else:
+        err = RuntimeError(f"internal error ({type(exc).__name__}): {exc}; rerun with --debug for the "
+                           "traceback and report it")
+    message = _named(err, case)
+    shown = type(err)(message) if isinstance(err, BrainFMError) else RuntimeError(message)
+    report_error(shown, machine=args.progress == "machine", debug=bool(getattr(args, "debug", False)))
+    exit_code = int(getattr(err, "exit_code", 1))
+    return ({**case.record(), "status": "failed",
+             "error": {"type": type(err).__name__, "message": message, "exit_code": exit_code}}, exit_code)
 
 
 def _cohort_table(out_root: Path, reporter: Any, *, world: int, rank: int) -> None:

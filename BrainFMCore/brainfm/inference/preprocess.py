@@ -142,15 +142,11 @@ def prepare(image: ImageLike, *, crop_foreground: bool = True, allow_anisotropic
     from brainfm.geometry import to_network_frame
     from brainfm.inference.headmask import is_masked
     from brainfm.io import validate_image
-    from brainfm.io.validate import MAX_SLICE_MM
+    from brainfm.io.validate import check_scalar, slice_limit
 
     vol = load_image(image)
-    if vol.data.ndim != 3:
-        raise InputError(
-            f"the image has {vol.data.shape[3]} channels per voxel; BrainFM needs a scalar 3D image "
-            "(pick one frame or channel first)"
-        )
-    warnings = list(validate_image(vol, role="image", max_slice_mm=None if allow_anisotropic else MAX_SLICE_MM))
+    check_scalar(vol.data.shape)  # these checks, made on a file's header: brainfm.io.validate.check_image_header
+    warnings = list(validate_image(vol, role="image", max_slice_mm=slice_limit(allow_anisotropic)))
     norm, rng, ct = normalise(vol)
     if ct:
         warnings.append(

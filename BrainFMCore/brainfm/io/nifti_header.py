@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from brainfm.errors import InputError
-from brainfm.io.sitk_bridge import affine_from_itk
+from brainfm.io.sitk_bridge import affine_from_itk, image_information
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -158,20 +158,33 @@ def _check_raw(hdr, name: str) -> List[str]:
     return warnings
 
 
+def check_raw_header(path: PathLike) -> Tuple[Any, List[str]]:
+    """``(raw header, warnings)`` of the NIfTI file ``path``, read as stored (:func:`read_raw_header`);
+    :class:`InputError` naming the file and the header field for what no reader can place (a zero
+    voxel size, a singular or non-finite sform, a non-finite qform, positions in metres or microns) or
+    when the file does not start with a NIfTI header. Reads the header only.
+
+    >>> import tempfile, os, nibabel as nib
+    >>> img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.diag([0.001, 0.001, 0.001, 1.0]))
+    >>> img.header.set_xyzt_units("meter")
+    >>> p = os.path.join(tempfile.mkdtemp(), "metres.nii"); nib.save(img, p)
+    >>> check_raw_header(p)
+    Traceback (most recent call last):
+      ...
+    brainfm.errors.InputError: metres.nii: its header gives positions in meters (xyzt_units); nibabel and FSL ...
+    """
+    name = Path(path).name
+    raw = read_raw_header(path)
+    if raw is None:
+        raise InputError(f"cannot read {name}: it does not start with a NIfTI header")
+    return raw, _check_raw(raw, name)
+
+
 def _itk_affine(path: PathLike) -> Optional[np.ndarray]:
     """Voxel -> RAS affine as ITK (SimpleITK, 3D Slicer) reads the file's header, None if unavailable."""
     try:
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        try:
-            reader.ReadImageInformation()
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-        if reader.GetDimension() < 3:
+        reader = image_information(path)
+        if reader is None or reader.GetDimension() < 3:
             return None
         return affine_from_itk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     except Exception:  # noqa: BLE001 - ITK's opinion is optional information
@@ -185,10 +198,7 @@ def inspect_geometry(path: PathLike, img: Any) -> HeaderGeometry:
     negative ``pixdim``, odd ``qfac`` and missing transforms.
     """
     name = Path(path).name
-    raw = read_raw_header(path)
-    if raw is None:
-        raise InputError(f"cannot read {name}: it does not start with a NIfTI header")
-    warnings = _check_raw(raw, name)
+    raw, warnings = check_raw_header(path)
     hdr = img.header
     shape = tuple(int(n) for n in img.shape[:3])
     qcode, scode = int(raw["qform_code"]), int(raw["sform_code"])

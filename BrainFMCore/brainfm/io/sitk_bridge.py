@@ -65,6 +65,29 @@ def affine_from_itk(direction: Sequence[float], spacing: Sequence[float], origin
     return aff
 
 
+def image_information(path: Any) -> Optional[Any]:
+    """A SimpleITK ``ImageFileReader`` that has read only the header of the image file ``path``
+    (size, spacing, direction, origin, pixel type; no voxels), or None when ITK cannot read it.
+    ITK's warnings are not shown.
+
+    >>> image_information("no-such-file.nrrd") is None
+    True
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+    return reader
+
+
 def to_sitk(volume: Volume, *, dtype: Optional[Any] = None) -> Any:
     """SimpleITK image of a 3D :class:`Volume` (``data[i, j, k]`` -> ITK index ``(i, j, k)``); the
     voxel type is the data's, or ``dtype`` when given (e.g. ``np.float32`` for ITK filters)."""

@@ -12,8 +12,9 @@ True
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,43 +43,48 @@ def unusual_spacing(spacing: Sequence[float]) -> bool:
     return sp[0] < 0.2 or sp[-1] > 10.0 or sp[1] > 4.0
 
 
-def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optional[float] = None,
-                   min_size: int = MIN_SIZE, max_slice_mm: Optional[float] = MAX_SLICE_MM) -> List[str]:
-    """Return warnings about ``volume``; raise :class:`InputError` when it cannot be used.
+def slice_limit(allow_anisotropic: bool) -> Optional[float]:
+    """The longest voxel edge (mm) accepted: :data:`MAX_SLICE_MM`, or None (any) when thick slices are allowed.
 
-    Errors: NaN/Inf voxels (with their count), an empty (all-zero) volume, a constant image,
-    fewer than ``min_size`` voxels along an axis, voxels longer than ``max_slice_mm`` along an axis
-    (slices that thick; ``None`` allows any), voxel anisotropy (largest / smallest voxel size) above
-    ``max_anisotropy`` (default ``None``: any; the slice thickness, not the ratio, limits the
-    results: 0.5 x 0.5 x 5 mm scores like 1 x 1 x 5 mm). Anisotropy above 3 gives a warning.
-    ``role`` is ``"image"`` (an intensity image; warns when it looks like a label map) or
-    ``"label"`` (a label map; must hold integer values). Messages start with the file's name when the volume was read from one
-    (``meta["source_path"]``); warnings found while reading it (``meta["warnings"]``: header
-    problems) come first. The label-map check looks at the stored integers of scaled images
-    (``meta["scl_slope"]``/``meta["scl_inter"]``), so an intensity offset cannot fool it.
+    >>> slice_limit(False), slice_limit(True)
+    (10.0, None)
     """
-    if role not in ("image", "label"):
-        raise InputError(f"role must be 'image' or 'label', got {role!r}")
-    where = _where(volume)
-    warnings: List[str] = [str(w) for w in volume.meta.get("warnings", []) or []]
-    data = np.asarray(volume.data)
-    shape = volume.shape
+    return None if allow_anisotropic else MAX_SLICE_MM
+
+
+def check_scalar(shape: Sequence[int]) -> None:
+    """Refuse a volume with several channels per voxel (``shape`` X, Y, Z, C): BrainFM needs a scalar image.
+
+    >>> check_scalar((8, 8, 8))
+    >>> check_scalar((8, 8, 8, 3))
+    Traceback (most recent call last):
+      ...
+    brainfm.errors.InputError: the image has 3 channels per voxel; BrainFM needs a scalar 3D image (pick one ...
+    """
+    if len(shape) != 3:
+        raise InputError(
+            f"the image has {shape[3]} channels per voxel; BrainFM needs a scalar 3D image "
+            "(pick one frame or channel first)"
+        )
+
+
+def check_grid(shape: Sequence[int], spacing: Sequence[float], *, where: str = "", min_size: int = MIN_SIZE,
+               max_slice_mm: Optional[float] = MAX_SLICE_MM, max_anisotropy: Optional[float] = None) -> None:
+    """The refusals of :func:`validate_image` that the grid alone decides (a file's header tells them):
+    fewer than ``min_size`` voxels along an axis, voxels longer than ``max_slice_mm``, an anisotropy
+    above ``max_anisotropy``. ``where`` starts the messages (``"scan.nii.gz: "``).
+
+    >>> check_grid((64, 64, 12), (0.5, 0.5, 12.0), max_slice_mm=None)
+    >>> check_grid((64, 64, 12), (0.5, 0.5, 12.0), where="thick.nii: ")
+    Traceback (most recent call last):
+      ...
+    brainfm.errors.InputError: thick.nii: voxel size 0.5 x 0.5 x 12 mm: slices thicker than 10 mm are too thick ...
+    """
+    shape = tuple(int(n) for n in shape)[:3]
     if min(shape) < min_size:
         raise InputError(f"{where}the volume is too small ({'x'.join(map(str, shape))} voxels): BrainFM needs at "
                          f"least {min_size} voxels along every axis")
-    if data.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise InputError(f"{where}the volume contains {bad} NaN/Inf voxels ({100.0 * bad / data.size:.3g}% of "
-                             f"{data.size}); replace them (e.g. with 0) before running BrainFM")
-    elif data.dtype.kind not in "iub":
-        raise InputError(f"{where}unsupported voxel type {data.dtype}")
-    lo, hi = data.min(), data.max()
-    if lo == 0 and hi == 0:
-        raise InputError(f"{where}the volume is empty: every voxel is zero")
-    if role == "image" and lo == hi:
-        raise InputError(f"{where}the image is constant (every voxel = {lo}); it holds no anatomy to analyse")
-    sp = np.asarray(volume.spacing)
+    sp = np.asarray(spacing, np.float64)
     ratio = float(sp.max() / sp.min())
     sp_txt = " x ".join(f"{s:.3g}" for s in sp)
     if max_slice_mm is not None and float(sp.max()) > max_slice_mm:
@@ -94,6 +100,73 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
         raise InputError(
             f"{where}voxel size {sp_txt} mm is extremely anisotropic (ratio {ratio:.1f} > {max_anisotropy:g}): "
             f"results on such thick slices will be unreliable; {_ALLOW_HINT}")
+
+
+def check_image_header(path: Union[str, "os.PathLike[str]"], *, frame: Optional[int] = None,
+                       allow_anisotropic: bool = False) -> None:
+    """Refuse, from the file's header alone (milliseconds, no voxel read), what reading ``path``
+    (:func:`brainfm.io.read_volume` with ``frame``) and then checking it as the image of a prediction
+    (:func:`check_scalar`, :func:`validate_image` with :func:`slice_limit`) would refuse for its header:
+    the same functions raise, so the message is the one the full read gives. Files whose header
+    cannot be read cheaply (DICOM) pass, as does whatever only the voxels tell (NaN, empty, constant,
+    truncated data).
+
+    >>> import tempfile, os, nibabel as nib
+    >>> p = os.path.join(tempfile.mkdtemp(), "thick.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.zeros((64, 64, 12), np.float32), np.diag([0.5, 0.5, 12.0, 1.0])), p)
+    >>> check_image_header(p, allow_anisotropic=True)
+    >>> check_image_header(p)
+    Traceback (most recent call last):
+      ...
+    brainfm.errors.InputError: thick.nii.gz: voxel size 0.5 x 0.5 x 12 mm: slices thicker than 10 mm are too ...
+    """
+    from brainfm.io.readers import read_header
+
+    header = read_header(path, frame=frame)
+    if header is None:
+        return
+    check_scalar(header.shape)
+    check_grid(header.shape, header.spacing, where=_where(header.meta), max_slice_mm=slice_limit(allow_anisotropic))
+
+
+def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optional[float] = None,
+                   min_size: int = MIN_SIZE, max_slice_mm: Optional[float] = MAX_SLICE_MM) -> List[str]:
+    """Return warnings about ``volume``; raise :class:`InputError` when it cannot be used.
+
+    Errors, in this order: the grid's (:func:`check_grid`: fewer than ``min_size`` voxels along an
+    axis, voxels longer than ``max_slice_mm`` along an axis (slices that thick; ``None`` allows any),
+    voxel anisotropy (largest / smallest voxel size) above ``max_anisotropy`` (default ``None``: any;
+    the slice thickness, not the ratio, limits the results: 0.5 x 0.5 x 5 mm scores like 1 x 1 x 5
+    mm)), then the voxels': NaN/Inf voxels (with their count), an empty (all-zero) volume, a
+    constant image. Anisotropy above 3 gives a warning.
+    ``role`` is ``"image"`` (an intensity image; warns when it looks like a label map) or
+    ``"label"`` (a label map; must hold integer values). Messages start with the file's name when the volume was read from one
+    (``meta["source_path"]``); warnings found while reading it (``meta["warnings"]``: header
+    problems) come first. The label-map check looks at the stored integers of scaled images
+    (``meta["scl_slope"]``/``meta["scl_inter"]``), so an intensity offset cannot fool it.
+    """
+    if role not in ("image", "label"):
+        raise InputError(f"role must be 'image' or 'label', got {role!r}")
+    where = _where(volume.meta)
+    warnings: List[str] = [str(w) for w in volume.meta.get("warnings", []) or []]
+    data = np.asarray(volume.data)
+    check_grid(volume.shape, volume.spacing, where=where, min_size=min_size, max_slice_mm=max_slice_mm,
+               max_anisotropy=max_anisotropy)
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise InputError(f"{where}the volume contains {bad} NaN/Inf voxels ({100.0 * bad / data.size:.3g}% of "
+                             f"{data.size}); replace them (e.g. with 0) before running BrainFM")
+    elif data.dtype.kind not in "iub":
+        raise InputError(f"{where}unsupported voxel type {data.dtype}")
+    lo, hi = data.min(), data.max()
+    if lo == 0 and hi == 0:
+        raise InputError(f"{where}the volume is empty: every voxel is zero")
+    if role == "image" and lo == hi:
+        raise InputError(f"{where}the image is constant (every voxel = {lo}); it holds no anatomy to analyse")
+    sp = np.asarray(volume.spacing)
+    ratio = float(sp.max() / sp.min())
+    sp_txt = " x ".join(f"{s:.3g}" for s in sp)
     if ratio > 3.0:
         warnings.append(f"voxel size {sp_txt} mm is anisotropic (ratio {ratio:.1f}); details between the thick "
                         "slices are interpolated (outputs on a 1 mm grid: output_frame='1mm'; command line: "
@@ -113,9 +186,8 @@ def validate_image(volume: Volume, *, role: str = "image", max_anisotropy: Optio
     return warnings
 
 
-def _where(volume: Volume) -> str:
-    """``"<file name>: "`` of the file the volume was read from ("" when it was not)."""
-    meta = volume.meta
+def _where(meta: Mapping[str, Any]) -> str:
+    """``"<file name>: "`` of the file a volume was read from, by its ``meta`` ("" when it was not)."""
     if meta.get("dicom_series"):
         return f"DICOM series {meta['dicom_series']}: "
     src = meta.get("source_path")
