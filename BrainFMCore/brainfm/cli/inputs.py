@@ -239,24 +239,19 @@ def check_output_location(out_root: Path, cases: Sequence[InputCase], folders: S
         raise InputError(f"output {out_root} exists and is not a folder; -o takes a folder")
 
 
-def input_voxels(case: InputCase) -> Optional[int]:
-    """Voxels of the case's volume from its header only (None when it cannot be told cheaply)."""
+def input_voxels(case: InputCase, *, frame: Optional[int] = None) -> Optional[int]:
+    """Voxels of the case's volume (frame ``frame`` of a 4D file) from its header only
+    (:func:`brainfm.io.readers.read_header`; None when it cannot be told cheaply or the header is refused)."""
     try:
         if case.series is not None:
             from brainfm.io.dicom import series_shape
 
             shape = series_shape(case.series)
-        elif case.path.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
-            import nibabel as nib
-
-            shape = nib.load(str(case.path)).shape[:3]
         else:
-            import SimpleITK as sitk
+            from brainfm.io.readers import read_header
 
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(case.path))
-            reader.ReadImageInformation()
-            shape = reader.GetSize()[:3]
+            header = read_header(case.path, frame=frame)
+            shape = header.shape[:3] if header is not None else None
     except Exception:  # noqa: BLE001 - an unreadable file fails later, with its own message
         return None
     if not shape:

@@ -424,7 +424,7 @@ def preflight(out_root: Path, cases: Sequence[InputCase], args: argparse.Namespa
 
     sizes = []
     for c in cases:
-        voxels = input_voxels(c)
+        voxels = input_voxels(c, frame=getattr(args, "frame", None))
         if voxels:
             sizes.append(output_bytes(voxels, _tasks(args.tasks), compress=not getattr(args, "no_compress", False),
                                       probabilities=bool(getattr(args, "probabilities", False))))

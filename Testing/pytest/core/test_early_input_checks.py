@@ -303,3 +303,19 @@ def test_too_thick_slices_fail_early_unless_allowed(tmp_path, capsys, monkeypatc
     assert code == 2 and f"brainfm: error: {_full_read_error(path)}" in err and loads == []
     code, _stdout, err = _run(argv + ["--allow-anisotropic"], capsys)
     assert code == 3 and "this test loads no model" in err and len(loads) == 1
+
+
+def test_the_room_check_counts_voxels_from_headers(tmp_path):
+    """``preflight`` sizes each case's outputs from its header (a damaged ``.mgz`` too: nothing is
+    decompressed), frame ``--frame`` of a 4D file, and leaves out what its header refuses."""
+    from brainfm.cli.inputs import input_voxels
+
+    whole = write_volume(blob_head(SHAPE, GEOMETRY_CASES["oblique"], seed=1), tmp_path / "whole.mgz")
+    blob = whole.read_bytes()
+    half = len(blob) // 2
+    cut = _write(tmp_path / "cut.mgz", blob[:half] + bytes(b ^ 0xFF for b in blob[half:half + 64]) + blob[half + 64:])
+    assert input_voxels(InputCase(cut)) == int(np.prod(SHAPE))
+    bold = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 11, 12, 3), np.float32), np.eye(4)), str(bold))
+    assert input_voxels(InputCase(bold), frame=1) == 10 * 11 * 12
+    assert input_voxels(InputCase(bold)) is None   # refused without --frame: its case fails, unsized
