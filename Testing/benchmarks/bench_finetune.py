@@ -136,8 +136,10 @@ def labelled_as(predictor: Any, images: List[Any], truths: List[np.ndarray], val
     return {fs_name(label): round(n / total, 3) for label, n in top}
 
 
-#: the ways of fine-tuning compared: ``brainfm finetune``'s mode and whether it caches the backbone's features
-PATHS = {"cached": ("head", True), "per-step": ("head", False), "encoder": ("encoder", False)}
+#: the ways of fine-tuning compared: ``brainfm finetune``'s mode, whether it caches the backbone's features
+#: and whether the new head reads the input image beside the feature (``head_image``; None: the default)
+PATHS = {"cached": ("head", True, None), "per-step": ("head", False, None), "encoder": ("encoder", False, None),
+         "cached-features-only": ("head", True, False)}
 
 
 def main(argv: List[str]) -> int:
@@ -149,10 +151,16 @@ def main(argv: List[str]) -> int:
                       help="fine-tune for one label of a user's own, lesions painted into the white matter")
     ap.add_argument("--head-hidden", type=int, default=None,
                     help="width of the new head's hidden layer (default: brainfm finetune's; 0: a plain head)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: brainfm finetune's)")
+    ap.add_argument("--foreground-share", type=float, default=None,
+                    help="share of each cached sample's voxels drawn from labelled voxels (default: the product's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="training config override, as brainfm finetune --set")
     ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=["cached", "per-step"],
                     help="cached: the backbone's features computed once per image (the default of "
                          "brainfm finetune); per-step: the backbone runs at every step, on random crops; "
-                         "encoder: mode encoder (the decoder trains too), on random crops")
+                         "encoder: mode encoder (the decoder trains too), on random crops; cached-features-only: "
+                         "cached, the new head reading the features alone (--no-head-image)")
     args = ap.parse_args(argv)
     label_set = LESION_LABELS if args.lesions else OWN_LABELS if args.own_labels else None
     if label_set is not None and args.out.endswith("finetune.json"):
@@ -165,6 +173,10 @@ def main(argv: List[str]) -> int:
     from brainfm.training.finetune import HEAD_HIDDEN, finetune
 
     torch.set_num_threads(args.threads)
+    if args.foreground_share is not None:
+        import brainfm.training.feature_cache as feature_cache
+
+        feature_cache.FOREGROUND_SHARE = args.foreground_share
     if args.head_hidden is None:
         args.head_hidden = HEAD_HIDDEN
     data, rng = Path(args.data), np.random.default_rng(0)
@@ -200,10 +212,11 @@ def main(argv: List[str]) -> int:
         runs: Dict[str, Any] = {}
         for path in args.paths:
             t0 = time.perf_counter()
-            mode, cached = PATHS[path]
+            mode, cached, image = PATHS[path]
             res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode=mode, steps=args.steps,
                            device="cpu", name="bench-finetuned", label_scheme=scheme,
-                           feature_cache=cached, head_hidden=args.head_hidden)
+                           feature_cache=cached, head_hidden=args.head_hidden, lr=args.lr, overrides=args.overrides,
+                           **({} if image is None else {"head_image": image}))
             seconds = time.perf_counter() - t0
             tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
             after = (own_dice(tuned, images, truths, fs_labels=False, label_set=label_set) if label_set is not None
@@ -216,7 +229,8 @@ def main(argv: List[str]) -> int:
                           "finetuned": after, "synthetic_t1_largest_change": moved,
                           "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}
     before.pop("t1", None)
-    emit({"steps": args.steps, "threads": args.threads, "head_hidden": args.head_hidden,
+    emit({"steps": args.steps, "threads": args.threads, "head_hidden": args.head_hidden, "lr": args.lr,
+          "foreground_share": args.foreground_share, "overrides": args.overrides,
           "labels": "own: " + ", ".join(n for n, _ in label_set.values()) if label_set is not None else "fs33",
           "base": before, **runs}, args.out)
     return 0

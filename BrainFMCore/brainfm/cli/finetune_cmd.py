@@ -37,7 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "colours and fits nothing to FreeSurfer anatomy")
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-2 for a new head on cached features, "
+                                            "1e-3 otherwise)")
     p.add_argument("--size", type=int, help="crop size in voxels (lower on out-of-memory); with the feature "
                                             "cache of mode head a segmentation step takes random voxels instead")
     p.add_argument("--n-samples", type=int, help="crops per step (lower on out-of-memory)")
@@ -45,6 +46,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--head-hidden", type=int, metavar="WIDTH",
                    help="width of the per-voxel hidden layer of the new head (default 32; 0: a plain 1x1x1 "
                         "head): it starts as the plain head and can learn what one linear layer cannot")
+    p.add_argument("--head-image", action=argparse.BooleanOptionalAction,
+                   help="seg: the new head reads the scan's intensity beside the backbone's features, so it can "
+                        "learn what the features do not keep, such as the brightness of a lesion (the default; "
+                        "--no-head-image: the features alone)")
     p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction,
                    help="mode head: compute the frozen backbone's features of each image once and train the "
                         "head on them (the default; --no-feature-cache runs the backbone at every step)")

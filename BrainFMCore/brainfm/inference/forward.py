@@ -116,7 +116,7 @@ def _forward_once(
         res = {}
         for h in heads:
             conv = _head_conv(net, h)
-            res[h] = head_float(conv, feat)
+            res[h] = head_float(conv, feat, image=net.head.image_input(h, x))
         if want_feat:
             res["feat"] = feat
         return res

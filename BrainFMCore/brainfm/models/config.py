@@ -35,7 +35,7 @@ OFFICIAL_HEADS: Dict[str, int] = {
 
 #: Parts of an architecture that native models alone have: recorded (sidecar, training checkpoints) only
 #: when set, so models without them keep the description older readers know.
-OPTIONAL_FIELDS = ("head_hidden", "refine")
+OPTIONAL_FIELDS = ("head_hidden", "head_image", "refine")
 
 
 def group_count(channels: int, num_groups: int) -> int:
@@ -55,6 +55,8 @@ class ModelConfig:
     ``head_in_channels`` is the input width of the heads (defaults to ``f_maps``: the heads read the
     last, full-resolution decoder feature). ``head_hidden`` maps some heads to the width of a residual
     per-voxel hidden layer (:class:`~brainfm.models.heads.ResidualHead`; empty for official models).
+    ``head_image`` lists the heads that read the network's input image beside the feature (the image's
+    ``in_channels`` after the feature's, as Brain-ID's ``DepHead`` does; empty for official models).
     ``refine`` lists the inner widths of residual full-resolution blocks after the last decoder
     (:class:`~brainfm.models.unet.RefineBlock`; empty for official models).
     """
@@ -68,6 +70,7 @@ class ModelConfig:
     head_in_channels: Optional[int] = None
     head_hidden: Dict[str, int] = field(default_factory=dict)
     refine: List[int] = field(default_factory=list)
+    head_image: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.heads = {str(k): int(v) for k, v in dict(self.heads).items()}
@@ -75,6 +78,10 @@ class ModelConfig:
         if isinstance(self.refine, (str, bytes)) or not isinstance(self.refine, (list, tuple)):
             raise CheckpointError(f"invalid model architecture: refine must be a list of widths (got {self.refine!r})")
         self.refine = [int(w) for w in self.refine]
+        if isinstance(self.head_image, (str, bytes)) or not isinstance(self.head_image, (list, tuple)):
+            raise CheckpointError(f"invalid model architecture: head_image must be a list of head names "
+                                  f"(got {self.head_image!r})")
+        self.head_image = [str(h) for h in self.head_image]
         if self.head_in_channels is None:
             self.head_in_channels = int(self.f_maps)
         self.validate()
@@ -113,6 +120,9 @@ class ModelConfig:
         for width in self.refine:
             if width < 1:
                 problems.append(f"a refinement block of {width} channels")
+        for name in self.head_image:
+            if name not in self.heads:
+                problems.append(f"input image for {name!r}, which is not a head ({sorted(self.heads)})")
         if self.head_in_channels != self.f_maps:
             problems.append(
                 f"heads take {self.head_in_channels} input channels but the feature has {self.f_maps}"
@@ -159,7 +169,7 @@ class ModelConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
         """Build from :meth:`to_dict` output; unknown keys are rejected with a clear message."""
         known = {"in_channels", "f_maps", "num_levels", "num_groups", "unit_feat", "heads", "head_in_channels",
-                 "head_hidden", "refine"}
+                 "head_hidden", "head_image", "refine"}
         extra = sorted(set(data) - known)
         if extra:
             raise CheckpointError(f"unknown architecture fields {extra}; known fields are {sorted(known)}")

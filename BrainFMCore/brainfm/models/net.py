@@ -33,7 +33,8 @@ class BrainFMNet(nn.Module):
         self.backbone = UNet3D(config.in_channels, config.f_maps, config.num_levels, config.num_groups,
                                config.unit_feat, refine=config.refine)
         self.head = TaskHeads(config.heads, in_channels=int(config.head_in_channels or config.f_maps),
-                              hidden=config.head_hidden)
+                              hidden=config.head_hidden, image=config.head_image,
+                              image_channels=config.in_channels)
 
     @property
     def head_names(self) -> List[str]:
@@ -50,6 +51,6 @@ class BrainFMNet(nn.Module):
         if unknown:  # checked before the (expensive) backbone runs
             raise InputError(f"unknown head(s) {unknown}; this model has {self.head.names}")
         feat = self.backbone(x)
-        out = self.head(feat, names=names)
+        out = self.head(feat, names=names, image=x)
         out["feat"] = feat
         return out

@@ -41,6 +41,8 @@ class ModelSection:
     head_hidden: Dict[str, int] = field(default_factory=dict)
     # residual full-resolution blocks after the last decoder, by inner width ([32]; brainfm.models.unet.RefineBlock)
     refine: List[int] = field(default_factory=list)
+    # heads that read the input image beside the feature (["segmentation"]; brainfm.models.heads.TaskHeads)
+    head_image: List[str] = field(default_factory=list)
     label_scheme: str = "fs33"
     name: str = "brainfm-compact"
     voxel_mm: float = 1.0  # the grid the network works on (training windows and inference frame)

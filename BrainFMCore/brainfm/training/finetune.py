@@ -29,6 +29,7 @@ import torch
 
 from brainfm.errors import InputError
 from brainfm.training.data import step_seed
+from brainfm.training.finetune_options import HEAD_HIDDEN, HEAD_IMAGE, HEAD_LR, HEAD_LR_DROP_AT, LR  # noqa: F401
 
 PathLike = Union[str, Path]
 MODES = ("head", "encoder", "full")
@@ -64,10 +65,19 @@ def pair_folder(folder: PathLike, *, task: str = "seg") -> List[Tuple[Path, Path
 
 
 def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mode: str = "head",
-                         hidden: int = 0) -> torch.nn.Module:
+                         hidden: int = 0, image: bool = False) -> torch.nn.Module:
     """A copy of ``base`` (BrainFMNet) with a new 1x1x1 head ``head`` and the right parts frozen; with
     ``hidden`` > 0 the new head also has a per-voxel hidden layer of that width
-    (:class:`~brainfm.models.heads.ResidualHead`, which starts as the 1x1x1 head alone)."""
+    (:class:`~brainfm.models.heads.ResidualHead`, which starts as the 1x1x1 head alone); with ``image``
+    it reads the input image beside the feature (:attr:`brainfm.models.ModelConfig.head_image`), through
+    weights that start at zero, so that it too starts as a head of the feature alone.
+
+    >>> from brainfm.models import BrainFMNet, ModelConfig
+    >>> base = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"T1": 1}))
+    >>> net = build_finetune_model(base, head="segmentation", channels=3, hidden=8, image=True)
+    >>> net.config.head_image, tuple(net.state_dict()["head.final_conv_segmentation.weight"].shape)
+    (['segmentation'], (3, 5, 1, 1, 1))
+    """
     from brainfm.models import BrainFMNet, ModelConfig
 
     if mode not in MODES:
@@ -79,14 +89,18 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     if int(hidden) < 0:
         raise InputError(f"the hidden layer of a head needs a width of at least 1 (or 0: none), got {hidden}")
     hidden_widths = {**kept_hidden, **({head: int(hidden)} if int(hidden) > 0 else {})}
+    kept_image = [k for k in bc.head_image if k in heads and k != head]
     cfg = ModelConfig(in_channels=bc.in_channels, f_maps=bc.f_maps, num_levels=bc.num_levels,
                       num_groups=bc.num_groups, unit_feat=bc.unit_feat, heads=heads, head_hidden=hidden_widths,
-                      refine=list(bc.refine))
+                      refine=list(bc.refine), head_image=kept_image + ([head] if image else []))
     net = BrainFMNet(cfg)
     own = net.state_dict()
     keep = {k: v for k, v in base.state_dict().items()
             if k in own and own[k].shape == v.shape and not k.startswith(f"head.final_conv_{head}.")}
     net.load_state_dict({**own, **keep})
+    if image:
+        with torch.no_grad():
+            getattr(net.head, f"final_conv_{head}").weight[:, int(bc.f_maps):].zero_()
     for name, p in net.named_parameters():
         if mode == "head":
             p.requires_grad = name.startswith(f"head.final_conv_{head}.")
@@ -97,10 +111,9 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     return net
 
 
-#: width of the hidden layer of a new head by default (0: a plain 1x1x1 head). With the user's labels
-#: "Hippocampus" and "Thalamus" (both sides each) it raised their held-out Dice from 0.683 / 0.865 to
-#: 0.724 / 0.882 after 500 steps; FreeSurfer's labels scored the same (0.761 / 0.791 against 0.762 / 0.791)
-HEAD_HIDDEN = 32
+
+
+
 
 #: measured reliability of a head (``ModelInfo.quality``) that a head-mode fine-tune keeps unchanged
 KEPT_QUALITY = {"bias_field_log": "bias_applied_corr", "registration": "reg_carried_dice17"}
@@ -137,11 +150,16 @@ def inherited_info(info: Any, *, mode: str, head: str) -> Dict[str, Any]:
 
 def _head_weights(net: torch.nn.Module, base: torch.nn.Module, head: str) -> Optional[Tuple[torch.Tensor, ...]]:
     """``(base weight, base bias, new weight, new bias)`` of the 1x1x1 ``head`` of ``base`` and ``net``
-    (the new ones are the live parameters), or None when either lacks it or their inputs differ."""
+    (the new ones are the live parameters; a new head that also reads the input image gives the part of
+    its weight that reads the feature), or None when either lacks it or their features differ."""
     key = f"head.final_conv_{head}."
     old, new = base.state_dict(), net.state_dict()
     parts = [d.get(key + p) for d in (old, new) for p in ("weight", "bias")]
-    if any(t is None for t in parts) or tuple(parts[0].shape[1:]) != tuple(parts[2].shape[1:]):
+    if any(t is None for t in parts):
+        return None
+    if head in getattr(net.config, "head_image", ()) and head not in getattr(base.config, "head_image", ()):
+        parts[2] = parts[2][:, : int(net.config.f_maps)]
+    if tuple(parts[0].shape[1:]) != tuple(parts[2].shape[1:]):
         return None
     return tuple(parts)  # type: ignore[arg-type]
 
@@ -326,6 +344,11 @@ def _load_pair(image: Path, target: Path, task: str, scheme: Any, *, voxel_mm: f
     return np.asarray(net.data, np.float32), tgt
 
 
+#: share of the training crops of :class:`PairedSource` centred on a labelled voxel (nnU-Net's foreground
+#: oversampling: a third)
+FOREGROUND_CROPS = 1 / 3
+
+
 class PairedSource:
     """Random crops of real image/target pairs on the model's grid (network frame, RAS, ``voxel_mm``),
     with a random gamma."""
@@ -346,6 +369,7 @@ class PairedSource:
         n_val = min(int(n_val), len(data) - 1)
         self._train = data[: len(data) - n_val]
         self._val = data[len(data) - n_val:] if n_val else []
+        self._foreground = [np.argwhere(t > 0) if task == "seg" else None for _, t in self._train]
 
     def _crop(self, arr: np.ndarray, origin: Sequence[int]) -> np.ndarray:
         s = self.size
@@ -366,11 +390,18 @@ class PairedSource:
         return SimpleNamespace(inputs=x, targets={self.key: t})
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Any:
+        """``n_samples`` random crops of one training image, each with a random gamma; for segmentation
+        a share of them (:data:`FOREGROUND_CROPS`) centred on a random labelled voxel, so that a small
+        label the user drew is in the crops that often."""
         g = np.random.default_rng(step_seed(self.seed, step, rank))
-        x, t = self._train[int(g.integers(len(self._train)))]
+        k = int(g.integers(len(self._train)))
+        (x, t), fg = self._train[k], self._foreground[k]
         items = []
         for _ in range(self.n):
             origin = [int(g.integers(0, max(1, d - self.size + 1))) for d in x.shape]
+            if fg is not None and len(fg) and g.random() < FOREGROUND_CROPS:
+                centre = fg[int(g.integers(len(fg)))]
+                origin = [int(min(max(0, c - self.size // 2), max(0, d - self.size))) for c, d in zip(centre, x.shape)]
             items.append((x, t, origin, float(np.exp(g.normal(0, 0.25)))))
         return self._make(items)
 
@@ -406,10 +437,11 @@ def _cached_source(net: torch.nn.Module, source: PairedSource, *, task: str, key
     of ``net``'s backbone on ``device``), or None when they would not fit in memory."""
     from brainfm.inference.device import available_memory_bytes
     from brainfm.progress import ensure_callback, scaled
+    from brainfm.training import feature_cache
     from brainfm.training.feature_cache import CachedFeatureSource, choose_gammas
 
     shapes = [x.shape for x, _ in list(source._train) + list(source._val)]
-    gammas = choose_gammas(shapes, int(net.config.head_in_channels or net.config.f_maps),
+    gammas = choose_gammas(shapes, int(net.config.head_in_channels or net.config.f_maps) + (1 if net.config.head_image else 0),
                            available_memory_bytes(torch.device("cpu")))
     if not gammas:
         ensure_callback(progress)(0.0, "the features of the images do not fit in memory: "
@@ -418,6 +450,7 @@ def _cached_source(net: torch.nn.Module, source: PairedSource, *, task: str, key
     net.to(device)
     return CachedFeatureSource(net.backbone, source._train, source._val, task=task, target_key=key, size=size,
                                n_samples=n_samples, device=device, seed=seed, gammas=gammas,
+                               with_image=bool(net.config.head_image), foreground_share=feature_cache.FOREGROUND_SHARE,
                                progress=scaled(progress, 0.0, CACHE_SHARE), cancel=cancel)
 
 
@@ -434,10 +467,11 @@ class FinetuneResult:
 
 def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: PathLike, out_dir: PathLike, *,
              task: str = "seg", mode: str = "head", head: Optional[str] = None, label_scheme: Any = "fs33",
-             steps: int = 500, minutes: float = 0.0, lr: float = 1e-3, size: int = 96, n_samples: int = 2,
+             steps: int = 500, minutes: float = 0.0, lr: Optional[float] = None, size: int = 96, n_samples: int = 2,
              n_val: Optional[int] = None, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
              resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None,
-             feature_cache: bool = True, head_hidden: int = HEAD_HIDDEN) -> FinetuneResult:
+             feature_cache: bool = True, head_hidden: int = HEAD_HIDDEN,
+             head_image: bool = HEAD_IMAGE) -> FinetuneResult:
     """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
 
     ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
@@ -457,7 +491,11 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     on random crops. ``head_hidden`` > 0 (default :data:`HEAD_HIDDEN`) gives the new head a per-voxel
     hidden layer of that width (:class:`~brainfm.models.heads.ResidualHead`): it starts as the 1x1x1
     head and can learn what one linear layer cannot, such as one label for the left and the right
-    structure; 0 keeps the plain 1x1x1 head.
+    structure; 0 keeps the plain 1x1x1 head. ``lr``: the learning rate; default :data:`HEAD_LR` for a
+    head on cached features (they are standardised: :class:`~brainfm.training.feature_cache.HeadOnlyNet`),
+    tenfold lower after :data:`HEAD_LR_DROP_AT` of the steps, else :data:`LR`. ``head_image`` (segmentation; default :data:`HEAD_IMAGE`): the
+    new head reads the input image beside the feature, so it can learn what the feature does not keep,
+    such as the brightness of a lesion.
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -476,7 +514,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     pairs = pair_folder(data_folder, task=task)
     scheme = fine_tuning_scheme(label_scheme, pairs) if task == "seg" else None
     channels = scheme.n_channels if scheme is not None else 1
-    net = build_finetune_model(base, head=head, channels=channels, mode=mode, hidden=head_hidden)
+    net = build_finetune_model(base, head=head, channels=channels, mode=mode, hidden=head_hidden,
+                               image=bool(head_image) and task == "seg")
     if task == "seg":
         from brainfm.labels import decide_scheme
 
@@ -501,9 +540,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         f"model.f_maps={c.f_maps}", f"model.num_levels={c.num_levels}", f"model.num_groups={c.num_groups}",
         f"model.unit_feat={str(c.unit_feat).lower()}", f"model.heads={heads_yaml}",
         f"model.head_hidden={hidden_yaml}", f"model.refine={list(c.refine)}",
+        f"model.head_image=[{', '.join(c.head_image)}]",
         f"model.label_scheme={scheme.name if scheme is not None else 'none'}", f"model.name={name}",
         f"model.voxel_mm={voxel_mm}",
-        f"generator.size={size}", f"generator.n_samples={n_samples}", f"optim.lr={lr}",
+        f"generator.size={size}", f"generator.n_samples={n_samples}",
         "optim.warmup_steps=0", f"run.max_steps={steps}", f"run.minutes={minutes}", f"run.out_dir={out_dir}",
         f"run.device={device}", f"run.seed={seed}", "run.ckpt_every=100", "run.log_every=5",
         f"loss.objective={'brainfm' if head in ('T1', 'T2', 'FLAIR', 'CT', 'segmentation') else 'brainid'}",
@@ -529,7 +569,12 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         from brainfm.progress import scaled
         from brainfm.training.feature_cache import HeadOnlyNet
 
-        source, model, progress = cached, HeadOnlyNet(net, heads=[head]), scaled(progress, CACHE_SHARE, 1.0)
+        model = HeadOnlyNet(net, heads=[head], standardise=cached.channel_stats())
+        source, progress = cached, scaled(progress, CACHE_SHARE, 1.0)
+    schedule = [f"optim.lr={float(lr) if lr is not None else HEAD_LR if cached is not None else LR}"]
+    if cached is not None:  # the standardised head: a tenfold drop of the learning rate late in the run
+        schedule.append(f"optim.lr_drops=[{max(1, int(HEAD_LR_DROP_AT * int(steps)))}]")
+    cfg = apply_overrides(cfg, schedule + [o for o in overrides if o.split("=")[0].strip().startswith("optim.lr")])
     trainer = Trainer(cfg, source=source, model=model, resume=resume, progress=progress, cancel=cancel,
                       export_info=keep)
     res = trainer.fit()

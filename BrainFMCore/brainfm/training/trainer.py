@@ -73,7 +73,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     m = cfg.model
     return BrainFMNet(ModelConfig(f_maps=m.f_maps, num_levels=m.num_levels, num_groups=m.num_groups,
                                   unit_feat=m.unit_feat, heads=dict(m.heads), head_hidden=dict(m.head_hidden),
-                                  refine=list(m.refine)))
+                                  refine=list(m.refine), head_image=list(m.head_image)))
 
 
 def architecture_of(cfg: TrainConfig) -> Dict[str, Any]:
@@ -286,8 +286,11 @@ class Trainer:
 
     def exported_net(self) -> torch.nn.Module:
         """The network a run validates and exports: the moving average of the weights when the run keeps
-        one (``optim.ema_decay`` > 0), else the trained network itself."""
-        return self.ema.module if self.ema is not None else self.model
+        one (``optim.ema_decay`` > 0), else the trained network itself; a network that trains in another
+        parametrisation gives its plain form (``plain()``, :class:`~brainfm.training.feature_cache.HeadOnlyNet`)."""
+        net = self.ema.module if self.ema is not None else self.model
+        plain = getattr(net, "plain", None)
+        return plain() if callable(plain) else net
 
     def cpu_seconds(self) -> float:
         """Process CPU seconds (all threads, generator included) spent training on the CPU, across resumes."""

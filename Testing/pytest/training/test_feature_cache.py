@@ -75,6 +75,43 @@ def test_cached_batches_are_the_backbone_features_of_the_whole_image_and_their_l
     assert torch.equal(b.targets["T1"][0, 0], torch.from_numpy(x[i:i + 8, j:j + 8, k:k + 8]))
 
 
+
+def _nearest(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Distance from each of ``values`` to the nearest element of ``pool``."""
+    pool = np.sort(pool.astype(np.float64))
+    i = np.clip(np.searchsorted(pool, values), 1, len(pool) - 1)
+    return np.minimum(np.abs(values - pool[i - 1]), np.abs(values - pool[i]))
+
+
+def test_a_third_of_every_segmentation_sample_is_drawn_from_the_labelled_voxels_and_the_image_can_ride_along():
+    """A label the user drew on a thousandth of the image (a lesion) still fills about a third of each
+    sample (``foreground_share``); 0 gives uniform voxels. ``with_image``: the image's channel follows the
+    feature, the one that was computed from it (its gamma variant), and ``HeadOnlyNet`` splits them."""
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, heads={"segmentation": 2},
+                                 head_image=["segmentation"]))
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 22, 18)).astype(np.float32)
+    t = np.zeros(x.shape, np.int64)
+    t[3:5, 4:6, 5:7] = 1   # 8 of 7920 voxels
+    shares = {}
+    for share in (0.0, 1 / 3):
+        src = CachedFeatureSource(net.backbone, [(x, t)], n_samples=2, voxels=3000, foreground_share=share,
+                                  with_image=True)
+        b = src.batch(0)
+        assert tuple(b.inputs.shape) == (2, 5, 3000, 1, 1)
+        shares[share] = float((b.targets["segmentation"] == 1).float().mean())
+        for n in range(2):   # the last channel is the voxel's own intensity in one of the gamma variants
+            raw = b.inputs[n, 4, :, 0, 0].double().numpy()
+            assert any(_nearest(raw, x.ravel() ** g).max() < 1e-3 for g in GAMMAS)   # float16 storage
+    assert shares[0.0] < 0.01 and 0.3 < shares[1 / 3] < 0.37
+    head_only = HeadOnlyNet(net, heads=["segmentation"])
+    feat = torch.rand(1, 5, 6, 6, 6)
+    with torch.no_grad():
+        out = head_only(feat)
+        want = net.head(feat[:, :4], names=["segmentation"], image=feat[:, 4:])["segmentation"]
+    assert torch.equal(out["segmentation"], want) and tuple(out["feat"].shape) == (1, 4, 6, 6, 6)
+
 def test_head_only_net_trains_the_head_of_the_full_network():
     torch.manual_seed(0)
     net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"T1": 1, "segmentation": 3}))
@@ -118,3 +155,70 @@ def test_without_room_for_the_features_every_step_runs_the_backbone(data_dir, tm
                    n_samples=1, lr=0.01, device="cpu", progress=lambda f, m: seen.append(m))
     assert any("do not fit in memory" in m for m in seen) and not any("features cached" in m for m in seen)
     assert res.step == 2 and res.native_model is not None
+
+
+def test_channel_stats_are_the_mean_and_spread_of_each_cached_channel_of_the_training_images():
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=3, num_groups=4, heads={"segmentation": 2},
+                                 head_image=["segmentation"]))
+    rng = np.random.default_rng(1)
+    images = [(rng.random((16, 18, 20)).astype(np.float32), np.zeros((16, 18, 20), np.int64)) for _ in range(2)]
+    src = CachedFeatureSource(net.backbone, images, with_image=True)
+    mean, std = src.channel_stats()
+    want = np.concatenate([np.concatenate([image_features(net.backbone, x, device=torch.device("cpu")).float().numpy(),
+                                           x[None].astype(np.float16).astype(np.float32)]).reshape(5, -1)
+                           for x, _ in images], axis=1)
+    np.testing.assert_allclose(mean.numpy(), want.mean(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), want.std(1), rtol=1e-3, atol=1e-5)
+
+
+def test_standardised_heads_compute_the_same_and_learn_a_channel_of_any_scale():
+    """A head that trains on standardised inputs computes what its plain form computes (the weights are
+    re-expressed, the state dict keeps the network's keys), and, unlike a head on the raw feature, learns
+    a label that a channel a thousand times smaller than the others decides, in the same steps."""
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(1, 5, 4096, 1, 1, generator=g) * 10
+    feat[:, 4] = torch.rand(1, 4096, 1, 1, generator=g) * 1e-3   # the image channel of a lesion: tiny values
+    target = (feat[0, 4] > 5e-4).long()[None]
+    acc = {}
+    for standardised in (False, True):
+        torch.manual_seed(0)
+        net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 2},
+                                     head_image=["segmentation"]))
+        stats = (feat.mean((0, 2, 3, 4)), feat.std((0, 2, 3, 4))) if standardised else None
+        h = HeadOnlyNet(net, heads=["segmentation"], standardise=stats)
+        assert sorted(h.state_dict()) == sorted(net.state_dict())
+        opt = torch.optim.Adam(h.head.parameters(), lr=1e-2)
+        for _ in range(300):
+            loss = torch.nn.functional.cross_entropy(h(feat)["segmentation"], target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        plain = h.plain()
+        with torch.no_grad():
+            out = h(feat)["segmentation"]
+            torch.testing.assert_close(plain(feat)["segmentation"], out, rtol=1e-4, atol=1e-3)
+        assert not plain.standardised and (plain is h) == (not standardised)
+        acc[standardised] = float((out.argmax(1) == target).float().mean())
+    assert acc[True] > 0.97 and acc[False] < 0.8, acc
+
+
+def test_the_learning_rate_by_default_suits_the_standardised_head_and_a_given_one_wins(data_dir, tmp_path):
+    """1e-2 for a head on cached (standardised) features, tenfold lower after 60 % of the steps; 1e-3 when
+    the backbone runs at every step; the rate the user gives (argument or ``--set optim.lr=``) in every case."""
+    import csv
+
+    from brainfm.training.finetune import HEAD_LR, HEAD_LR_DROP_AT, LR
+
+    _base, weights = _base_weights(tmp_path)
+
+    def rates(name, **kw):   # the learning rate at steps 5 and 10 (the log's rows)
+        finetune(str(weights), data_dir, tmp_path / name, task="seg", mode="head", steps=10, size=16,
+                 n_samples=1, device="cpu", **kw)
+        return [float(r["lr"]) for r in csv.DictReader(open(tmp_path / name / "log.csv")) if r.get("lr")]
+
+    assert (HEAD_LR, HEAD_LR_DROP_AT, LR) == (1e-2, 0.6, 1e-3)
+    assert rates("cached") == pytest.approx([HEAD_LR, HEAD_LR / 10])
+    assert rates("per-step", feature_cache=False) == pytest.approx([LR, LR])
+    assert rates("given", lr=0.004) == pytest.approx([0.004, 0.0004])
+    assert rates("set", overrides=["optim.lr=0.003", "optim.lr_drops=[]"]) == pytest.approx([0.003, 0.003])

@@ -177,7 +177,9 @@ def test_a_new_segmentation_head_starts_from_the_base_s_classes_of_the_same_labe
     weights, _ = save_native(base, tmp_path / "base" / "toy-seg", info={"name": "toy-seg", "label_scheme": "fs33"})
     res = finetune(str(weights), data_dir, tmp_path / "ft", task="seg", mode="head", label_scheme="brainid33",
                    steps=1, size=16, n_samples=1, lr=1e-9, device="cpu")
-    tuned = load_model(res.native_model).net.state_dict()["head.final_conv_segmentation.weight"]
+    both = load_model(res.native_model).net.state_dict()["head.final_conv_segmentation.weight"]
+    tuned, image = both[:, :4], both[:, 4:]   # the new head reads the image after the 4 features
+    assert float(image.abs().max()) < 1e-5     # and starts as a head of the features alone
     old = load_model(weights).net.state_dict()["head.final_conv_segmentation.weight"]
     fs33, brainid = get_scheme("fs33").fs_values, get_scheme("brainid33").fs_values
     for c, value in enumerate(brainid):
@@ -307,3 +309,52 @@ def test_a_new_head_with_a_hidden_layer_trains_it_and_the_model_uses_it(data_dir
     scan = blob_head(SHAPE, GEOMETRY_CASES["oblique"], seed=4)
     seg = Predictor.from_pretrained(str(res.native_model), device="cpu").predict(scan, tasks=["seg"])["seg"]
     assert seg.shape == scan.shape
+
+
+def test_a_new_head_that_reads_the_image_starts_as_the_feature_s_head_and_the_model_uses_it(data_dir, tmp_path):
+    """``head_image``: the new head reads the input image beside the feature through weights that start
+    at zero (so it starts as a head of the feature alone), training moves them, with cached features
+    and without, and the exported model predicts with it (the inference and the autocast paths agree)."""
+    from brainfm.inference import Predictor
+    from brainfm.inference.forward import forward_tile
+    from brainfm.models import save_native
+
+    weights, _ = save_native(_base(), tmp_path / "base" / "toy", info={"name": "toy"})
+    net = build_finetune_model(_base(), head="segmentation", channels=33, hidden=8, image=True)
+    plain = build_finetune_model(_base(), head="segmentation", channels=33, hidden=8)
+    reads = ("head.final_conv_segmentation.weight", "head.final_conv_segmentation.hidden.0.weight")
+    plain.load_state_dict({k: (v[:, :4] if k in reads else v) for k, v in net.state_dict().items()})
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)["segmentation"], plain(x)["segmentation"])
+    for cached in (True, False):
+        res = finetune(str(weights), data_dir, tmp_path / f"ft{cached}", task="seg", mode="head", steps=5, size=16,
+                       n_samples=1, lr=0.01, device="cpu", head_hidden=8, head_image=True, feature_cache=cached)
+        loaded = load_model(res.native_model)
+        assert loaded.info.config.head_image == ["segmentation"]
+        w = loaded.net.state_dict()["head.final_conv_segmentation.weight"]
+        assert w.shape[:2] == (33, 5) and float(w[:, 4].abs().max()) > 0   # the image's column trained
+    fp32 = forward_tile(loaded.net.float(), x, ["segmentation"], False)["segmentation"]
+    amp = forward_tile(loaded.net.float(), x, ["segmentation"], False, amp_dtype=torch.bfloat16)["segmentation"]
+    assert float((fp32.argmax(1) == amp.argmax(1)).float().mean()) > 0.9
+    scan = blob_head(SHAPE, GEOMETRY_CASES["oblique"], seed=4)
+    seg = Predictor.from_pretrained(str(res.native_model), device="cpu").predict(scan, tasks=["seg"])["seg"]
+    assert seg.shape == scan.shape
+
+
+def test_crops_find_a_small_label_a_third_of_the_time_or_more(tmp_path):
+    """Per-step training (mode encoder, or no cache) draws crops; a share of them is centred on a
+    labelled voxel, so a lesion-sized label is in a crop far more often than chance would put it."""
+    from brainfm.io import write_volume
+    from brainfm.labels import get_scheme
+    from brainfm.training.finetune import PairedSource
+
+    vol = blob_head((64, 64, 64), seed=3)
+    lab = np.zeros(vol.shape, np.int16)
+    lab[50:53, 10:13, 40:43] = 17   # 27 voxels: left hippocampus, somewhere off centre
+    write_volume(vol, tmp_path / "img.nii.gz")
+    write_volume(vol.with_data(lab), tmp_path / "lab.nii.gz")
+    src = PairedSource([(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz")], label_scheme=get_scheme("fs33"),
+                       size=16, n_samples=2)
+    hits = [bool((src.batch(step).targets["segmentation"][n] > 0).any()) for step in range(60) for n in range(2)]
+    assert 0.25 < np.mean(hits) < 0.6   # chance: about 2 % of 16^3 crops of a 64^3 image
