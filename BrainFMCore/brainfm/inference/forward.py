@@ -114,9 +114,10 @@ def _forward_once(
         feat = out["feat"].float()
         del out
         res = {}
+        image_input = getattr(net.head, "image_input", None)  # TaskHeads; other networks' heads read the feature
         for h in heads:
             conv = _head_conv(net, h)
-            res[h] = head_float(conv, feat, image=net.head.image_input(h, x))
+            res[h] = head_float(conv, feat, image=image_input(h, x) if image_input is not None else None)
         if want_feat:
             res["feat"] = feat
         return res
