@@ -173,10 +173,6 @@ def main(argv: List[str]) -> int:
     from brainfm.training.finetune import HEAD_HIDDEN, finetune
 
     torch.set_num_threads(args.threads)
-    if args.foreground_share is not None:
-        import brainfm.training.feature_cache as feature_cache
-
-        feature_cache.FOREGROUND_SHARE = args.foreground_share
     if args.head_hidden is None:
         args.head_hidden = HEAD_HIDDEN
     data, rng = Path(args.data), np.random.default_rng(0)
@@ -216,7 +212,8 @@ def main(argv: List[str]) -> int:
             res = finetune("bundled", folder, Path(tmp) / path, task="seg", mode=mode, steps=args.steps,
                            device="cpu", name="bench-finetuned", label_scheme=scheme,
                            feature_cache=cached, head_hidden=args.head_hidden, lr=args.lr, overrides=args.overrides,
-                           **({} if image is None else {"head_image": image}))
+                           **({} if image is None else {"head_image": image}),
+                           **({} if args.foreground_share is None else {"foreground_share": args.foreground_share}))
             seconds = time.perf_counter() - t0
             tuned = Predictor.from_pretrained(str(res.native_model), device="cpu", threads=args.threads)
             after = (own_dice(tuned, images, truths, fs_labels=False, label_set=label_set) if label_set is not None

@@ -123,14 +123,14 @@ def _add(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from brainfm.models import selection, store
-    from brainfm.models.registry import DEFAULT_MODEL_ID
+    from brainfm.models.registry import names_bundled
 
     name = args.name
     if name == "default" and store.find_model(name) is None:
         name = selection.default_model().spec
     reporter = _reporter(args)
     try:
-        if name in ("bundled", DEFAULT_MODEL_ID) and store.find_model(name) is None:
+        if names_bundled(name):
             path, digest = selection.verify_bundled(progress=reporter)
         else:
             m = store.verify_model(name, progress=reporter)

@@ -96,6 +96,16 @@ class ModelConfig:
         """Channels of the final (full-resolution) feature map."""
         return int(self.f_maps)
 
+    def head_input_channels(self, name: str) -> int:
+        """Input channels of head ``name``: the feature's (:attr:`feature_channels`, first), then the input
+        image's (``in_channels``) for a head that reads it (:attr:`head_image`).
+
+        >>> cfg = ModelConfig(f_maps=8, heads={"segmentation": 33, "T1": 1}, head_image=["segmentation"])
+        >>> cfg.head_input_channels("segmentation"), cfg.head_input_channels("T1")
+        (9, 8)
+        """
+        return self.feature_channels + (int(self.in_channels) if name in self.head_image else 0)
+
     def validate(self) -> None:
         """Raise :class:`CheckpointError` when the numbers cannot form the reference network."""
         problems = []

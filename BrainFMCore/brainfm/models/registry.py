@@ -102,6 +102,18 @@ def entry_for_file(path: PathLike, *, registry: Entries = None) -> Optional[Dict
     return None
 
 
+def names_bundled(spec: str) -> bool:
+    """Whether ``spec`` names the bundled compact model: ``bundled`` or its registry id, when no model of
+    the local store has taken that name.
+
+    >>> names_bundled("bundled"), names_bundled("/data/my_model.pth")
+    (True, False)
+    """
+    from brainfm.models import store
+
+    return str(spec) in ("bundled", DEFAULT_MODEL_ID) and store.find_model(str(spec)) is None
+
+
 def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
     """Path of the weights for ``spec``, checked against its recorded SHA-256 where one is known.
 
@@ -118,7 +130,7 @@ def resolve_model(spec: str = "default", *, registry: Entries = None) -> Path:
         chosen = selection.default_model()
         return store.model_path(chosen.spec) if chosen.kind == "store" else chosen.path
     entries = _entries(registry)
-    if spec in ("bundled", DEFAULT_MODEL_ID) and store.find_model(spec) is None:
+    if names_bundled(spec):
         path, _ = selection.bundled_paths()
         if not path.is_file():
             raise ModelNotAvailableError(BUNDLED_MISSING_MESSAGE)

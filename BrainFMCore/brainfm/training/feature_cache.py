@@ -31,6 +31,7 @@ from torch import nn
 
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.training.data import step_seed
+from brainfm.training.finetune_options import FOREGROUND_SHARE
 
 #: intensity variants of every training image whose feature is cached (gamma of the 0-1 image: one
 #: standard deviation of the per-step augmentation on either side, and the image itself)
@@ -38,12 +39,6 @@ GAMMAS: Tuple[float, ...] = (math.exp(-0.25), 1.0, math.exp(0.25))
 
 #: voxels of one segmentation sample (a 96^3 crop has 27 times more; the loss over them is the step's cost)
 VOXELS = 32768
-
-#: share of a segmentation sample's voxels drawn from the labelled voxels (classes other than 0) rather
-#: than from the whole image, so that a label the user drew on a thousandth of the image (a lesion) is in
-#: every sample. Lesions of ``bench_finetune.py --lesions``, 200 steps at lr 1e-2, held-out Dice: 0.25 / 0.54
-#: with none, 0.72 / 0.81 with 0.05; with a third (at lr 1e-3) the label spread far beyond the lesions
-FOREGROUND_SHARE = 0.05
 
 #: share of the available memory the cache may take before it keeps fewer variants (then none)
 MEMORY_SHARE = 0.25

@@ -29,7 +29,8 @@ import torch
 
 from brainfm.errors import InputError
 from brainfm.training.data import step_seed
-from brainfm.training.finetune_options import HEAD_HIDDEN, HEAD_IMAGE, HEAD_LR, HEAD_LR_DROP_AT, LR  # noqa: F401
+from brainfm.training.finetune_options import (FOREGROUND_SHARE, HEAD_HIDDEN, HEAD_IMAGE, HEAD_LR,  # noqa: F401
+                                               HEAD_LR_DROP_AT, LR)
 
 PathLike = Union[str, Path]
 MODES = ("head", "encoder", "full")
@@ -100,7 +101,7 @@ def build_finetune_model(base: torch.nn.Module, *, head: str, channels: int, mod
     net.load_state_dict({**own, **keep})
     if image:
         with torch.no_grad():
-            getattr(net.head, f"final_conv_{head}").weight[:, int(bc.f_maps):].zero_()
+            getattr(net.head, f"final_conv_{head}").weight[:, cfg.feature_channels:].zero_()
     for name, p in net.named_parameters():
         if mode == "head":
             p.requires_grad = name.startswith(f"head.final_conv_{head}.")
@@ -158,7 +159,7 @@ def _head_weights(net: torch.nn.Module, base: torch.nn.Module, head: str) -> Opt
     if any(t is None for t in parts):
         return None
     if head in getattr(net.config, "head_image", ()) and head not in getattr(base.config, "head_image", ()):
-        parts[2] = parts[2][:, : int(net.config.f_maps)]
+        parts[2] = parts[2][:, : net.config.feature_channels]
     if tuple(parts[0].shape[1:]) != tuple(parts[2].shape[1:]):
         return None
     return tuple(parts)  # type: ignore[arg-type]
@@ -371,6 +372,16 @@ class PairedSource:
         self._val = data[len(data) - n_val:] if n_val else []
         self._foreground = [np.argwhere(t > 0) if task == "seg" else None for _, t in self._train]
 
+    @property
+    def train(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The training pairs ``(image, target)`` on the model's grid."""
+        return self._train
+
+    @property
+    def val(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The validation pairs ``(image, target)`` on the model's grid (held out of training)."""
+        return self._val
+
     def _crop(self, arr: np.ndarray, origin: Sequence[int]) -> np.ndarray:
         s = self.size
         out = np.zeros((s, s, s), arr.dtype)
@@ -432,25 +443,27 @@ CACHE_SHARE = 0.2
 
 
 def _cached_source(net: torch.nn.Module, source: PairedSource, *, task: str, key: str, size: int,
-                   n_samples: int, device: torch.device, seed: int, progress: Any, cancel: Any) -> Any:
+                   n_samples: int, device: torch.device, seed: int, foreground_share: float, progress: Any,
+                   cancel: Any) -> Any:
     """A :class:`~brainfm.training.feature_cache.CachedFeatureSource` of ``source``'s images (features
-    of ``net``'s backbone on ``device``), or None when they would not fit in memory."""
+    of ``net``'s backbone on ``device``, with the image after them when a head reads it), or None when
+    they would not fit in memory."""
     from brainfm.inference.device import available_memory_bytes
     from brainfm.progress import ensure_callback, scaled
-    from brainfm.training import feature_cache
     from brainfm.training.feature_cache import CachedFeatureSource, choose_gammas
 
-    shapes = [x.shape for x, _ in list(source._train) + list(source._val)]
-    gammas = choose_gammas(shapes, int(net.config.head_in_channels or net.config.f_maps) + (1 if net.config.head_image else 0),
-                           available_memory_bytes(torch.device("cpu")))
+    cfg = net.config
+    channels = max(cfg.head_input_channels(h) for h in cfg.heads)
+    shapes = [x.shape for x, _ in list(source.train) + list(source.val)]
+    gammas = choose_gammas(shapes, channels, available_memory_bytes(torch.device("cpu")))
     if not gammas:
         ensure_callback(progress)(0.0, "the features of the images do not fit in memory: "
                                        "the backbone runs at every step")
         return None
     net.to(device)
-    return CachedFeatureSource(net.backbone, source._train, source._val, task=task, target_key=key, size=size,
+    return CachedFeatureSource(net.backbone, source.train, source.val, task=task, target_key=key, size=size,
                                n_samples=n_samples, device=device, seed=seed, gammas=gammas,
-                               with_image=bool(net.config.head_image), foreground_share=feature_cache.FOREGROUND_SHARE,
+                               with_image=channels > cfg.feature_channels, foreground_share=foreground_share,
                                progress=scaled(progress, 0.0, CACHE_SHARE), cancel=cancel)
 
 
@@ -471,7 +484,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
              n_val: Optional[int] = None, device: str = "auto", seed: int = 0, name: str = "brainfm-finetuned",
              resume: str = "auto", overrides: Sequence[str] = (), progress: Any = None, cancel: Any = None,
              feature_cache: bool = True, head_hidden: int = HEAD_HIDDEN,
-             head_image: bool = HEAD_IMAGE) -> FinetuneResult:
+             head_image: bool = HEAD_IMAGE, foreground_share: float = FOREGROUND_SHARE) -> FinetuneResult:
     """Fine-tune ``base_model`` (a path/registry id or a BrainFMNet) on ``data_folder``.
 
     ``task`` ``seg``: new ``segmentation`` head with the classes of ``label_scheme``; ``image``: new
@@ -495,7 +508,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     head on cached features (they are standardised: :class:`~brainfm.training.feature_cache.HeadOnlyNet`),
     tenfold lower after :data:`HEAD_LR_DROP_AT` of the steps, else :data:`LR`. ``head_image`` (segmentation; default :data:`HEAD_IMAGE`): the
     new head reads the input image beside the feature, so it can learn what the feature does not keep,
-    such as the brightness of a lesion.
+    such as the brightness of a lesion. ``foreground_share`` (segmentation on cached features; default
+    :data:`FOREGROUND_SHARE`): share of each sample's voxels drawn from the labelled voxels.
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -558,12 +572,13 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
                           n_samples=n_samples, device=dev, seed=seed, n_val=validation_images(len(pairs), n_val),
                           voxel_mm=voxel_mm, antialias=antialias)
     if task == "seg":  # the classes the base does not have start from what it sees there
-        start_new_classes(net, base, source._train, head=head, skip=carried, size=size)
+        start_new_classes(net, base, source.train, head=head, skip=carried, size=size)
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
     model: torch.nn.Module = net
     cached = _cached_source(net, source, task=task, key=key, size=size, n_samples=n_samples,
-                            device=dev, seed=seed, progress=progress, cancel=cancel) \
+                            device=dev, seed=seed, foreground_share=foreground_share, progress=progress,
+                            cancel=cancel) \
         if mode == "head" and feature_cache else None
     if cached is not None:
         from brainfm.progress import scaled

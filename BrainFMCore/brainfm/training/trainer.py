@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -38,6 +38,17 @@ from brainfm.training.memory_format import to_channels_last
 from brainfm.training.objectives import build_objective
 from brainfm.training.optim import from_config as build_optim
 from brainfm.training.runlog import CsvLog, TensorBoard, plot_loss_curve
+
+
+@runtime_checkable
+class Reparametrised(Protocol):
+    """A network that trains in another parametrisation than the one it is used in, and gives its plain
+    form (the same outputs) with :meth:`plain`: :class:`~brainfm.training.feature_cache.HeadOnlyNet`
+    with standardised inputs."""
+
+    def plain(self) -> torch.nn.Module:
+        """The network in the parametrisation it is validated, exported and used in."""
+        ...
 
 
 @dataclass
@@ -289,8 +300,7 @@ class Trainer:
         one (``optim.ema_decay`` > 0), else the trained network itself; a network that trains in another
         parametrisation gives its plain form (``plain()``, :class:`~brainfm.training.feature_cache.HeadOnlyNet`)."""
         net = self.ema.module if self.ema is not None else self.model
-        plain = getattr(net, "plain", None)
-        return plain() if callable(plain) else net
+        return net.plain() if isinstance(net, Reparametrised) else net
 
     def cpu_seconds(self) -> float:
         """Process CPU seconds (all threads, generator included) spent training on the CPU, across resumes."""

@@ -140,17 +140,14 @@ def _segmentation_on_grid(node: Any, volume: Any) -> Tuple[np.ndarray, List[_Seg
 def _on_grid(labels: np.ndarray, affine: np.ndarray, volume: Any, node: Any) -> np.ndarray:
     """``labels`` (voxel -> RAS ``affine``) on the voxel grid of ``volume``: re-indexed when they share
     the voxel centres, else nearest-neighbour sampled at the volume's voxel centres (0 outside)."""
+    from brainfm.geometry.grid import resample_to_grid
+    from brainfm.volume import Volume
+
     target, shape = ijk_to_ras(volume), tuple(volume.GetImageData().GetDimensions())
     moved = reindex_to_grid(labels, affine, target, shape)
     if moved is not None:
         return np.asarray(moved)
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    src = (np.linalg.inv(affine) @ (target @ np.c_[ijk, np.ones(len(ijk))].T))[:3].T
-    idx = np.rint(src).astype(np.int64)
-    inside = np.all((idx >= 0) & (idx < np.asarray(labels.shape[:3])), axis=1)
-    out = np.zeros(len(idx), labels.dtype)
-    out[inside] = labels[idx[inside, 0], idx[inside, 1], idx[inside, 2]]
-    return out.reshape(shape)
+    return resample_to_grid(Volume(labels, affine), target, shape, order="nearest").data
 
 
 def _labelmap_on_grid(node: Any, volume: Any) -> Tuple[np.ndarray, List[_Segment]]:

@@ -98,3 +98,13 @@ def test_mixed_precision_inference_applies_the_hidden_layer():
         full = linear + head.hidden[2](F.leaky_relu(head.hidden[0](feat), 0.01))
     assert (full - linear).abs().max() > 1.0  # the hidden layer contributes
     assert torch.allclose(amp["segmentation"], full, atol=1e-4)
+
+
+def test_a_head_that_reads_the_image_takes_the_feature_then_the_image_channels():
+    """``ModelConfig.head_input_channels``: the width of each head's input, the feature first, as the
+    network builds it."""
+    cfg = ModelConfig(in_channels=2, f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 3, "T1": 1},
+                      head_image=["segmentation"])
+    net = BrainFMNet(cfg)
+    assert cfg.head_input_channels("segmentation") == 6 == net.head.final_conv_segmentation.in_channels
+    assert cfg.head_input_channels("T1") == 4 == net.head.final_conv_T1.in_channels == cfg.feature_channels

@@ -222,3 +222,25 @@ def test_the_learning_rate_by_default_suits_the_standardised_head_and_a_given_on
     assert rates("per-step", feature_cache=False) == pytest.approx([LR, LR])
     assert rates("given", lr=0.004) == pytest.approx([0.004, 0.0004])
     assert rates("set", overrides=["optim.lr=0.003", "optim.lr_drops=[]"]) == pytest.approx([0.003, 0.003])
+
+
+def test_the_share_of_labelled_voxels_in_each_sample_is_a_fine_tuning_option(data_dir, tmp_path, monkeypatch):
+    """``finetune(foreground_share=)`` reaches the cached samples (default FOREGROUND_SHARE); 0 draws
+    every voxel of a sample uniformly from the image."""
+    import brainfm.training.feature_cache as feature_cache
+    from brainfm.training.finetune import FOREGROUND_SHARE
+
+    made = []
+
+    class Recorded(feature_cache.CachedFeatureSource):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(feature_cache, "CachedFeatureSource", Recorded)
+    _base, weights = _base_weights(tmp_path)
+    for name, kw in (("default", {}), ("none", {"foreground_share": 0.0}), ("half", {"foreground_share": 0.5})):
+        finetune(str(weights), data_dir, tmp_path / name, task="seg", mode="head", steps=1, size=16,
+                 n_samples=1, device="cpu", **kw)
+    assert [m.foreground_share for m in made] == [FOREGROUND_SHARE, 0.0, 0.5]
+    assert FOREGROUND_SHARE == 0.05
