@@ -58,9 +58,10 @@ def read_raw_header(path: PathLike):
     """The NIfTI-1/2 header of ``path`` exactly as stored (``check=False``: nothing repaired), or
     None when the file is not NIfTI."""
     import nibabel as nib
-    from nibabel.openers import ImageOpener
 
-    with ImageOpener(str(path), "rb") as fh:
+    from brainfm.io.content import open_by_content
+
+    with open_by_content(path) as fh:
         head = fh.read(4)
         if len(head) < 4:
             return None

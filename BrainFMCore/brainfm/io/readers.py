@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from brainfm.errors import InputError
+from brainfm.io.content import name_misleads, open_by_content
 from brainfm.io.formats import EXTENSIONS, is_supported, split_ext
 from brainfm.io.sitk_bridge import LPS_TO_RAS, affine_from_itk  # noqa: F401 (LPS_TO_RAS: public here)
 from brainfm.volume import Volume, check_affine, voxel_sizes
@@ -236,10 +237,30 @@ def _open_nibabel(p: Path) -> Tuple[Any, np.ndarray, np.dtype]:
 
     try:
         with LoggingOutputSuppressor():  # nibabel's header repairs are reported by inspect_geometry
-            img = nib.load(str(p), mmap=False)
+            img = _load_by_content(p) if name_misleads(p) else nib.load(str(p), mmap=False)
         return img, np.asarray(img.affine, dtype=np.float64), img.get_data_dtype()
+    except InputError:
+        raise
     except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
         raise _unreadable(p, e) from e
+
+
+def _load_by_content(p: Path) -> Any:
+    """The nibabel image of a file whose name says compressed where its bytes are not, or the reverse
+    (:mod:`brainfm.io.content`): read whole, by what it holds."""
+    import nibabel as nib
+
+    from brainfm.io.nifti_header import read_raw_header
+
+    if EXTENSIONS[split_ext(p)[1]][0] == "mgh":
+        klass = nib.MGHImage
+    else:
+        hdr = read_raw_header(p)
+        if hdr is None:
+            raise InputError(f"cannot read {p.name}: its name says NIfTI but it holds no NIfTI header")
+        klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    with open_by_content(p) as fh:
+        return klass.from_bytes(fh.read())
 
 
 def _mgh_header(p: Path) -> Optional[Tuple[Tuple[int, ...], np.ndarray, np.dtype]]:
@@ -248,10 +269,9 @@ def _mgh_header(p: Path) -> Optional[Tuple[Tuple[int, ...], np.ndarray, np.dtype
     all of them are decompressed). None when nibabel would refuse the file (a dimension of 0, a
     header it cannot parse) or it is shorter than a header: the full read says why."""
     from nibabel.freesurfer.mghformat import MGHHeader, header_dtype
-    from nibabel.openers import ImageOpener
 
     try:
-        with ImageOpener(str(p), "rb") as fh:
+        with open_by_content(p) as fh:
             block = fh.read(header_dtype.itemsize)
         if len(block) < header_dtype.itemsize:
             return None
