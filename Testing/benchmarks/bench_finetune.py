@@ -224,7 +224,8 @@ def main(argv: List[str]) -> int:
                 moved = float(np.max(np.abs(t1_base - t1_tuned))) if t1_base.shape == t1_tuned.shape else None
             runs[path] = {"finetune_seconds": round(seconds, 1), "seconds_per_step": round(seconds / args.steps, 3),
                           "finetuned": after, "synthetic_t1_largest_change": moved,
-                          "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()}}
+                          "val": {k: round(float(v), 4) for k, v in (res.val or {}).items()},
+                          "prior_weight": res.prior_weight}
     before.pop("t1", None)
     emit({"steps": args.steps, "threads": args.threads, "head_hidden": args.head_hidden, "lr": args.lr,
           "foreground_share": args.foreground_share, "overrides": args.overrides,

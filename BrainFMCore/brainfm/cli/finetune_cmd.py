@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         res = finetune(model, args.data, args.out, overrides=args.set, progress=reporter, **o)
     finally:
         reporter.close()
-    print(json.dumps({"model": str(res.native_model), "step": res.step, "val": res.val}))
+    print(json.dumps({"model": str(res.native_model), "step": res.step, "val": res.val, "prior_weight": res.prior_weight}))
     if res.native_model is not None:
         print(f"brainfm: to use it: brainfm models add {res.native_model}, then --model "
               f"{Path(res.native_model).stem} (or pick it in the Slicer model selector)", file=sys.stderr)

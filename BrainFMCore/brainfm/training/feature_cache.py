@@ -32,6 +32,7 @@ from torch import nn
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 from brainfm.training.data import step_seed
 from brainfm.training.finetune_options import FOREGROUND_SHARE
+from brainfm.training.prior_shift import PriorShift, sampling_log_ratio
 
 #: intensity variants of every training image whose feature is cached (gamma of the 0-1 image: one
 #: standard deviation of the per-step augmentation on either side, and the image itself)
@@ -56,6 +57,9 @@ class HeadOnlyNet(nn.Module):
     raw feature. While standardised, the state dict holds the re-expressed weights (training
     checkpoints; a run resumed with the same statistics continues exactly).
 
+    ``calibration``: a :class:`~brainfm.training.prior_shift.PriorShift` that :meth:`plain` applies, so
+    the network validated and exported takes back what foreground sampling did to the class priors.
+
     >>> from brainfm.models import BrainFMNet, ModelConfig
     >>> net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 3}))
     >>> feat = torch.rand(1, 4, 3, 3, 3) * 5
@@ -68,13 +72,15 @@ class HeadOnlyNet(nn.Module):
     """
 
     def __init__(self, net: nn.Module, *, heads: Sequence[str],
-                 standardise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+                 standardise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                 calibration: Optional[PriorShift] = None) -> None:
         super().__init__()
         self.config = net.config
         self.backbone = net.backbone
         self.head = net.head
         self.heads = list(heads)
         self.standardised = standardise is not None
+        self.calibration = calibration
         if standardise is not None:
             mean, std = (torch.as_tensor(t, dtype=torch.float32).reshape(-1) for t in standardise)
             self.register_buffer("mean", mean, persistent=False)
@@ -82,16 +88,20 @@ class HeadOnlyNet(nn.Module):
             reexpress(self.head, self.heads, mean=self.mean, std=self.std, to_standard=True)
 
     def plain(self) -> "HeadOnlyNet":
-        """A copy whose heads read the raw feature (what is exported and validated); without
-        standardisation, this network itself."""
-        if not self.standardised:
+        """A copy whose heads read the raw feature, its class priors those of the images (``calibration``):
+        what is exported and validated; without standardisation or calibration, this network itself."""
+        if not self.standardised and self.calibration is None:
             return self
         from brainfm.models import BrainFMNet
 
-        net = BrainFMNet(self.config).to(self.mean.device)
+        net = BrainFMNet(self.config).to(next(self.head.parameters()).device)
         net.load_state_dict(self.state_dict())
-        reexpress(net.head, self.heads, mean=self.mean, std=self.std, to_standard=False)
-        return HeadOnlyNet(net, heads=self.heads)
+        if self.standardised:
+            reexpress(net.head, self.heads, mean=self.mean, std=self.std, to_standard=False)
+        out = HeadOnlyNet(net, heads=self.heads)
+        if self.calibration is not None:
+            self.calibration.apply(out)
+        return out
 
     def forward(self, feat: torch.Tensor, *, heads: Optional[Sequence[str]] = None) -> dict:
         """``feat``: the cached feature, with the input image's channels after it when a head reads
@@ -222,6 +232,20 @@ class CachedFeatureSource:
                 sq[c] += (v * v).sum()
         mean /= n
         return mean.float(), (sq / n - mean * mean).clamp_min(0).sqrt().float()
+
+    def sampling_log_ratio(self, n_classes: int) -> torch.Tensor:
+        """What the foreground sampling does to the class priors of a segmentation head with ``n_classes``
+        outputs (:func:`~brainfm.training.prior_shift.sampling_log_ratio`)."""
+        return sampling_log_ratio([t for _, t in self._train], n_classes=n_classes,
+                                  foreground_share=self.foreground_share)
+
+    def calibration_images(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(feature, target)`` of the validation images, else of the training images (the unchanged
+        intensity variant): where a :class:`~brainfm.training.prior_shift.PriorShift` chooses."""
+        if self._val:
+            return list(self._val)
+        k = self.gammas.index(1.0) if 1.0 in self.gammas else 0
+        return [(fs[k], t) for fs, t in self._train]
 
     def _target(self, t: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(t))

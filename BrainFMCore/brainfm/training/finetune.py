@@ -476,6 +476,9 @@ class FinetuneResult:
     step: int
     val: Dict[str, float]
     losses: List[float]
+    #: share of the foreground sampling's prior shift taken back in the exported head
+    #: (:class:`~brainfm.training.prior_shift.PriorShift`); None when there was none to take back
+    prior_weight: Optional[float] = None
 
 
 def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: PathLike, out_dir: PathLike, *,
@@ -509,7 +512,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     tenfold lower after :data:`HEAD_LR_DROP_AT` of the steps, else :data:`LR`. ``head_image`` (segmentation; default :data:`HEAD_IMAGE`): the
     new head reads the input image beside the feature, so it can learn what the feature does not keep,
     such as the brightness of a lesion. ``foreground_share`` (segmentation on cached features; default
-    :data:`FOREGROUND_SHARE`): share of each sample's voxels drawn from the labelled voxels.
+    :data:`FOREGROUND_SHARE`): share of each sample's voxels drawn from the labelled voxels; the exported
+    head takes back the share of what that does to the class priors that the validation images (else
+    the training images) score best with (:class:`~brainfm.training.prior_shift.PriorShift`,
+    ``FinetuneResult.prior_weight``).
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -576,6 +582,7 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     if cfg.loss.objective == "brainid" and head != "image":
         raise InputError(f"image heads must be one of T1, T2, FLAIR, CT or image, got {head!r}")
     model: torch.nn.Module = net
+    calibration = None
     cached = _cached_source(net, source, task=task, key=key, size=size, n_samples=n_samples,
                             device=dev, seed=seed, foreground_share=foreground_share, progress=progress,
                             cancel=cancel) \
@@ -584,7 +591,11 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         from brainfm.progress import scaled
         from brainfm.training.feature_cache import HeadOnlyNet
 
-        model = HeadOnlyNet(net, heads=[head], standardise=cached.channel_stats())
+        if task == "seg" and cached.foreground_share > 0:
+            from brainfm.training.prior_shift import PriorShift
+
+            calibration = PriorShift(head, cached.sampling_log_ratio(channels), cached.calibration_images())
+        model = HeadOnlyNet(net, heads=[head], standardise=cached.channel_stats(), calibration=calibration)
         source, progress = cached, scaled(progress, CACHE_SHARE, 1.0)
     schedule = [f"optim.lr={float(lr) if lr is not None else HEAD_LR if cached is not None else LR}"]
     if cached is not None:  # the standardised head: a tenfold drop of the learning rate late in the run
@@ -593,4 +604,5 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     trainer = Trainer(cfg, source=source, model=model, resume=resume, progress=progress, cancel=cancel,
                       export_info=keep)
     res = trainer.fit()
-    return FinetuneResult(res.native_model, res.checkpoint, res.step, res.val, res.losses)
+    return FinetuneResult(res.native_model, res.checkpoint, res.step, res.val, res.losses,
+                          prior_weight=calibration.weight if calibration is not None else None)
