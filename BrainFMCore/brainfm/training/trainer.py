@@ -287,9 +287,10 @@ class Trainer:
         res.step = step
         if step != last_ckpt or res.checkpoint is None:
             res.checkpoint = self._save(model, optimizer, scheduler, gen, step)
-        res.val = self._validate(self.exported_net(), amp, step, log) if step > start or not res.val else res.val
+        final = self.exported_net()  # once: a plain form may be a copy, its priors chosen on images
+        res.val = self._validate(final, amp, step, log) if step > start or not res.val else res.val
         if main:
-            res.native_model = self._export(self.exported_net(), step)
+            res.native_model = self._export(final, step)
             res.curve_png = Path(plot_loss_curve(self.out_dir / "log.csv", self.out_dir / "loss_curve.png"))
         tb.close()
         res.seconds = time.monotonic() - t_start
