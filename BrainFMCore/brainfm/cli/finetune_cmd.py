@@ -20,6 +20,8 @@ HELP = "fine-tune a model on images + labels (or images + target images)"
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``finetune`` (options left out come from ``--config``, then from
     :data:`brainfm.training.finetune_options.FINETUNE_DEFAULTS`)."""
+    from brainfm.training.finetune_options import FOREGROUND_SHARE
+
     p = subparsers.add_parser("finetune", help=HELP, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with any of the options below (e.g. Training/configs/finetune.yaml)")
@@ -50,6 +52,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="seg: the new head reads the scan's intensity beside the backbone's features, so it can "
                         "learn what the features do not keep, such as the brightness of a lesion (the default; "
                         "--no-head-image: the features alone)")
+    p.add_argument("--foreground-share", type=float, metavar="SHARE",
+                   help="seg, mode head with the feature cache: share (0-1) of each training sample's voxels drawn from "
+                        "the labelled voxels, so a small label (a lesion) is in every sample (default "
+                        f"{FOREGROUND_SHARE}; 0: none); the written head takes back "
+                        "what this does to the labels' frequencies as far as the validation images score best "
+                        "(printed as prior_weight)")
     p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction,
                    help="mode head: compute the frozen backbone's features of each image once and train the "
                         "head on them (the default; --no-feature-cache runs the backbone at every step)")

@@ -522,6 +522,8 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
     if task not in ("seg", "image"):
         raise InputError(f"unknown fine-tuning task {task!r} (seg or image)")
+    if not 0.0 <= float(foreground_share) <= 1.0:  # NaN fails too
+        raise InputError(f"foreground_share must be a share from 0 to 1, got {foreground_share!r}")
     info: Any = None
     if isinstance(base_model, torch.nn.Module):
         base = base_model

@@ -44,7 +44,8 @@ LR = 1e-3
 FINETUNE_DEFAULTS: Dict[str, Any] = {
     "model": "default", "task": "seg", "mode": "head", "head": None, "label_scheme": "fs33",
     "steps": 500, "minutes": 0.0, "lr": None, "size": 96, "n_samples": 2, "name": "brainfm-finetuned",
-    "device": "auto", "resume": "auto", "feature_cache": True, "head_hidden": HEAD_HIDDEN, "head_image": HEAD_IMAGE}
+    "device": "auto", "resume": "auto", "feature_cache": True, "head_hidden": HEAD_HIDDEN, "head_image": HEAD_IMAGE,
+    "foreground_share": FOREGROUND_SHARE}
 
 
 def read_finetune_config(path: Union[str, Path]) -> Dict[str, Any]:
