@@ -56,7 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="seg, mode head with the feature cache: share (0-1) of each training sample's voxels drawn from "
                         "the labelled voxels, so a small label (a lesion) is in every sample (default "
                         f"{FOREGROUND_SHARE}; 0: none); the written head takes back "
-                        "what this does to the labels' frequencies as far as the validation images score best "
+                        "what this does to the labels' frequencies as far as the model's labels of the validation "
+                        "scans score best "
                         "(printed as prior_weight)")
     p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction,
                    help="mode head: compute the frozen backbone's features of each image once and train the "

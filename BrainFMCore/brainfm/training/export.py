@@ -51,26 +51,22 @@ def trained_test_time_flip(cfg: Any) -> bool:
     return float(options.get("p_flip", GeneratorConfig().p_flip)) > 0.0
 
 
-def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any = None, step: int = 0,
-                  name: Optional[str] = None, label_scheme: Union[None, str, Dict[str, Any]] = None,
-                  dtype: str = "fp32",
-                  provenance: Optional[Dict[str, Any]] = None, output_units: Optional[Dict[str, Any]] = None,
-                  inherit: Optional[Dict[str, Any]] = None) -> Path:
-    """Save ``model`` (a BrainFMNet, possibly DDP-wrapped) as ``<out_dir>/<name>.safetensors + .json``.
+def native_info(net: torch.nn.Module, *, cfg: Any = None, step: int = 0, name: Optional[str] = None,
+                label_scheme: Union[None, str, Dict[str, Any]] = None, provenance: Optional[Dict[str, Any]] = None,
+                output_units: Optional[Dict[str, Any]] = None, inherit: Optional[Dict[str, Any]] = None) -> Any:
+    """The :class:`~brainfm.models.ModelInfo` that :func:`export_native` writes beside ``net`` (a
+    BrainFMNet, possibly DDP-wrapped), without its SHA-256: the description a
+    :class:`~brainfm.inference.Predictor` reads, so a network in memory can be used as its file will be.
 
-    ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load). ``inherit``: fields of
-    the description taken as given instead of from ``cfg`` (``voxel_mm``, ``input_antialias``,
-    ``test_time_flip``, ``output_units``, ``atlas``, ``quality``, ``label_scheme``: a scheme's
-    ``to_dict`` for a user's own labels; ``provenance`` is added to), e.g. a fine-tuned model's base
-    (:func:`brainfm.training.finetune.inherited_info`).
-    Returns the weights path.
+    >>> from brainfm.models import BrainFMNet, ModelConfig
+    >>> net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 33}))
+    >>> info = native_info(net, inherit={"voxel_mm": 2.0, "test_time_flip": True})
+    >>> info.voxel_mm, info.test_time_flip, info.label_scheme
+    (2.0, True, 'fs33')
     """
-    from brainfm.models import save_native
     from brainfm.models.common import BRAINFM_OUTPUT_UNITS, ModelInfo, label_scheme_for
 
-    net = unwrap(model)
-    if dtype not in ("fp32", "fp16"):
-        raise ValueError(f"export dtype must be fp32 or fp16, got {dtype!r}")
+    net = unwrap(net)
     name = name or (cfg.model.name if cfg is not None else "brainfm-native")
     given = dict(inherit or {})
     scheme = (label_scheme or given.pop("label_scheme", None) or (cfg.model.label_scheme if cfg is not None else None)
@@ -87,11 +83,34 @@ def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any
         "input_antialias": trained_input_antialias(cfg.model.voxel_mm) if cfg is not None else True,
         "test_time_flip": trained_test_time_flip(cfg) if cfg is not None else False}
     fields.update({k: v for k, v in given.items() if k in fields and v not in (None, {})})
-    info = ModelInfo(name=name, version=f"step{int(step)}", format="native", sha256="", config=net.config,
+    return ModelInfo(name=name, version=f"step{int(step)}", format="native", sha256="", config=net.config,
                      label_scheme=scheme, provenance=prov, **fields)
+
+
+def export_native(model: torch.nn.Module, out_dir: Union[str, Path], *, cfg: Any = None, step: int = 0,
+                  name: Optional[str] = None, label_scheme: Union[None, str, Dict[str, Any]] = None,
+                  dtype: str = "fp32",
+                  provenance: Optional[Dict[str, Any]] = None, output_units: Optional[Dict[str, Any]] = None,
+                  inherit: Optional[Dict[str, Any]] = None) -> Path:
+    """Save ``model`` (a BrainFMNet, possibly DDP-wrapped) as ``<out_dir>/<name>.safetensors + .json``.
+
+    ``dtype`` ``fp16`` halves the file (weights are cast back to fp32 on load). ``inherit``: fields of
+    the description taken as given instead of from ``cfg`` (``voxel_mm``, ``input_antialias``,
+    ``test_time_flip``, ``output_units``, ``atlas``, ``quality``, ``label_scheme``: a scheme's
+    ``to_dict`` for a user's own labels; ``provenance`` is added to), e.g. a fine-tuned model's base
+    (:func:`brainfm.training.finetune.inherited_info`); the description is :func:`native_info`'s.
+    Returns the weights path.
+    """
+    from brainfm.models import save_native
+
+    net = unwrap(model)
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"export dtype must be fp32 or fp16, got {dtype!r}")
+    info = native_info(net, cfg=cfg, step=step, name=name, label_scheme=label_scheme, provenance=provenance,
+                       output_units=output_units, inherit=inherit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights, _json = save_native(net, out / name, info=info, fp16=dtype == "fp16")
+    weights, _json = save_native(net, out / info.name, info=info, fp16=dtype == "fp16")
     return Path(weights)
 
 

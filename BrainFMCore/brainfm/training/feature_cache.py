@@ -100,7 +100,7 @@ class HeadOnlyNet(nn.Module):
             reexpress(net.head, self.heads, mean=self.mean, std=self.std, to_standard=False)
         out = HeadOnlyNet(net, heads=self.heads)
         if self.calibration is not None:
-            self.calibration.apply(out)
+            self.calibration.apply(out, whole=net)
         return out
 
     def forward(self, feat: torch.Tensor, *, heads: Optional[Sequence[str]] = None) -> dict:
@@ -238,14 +238,6 @@ class CachedFeatureSource:
         outputs (:func:`~brainfm.training.prior_shift.sampling_log_ratio`)."""
         return sampling_log_ratio([t for _, t in self._train], n_classes=n_classes,
                                   foreground_share=self.foreground_share)
-
-    def calibration_images(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """``(feature, target)`` of the validation images, else of the training images (the unchanged
-        intensity variant): where a :class:`~brainfm.training.prior_shift.PriorShift` chooses."""
-        if self._val:
-            return list(self._val)
-        k = self.gammas.index(1.0) if 1.0 in self.gammas else 0
-        return [(fs[k], t) for fs, t in self._train]
 
     def _target(self, t: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(t))

@@ -426,6 +426,18 @@ class PairedSource:
 MIN_PAIRS_FOR_VALIDATION = 4
 
 
+def calibration_scans(pairs: Sequence[Tuple[Path, Path]], *, n_val: int, scheme: Any, info: Any,
+                      device: Any = "cpu", progress: Any = None) -> Any:
+    """The :class:`~brainfm.training.prior_shift.ScanDice` of a fine-tuning run: its ``n_val``
+    validation pairs (the last ones, as :class:`PairedSource` holds them out), else its first training
+    pairs (at most :data:`~brainfm.training.prior_shift.MAX_SCANS`)."""
+    from brainfm.training.prior_shift import MAX_SCANS, ScanDice
+
+    n_val = min(int(n_val), len(pairs) - 1)
+    chosen = list(pairs[len(pairs) - n_val:]) if n_val > 0 else list(pairs[:MAX_SCANS])
+    return ScanDice(chosen, scheme=scheme, info=info, device=device, progress=progress)
+
+
 def validation_images(n_pairs: int, n_val: Optional[int] = None) -> int:
     """Images of ``n_pairs`` held out for validation: ``n_val`` when given (at least one image is left to
     train on), else one from :data:`MIN_PAIRS_FOR_VALIDATION` pairs on and none below.
@@ -512,10 +524,10 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
     tenfold lower after :data:`HEAD_LR_DROP_AT` of the steps, else :data:`LR`. ``head_image`` (segmentation; default :data:`HEAD_IMAGE`): the
     new head reads the input image beside the feature, so it can learn what the feature does not keep,
     such as the brightness of a lesion. ``foreground_share`` (segmentation on cached features; default
-    :data:`FOREGROUND_SHARE`): share of each sample's voxels drawn from the labelled voxels; the exported
-    head takes back the share of what that does to the class priors that the validation images (else
-    the training images) score best with (:class:`~brainfm.training.prior_shift.PriorShift`,
-    ``FinetuneResult.prior_weight``).
+    :data:`FOREGROUND_SHARE`, a share from 0 to 1): share of each sample's voxels drawn from the labelled
+    voxels; the exported head takes back the share of what that does to the class priors with which the
+    product's labels of the validation scans (else of the first training scans, :func:`calibration_scans`)
+    score best (:class:`~brainfm.training.prior_shift.PriorShift`, ``FinetuneResult.prior_weight``).
     """
     from brainfm.training.config import TrainConfig, apply_overrides
     from brainfm.training.trainer import Trainer
@@ -576,8 +588,9 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
 
     dev = select_device(device, DistInfo.from_env())
     key = "segmentation" if task == "seg" else (head if cfg.loss.objective == "brainfm" else "T1")
+    source_val = validation_images(len(pairs), n_val)
     source = PairedSource(pairs, task=task, target_key=key, label_scheme=scheme, size=size,
-                          n_samples=n_samples, device=dev, seed=seed, n_val=validation_images(len(pairs), n_val),
+                          n_samples=n_samples, device=dev, seed=seed, n_val=source_val,
                           voxel_mm=voxel_mm, antialias=antialias)
     if task == "seg":  # the classes the base does not have start from what it sees there
         start_new_classes(net, base, source.train, head=head, skip=carried, size=size)
@@ -594,9 +607,12 @@ def finetune(base_model: Union[str, PathLike, torch.nn.Module], data_folder: Pat
         from brainfm.training.feature_cache import HeadOnlyNet
 
         if task == "seg" and cached.foreground_share > 0:
+            from brainfm.training.export import native_info
             from brainfm.training.prior_shift import PriorShift
 
-            calibration = PriorShift(head, cached.sampling_log_ratio(channels), cached.calibration_images())
+            calibration = PriorShift(head, cached.sampling_log_ratio(channels), scans=calibration_scans(
+                pairs, n_val=source_val, scheme=scheme, device=dev, progress=scaled(progress, 1.0, 1.0),  # after training
+                info=native_info(net, cfg=cfg, inherit=keep)))
         model = HeadOnlyNet(net, heads=[head], standardise=cached.channel_stats(), calibration=calibration)
         source, progress = cached, scaled(progress, CACHE_SHARE, 1.0)
     schedule = [f"optim.lr={float(lr) if lr is not None else HEAD_LR if cached is not None else LR}"]

@@ -8,7 +8,10 @@ the features already tell apart: the user's hippocampus and thalamus of ``bench_
 (500 steps) scored held-out Dice 0.707 / 0.827 with none of it taken back and 0.768 / 0.881 with all.
 A faint, rare class scores best with most of it kept: the lesions of ``bench_finetune.py --lesions``
 scored 0.762 with none taken back, 0.768 with a quarter and 0.523 with all. So :class:`PriorShift`
-picks the share on images (the validation images, else the training images) by their Dice.
+picks the share on images (the validation images, else the training images) by their Dice: the Dice of
+the labels the product makes of those scans (:class:`ScanDice`) where it is given one, since the product
+decides labels otherwise than the network's grid shows them (logits averaged with the mirrored scan's,
+interpolated to 1 mm, the head mask), and a faint class comes out smaller there than on that grid.
 
 >>> t = torch.zeros(10, 10, 10, dtype=torch.long)
 >>> t[:1, :1, :5] = 1                       # 5 of 1000 voxels labelled
@@ -18,8 +21,10 @@ picks the share on images (the validation images, else the training images) by t
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +33,10 @@ PRIOR_WEIGHTS: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 #: slices of an image whose logits are computed at once while choosing (bounds the memory)
 SLAB = 16
+
+#: training scans :class:`ScanDice` reads at most when there are no validation scans (each costs one
+#: prediction per share)
+MAX_SCANS = 4
 
 
 def sampling_log_ratio(targets: Sequence[torch.Tensor], *, n_classes: int, foreground_share: float) -> torch.Tensor:
@@ -51,19 +60,94 @@ def sampling_log_ratio(targets: Sequence[torch.Tensor], *, n_classes: int, foreg
     return ratio.float()
 
 
+def _mean_dice(inter: torch.Tensor, pred_n: torch.Tensor, true_n: torch.Tensor) -> List[float]:
+    """Mean Dice of the labelled classes (1..k-1) present in the truth, per row of the pooled counts
+    ``inter`` / ``pred_n`` (rows: shares) and ``true_n``."""
+    present = true_n[1:] > 0
+    dice = (2 * inter[:, 1:] / (pred_n[:, 1:] + true_n[1:]).clamp_min(1))[:, present]
+    return [float(d.mean()) if d.numel() else 0.0 for d in dice]
+
+
+class ScanDice:
+    """The mean Dice of the labelled classes in the labels the product makes of scans: ``pairs`` of
+    (image file, label file), read as ``brainfm finetune`` reads them; ``scheme`` (a
+    :class:`~brainfm.labels.LabelScheme`) maps label values to the head's classes; ``info``: the
+    :class:`~brainfm.models.ModelInfo` the network will be exported with
+    (:func:`~brainfm.training.export.native_info`), so that the :class:`~brainfm.inference.Predictor`
+    treats it as it will treat the exported file (grid, test-time flip, label decision, head mask).
+    Labels are compared on the scan's grid (the label file resampled to it, nearest neighbour).
+    ``progress`` (``(fraction, message)``) hears of each prediction: one per scan and share, about as long
+    as a prediction of the scan by the fine-tuned model (seconds on a CPU)."""
+
+    def __init__(self, pairs: Sequence[Tuple[Union[str, Path], Union[str, Path]]], *, scheme: Any, info: Any,
+                 device: Union[str, torch.device] = "cpu", progress: Optional[Callable[[float, str], None]] = None) -> None:
+        self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.scheme, self.info, self.device, self.progress = scheme, info, str(device), progress
+
+    def _classes(self, values: np.ndarray) -> torch.Tensor:
+        """Class indices of the scheme's label values (others: 0)."""
+        lut = np.zeros(int(max(np.max(values), 0)) + 1 if values.size else 1, np.int64)
+        for c, v in enumerate(self.scheme.fs_values):
+            if 0 < int(v) < len(lut):
+                lut[int(v)] = c
+        v = np.rint(values).astype(np.int64)
+        inside = (v >= 0) & (v < len(lut))
+        return torch.from_numpy(np.where(inside, lut[np.clip(v, 0, len(lut) - 1)], 0))
+
+    def __call__(self, net: nn.Module, head: str, shifts: Sequence[torch.Tensor]) -> List[float]:
+        """Mean Dice for each of ``shifts`` taken from the output biases of ``net``'s ``head`` (a
+        :class:`~brainfm.models.BrainFMNet`; its biases are as they were afterwards)."""
+        from brainfm.geometry import resample_to_grid
+        from brainfm.inference import Predictor
+        from brainfm.inference.preprocess import load_image
+        from brainfm.io import read_volume
+        from brainfm.models.common import LoadedModel
+
+        conv = net.head[f"final_conv_{head}"]
+        k = int(conv.bias.shape[0])
+        bias = conv.bias.detach().clone()
+        predictor = Predictor(LoadedModel(net, self.info), device=self.device, channels_last=False)
+        inter = torch.zeros(len(shifts), k, dtype=torch.float64)
+        pred_n, true_n = torch.zeros_like(inter), torch.zeros(k, dtype=torch.float64)
+        done, total = 0, len(self.pairs) * len(shifts)
+        for image, labels in self.pairs:
+            img = load_image(image)
+            truth = resample_to_grid(read_volume(labels), img.affine, img.shape, order="nearest")
+            t = self._classes(np.asarray(truth.data)).reshape(-1)
+            true_n += torch.bincount(t, minlength=k)[:k].double()
+            for j, shift in enumerate(shifts):
+                if self.progress is not None:
+                    self.progress(done / total, f"choosing the label priors: {image.name}, {j + 1} of {len(shifts)}")
+                done += 1
+                with torch.no_grad():
+                    conv.bias.copy_(bias - shift.to(bias))
+                try:
+                    seg = predictor.predict(img, tasks=["seg"], allow_anisotropic=True)["seg"]
+                finally:
+                    with torch.no_grad():
+                        conv.bias.copy_(bias)
+                p = self._classes(np.asarray(seg.data)).reshape(-1)
+                pred_n[j] += torch.bincount(p, minlength=k)[:k].double()
+                inter[j] += torch.bincount(p[p == t], minlength=k)[:k].double()
+        return _mean_dice(inter, pred_n, true_n)
+
+
 class PriorShift:
     """Lowers the output biases of the segmentation head ``head`` by a share (:data:`PRIOR_WEIGHTS`) of
-    ``log_ratio`` (:func:`sampling_log_ratio`): the share whose mean Dice of the labelled classes over
-    ``images`` (``(feature, target)`` pairs as the head reads them: the feature, then the image's channels
-    when the head reads it) is highest; none when no share beats taking nothing back.
+    ``log_ratio`` (:func:`sampling_log_ratio`): the share whose mean Dice of the labelled classes is
+    highest; none when no share beats taking nothing back. The Dice is that of ``scans`` (a
+    :class:`ScanDice`: the product's labels of scans) when given, else of ``images`` (``(feature,
+    target)`` pairs as the head reads them: the feature, then the image's channels when the head reads
+    it; labels decided on the network's grid).
     :class:`~brainfm.training.feature_cache.HeadOnlyNet` applies it to the network it exports.
     After :meth:`apply`, ``weight`` is the share taken back and ``dice`` the mean Dice of each share."""
 
-    def __init__(self, head: str, log_ratio: torch.Tensor, images: Sequence[Tuple[torch.Tensor, torch.Tensor]], *,
-                 weights: Sequence[float] = PRIOR_WEIGHTS) -> None:
+    def __init__(self, head: str, log_ratio: torch.Tensor, images: Sequence[Tuple[torch.Tensor, torch.Tensor]] = (), *,
+                 weights: Sequence[float] = PRIOR_WEIGHTS, scans: Optional[ScanDice] = None) -> None:
         self.head = str(head)
         self.log_ratio = torch.as_tensor(log_ratio, dtype=torch.float32).reshape(-1)
         self.images = list(images)
+        self.scans = scans
         self.weights = tuple(float(w) for w in weights)
         self.weight: Optional[float] = None
         self.dice: Dict[float, float] = {}
@@ -85,18 +169,22 @@ class PriorShift:
                         p = (logits - shift.to(logits)[:, None]).argmax(0)
                         pred_n[j] += torch.bincount(p, minlength=k)[:k].double()
                         inter[j] += torch.bincount(p[p == t], minlength=k)[:k].double()
-        present = true_n[1:] > 0
-        dice = (2 * inter[:, 1:] / (pred_n[:, 1:] + true_n[1:]).clamp_min(1))[:, present]
-        return {w: float(d.mean()) if d.numel() else 0.0 for w, d in zip(self.weights, dice)}
+        return dict(zip(self.weights, _mean_dice(inter, pred_n, true_n)))
 
-    def apply(self, net: nn.Module) -> float:
+    def apply(self, net: nn.Module, *, whole: Optional[nn.Module] = None) -> float:
         """Choose the weight for ``net`` (a :class:`~brainfm.training.feature_cache.HeadOnlyNet` on the raw
-        feature), lower the head's output biases by it and return it."""
-        self.dice = self._scores(net)
+        feature), lower the head's output biases by it and return it. ``whole``: the
+        :class:`~brainfm.models.BrainFMNet` whose head ``net`` holds (needed with ``scans``)."""
+        if self.scans is not None:
+            if whole is None:
+                raise ValueError("PriorShift with scans needs the whole network (whole=)")
+            shifts = [w * self.log_ratio for w in self.weights]
+            self.dice = dict(zip(self.weights, self.scans(whole, self.head, shifts)))
+        else:
+            self.dice = self._scores(net)
         best = max(self.dice.values())
         self.weight = next(w for w in self.weights if self.dice[w] >= best)  # the smallest of the best
         conv = net.head[f"final_conv_{self.head}"]
         with torch.no_grad():
             conv.bias -= (self.weight * self.log_ratio).to(conv.bias)
         return self.weight
-

@@ -114,8 +114,8 @@ def test_fine_tuning_with_foreground_sampling_exports_a_head_with_its_priors_cho
 
     original = prior_shift.PriorShift.apply
 
-    def recording(self, net):
-        w = original(self, net)
+    def recording(self, net, **kw):
+        w = original(self, net, **kw)
         made.append((self, w, net.head.final_conv_segmentation.bias.detach().clone()))
         return w
 
@@ -135,3 +135,66 @@ def test_fine_tuning_with_foreground_sampling_exports_a_head_with_its_priors_cho
     exported = load_model(res.native_model).net.head.final_conv_segmentation.bias
     torch.testing.assert_close(exported.float(), bias.float(), atol=2e-3, rtol=2e-3)   # fp16 export
     assert len(made) == len([m for m in made if m[0] is shift])   # the run without sampling chose nothing
+
+
+def test_scan_dice_scores_the_labels_the_product_makes_of_the_scans(tmp_path):
+    """:class:`ScanDice` is the Dice of what the Predictor makes of the scan with the shifted head, the
+    labels file read on the scan's grid (here stored flipped, LPS), and the head's biases are left as
+    they were."""
+    import nibabel as nib
+
+    from brainfm.inference import Predictor
+    from brainfm.labels import get_scheme
+    from brainfm.models.common import LoadedModel
+    from brainfm.training.export import native_info
+    from brainfm.training.prior_shift import ScanDice
+    from fixtures import GEOMETRY_CASES, blob_head, label_head
+
+    shape = (30, 34, 28)
+    aff = GEOMETRY_CASES["oblique"]
+    nib.save(nib.Nifti1Image(blob_head(shape, seed=3).data, aff), str(tmp_path / "scan.nii.gz"))
+    labels = label_head(shape)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [shape[0] - 1, shape[1] - 1]
+    nib.save(nib.Nifti1Image(labels[::-1, ::-1].astype(np.int16), aff @ flip), str(tmp_path / "labels.nii.gz"))
+    torch.manual_seed(0)
+    net = BrainFMNet(ModelConfig(f_maps=4, num_levels=2, num_groups=2, heads={"segmentation": 33})).eval()
+    scheme = get_scheme("fs33")
+    info = native_info(net, inherit={"label_scheme": "fs33"})
+    conv = net.head.final_conv_segmentation
+    before = conv.bias.detach().clone()
+    wm = scheme.fs_values.index(2)
+    force_wm = torch.zeros(33)
+    force_wm[wm] = -100.0                       # white matter everywhere in the head
+    nothing = torch.full((33,), 100.0)
+    nothing[0] = 0.0                            # no label at all
+    shifts = [torch.zeros(33), force_wm, nothing]
+    heard = []
+    got = ScanDice([(tmp_path / "scan.nii.gz", tmp_path / "labels.nii.gz")], scheme=scheme, info=info,
+                   progress=lambda f, m: heard.append((f, m)))(net, "segmentation", shifts)
+    assert torch.equal(conv.bias, before)
+    assert [f for f, _ in heard] == pytest.approx([0, 1 / 3, 2 / 3]) and "scan.nii.gz, 3 of 3" in heard[-1][1]
+    present = [v for v in np.unique(labels) if v and v in scheme.fs_values]
+    for shift, dice in zip(shifts, got):
+        with torch.no_grad():
+            conv.bias.copy_(before - shift)
+        seg = np.asarray(Predictor(LoadedModel(net, info), device="cpu").predict(
+            str(tmp_path / "scan.nii.gz"), tasks=["seg"])["seg"].data)
+        want = np.mean([2 * np.sum((seg == v) & (labels == v)) / max(1, np.sum(seg == v) + np.sum(labels == v))
+                        for v in present])
+        assert dice == pytest.approx(want, abs=1e-9)
+    assert got[2] == 0.0 and got[1] > 0.0      # nothing labelled: 0; white matter everywhere: its Dice only
+
+
+def test_the_share_is_chosen_on_the_validation_scans_else_on_the_first_training_scans():
+    from brainfm.labels import get_scheme
+    from brainfm.training.finetune import calibration_scans
+    from brainfm.training.prior_shift import MAX_SCANS
+
+    pairs = [(f"i{n}.nii.gz", f"l{n}.nii.gz") for n in range(6)]
+    scheme = get_scheme("fs33")
+    pick = lambda n, n_val: [a.name for a, _ in calibration_scans(pairs[:n], n_val=n_val, scheme=scheme, info=None).pairs]  # noqa: E731
+    assert pick(6, 1) == ["i5.nii.gz"] and pick(6, 2) == ["i4.nii.gz", "i5.nii.gz"]
+    assert pick(3, 0) == ["i0.nii.gz", "i1.nii.gz", "i2.nii.gz"]
+    assert pick(6, 0) == [f"i{n}.nii.gz" for n in range(MAX_SCANS)] and MAX_SCANS == 4
+    assert pick(1, 1) == ["i0.nii.gz"]        # one pair: it trains, and is where the share is chosen
