@@ -86,11 +86,11 @@ class ScanDice:
 
     def _classes(self, values: np.ndarray) -> torch.Tensor:
         """Class indices of the scheme's label values (others: 0)."""
-        lut = np.zeros(int(max(np.max(values), 0)) + 1 if values.size else 1, np.int64)
+        lut = np.zeros(max(int(v) for v in self.scheme.fs_values) + 1, np.int64)
         for c, v in enumerate(self.scheme.fs_values):
-            if 0 < int(v) < len(lut):
+            if int(v) > 0:
                 lut[int(v)] = c
-        v = np.rint(values).astype(np.int64)
+        v = np.rint(np.asarray(values, np.float64)).astype(np.int64)
         inside = (v >= 0) & (v < len(lut))
         return torch.from_numpy(np.where(inside, lut[np.clip(v, 0, len(lut) - 1)], 0))
 
