@@ -101,6 +101,7 @@ class HeadOnlyNet(nn.Module):
         out = HeadOnlyNet(net, heads=self.heads)
         if self.calibration is not None:
             self.calibration.apply(out, whole=net)
+            out.export_provenance = {"label_priors": self.calibration.record()}
         return out
 
     def forward(self, feat: torch.Tensor, *, heads: Optional[Sequence[str]] = None) -> dict:

@@ -171,6 +171,14 @@ class PriorShift:
                         inter[j] += torch.bincount(p[p == t], minlength=k)[:k].double()
         return dict(zip(self.weights, _mean_dice(inter, pred_n, true_n)))
 
+    def record(self) -> Dict[str, Any]:
+        """What the last :meth:`apply` chose, for the exported model's provenance: the share taken back
+        (``weight``), the mean Dice of each share (``dice``) and where it was measured (``measured_on``:
+        the scans' file names, or the number of images)."""
+        where: Any = [a.name for a, _ in self.scans.pairs] if self.scans is not None else len(self.images)
+        return {"weight": self.weight, "dice": {str(w): round(d, 4) for w, d in self.dice.items()},
+                "measured_on": where}
+
     def apply(self, net: nn.Module, *, whole: Optional[nn.Module] = None) -> float:
         """Choose the weight for ``net`` (a :class:`~brainfm.training.feature_cache.HeadOnlyNet` on the raw
         feature), lower the head's output biases by it and return it. ``whole``: the

@@ -44,7 +44,8 @@ from brainfm.training.runlog import CsvLog, TensorBoard, plot_loss_curve
 class Reparametrised(Protocol):
     """A network that trains in another parametrisation than the one it is used in, and gives its plain
     form (the same outputs) with :meth:`plain`: :class:`~brainfm.training.feature_cache.HeadOnlyNet`
-    with standardised inputs."""
+    with standardised inputs. A plain form's ``export_provenance`` (a dict), when it has one, is
+    added to the exported model's provenance."""
 
     def plain(self) -> torch.nn.Module:
         """The network in the parametrisation it is validated, exported and used in."""
@@ -385,4 +386,5 @@ class Trainer:
         from brainfm.training.export import export_native
 
         return export_native(model, self.out_dir / "model", cfg=self.cfg, step=step,
-                             dtype=self.cfg.run.export_dtype, inherit=self.export_info)
+                             dtype=self.cfg.run.export_dtype, inherit=self.export_info,
+                             provenance=getattr(model, "export_provenance", None))

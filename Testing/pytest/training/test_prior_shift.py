@@ -132,8 +132,13 @@ def test_fine_tuning_with_foreground_sampling_exports_a_head_with_its_priors_cho
     shift, w, bias = made[-1]          # the last choice is the exported one
     assert w in PRIOR_WEIGHTS and shift.dice[w] == max(shift.dice.values())
     assert res.prior_weight == w and none.prior_weight is None
-    exported = load_model(res.native_model).net.head.final_conv_segmentation.bias
+    loaded = load_model(res.native_model)
+    exported = loaded.net.head.final_conv_segmentation.bias
     torch.testing.assert_close(exported.float(), bias.float(), atol=2e-3, rtol=2e-3)   # fp16 export
+    priors = loaded.info.provenance["label_priors"]     # the model says what was taken back, and why
+    assert priors["weight"] == w and set(priors["dice"]) == {str(x) for x in PRIOR_WEIGHTS}
+    assert priors["measured_on"] == ["s0.nii.gz", "s1.nii.gz", "s2.nii.gz"]   # 3 pairs: no validation scan
+    assert "label_priors" not in (load_model(none.native_model).info.provenance or {})
     assert len(made) == len([m for m in made if m[0] is shift])   # the run without sampling chose nothing
 
 
