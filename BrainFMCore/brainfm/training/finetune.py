@@ -433,7 +433,7 @@ def calibration_scans(pairs: Sequence[Tuple[Path, Path]], *, n_val: int, scheme:
     pairs (at most :data:`~brainfm.training.prior_shift.MAX_SCANS`)."""
     from brainfm.training.prior_shift import MAX_SCANS, ScanDice
 
-    n_val = min(int(n_val), len(pairs) - 1)
+    n_val = validation_images(len(pairs), n_val)
     chosen = list(pairs[len(pairs) - n_val:]) if n_val > 0 else list(pairs[:MAX_SCANS])
     return ScanDice(chosen, scheme=scheme, info=info, device=device, progress=progress)
 

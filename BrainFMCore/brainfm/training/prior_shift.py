@@ -84,16 +84,6 @@ class ScanDice:
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
         self.scheme, self.info, self.device, self.progress = scheme, info, str(device), progress
 
-    def _classes(self, values: np.ndarray) -> torch.Tensor:
-        """Class indices of the scheme's label values (others: 0)."""
-        lut = np.zeros(max(int(v) for v in self.scheme.fs_values) + 1, np.int64)
-        for c, v in enumerate(self.scheme.fs_values):
-            if int(v) > 0:
-                lut[int(v)] = c
-        v = np.rint(np.asarray(values, np.float64)).astype(np.int64)
-        inside = (v >= 0) & (v < len(lut))
-        return torch.from_numpy(np.where(inside, lut[np.clip(v, 0, len(lut) - 1)], 0))
-
     def __call__(self, net: nn.Module, head: str, shifts: Sequence[torch.Tensor]) -> List[float]:
         """Mean Dice for each of ``shifts`` taken from the output biases of ``net``'s ``head`` (a
         :class:`~brainfm.models.BrainFMNet`; its biases are as they were afterwards)."""
@@ -113,7 +103,7 @@ class ScanDice:
         for image, labels in self.pairs:
             img = load_image(image)
             truth = resample_to_grid(read_volume(labels), img.affine, img.shape, order="nearest")
-            t = self._classes(np.asarray(truth.data)).reshape(-1)
+            t = torch.from_numpy(self.scheme.channel_of_fs(np.rint(np.asarray(truth.data)))).reshape(-1)
             true_n += torch.bincount(t, minlength=k)[:k].double()
             for j, shift in enumerate(shifts):
                 if self.progress is not None:
@@ -126,7 +116,7 @@ class ScanDice:
                 finally:
                     with torch.no_grad():
                         conv.bias.copy_(bias)
-                p = self._classes(np.asarray(seg.data)).reshape(-1)
+                p = torch.from_numpy(self.scheme.channel_of_fs(np.asarray(seg.data))).reshape(-1)
                 pred_n[j] += torch.bincount(p, minlength=k)[:k].double()
                 inter[j] += torch.bincount(p[p == t], minlength=k)[:k].double()
         return _mean_dice(inter, pred_n, true_n)
