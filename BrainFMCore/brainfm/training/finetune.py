@@ -291,9 +291,7 @@ def fine_tuning_scheme(label_scheme: Any, pairs: Sequence[Tuple[Path, Path]]) ->
     if text == "auto":
         found: set = set()
         for _image, labels in pairs:
-            data = np.asarray(read_volume(labels).data)
-            if data.size and not np.all(np.equal(np.mod(data, 1), 0)):
-                raise InputError(f"label map {labels} has non-integer values")
+            data = np.asarray(read_volume(labels, kind="label").data)
             found.update(int(v) for v in np.unique(data))
         if len(found - {0}) > MAX_AUTO_LABELS:
             raise InputError(f"the label maps hold {len(found - {0})} different values, more than "
@@ -313,7 +311,8 @@ def _load_pair(image: Path, target: Path, task: str, scheme: Any, *, voxel_mm: f
                antialias: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """``image`` as the model sees it at inference (:func:`brainfm.inference.preprocess.prepare`:
     normalised, the CT window for CT, on the model's ``voxel_mm`` grid, cropped to the head) and
-    ``target`` on that grid (labels: channel indices of ``scheme``; images: min-max normalised)."""
+    ``target`` on that grid (labels: channel indices of ``scheme``, read as label maps are read everywhere,
+    :func:`brainfm.io.read_volume` ``kind="label"``; images: min-max normalised)."""
     from brainfm.geometry import resample_to_grid
     from brainfm.inference.preprocess import prepare
     from brainfm.io import read_volume
@@ -322,21 +321,15 @@ def _load_pair(image: Path, target: Path, task: str, scheme: Any, *, voxel_mm: f
         net = prepare(image, spacing=voxel_mm, antialias=antialias, allow_anisotropic=True).net
     except InputError as exc:
         raise InputError(str(exc) if str(image) in str(exc) else f"{image}: {exc}") from None
-    tv = read_volume(target)
     if task == "seg":
-        lab = resample_to_grid(tv, net.affine, net.shape, order="nearest").data
-        values = np.asarray(scheme.fs_values)
-        lut = {int(v): c for c, v in enumerate(values)}
-        uniq = np.unique(lab.astype(np.int64))
-        known = [u for u in uniq if int(u) in lut]
-        if len(known) <= 1:
+        tv = read_volume(target, kind="label")
+        lab = np.asarray(resample_to_grid(tv, net.affine, net.shape, order="nearest").data)
+        tgt = scheme.channel_of_fs(lab)  # values outside the scheme: background
+        if len(np.unique(tgt)) <= 1:
             raise InputError(f"label map {target} has no label of the {scheme.name} scheme "
-                             f"(values found: {uniq[:12].tolist()})")
-        out = np.zeros(lab.shape, np.int64)
-        for u in known:
-            out[lab == u] = lut[int(u)]
-        tgt = out
+                             f"(values found: {np.unique(lab)[:12].tolist()})")
     else:
+        tv = read_volume(target)
         t = resample_to_grid(tv, net.affine, net.shape, order="linear").data.astype(np.float32)
         lo, hi = float(t.min()), float(t.max())
         if hi <= lo:

@@ -102,8 +102,8 @@ class ScanDice:
         done, total = 0, len(self.pairs) * len(shifts)
         for image, labels in self.pairs:
             img = load_image(image)
-            truth = resample_to_grid(read_volume(labels), img.affine, img.shape, order="nearest")
-            t = torch.from_numpy(self.scheme.channel_of_fs(np.rint(np.asarray(truth.data)))).reshape(-1)
+            truth = resample_to_grid(read_volume(labels, kind="label"), img.affine, img.shape, order="nearest")
+            t = torch.from_numpy(self.scheme.channel_of_fs(np.asarray(truth.data))).reshape(-1)
             true_n += torch.bincount(t, minlength=k)[:k].double()
             for j, shift in enumerate(shifts):
                 if self.progress is not None:

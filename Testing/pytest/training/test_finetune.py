@@ -167,6 +167,36 @@ def test_fine_tuning_prepares_a_ct_as_inference_does(tmp_path):
     assert float(np.median(x[x > 0])) > 0.3  # brain in the middle of the window, not squeezed near 0 by bone
 
 
+def test_label_maps_are_read_as_label_maps_everywhere_else(tmp_path):
+    """A label map stored as float32 with whole numbers (5 of the 20 SynthSeg maps are) trains as its
+    integer copy; one that holds values between labels (16.99998: an image, or a map resampled with
+    interpolation) fails naming the file, as the product's label reader does, instead of being cut down
+    to other labels (16.99998 to 16, the brainstem); so does a map without a label of the scheme, and
+    ``label_scheme="auto"`` refuses the same file."""
+    from brainfm.labels import get_scheme
+    from brainfm.training.finetune import _load_pair, fine_tuning_scheme
+
+    aff, scheme = GEOMETRY_CASES["ras"], get_scheme("fs33")
+    lab = label_head(SHAPE)
+    image = tmp_path / "img.nii.gz"
+    _write(image, blob_head(SHAPE, seed=1).data, aff)
+    _write(tmp_path / "int.nii.gz", lab.astype(np.int16), aff)
+    _write(tmp_path / "float.nii.gz", lab.astype(np.float32), aff)
+    _, exact = _load_pair(image, tmp_path / "int.nii.gz", "seg", scheme)
+    _, t = _load_pair(image, tmp_path / "float.nii.gz", "seg", scheme)
+    np.testing.assert_array_equal(t, exact)
+    assert set(np.unique(t)) == {scheme.fs_values.index(v) for v in (0, 2, 3, 4, 24, 41, 42, 43)}
+
+    _write(tmp_path / "between.nii.gz", np.where(lab == 24, 16.99998, lab).astype(np.float32), aff)
+    with pytest.raises(InputError, match="between.nii.gz is not a label map"):
+        _load_pair(image, tmp_path / "between.nii.gz", "seg", scheme)
+    with pytest.raises(InputError, match="between.nii.gz is not a label map"):
+        fine_tuning_scheme("auto", [(image, tmp_path / "between.nii.gz")])
+    _write(tmp_path / "none.nii.gz", np.where(lab > 0, 999, 0).astype(np.int16), aff)
+    with pytest.raises(InputError, match="none.nii.gz has no label of the fs33 scheme"):
+        _load_pair(image, tmp_path / "none.nii.gz", "seg", scheme)
+
+
 def test_a_new_segmentation_head_starts_from_the_base_s_classes_of_the_same_labels(data_dir, tmp_path):
     from brainfm.labels import get_scheme
     from brainfm.models import save_native
