@@ -6,8 +6,9 @@ Example: ``brainfm eval-table --model BrainFMCore/brainfm/models/bundled/brainfm
 --data ../shared/data -o eval_out`` (add ``--rows segmentation synthesis`` for a subset,
 ``--device cuda`` on a GPU; the speed row always measures a 2-core CPU in a child process). With
 ``--samseg-python ENV/bin/python`` (SAMSEG installed in its own environment: ``python -m venv ENV &&
-ENV/bin/pip install samseg``) the segmentation row gets a SAMSEG peer column: its wall time, peak
-memory and merged-17 Dice on the same scan.
+ENV/bin/pip install samseg``) the segmentation and resolution rows get a SAMSEG peer column: its wall
+time, peak memory and merged-17 Dice on the same scan; the robustness row gets the Dice between SAMSEG's
+own labels of each pair of contrasts.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--progress", default="bar", choices=("bar", "machine", "none"))
     p.add_argument("--samseg-python", default=None,
                    help="Python of a separate environment with SAMSEG (pip install samseg) to add SAMSEG as a "
-                        "peer column of the segmentation row (default: $BRAINFM_SAMSEG_PYTHON; left out when unset)")
+                        "peer column of the segmentation, robustness and resolution rows (default: $BRAINFM_SAMSEG_PYTHON; "
+                        "left out when unset)")
     return p
 
 

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -134,3 +134,35 @@ def peer_summary(python: Optional[str], image: PathLike, truth: Any, out_dir: Pa
             "peak_rss_gb": run["peak_rss_gb"], "threads": run["threads"], "reused": run["reused"],
             "mean_dice_merged17": rep["mean_merged17"], "mean_dice_lr": rep["mean_lr"],
             "per_class_merged17": rep["per_class_merged17"]}
+
+
+def peer_agreement(python: Optional[str], images: Mapping[str, PathLike], out_dir: PathLike, *,
+                   threads: int = 1) -> Dict[str, Any]:
+    """SAMSEG on each of ``images`` (co-registered scans of one subject, by contrast name), each into
+    ``out_dir/<name>``, and the Dice between its segmentations of each pair
+    (:func:`brainfm.evaluation.robustness.pairwise_agreement`, on the first scan's grid): how far
+    SAMSEG's labels depend on the contrast. ``{"method", "status", "pairs", "min_mean_dice_merged17",
+    "seconds"`` (all the runs), ``"peak_rss_gb"`` (the largest), ``"threads"}``; ``status`` is
+    ``"skipped"`` (with the reason) when SAMSEG is not installed."""
+    from brainfm.evaluation.robustness import pairwise_agreement
+    from brainfm.geometry import resample_to_grid
+    from brainfm.io import read_volume
+
+    if python is None:
+        return peer_summary(None, "", None, out_dir)
+    runs = {name: run_samseg(image, Path(out_dir) / name, python=python, threads=threads)
+            for name, image in images.items()}
+    grid = read_volume(next(iter(images.values())))
+    segs = {}
+    for name, run in runs.items():
+        seg = read_volume(run["seg_path"], kind="label")
+        if not seg.same_grid(grid):
+            seg = resample_to_grid(seg, grid.affine, grid.shape, order="nearest", fill=0)
+        segs[name] = np.asarray(seg.data).astype(np.int32)
+    pairs = pairwise_agreement(segs)
+    first = next(iter(runs.values()))
+    return {"method": f"SAMSEG {first.get('version', '?')}", "status": "ok", "pairs": pairs,
+            "min_mean_dice_merged17": min(v["mean_dice_merged17"] for v in pairs.values()),
+            "seconds": round(sum(r["seconds"] for r in runs.values()), 1),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs.values()), "threads": first["threads"],
+            "reused": all(r["reused"] for r in runs.values())}

@@ -31,7 +31,7 @@ MONTAGES = {"segmentation": "montage_segmentation.png", "robustness": "montage_r
 
 
 #: the rows that get SAMSEG beside them (with a SAMSEG Python), and the folder of each SAMSEG run
-PEER_ROWS = {"segmentation": "samseg", "resolution": "samseg_resolution"}
+PEER_ROWS = {"segmentation": "samseg", "robustness": "samseg_robustness", "resolution": "samseg_resolution"}
 
 
 def _anchor_text(r: Dict[str, Any]) -> str:
@@ -58,6 +58,10 @@ def _peer_text(r: Dict[str, Any]) -> str:
         return "-"
     if p.get("status") != "ok":
         return f"{p.get('method', 'peer')}: {p.get('status')} ({p.get('reason', '')})".replace("|", "/")
+    if "pairs" in p:  # the robustness row: SAMSEG's own agreement between contrasts
+        pairs = ", ".join(f"{k} {v['mean_dice_merged17']:.3f}" for k, v in p["pairs"].items())
+        return (f"{p['method']}, its labels of each pair: merged-17 Dice {pairs}; {p['seconds']:.0f} s for the "
+                f"{len(p['pairs'])} scans, {p['peak_rss_gb']:.2f} GB ({p.get('threads', '?')} threads)")
     on = f" on the {p['scan']} slices (its own grid)" if p.get("scan") else ""
     return (f"{p['method']}{on}: merged-17 Dice {p['mean_dice_merged17']:.3f}, {p['seconds']:.0f} s, "
             f"{p['peak_rss_gb']:.2f} GB ({p.get('threads', '?')} threads)")
@@ -118,9 +122,11 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
 
     ``command_model`` / ``command_data``: how the model and data are spelled in the per-row commands
     (default: the paths as given). ``samseg_python``: Python of an environment with SAMSEG
-    (default ``$BRAINFM_SAMSEG_PYTHON``): SAMSEG then runs on the scans of the segmentation and
-    resolution rows as their peer column (wall time, peak memory, merged-17 Dice; a finished run in
-    ``out_dir/samseg`` or ``out_dir/samseg_resolution`` is reused); without it the peer column is left out.
+    (default ``$BRAINFM_SAMSEG_PYTHON``): SAMSEG then runs on the scans of the segmentation, robustness
+    and resolution rows as their peer column (wall time, peak memory, merged-17 Dice; on the robustness
+    row the Dice between its own labels of each pair of contrasts; a finished run in ``out_dir/samseg``,
+    ``out_dir/samseg_robustness/<contrast>`` or ``out_dir/samseg_resolution`` is reused); without it the
+    peer column is left out.
     """
     from brainfm.evaluation.anchors import load_anchors
     from brainfm.inference import Predictor
@@ -172,9 +178,10 @@ def run_table(model: Path, data_root: Path, out_dir: Path, *, rows: Sequence[str
 
 def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path, *, row: str = "segmentation"
                  ) -> Optional[Dict[str, Any]]:
-    """SAMSEG on the voxelmorph T1 (``row`` segmentation) or on its axial thick-slice version (``row``
-    resolution, :func:`brainfm.evaluation.resolution.peer_scan`); None when no SAMSEG Python was given
-    or configured."""
+    """SAMSEG on the voxelmorph T1 (``row`` segmentation), on its axial thick-slice version (``row``
+    resolution, :func:`brainfm.evaluation.resolution.peer_scan`) or on the stroke subject's T1, T2 and
+    FLAIR (``row`` robustness, :func:`brainfm.evaluation.peer_samseg.peer_agreement`); None when no
+    SAMSEG Python was given or configured."""
     import os
 
     from brainfm.evaluation import datasets, peer_samseg
@@ -186,8 +193,11 @@ def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path, *
     if python is None:
         return {"method": "SAMSEG", "status": "skipped", "reason": f"samseg does not import with {given}"}
     try:
-        truth = datasets.load_labels(data_root, "voxelmorph_seg")
         folder = out_dir / PEER_ROWS[row]
+        if row == "robustness":
+            images = {c: datasets.data_path(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
+            return peer_samseg.peer_agreement(python, images, folder, threads=2)
+        truth = datasets.load_labels(data_root, "voxelmorph_seg")
         if row == "resolution":
             from brainfm.evaluation.resolution import SLICINGS, peer_scan
 

@@ -461,6 +461,80 @@ def test_samseg_beside_the_resolution_row_reads_the_axial_thick_slices(data_root
     assert seen["image"] == datasets.data_path(data_root, "voxelmorph_vol") and seen["folder"] == tmp_path / "samseg"
 
 
+_FAKE_SAMSEG = """
+import argparse, nibabel as nib, numpy as np
+def main():
+    p = argparse.ArgumentParser(); p.add_argument("-i"); p.add_argument("-o"); p.add_argument("--threads")
+    a = p.parse_args()
+    img = nib.load(a.i); x = np.asarray(img.dataobj, np.float32)
+    lab = np.where(x > np.median(x[x > 0]), 2, np.where(x > 0, 3, 0)).astype(np.int32)
+    flip = np.diag([1.0, 1.0, 1.0, 1.0])
+    if "T2" in a.i:   # this one stored flipped: the same places on another grid
+        flip[0, 0], flip[0, 3], lab = -1.0, x.shape[0] - 1, lab[::-1].copy()
+    nib.save(nib.MGHImage(lab, img.affine @ flip), a.o + "/seg.mgz")
+    return 0
+"""
+
+
+def test_samseg_beside_the_robustness_row_measures_its_own_agreement_between_contrasts(tmp_path, monkeypatch):
+    """:func:`peer_agreement` runs SAMSEG (here a stand-in package with SAMSEG's entry point, run as a
+    child process) on each contrast into its own folder, brings every segmentation onto the first scan's
+    grid (the stand-in stores the T2's labels flipped) and gives the Dice of each pair; a second call reuses
+    the finished runs; the table shows it in the peer column."""
+    import sys
+
+    from brainfm.evaluation import peer_samseg
+    from brainfm.evaluation.robustness import pairwise_agreement
+    from brainfm.evaluation.table import _peer_text
+
+    pkg = tmp_path / "fake" / "samseg" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "run_samseg.py").write_text(_FAKE_SAMSEG)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    python = peer_samseg.find_samseg_python(sys.executable)
+    assert python == sys.executable
+    aff = np.array([[0.0, 0.0, -1.2, 30.0], [0.9, 0.1, 0.0, -5.0], [-0.1, 0.9, 0.0, 12.0], [0, 0, 0, 1]])
+    rng = np.random.default_rng(0)
+    base = np.zeros((12, 14, 10), np.float32)
+    base[2:10, 2:12, 2:8] = rng.random((8, 10, 6)) + 1.0
+    images, expected = {}, {}
+    for name, shift in (("T1", 0.0), ("T2", 0.3), ("FLAIR", -0.2)):   # each contrast splits the tissue elsewhere
+        x = np.where(base > 0, base + shift * (base > 1.5), 0).astype(np.float32)
+        write_volume(Volume(x, aff), tmp_path / f"{name}.nii.gz")
+        images[name] = tmp_path / f"{name}.nii.gz"
+        expected[name] = np.where(x > np.median(x[x > 0]), 2, np.where(x > 0, 3, 0))
+    peer = peer_samseg.peer_agreement(python, images, tmp_path / "runs", threads=1)
+    assert peer["status"] == "ok" and peer["reused"] is False
+    assert peer["pairs"] == pairwise_agreement(expected)   # the grids matched exactly, labels and all
+    assert set(peer["pairs"]) == {"T1-T2", "T1-FLAIR", "T2-FLAIR"}
+    assert 0 < peer["min_mean_dice_merged17"] < 1 and peer["seconds"] > 0
+    assert all((tmp_path / "runs" / c / "seg.mgz").is_file() for c in images)
+    again = peer_samseg.peer_agreement(python, images, tmp_path / "runs", threads=1)
+    assert again["reused"] is True and again["pairs"] == peer["pairs"]
+    text = _peer_text({"peer": peer})
+    assert text.startswith("SAMSEG ?, its labels of each pair: merged-17 Dice T1-T2 ")
+    assert "for the 3 scans" in text
+    assert peer_samseg.peer_agreement(None, images, tmp_path / "none")["status"] == "skipped"
+
+
+def test_the_robustness_row_s_samseg_reads_the_stroke_trio(data_root, tmp_path, monkeypatch):
+    from brainfm.evaluation import peer_samseg, table
+
+    seen = {}
+
+    def agreement(python, images, folder, *, threads=1):
+        seen["images"], seen["folder"] = dict(images), Path(folder)
+        return {"method": "SAMSEG 0.4", "status": "ok", "pairs": {}}
+
+    monkeypatch.setattr(peer_samseg, "find_samseg_python", lambda given: given)
+    monkeypatch.setattr(peer_samseg, "peer_agreement", agreement)
+    table._samseg_peer("/opt/samseg/bin/python", data_root, tmp_path, row="robustness")
+    assert seen["folder"] == tmp_path / "samseg_robustness"
+    assert seen["images"] == {c: datasets.data_path(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
+
+
 def test_anchors_file_has_the_measured_anchors():
     from brainfm.evaluation.anchors import load_anchors
 
