@@ -143,7 +143,11 @@ def peer_agreement(python: Optional[str], images: Mapping[str, PathLike], out_di
     (:func:`brainfm.evaluation.robustness.pairwise_agreement`, on the first scan's grid): how far
     SAMSEG's labels depend on the contrast. ``{"method", "status", "pairs", "min_mean_dice_merged17",
     "seconds"`` (all the runs), ``"peak_rss_gb"`` (the largest), ``"threads"}``; ``status`` is
-    ``"skipped"`` (with the reason) when SAMSEG is not installed."""
+    ``"skipped"`` (with the reason) when SAMSEG is not installed.
+
+    >>> peer_agreement(None, {"T1": "t1.nii.gz", "T2": "t2.nii.gz"}, "out")["status"]
+    'skipped'
+    """
     from brainfm.evaluation.robustness import pairwise_agreement
     from brainfm.geometry import resample_to_grid
     from brainfm.io import read_volume

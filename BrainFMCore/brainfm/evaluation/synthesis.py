@@ -51,9 +51,16 @@ def score_synthesis(predictor: Any, source: Any, target: Any, contrast: str,
     return fitted_scores(np.asarray(pred[OUTPUT_OF[contrast]].data, np.float64), tgt, brain_mask(src, tgt)), pred
 
 
+def trio_paths(data_root: Path) -> Dict[str, Path]:
+    """{"T1": path, "T2": path, "FLAIR": path} of the stroke subject's co-registered scans."""
+    return {c: datasets.data_path(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
+
+
 def load_trio(data_root: Path) -> Dict[str, Any]:
-    """{"T1": Volume, "T2": Volume, "FLAIR": Volume} of the stroke subject."""
-    return {c: datasets.load(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
+    """{"T1": Volume, "T2": Volume, "FLAIR": Volume} of the stroke subject (:func:`trio_paths`)."""
+    from brainfm.io import read_volume
+
+    return {c: read_volume(path) for c, path in trio_paths(data_root).items()}
 
 
 def measure_baselines(data_root: Path) -> Dict[str, Dict[str, float]]:

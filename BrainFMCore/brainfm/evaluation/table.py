@@ -195,8 +195,9 @@ def _samseg_peer(samseg_python: Optional[str], data_root: Path, out_dir: Path, *
     try:
         folder = out_dir / PEER_ROWS[row]
         if row == "robustness":
-            images = {c: datasets.data_path(data_root, f"stroke_{c.lower()}") for c in ("T1", "T2", "FLAIR")}
-            return peer_samseg.peer_agreement(python, images, folder, threads=2)
+            from brainfm.evaluation.synthesis import trio_paths
+
+            return peer_samseg.peer_agreement(python, trio_paths(data_root), folder, threads=2)
         truth = datasets.load_labels(data_root, "voxelmorph_seg")
         if row == "resolution":
             from brainfm.evaluation.resolution import SLICINGS, peer_scan
