@@ -120,14 +120,19 @@ def samseg_dice(seg_path: PathLike, truth: Any) -> Dict[str, Any]:
     return dice_report(np.asarray(seg.data).astype(np.int32), np.asarray(truth.data).astype(np.int32))
 
 
+def _not_installed() -> Dict[str, Any]:
+    """The peer entry of a table made without SAMSEG: skipped, with how to install it."""
+    return {"method": "SAMSEG", "status": "skipped",
+            "reason": f"SAMSEG not found: install it in its own environment (python -m venv ENV; "
+                      f"ENV/bin/pip install samseg) and pass --samseg-python ENV/bin/python or set {ENV_VAR}"}
+
+
 def peer_summary(python: Optional[str], image: PathLike, truth: Any, out_dir: PathLike, *,
                  threads: int = 1) -> Dict[str, Any]:
     """SAMSEG on ``image``: ``{"method", "status", ...}`` with wall time, peak RSS and Dice against
     ``truth``; ``status`` is ``"skipped"`` (with the reason) when SAMSEG is not installed."""
     if python is None:
-        return {"method": "SAMSEG", "status": "skipped",
-                "reason": f"SAMSEG not found: install it in its own environment (python -m venv ENV; "
-                          f"ENV/bin/pip install samseg) and pass --samseg-python ENV/bin/python or set {ENV_VAR}"}
+        return _not_installed()
     run = run_samseg(image, out_dir, python=python, threads=threads)
     rep = samseg_dice(run["seg_path"], truth)
     return {"method": f"SAMSEG {run.get('version', '?')}", "status": "ok", "seconds": run["seconds"],
@@ -153,7 +158,7 @@ def peer_agreement(python: Optional[str], images: Mapping[str, PathLike], out_di
     from brainfm.io import read_volume
 
     if python is None:
-        return peer_summary(None, "", None, out_dir)
+        return _not_installed()
     runs = {name: run_samseg(image, Path(out_dir) / name, python=python, threads=threads)
             for name, image in images.items()}
     grid = read_volume(next(iter(images.values())))
