@@ -156,12 +156,14 @@ def peer_agreement(python: Optional[str], images: Mapping[str, PathLike], out_di
     from brainfm.evaluation.robustness import pairwise_agreement
     from brainfm.geometry import resample_to_grid
     from brainfm.io import read_volume
+    from brainfm.io.readers import read_header
 
     if python is None:
         return _not_installed()
     runs = {name: run_samseg(image, Path(out_dir) / name, python=python, threads=threads)
             for name, image in images.items()}
-    grid = read_volume(next(iter(images.values())))
+    first_image = next(iter(images.values()))
+    grid = read_header(first_image) or read_volume(first_image)  # the grid; voxels only when the header cannot say
     segs = {}
     for name, run in runs.items():
         seg = read_volume(run["seg_path"], kind="label")

@@ -6,7 +6,9 @@ Structures of one tissue share one Gaussian (cerebral and cerebellar white matte
 ventral DC; cortex and the grey nuclei; the fluid spaces; thalamus, pallidum and putamen each on their
 own; any other label alone), so within a tissue the model decides, and between tissues the scan's own
 intensities move the boundary to where the image has it. A model that works on a 2 mm grid draws
-smooth outlines; the scan's 1 mm intensities sharpen them.
+smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups share one standard
+deviation (their pooled variance, :data:`POOLED_SIGMA`), so a boundary between two tissues lies between
+their means, moved only by the prior, whatever the spread of either tissue.
 
 The EM runs on the group level (the prior of a group is the sum of its structures' probabilities);
 the final label is the structure with the highest ``log prior + log likelihood of its group``.
@@ -23,7 +25,7 @@ the final label is the structure with the highest ``log prior + log likelihood o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,6 +41,10 @@ ITERATIONS = 10
 TOLERANCE = 1e-3
 #: the smallest standard deviation of a group, as a fraction of the intensity range (1st-99th percentile)
 MIN_SIGMA = 0.06
+#: one standard deviation for all groups, their pooled one: a group whose Gaussian is broad (the fluid
+#: spaces, which take the partial-volume rim of the CSF) would otherwise claim the tails of its narrower
+#: neighbours (tissue beside the ventricles; on a T2, voxels darker than the cortex)
+POOLED_SIGMA = True
 
 
 @dataclass
@@ -153,19 +159,24 @@ def enclosed(mask: np.ndarray) -> np.ndarray:
 
 
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
-                   iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> np.ndarray:
+                   iterations: int = ITERATIONS, tolerance: float = TOLERANCE,
+                   pooled_sigma: Optional[bool] = None) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
     channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels
     (:func:`fit_tissues` without the posteriors)."""
-    return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance)[0]
+    return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance,
+                       pooled_sigma=pooled_sigma)[0]
 
 
 def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray, fs_values: Sequence[int], *,
-                iterations: int = ITERATIONS, tolerance: float = TOLERANCE) -> Tuple[np.ndarray, np.ndarray]:
+                iterations: int = ITERATIONS, tolerance: float = TOLERANCE,
+                pooled_sigma: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(indices, posteriors)``: the channel index (int64, ``(N,)``) of every voxel, and the
     posterior probability of each tissue group present (float32 ``(N, G)``, rows summing to 1; the
     groups of :func:`present_groups`). ``prior``: ``(N, C)`` probabilities of the channels (labels
     ``fs_values``), or their :class:`GroupedPrior` (whose arrays the fit then uses as its own memory).
+    ``pooled_sigma``: one standard deviation for all groups, the variance of each group pooled by its
+    weight (default :data:`POOLED_SIGMA`); False gives each group its own.
 
     Computed with torch (its threads), in place on ``(N, groups)`` arrays; the M-step's sums are one
     matrix product with ``[1, y, y**2]`` of the intensities centred on their median.
@@ -188,6 +199,7 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
     if n == 0:
         return np.zeros(0, np.int64), np.zeros((0, n_groups), np.float32)
     tiny = 1e-6
+    pooled = POOLED_SIGMA if pooled_sigma is None else bool(pooled_sigma)
     group_prior = torch.from_numpy(prior.group)
     best_log = torch.from_numpy(prior.best_log)
     log_group_prior = group_prior.add(tiny).log_()
@@ -203,7 +215,10 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
         sums = (q.T @ stats).double()  # (groups, 3): sum q, sum q y, sum q y**2
         w = sums[:, 0] + tiny
         new_mu = sums[:, 1] / w
-        sigma = (sums[:, 2] / w - new_mu ** 2).clamp_min(0.0).sqrt().clamp_min(floor)
+        var = (sums[:, 2] / w - new_mu ** 2).clamp_min(0.0)
+        if pooled:
+            var = ((var * w).sum() / w.sum()).expand_as(var)
+        sigma = var.sqrt().clamp_min(floor)
         # loglik = -0.5 ((y - mu) / sigma)**2 - log(sigma); the posterior q, normalised per voxel
         torch.sub(y[:, None], new_mu.float(), out=loglik)
         loglik.div_(sigma.float()).square_().mul_(-0.5).sub_(sigma.log().float())

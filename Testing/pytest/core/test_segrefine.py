@@ -35,6 +35,27 @@ def test_tissue_boundaries_move_to_the_image_and_one_tissue_keeps_the_prior():
         refine_indices(prior, image[:10], [2, 3])
 
 
+def test_a_broad_tissue_does_not_claim_the_far_side_of_a_narrow_one():
+    """On a T2 the fluid's Gaussian is broad (it takes the partial-volume rim of the CSF), the cortex's
+    narrow. With a standard deviation per group, the broad one wins both tails: a voxel darker than all
+    the cortex would be fluid. The groups share their pooled standard deviation, so it is cortex."""
+    from brainfm.tasks.segrefine import POOLED_SIGMA, fit_tissues
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.normal(70, 4, 1000), rng.normal(100, 15, 1000), [52.0, 58.0, 62.0]])
+    p_ctx = np.concatenate([np.full(1000, 0.7), np.full(1000, 0.3), np.full(3, 0.5)])  # the last three: unsure
+    prior = np.stack([p_ctx, 1 - p_ctx], 1)
+    assert POOLED_SIGMA
+    idx, post = fit_tissues(prior, y, [3, 24])
+    np.testing.assert_array_equal(idx[-3:], [0, 0, 0])
+    assert (post[-3:, 0] > 0.99).all()
+    # between the two means the boundary follows the intensity: one step from cortex to fluid
+    order = np.argsort(y)
+    assert np.count_nonzero(np.diff(idx[order][(y[order] > 60) & (y[order] < 110)])) == 1
+    per_group, _ = fit_tissues(prior, y, [3, 24], pooled_sigma=False)
+    assert per_group[-3] == 1  # what a Gaussian per group does with the darkest voxel
+
+
 def test_grouped_prior_filled_in_chunks_is_the_whole():
     from brainfm.tasks.segrefine import GroupedPrior, fit_tissues, present_groups
 
