@@ -7,8 +7,10 @@ ventral DC; cortex and the grey nuclei; the fluid spaces; thalamus, pallidum and
 own; any other label alone), so within a tissue the model decides, and between tissues the scan's own
 intensities move the boundary to where the image has it. A model that works on a 2 mm grid draws
 smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups share one standard
-deviation (their pooled variance, :data:`POOLED_SIGMA`), so a boundary between two tissues lies between
-their means, moved only by the prior, whatever the spread of either tissue.
+deviation (:data:`SPREAD`: the median of theirs, weighted by their voxels), so a boundary between two
+tissues lies between their means, moved only by the prior, whatever the spread of either tissue; and a
+broad group (the fluid spaces, which take the partial-volume rim of the CSF) does not widen the shared
+one, which on a scan of low tissue contrast (a proton density) would hand the boundaries to the prior.
 
 The EM runs on the group level (the prior of a group is the sum of its structures' probabilities);
 the final label is the structure with the highest ``log prior + log likelihood of its group``.
@@ -25,9 +27,12 @@ the final label is the structure with the highest ``log prior + log likelihood o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: structures that share one Gaussian (FreeSurfer numbers); any other label is a group of its own
 TISSUE_GROUPS: Tuple[Tuple[int, ...], ...] = (
@@ -41,10 +46,15 @@ ITERATIONS = 10
 TOLERANCE = 1e-3
 #: the smallest standard deviation of a group, as a fraction of the intensity range (1st-99th percentile)
 MIN_SIGMA = 0.06
-#: one standard deviation for all groups, their pooled one: a group whose Gaussian is broad (the fluid
-#: spaces, which take the partial-volume rim of the CSF) would otherwise claim the tails of its narrower
-#: neighbours (tissue beside the ventricles; on a T2, voxels darker than the cortex)
-POOLED_SIGMA = True
+#: the groups' standard deviations (:func:`fit_tissues`): ``"median"``, one for all groups, the median
+#: of theirs weighted by their voxels; ``"pooled"``, one for all, their variances averaged by weight;
+#: ``"own"``, each group its own (as SAMSEG). A group whose Gaussian is broad (the fluid spaces, which take
+#: the partial-volume rim of the CSF) would with its own claim the tails of its narrower neighbours
+#: (tissue beside the ventricles; on a T2, voxels darker than the cortex), and in the pooled one it
+#: widens every group's (on a proton density, where grey and white matter differ by about two of their
+#: own spreads, the prior then draws their boundary)
+SPREAD = "median"
+SPREADS = ("median", "pooled", "own")
 
 
 @dataclass
@@ -160,23 +170,24 @@ def enclosed(mask: np.ndarray) -> np.ndarray:
 
 def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequence[int], *,
                    iterations: int = ITERATIONS, tolerance: float = TOLERANCE,
-                   pooled_sigma: Optional[bool] = None) -> np.ndarray:
+                   spread: Optional[str] = None, pooled_sigma: Optional[bool] = None) -> np.ndarray:
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
     channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels
     (:func:`fit_tissues` without the posteriors)."""
     return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance,
-                       pooled_sigma=pooled_sigma)[0]
+                       spread=spread, pooled_sigma=pooled_sigma)[0]
 
 
 def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray, fs_values: Sequence[int], *,
                 iterations: int = ITERATIONS, tolerance: float = TOLERANCE,
-                pooled_sigma: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
+                spread: Optional[str] = None, pooled_sigma: Optional[bool] = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
     """``(indices, posteriors)``: the channel index (int64, ``(N,)``) of every voxel, and the
     posterior probability of each tissue group present (float32 ``(N, G)``, rows summing to 1; the
     groups of :func:`present_groups`). ``prior``: ``(N, C)`` probabilities of the channels (labels
     ``fs_values``), or their :class:`GroupedPrior` (whose arrays the fit then uses as its own memory).
-    ``pooled_sigma``: one standard deviation for all groups, the variance of each group pooled by its
-    weight (default :data:`POOLED_SIGMA`); False gives each group its own.
+    ``spread``: how the groups' standard deviations are fitted, one of :data:`SPREADS` (default
+    :data:`SPREAD`). ``pooled_sigma`` (deprecated): True is ``spread="pooled"``, False ``spread="own"``.
 
     Computed with torch (its threads), in place on ``(N, groups)`` arrays; the M-step's sums are one
     matrix product with ``[1, y, y**2]`` of the intensities centred on their median.
@@ -199,7 +210,7 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
     if n == 0:
         return np.zeros(0, np.int64), np.zeros((0, n_groups), np.float32)
     tiny = 1e-6
-    pooled = POOLED_SIGMA if pooled_sigma is None else bool(pooled_sigma)
+    spread = _spread_of(spread, pooled_sigma)
     group_prior = torch.from_numpy(prior.group)
     best_log = torch.from_numpy(prior.best_log)
     log_group_prior = group_prior.add(tiny).log_()
@@ -216,8 +227,10 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
         w = sums[:, 0] + tiny
         new_mu = sums[:, 1] / w
         var = (sums[:, 2] / w - new_mu ** 2).clamp_min(0.0)
-        if pooled:
+        if spread == "pooled":
             var = ((var * w).sum() / w.sum()).expand_as(var)
+        elif spread == "median":
+            var = _weighted_median(var, w).expand_as(var)
         sigma = var.sqrt().clamp_min(floor)
         # loglik = -0.5 ((y - mu) / sigma)**2 - log(sigma); the posterior q, normalised per voxel
         torch.sub(y[:, None], new_mu.float(), out=loglik)
@@ -232,3 +245,33 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
     del log_group_prior, stats
     winner = torch.argmax(best_log.add_(loglik), 1).numpy()
     return prior.best_idx[np.arange(n), winner].astype(np.int64), q.numpy()
+
+
+def _spread_of(spread: Optional[str], pooled_sigma: Optional[bool]) -> str:
+    """The ``spread`` of :func:`fit_tissues` from its keywords (``pooled_sigma``: the deprecated form)."""
+    if pooled_sigma is not None:
+        import warnings
+
+        warnings.warn("fit_tissues(pooled_sigma=...) is deprecated: use spread='pooled' or spread='own'",
+                      DeprecationWarning, stacklevel=3)
+        if spread is None:
+            spread = "pooled" if pooled_sigma else "own"
+    spread = SPREAD if spread is None else spread
+    if spread not in SPREADS:
+        raise ValueError(f"spread {spread!r} is not one of {SPREADS}")
+    return spread
+
+
+def _weighted_median(values: "torch.Tensor", weights: "torch.Tensor") -> "torch.Tensor":
+    """The value below which lies (at least) half of the total weight (the lower weighted median).
+
+    >>> import torch
+    >>> float(_weighted_median(torch.tensor([9.0, 1.0, 4.0]), torch.tensor([1.0, 1.0, 3.0])))
+    4.0
+    """
+    import torch
+
+    order = torch.argsort(values)
+    cum = torch.cumsum(weights[order], 0)
+    at = int(torch.searchsorted(cum, cum[-1] / 2))
+    return values[order][min(at, values.numel() - 1)]

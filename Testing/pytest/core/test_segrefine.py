@@ -38,22 +38,64 @@ def test_tissue_boundaries_move_to_the_image_and_one_tissue_keeps_the_prior():
 def test_a_broad_tissue_does_not_claim_the_far_side_of_a_narrow_one():
     """On a T2 the fluid's Gaussian is broad (it takes the partial-volume rim of the CSF), the cortex's
     narrow. With a standard deviation per group, the broad one wins both tails: a voxel darker than all
-    the cortex would be fluid. The groups share their pooled standard deviation, so it is cortex."""
-    from brainfm.tasks.segrefine import POOLED_SIGMA, fit_tissues
+    the cortex would be fluid. The groups share one standard deviation, so it is cortex."""
+    from brainfm.tasks.segrefine import SPREAD, fit_tissues
 
     rng = np.random.default_rng(0)
     y = np.concatenate([rng.normal(70, 4, 1000), rng.normal(100, 15, 1000), [52.0, 58.0, 62.0]])
     p_ctx = np.concatenate([np.full(1000, 0.7), np.full(1000, 0.3), np.full(3, 0.5)])  # the last three: unsure
     prior = np.stack([p_ctx, 1 - p_ctx], 1)
-    assert POOLED_SIGMA
-    idx, post = fit_tissues(prior, y, [3, 24])
-    np.testing.assert_array_equal(idx[-3:], [0, 0, 0])
-    assert (post[-3:, 0] > 0.99).all()
-    # between the two means the boundary follows the intensity: one step from cortex to fluid
-    order = np.argsort(y)
-    assert np.count_nonzero(np.diff(idx[order][(y[order] > 60) & (y[order] < 110)])) == 1
-    per_group, _ = fit_tissues(prior, y, [3, 24], pooled_sigma=False)
+    assert SPREAD == "median"
+    for spread in ("median", "pooled"):
+        idx, post = fit_tissues(prior, y, [3, 24], spread=spread)
+        np.testing.assert_array_equal(idx[-3:], [0, 0, 0])
+        assert (post[-3:, 0] > 0.99).all()
+        # between the two means the boundary follows the intensity: one step from cortex to fluid
+        order = np.argsort(y)
+        assert np.count_nonzero(np.diff(idx[order][(y[order] > 60) & (y[order] < 110)])) == 1
+    per_group, _ = fit_tissues(prior, y, [3, 24], spread="own")
     assert per_group[-3] == 1  # what a Gaussian per group does with the darkest voxel
+
+
+def test_a_broad_tissue_does_not_blunt_the_contrast_of_two_narrow_ones():
+    """A proton density: white matter and cortex differ by about two of their own spreads, and the fluid
+    is broad. Its variance, pooled with theirs, would widen the shared spread until the prior (here
+    wrong at a third of the voxels) drew their boundary; the median spread is theirs."""
+    from brainfm.tasks.segrefine import fit_tissues
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    y_tissue = np.concatenate([rng.normal(140, 5, n), rng.normal(151, 5, n)])
+    truth = np.repeat([0, 1], n)
+    right = rng.uniform(0.25, 0.85, 2 * n)  # the prior's probability of the right tissue
+    p_wm = np.where(truth == 0, right, 0.9 - right)
+    prior = np.concatenate([np.stack([p_wm, 0.9 - p_wm, np.full(2 * n, 0.1)], 1), np.tile([0.1, 0.1, 0.8], (n, 1))])
+    y = np.concatenate([y_tissue, rng.normal(125, 20, n)])
+    assert ((p_wm > 0.45) == (truth == 0)).mean() < 0.7
+    accuracy = {}
+    for spread in ("median", "pooled"):
+        idx, _ = fit_tissues(prior, y, [2, 3, 24], spread=spread)
+        accuracy[spread] = float((idx[:2 * n] == truth).mean())
+    alone, _ = fit_tissues(prior[:2 * n, :2] / 0.9, y_tissue, [2, 3])  # without the fluid
+    assert (alone == truth).mean() > 0.88
+    assert accuracy["median"] > 0.86
+    assert accuracy["pooled"] < 0.80  # what pooling with the broad fluid does
+
+
+def test_spread_is_checked_and_the_old_keyword_still_works():
+    from brainfm.tasks.segrefine import fit_tissues
+
+    rng = np.random.default_rng(2)
+    y = np.concatenate([rng.normal(70, 4, 300), rng.normal(100, 15, 300)])
+    prior = np.stack([np.repeat([0.7, 0.3], 300), np.repeat([0.3, 0.7], 300)], 1)
+    with pytest.raises(ValueError, match="spread 'wide' is not one of"):
+        fit_tissues(prior, y, [3, 24], spread="wide")
+    for old, new in ((True, "pooled"), (False, "own")):
+        with pytest.warns(DeprecationWarning, match="pooled_sigma"):
+            idx_old, post_old = fit_tissues(prior, y, [3, 24], pooled_sigma=old)
+        idx_new, post_new = fit_tissues(prior, y, [3, 24], spread=new)
+        np.testing.assert_array_equal(idx_old, idx_new)
+        np.testing.assert_array_equal(post_old, post_new)
 
 
 def test_grouped_prior_filled_in_chunks_is_the_whole():
