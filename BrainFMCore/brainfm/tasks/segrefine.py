@@ -198,6 +198,7 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
     """
     import torch
 
+    spread = _spread_of(spread, pooled_sigma)
     y_np = np.asarray(intensities, np.float32)
     if not isinstance(prior, GroupedPrior):
         p_np = np.asarray(prior, np.float32)
@@ -210,7 +211,6 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
     if n == 0:
         return np.zeros(0, np.int64), np.zeros((0, n_groups), np.float32)
     tiny = 1e-6
-    spread = _spread_of(spread, pooled_sigma)
     group_prior = torch.from_numpy(prior.group)
     best_log = torch.from_numpy(prior.best_log)
     log_group_prior = group_prior.add(tiny).log_()
