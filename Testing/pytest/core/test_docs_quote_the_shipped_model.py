@@ -46,4 +46,8 @@ def test_the_model_card_status_quotes_the_shipped_dice():
     assert found.groups() == (dice(q["real_t1_dice17"]), dice(q["heldout_dice17"]))
     assert f"{q['level']} level" in status.lower()
     shipped = [row for row in card.splitlines() if row.startswith("| ") and row.rstrip().endswith("| yes, " + q["level"] + " |")]
-    assert shipped and shipped[-1].split("|")[6:8] == [f" {dice(q['heldout_dice17'])} ", f" {dice(q['real_t1_dice17'])} "]
+    # the row as measured when the weights shipped; a re-measurement with later code (stored in the
+    # sidecar) is added to the cell in brackets, and the last value of each cell is the sidecar's
+    assert shipped
+    cells = [re.findall(r"0\.\d{3}", c) for c in shipped[-1].split("|")[6:8]]
+    assert [c[-1] if c else None for c in cells] == [dice(q["heldout_dice17"]), dice(q["real_t1_dice17"])]
