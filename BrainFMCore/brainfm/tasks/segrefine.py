@@ -174,8 +174,9 @@ def refine_indices(prior: np.ndarray, intensities: np.ndarray, fs_values: Sequen
     """Channel index (int64, ``(N,)``) of every voxel: ``prior`` ``(N, C)`` probabilities of the
     channels (labels ``fs_values``), ``intensities`` ``(N,)`` the scan's values at the same voxels
     (:func:`fit_tissues` without the posteriors)."""
+    spread = _spread_of(spread, pooled_sigma)  # here, so that a deprecation warning names our caller
     return fit_tissues(prior, intensities, fs_values, iterations=iterations, tolerance=tolerance,
-                       spread=spread, pooled_sigma=pooled_sigma)[0]
+                       spread=spread)[0]
 
 
 def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray, fs_values: Sequence[int], *,
@@ -248,7 +249,8 @@ def fit_tissues(prior: Union[np.ndarray, GroupedPrior], intensities: np.ndarray,
 
 
 def _spread_of(spread: Optional[str], pooled_sigma: Optional[bool]) -> str:
-    """The ``spread`` of :func:`fit_tissues` from its keywords (``pooled_sigma``: the deprecated form)."""
+    """The ``spread`` of :func:`fit_tissues` from its keywords (``pooled_sigma``: the deprecated form).
+    Called by the public functions themselves: the warning names the line that called them."""
     if pooled_sigma is not None:
         import warnings
 

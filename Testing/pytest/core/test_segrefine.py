@@ -98,6 +98,17 @@ def test_spread_is_checked_and_the_old_keyword_still_works():
         np.testing.assert_array_equal(post_old, post_new)
 
 
+def test_the_deprecation_warning_names_the_callers_line():
+    from brainfm.tasks.segrefine import fit_tissues, refine_indices
+
+    prior = np.array([[0.9, 0.1], [0.2, 0.8]])
+    y = np.array([1.0, 5.0])
+    for func in (fit_tissues, refine_indices):
+        with pytest.warns(DeprecationWarning) as caught:
+            func(prior, y, [2, 3], pooled_sigma=True)
+        assert [w.filename for w in caught] == [__file__], func.__name__
+
+
 def test_grouped_prior_filled_in_chunks_is_the_whole():
     from brainfm.tasks.segrefine import GroupedPrior, fit_tissues, present_groups
 
