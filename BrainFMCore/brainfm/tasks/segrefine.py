@@ -3,14 +3,17 @@ Gaussian intensity model per tissue group is fitted to the scan by expectation-m
 
 This is the contrast-adaptive model of SAMSEG with the network in place of its probabilistic atlas.
 Structures of one tissue share one Gaussian (cerebral and cerebellar white matter, brainstem and
-ventral DC; cortex and the grey nuclei; the fluid spaces; thalamus, pallidum and putamen each on their
-own; any other label alone), so within a tissue the model decides, and between tissues the scan's own
-intensities move the boundary to where the image has it. A model that works on a 2 mm grid draws
-smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups share one standard
+ventral DC; cortex and the grey nuclei; the ventricles; the CSF around the brain; thalamus, pallidum and
+putamen each on their own; any other label alone), so within a tissue the model decides, and between
+tissues the scan's own intensities move the boundary to where the image has it. A model that works on
+a 2 mm grid draws smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups share one standard
 deviation (:data:`SPREAD`: the median of theirs, weighted by their voxels), so a boundary between two
 tissues lies between their means, moved only by the prior, whatever the spread of either tissue; and a
-broad group (the fluid spaces, which take the partial-volume rim of the CSF) does not widen the shared
-one, which on a scan of low tissue contrast (a proton density) would hand the boundaries to the prior.
+broad group (the CSF around the brain, which takes the partial-volume rim of the brain) does not widen
+the shared one, which on a scan of low tissue contrast (a proton density) would hand the boundaries to
+the prior. The ventricles have a Gaussian of their own: on a brain-extracted scan the CSF around the
+brain is mostly that partial-volume rim, and with it the ventricles' mean lay between fluid and tissue,
+so they grew into the tissue around them.
 
 The EM runs on the group level (the prior of a group is the sum of its structures' probabilities);
 the final label is the structure with the highest ``log prior + log likelihood of its group``.
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
 TISSUE_GROUPS: Tuple[Tuple[int, ...], ...] = (
     (2, 41, 7, 46, 16, 28, 60),                                # white matter, brainstem, ventral DC
     (3, 42, 8, 47, 17, 53, 18, 54, 26, 58, 11, 50),            # cortex, hippocampus, amygdala, ...
-    (4, 43, 5, 44, 14, 15, 24),                                # ventricles and CSF
+    (4, 43, 5, 44, 14, 15),                                    # ventricles
+    (24,),                                                     # the CSF around the brain
     (10, 49), (13, 52), (12, 51),                              # thalamus, pallidum, putamen
 )
 ITERATIONS = 10
@@ -48,9 +52,9 @@ TOLERANCE = 1e-3
 MIN_SIGMA = 0.06
 #: the groups' standard deviations (:func:`fit_tissues`): ``"median"``, one for all groups, the median
 #: of theirs weighted by their voxels; ``"pooled"``, one for all, their variances averaged by weight;
-#: ``"own"``, each group its own (as SAMSEG). A group whose Gaussian is broad (the fluid spaces, which take
-#: the partial-volume rim of the CSF) would with its own claim the tails of its narrower neighbours
-#: (tissue beside the ventricles; on a T2, voxels darker than the cortex), and in the pooled one it
+#: ``"own"``, each group its own (as SAMSEG). A group whose Gaussian is broad (the CSF around the brain,
+#: which takes the partial-volume rim of the brain) would with its own claim the tails of its narrower neighbours
+#: (tissue beside the CSF; on a T2, voxels darker than the cortex), and in the pooled one it
 #: widens every group's (on a proton density, where grey and white matter differ by about two of their
 #: own spreads, the prior then draws their boundary)
 SPREAD = "median"
@@ -78,7 +82,7 @@ def group_of(fs_values: Sequence[int]) -> np.ndarray:
     """Group index of every channel (label ``fs_values[c]``), groups of :data:`TISSUE_GROUPS` first.
 
     >>> group_of([0, 2, 3, 41, 99]).tolist()
-    [6, 0, 1, 0, 7]
+    [7, 0, 1, 0, 8]
     """
     out = np.empty(len(fs_values), np.int64)
     extra = {}

@@ -82,6 +82,41 @@ def test_a_broad_tissue_does_not_blunt_the_contrast_of_two_narrow_ones():
     assert accuracy["pooled"] < 0.80  # what pooling with the broad fluid does
 
 
+def test_the_csf_rim_of_a_stripped_brain_does_not_pull_the_ventricles_into_tissue():
+    """On a brain-extracted T1 the CSF around the brain is mostly its partial-volume rim, between fluid
+    and cortex. Where the model draws a ventricle too large, the voxels it adds lie between fluid and
+    tissue too. With the ventricles and that CSF in one Gaussian, its mean sits near those voxels and the
+    prior keeps them; the ventricles' own Gaussian sits on the fluid, so they go to the tissue."""
+    import brainfm.tasks.segrefine as sr
+
+    rng = np.random.default_rng(3)
+    sd = 0.025
+    parts = [  # (intensity mean, voxels, prior of ventricle / CSF / cortex / white matter, true channel)
+        (0.09, 3000, (0.9, 0.04, 0.03, 0.03), 0),  # the ventricles
+        (0.19, 1500, (0.7, 0.0, 0.27, 0.03), 2),   # tissue beside them, that the model drew as ventricle
+        (0.17, 6000, (0.03, 0.9, 0.07, 0.0), 1),   # the CSF rim of the stripped brain
+        (0.25, 8000, (0.01, 0.04, 0.9, 0.05), 2),  # cortex
+        (0.40, 8000, (0.0, 0.0, 0.05, 0.95), 3),   # white matter
+    ]
+    y = np.concatenate([rng.normal(m, sd, n) for m, n, _, _ in parts])
+    prior = np.concatenate([np.tile(p, (n, 1)) for _, n, p, _ in parts])
+    truth = np.concatenate([np.full(n, t) for _, n, _, t in parts])
+    labels = [4, 24, 3, 2]
+    extra = slice(3000, 4500)
+    idx = refine_indices(prior, y, labels)
+    assert (idx[:3000] == 0).mean() > 0.99  # the ventricles keep their fluid
+    assert (idx[extra] == 2).mean() > 0.6  # 69 % of the over-drawn voxels go back to the tissue
+    merged = (sr.TISSUE_GROUPS[0], sr.TISSUE_GROUPS[1], sr.TISSUE_GROUPS[2] + sr.TISSUE_GROUPS[3]) + sr.TISSUE_GROUPS[4:]
+    old = sr.TISSUE_GROUPS
+    try:
+        sr.TISSUE_GROUPS = merged  # the grouping before: ventricles and CSF in one Gaussian
+        idx_merged = refine_indices(prior, y, labels)
+    finally:
+        sr.TISSUE_GROUPS = old
+    assert (idx_merged[extra] == 2).mean() < 0.4  # 31 %: the over-drawn ventricle stays
+    assert (idx == truth).mean() > (idx_merged == truth).mean() + 0.02  # 97.8 % against 94.9 % right
+
+
 def test_spread_is_checked_and_the_old_keyword_still_works():
     from brainfm.tasks.segrefine import fit_tissues
 
@@ -133,7 +168,7 @@ def test_groups_follow_tissues_and_unknown_labels_stand_alone():
     g = group_of(FS33)
     assert g[FS33.index(2)] == g[FS33.index(41)] == g[FS33.index(16)]  # white matter and brainstem
     assert g[FS33.index(3)] == g[FS33.index(17)] != g[FS33.index(2)]  # cortex with hippocampus
-    assert g[FS33.index(4)] == g[FS33.index(24)]  # ventricles with CSF
+    assert g[FS33.index(4)] == g[FS33.index(15)] != g[FS33.index(24)]  # the ventricles apart from the CSF
     assert len({g[FS33.index(0)], g[FS33.index(10)], g[FS33.index(13)], g[FS33.index(12)]}) == 4
 
 
