@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Continuous training of the bundled model on the CPU, in the background, on idle cores only.
 #
-#   bash Training/cpu_train.sh start     # nice 19; resumes runs/cpu, else starts from the bundled weights
+#   bash Training/cpu_train.sh start     # lowest priority (nice 19, its own session); resumes runs/cpu,
+#                                        #   else starts from the bundled weights
 #   bash Training/cpu_train.sh status    # running or not, step, recent losses, CPU-hours
 #   bash Training/cpu_train.sh stop      # clean stop: checkpoint, validation, export
 #   bash Training/cpu_train.sh eval      # measure the latest checkpoint (Dice) while it trains: a curve point
@@ -45,10 +46,15 @@ Path(out).write_text(json.dumps({"weights": w.name, "sha256": meta.get("weights_
 PYEOF
     echo "cpu_train: no local run; starting from the bundled weights"
   fi
-  # the job: prepare the data if needed, then train (resuming); all at the lowest priority
+  # the job: prepare the data if needed, then train (resuming); all at the lowest priority. Where the
+  # kernel groups processes by session (autogroup), nice only ranks a job among its own session's
+  # processes, and each session gets an equal share: a nice-19 job took half the CPU from a program
+  # started in another terminal. So the job gets a session of its own, and that session the lowest
+  # priority as well.
   local threads="${THREADS:-$(nproc)}"
-  nohup nice -n 19 bash -c '
+  nohup setsid nice -n 19 bash -c '
     set -e
+    if [ -w /proc/self/autogroup ]; then echo 19 > /proc/self/autogroup 2>/dev/null || true; fi
     if ! ls "$5"/*.npz > /dev/null 2>&1; then
       PYTHON="$1" bash "$0"/Training/make_devdata.sh "$2" "$3"
     fi

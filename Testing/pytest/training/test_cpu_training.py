@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,25 +96,38 @@ def test_background_training_starts_stops_and_resumes(tmp_path):
         return subprocess.run(["bash", str(REPO / "Training/cpu_train.sh"), *args], env=env, capture_output=True,
                               text=True, timeout=600)
 
-    r = sh("start")
-    assert r.returncode == 0 and "started" in r.stdout, r.stdout + r.stderr
-    pid = int((run / "train.pid").read_text())
-    # the lowest priority once nohup/nice have exec'd: idle cores only
-    assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, pid) == 19, timeout=10)
-    assert "already running" in sh("start").stdout
-    assert _wait(lambda: latest_checkpoint(run) is not None and read_meta(latest_checkpoint(run))["step"] >= 2), \
-        (run / "train.out").read_text()[-2000:]
-    assert "running" in sh("status").stdout
-    r = sh("stop")
-    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
-    assert not Path(f"/proc/{pid}").exists() and not (run / "train.pid").exists()
-    first = read_meta(latest_checkpoint(run))["step"]
-    assert (run / "model" / "brainfm-compact.safetensors").is_file()  # a clean stop exports
-    assert "not running" in sh("status").stdout
-    # start again: resumes from the checkpoint (steps continue, nothing repeated)
-    assert sh("start").returncode == 0
-    assert _wait(lambda: read_meta(latest_checkpoint(run))["step"] >= first + 2), (run / "train.out").read_text()[-2000:]
-    assert sh("stop").returncode == 0
+    try:
+        r = sh("start")
+        assert r.returncode == 0 and "started" in r.stdout, r.stdout + r.stderr
+        pid = int((run / "train.pid").read_text())
+        # the lowest priority once nohup/nice have exec'd: idle cores only
+        assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, pid) == 19, timeout=10)
+        # a session of its own, and where the kernel shares the CPU between sessions (autogroup), that
+        # session at the lowest priority too: nice alone would only rank it within the caller's session
+        assert _wait(lambda: os.getsid(pid) == pid, timeout=10) and os.getsid(0) != pid
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert _wait(lambda: autogroup.read_text().split()[-1] == "19", timeout=10), autogroup.read_text()
+        assert "already running" in sh("start").stdout
+        assert _wait(lambda: latest_checkpoint(run) is not None and read_meta(latest_checkpoint(run))["step"] >= 2), \
+            (run / "train.out").read_text()[-2000:]
+        assert "running" in sh("status").stdout
+        r = sh("stop")
+        assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+        assert not Path(f"/proc/{pid}").exists() and not (run / "train.pid").exists()
+        first = read_meta(latest_checkpoint(run))["step"]
+        assert (run / "model" / "brainfm-compact.safetensors").is_file()  # a clean stop exports
+        assert "not running" in sh("status").stdout
+        # start again: resumes from the checkpoint (steps continue, nothing repeated)
+        assert sh("start").returncode == 0
+        assert _wait(lambda: read_meta(latest_checkpoint(run))["step"] >= first + 2), (run / "train.out").read_text()[-2000:]
+        assert sh("stop").returncode == 0
+    finally:  # a failed assertion must not leave the job training in the background
+        if (run / "train.pid").exists():
+            try:
+                os.kill(int((run / "train.pid").read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     steps = [int(float(r["step"])) for r in read_csv_log(run / "log.csv") if "loss" in r]
     assert steps == list(range(1, len(steps) + 1))
 
