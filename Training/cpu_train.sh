@@ -52,7 +52,9 @@ PYEOF
   # started in another terminal. So the job gets a session of its own, and that session the lowest
   # priority as well.
   local threads="${THREADS:-$(nproc)}"
-  nohup setsid nice -n 19 bash -c '
+  local detach=()
+  if command -v setsid > /dev/null; then detach=(setsid); fi  # (macOS has none, and no autogroup)
+  nohup ${detach[@]+"${detach[@]}"} nice -n 19 bash -c '
     set -e
     if [ -w /proc/self/autogroup ]; then echo 19 > /proc/self/autogroup 2>/dev/null || true; fi
     if ! ls "$5"/*.npz > /dev/null 2>&1; then

@@ -6,14 +6,14 @@ Structures of one tissue share one Gaussian (cerebral and cerebellar white matte
 ventral DC; cortex and the grey nuclei; the ventricles; the CSF around the brain; thalamus, pallidum and
 putamen each on their own; any other label alone), so within a tissue the model decides, and between
 tissues the scan's own intensities move the boundary to where the image has it. A model that works on
-a 2 mm grid draws smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups share one standard
-deviation (:data:`SPREAD`: the median of theirs, weighted by their voxels), so a boundary between two
-tissues lies between their means, moved only by the prior, whatever the spread of either tissue; and a
-broad group (the CSF around the brain, which takes the partial-volume rim of the brain) does not widen
-the shared one, which on a scan of low tissue contrast (a proton density) would hand the boundaries to
-the prior. The ventricles have a Gaussian of their own: on a brain-extracted scan the CSF around the
-brain is mostly that partial-volume rim, and with it the ventricles' mean lay between fluid and tissue,
-so they grew into the tissue around them.
+a 2 mm grid draws smooth outlines; the scan's 1 mm intensities sharpen them. Unlike SAMSEG, the groups
+share one standard deviation (:data:`SPREAD`: the median of theirs, weighted by their voxels), so a
+boundary between two tissues lies between their means, moved only by the prior, whatever the spread of
+either tissue; and a broad group (the CSF around the brain, which takes the partial-volume rim of the
+brain) does not widen the shared one, which on a scan of low tissue contrast (a proton density) would
+hand the boundaries to the prior. The ventricles have a Gaussian of their own: on a brain-extracted
+scan the CSF around the brain is mostly that partial-volume rim, and with it the ventricles' mean lay
+between fluid and tissue, so they grew into the tissue around them.
 
 The EM runs on the group level (the prior of a group is the sum of its structures' probabilities);
 the final label is the structure with the highest ``log prior + log likelihood of its group``.
@@ -53,8 +53,8 @@ MIN_SIGMA = 0.06
 #: the groups' standard deviations (:func:`fit_tissues`): ``"median"``, one for all groups, the median
 #: of theirs weighted by their voxels; ``"pooled"``, one for all, their variances averaged by weight;
 #: ``"own"``, each group its own (as SAMSEG). A group whose Gaussian is broad (the CSF around the brain,
-#: which takes the partial-volume rim of the brain) would with its own claim the tails of its narrower neighbours
-#: (tissue beside the CSF; on a T2, voxels darker than the cortex), and in the pooled one it
+#: which takes the partial-volume rim of the brain) would with its own claim the tails of its narrower
+#: neighbours (tissue beside the CSF; on a T2, voxels darker than the cortex), and in the pooled one it
 #: widens every group's (on a proton density, where grey and white matter differ by about two of their
 #: own spreads, the prior then draws their boundary)
 SPREAD = "median"

@@ -106,7 +106,8 @@ def test_the_csf_rim_of_a_stripped_brain_does_not_pull_the_ventricles_into_tissu
     idx = refine_indices(prior, y, labels)
     assert (idx[:3000] == 0).mean() > 0.99  # the ventricles keep their fluid
     assert (idx[extra] == 2).mean() > 0.6  # 69 % of the over-drawn voxels go back to the tissue
-    merged = (sr.TISSUE_GROUPS[0], sr.TISSUE_GROUPS[1], sr.TISSUE_GROUPS[2] + sr.TISSUE_GROUPS[3]) + sr.TISSUE_GROUPS[4:]
+    g = sr.TISSUE_GROUPS
+    merged = (g[0], g[1], g[2] + g[3]) + g[4:]
     old = sr.TISSUE_GROUPS
     try:
         sr.TISSUE_GROUPS = merged  # the grouping before: ventricles and CSF in one Gaussian
