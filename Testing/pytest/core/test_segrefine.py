@@ -82,7 +82,7 @@ def test_a_broad_tissue_does_not_blunt_the_contrast_of_two_narrow_ones():
     assert accuracy["pooled"] < 0.80  # what pooling with the broad fluid does
 
 
-def test_the_csf_rim_of_a_stripped_brain_does_not_pull_the_ventricles_into_tissue():
+def test_the_csf_rim_of_a_stripped_brain_does_not_pull_the_ventricles_into_tissue(monkeypatch):
     """On a brain-extracted T1 the CSF around the brain is mostly its partial-volume rim, between fluid
     and cortex. Where the model draws a ventricle too large, the voxels it adds lie between fluid and
     tissue too. With the ventricles and that CSF in one Gaussian, its mean sits near those voxels and the
@@ -106,14 +106,9 @@ def test_the_csf_rim_of_a_stripped_brain_does_not_pull_the_ventricles_into_tissu
     idx = refine_indices(prior, y, labels)
     assert (idx[:3000] == 0).mean() > 0.99  # the ventricles keep their fluid
     assert (idx[extra] == 2).mean() > 0.6  # 69 % of the over-drawn voxels go back to the tissue
-    g = sr.TISSUE_GROUPS
-    merged = (g[0], g[1], g[2] + g[3]) + g[4:]
-    old = sr.TISSUE_GROUPS
-    try:
-        sr.TISSUE_GROUPS = merged  # the grouping before: ventricles and CSF in one Gaussian
-        idx_merged = refine_indices(prior, y, labels)
-    finally:
-        sr.TISSUE_GROUPS = old
+    g = sr.TISSUE_GROUPS  # the grouping before: ventricles and CSF in one Gaussian
+    monkeypatch.setattr(sr, "TISSUE_GROUPS", (g[0], g[1], g[2] + g[3]) + g[4:])
+    idx_merged = refine_indices(prior, y, labels)
     assert (idx_merged[extra] == 2).mean() < 0.4  # 31 %: the over-drawn ventricle stays
     assert (idx == truth).mean() > (idx_merged == truth).mean() + 0.02  # 97.8 % against 94.9 % right
 
