@@ -62,7 +62,7 @@ PYEOF
     fi
     exec env OMP_NUM_THREADS="$3" "$1" -m brainfm train --config "$4" --prepared "$5" \
       --out "$6" --device cpu --resume auto --progress machine "${@:7}"
-  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" "${init[@]}" >> "$RUN/train.out" 2>&1 &
+  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" ${init[@]+"${init[@]}"} >> "$RUN/train.out" 2>&1 &
   echo $! > "$PIDFILE"
   echo "cpu_train: started (pid $!, nice 19, log $RUN/train.out)"
 }
