@@ -309,7 +309,8 @@ class Predictor:
         ``output_frame``: ``"input"`` (outputs on the input grid) or ``"1mm"`` (the RAS 1 mm
         network frame). ``atlas``: Volume, path or registry id of the atlas template for ``reg``
         (default: :func:`brainfm.models.registry.resolve_atlas`). ``mask_background``: zero outputs
-        outside the input foreground like the reference demo. ``keep_raw``: also return the raw
+        outside the input foreground like the reference demo (the head when the background is noise,
+        :func:`brainfm.inference.headmask.head_mask`). ``keep_raw``: also return the raw
         head outputs on the network grid (``Prediction.raw``). ``allow_anisotropic``: accept slices
         thicker than 10 mm (e.g. 1 x 1 x 12 mm), refused by default as unreliable.
         ``on_output(key, volume)``: called with every output as soon as its task is done; the
@@ -565,12 +566,20 @@ class Predictor:
             fg_vol = prep.image.with_data(prep.foreground_in.astype(np.uint8))
             fg_out = np.asarray(resample_to_grid(fg_vol, out_aff, tuple(out_shape), order="nearest").data) > 0
         extra: Dict[str, Any] = {}
-        if "seg" in heads and mask_background:
+        fg_in = prep.foreground_in
+        # a scan whose background is noise: the input's foreground (above its minimum) is the whole field
+        # of view, so the outputs are kept where the head is, as a masked scan's are where it is not zero
+        noisy = mask_background and not prep.ct_window and prep.masked is False
+        if mask_background and ("seg" in heads or noisy):
             hm = prep.head if prep.head is not None else head_mask(net_image, voxel_mm=self.voxel_mm, masked=prep.masked)
             hm = hm.astype(np.uint8)
             head_in = prep.head_in if prep.head_in is not None else np.asarray(to_input(hm, "nearest", 0)) > 0
-            extra["head_in"] = head_in
-            extra["head_out"] = head_in if output_frame == "input" else np.asarray(to_out(hm, "nearest", 0)) > 0
+            head_out = head_in if output_frame == "input" else np.asarray(to_out(hm, "nearest", 0)) > 0
+            if "seg" in heads:
+                extra["head_in"], extra["head_out"] = head_in, head_out
+            if noisy:
+                fg_in = fg_in & head_in
+                fg_out = fg_out & head_out
         factor = int(round(self.voxel_mm))
         if factor > 1 and abs(self.voxel_mm - factor) < 1e-6 and "seg" in heads:
             # labels of a coarse model are decided on the 1 mm grid of the same box (logits interpolated)
@@ -582,7 +591,7 @@ class Predictor:
             raw=raw, heads=heads, net_image=net_image, net_affine=net_aff, norm_range=(lo, hi),
             out_affine=np.asarray(out_aff, float), out_shape=tuple(out_shape), image_out=image_out,  # type: ignore[arg-type]
             foreground_out=fg_out, to_output=to_out, to_input=to_input,
-            input_affine=prep.image.affine, input_shape=prep.image.shape, foreground_in=prep.foreground_in,
+            input_affine=prep.image.affine, input_shape=prep.image.shape, foreground_in=fg_in,
             scheme=self._scheme() if "seg" in heads else None, atlas=atlas,
             return_probabilities=return_probabilities, mask_background=mask_background,
             output_exact=to_out.exact, output_channels=to_out.channels, output_points=to_out.points,

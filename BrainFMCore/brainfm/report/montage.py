@@ -88,13 +88,29 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     return vol.world_of(idx)
 
 
+#: the grey scale of an image in Hounsfield units (a synthetic CT): the brain window, level 40, width 80
+CT_BRAIN_WINDOW = (0.0, 80.0)
+#: this share of voxels at the minimum is a masked background (zeros, CT air), left out of the window
+MASKED_SHARE = 0.05
+
+
 def _window_range(data: np.ndarray) -> Optional[Tuple[float, float]]:
     """Robust 1-99 percentile window of a volume (estimated on a regular subsample of large
-    volumes; min-max when the percentiles coincide), or None when there is nothing to show."""
+    volumes; min-max when the percentiles coincide), or None when there is nothing to show. A masked
+    background (at least :data:`MASKED_SHARE` of the voxels at the minimum) is left out, so the window is
+    the head's: a synthetic CT masked to -1000 HU shows its brain in grey, not all white.
+
+    >>> x = np.zeros((10, 10, 10), np.float32); x[2:8, 2:8, 2:8] = np.linspace(30, 50, 216).reshape(6, 6, 6)
+    >>> [round(v, 1) for v in _window_range(x)]
+    [30.2, 49.8]
+    """
     sample = _subsample(data)
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         return None
+    rest = finite[finite > finite.min()]
+    if finite.size - rest.size >= MASKED_SHARE * finite.size and rest.size >= 16:
+        finite = rest
     lo, hi = np.percentile(finite, [1, 99])
     if hi <= lo:
         fin = data[np.isfinite(data)]
@@ -185,11 +201,13 @@ def _render_row(vol: Volume, kind: str, centre_world: np.ndarray, cell: int,
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     # one window for the whole volume so the three views share one grey scale; only the three
     # slices are converted
-    wrange = _window_range(values)
+    hu = vol.meta.get("units") == "HU"
+    wrange = CT_BRAIN_WINDOW if hu else _window_range(values)
     wviews = [_apply_window(v, wrange) for v in _slices(values, ijk)]
     cells = [_fit(Image.fromarray(np.ascontiguousarray(v)).convert("RGB"), a, cell, _BILINEAR)
              for v, a in zip(wviews, _aspects(spacing))]
-    return cells, f"range {lo:.3g}..{hi:.3g}"
+    return cells, f"range {lo:.3g}..{hi:.3g}" + (f", brain window {CT_BRAIN_WINDOW[0]:g}..{CT_BRAIN_WINDOW[1]:g} HU"
+                                                 if hu else "")
 
 
 def _n_labels(lab: np.ndarray) -> int:

@@ -41,7 +41,8 @@ class TaskContext:
         out_affine, out_shape: the output grid.
         image_out: the input image on the output grid, in input intensity units.
         foreground_out: boolean mask on the output grid (normalised input > 0, the reference's
-            ``input != 0``).
+            ``input != 0``; for a scan whose background is noise, the head mask,
+            :func:`brainfm.inference.headmask.head_mask`).
         to_output: maps a network-grid array ``(X, Y, Z)`` to the output grid.
         to_input: maps a network-grid array to the INPUT grid (tables are always on the input grid).
         input_affine, input_shape: the input grid; foreground_in: the foreground mask on it.

@@ -4,8 +4,9 @@ Units (reference semantics): T1/T2/FLAIR heads predict images in the scale of th
 i.e. each target min-max normalised to [0, 1]; the outputs **keep that [0, 1] scale** (they are not
 mapped to the input's intensity range, which belongs to another contrast). The CT head predicts
 HU/1000; ``synth_ct`` is in Hounsfield units. Like the reference demo, outputs are masked by the
-input foreground (the reference's ``input != 0``) unless ``mask_background=False``; the CT
-background is set to -1000 HU (air) instead of the reference's 0.
+input foreground (the reference's ``input != 0``; the head, when the scan's background is noise)
+unless ``mask_background=False``; the CT background is set to -1000 HU (air) instead of the
+reference's 0.
 
 >>> import numpy as np
 >>> ct_to_hu(np.array([0.04, -1.0], np.float32)).tolist()

@@ -79,3 +79,35 @@ def test_outputs_keep_the_input_grid_and_are_background_outside_the_head_box(cas
         else:
             assert not np.any(data[outside]), key  # background: no atlas value, no label, no synthesis
     assert np.asarray(pred["atlas_warped"].data)[prep.foreground_in].max() == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize("frame", ["input", "1mm"])
+def test_outputs_are_background_in_the_air_around_the_head_inside_its_box(frame):
+    # the box of the head holds air too (its corners, the margin): the input's foreground there is noise,
+    # and a synthesis, an atlas coordinate or a corrected intensity there would be painted on the air
+    img = noisy_head(GEOMETRY_CASES["ras"], seed=2)
+    predictor = Predictor(tiny_net(), device="cpu")
+    pred = predictor.predict(img, tasks=["t1", "seg", "bias", "reg"], reg_method="head", output_frame=frame)
+    prep = prepare(img, spacing=predictor.voxel_mm)
+    if frame == "input":
+        head, box = prep.head_in, prep.foreground_in
+        raw = np.asarray(img.data)
+    else:  # a 1 mm model's own grid: the head box itself
+        head, box = prep.head, np.ones(prep.head.shape, bool)
+        raw = None
+    air = box & ~head
+    assert air.sum() > 0.05 * box.sum() and head.any()
+    for key, vol in pred.outputs.items():
+        if key == "subject_in_atlas":
+            continue
+        data = np.asarray(vol.data)
+        if data.ndim == 4:
+            data = np.abs(data).max(axis=3)
+        if key == "bias_field":  # nothing seen there: no correction to apply
+            continue
+        if key == "bias_corrected":  # the input's own values in the air
+            if raw is not None:
+                np.testing.assert_array_equal(data[air], raw[air])
+            continue
+        assert not np.any(data[air]), key
+        assert np.any(data[head]), key

@@ -213,6 +213,25 @@ def test_montage_is_anatomically_oriented_whatever_the_storage(tmp_path, case):
     assert sa[0] > 3 and sa[1] < -3, f"sagittal: anterior should be right, superior up; got {sa}"
 
 
+def test_montage_grey_scale_is_the_heads_and_a_ct_gets_the_brain_window(tmp_path):
+    """Three tissues side by side in a masked background (60 % of the volume): the middle one is mid-grey,
+    as the window spans the tissues, not the background; a CT in HU is drawn in the brain window 0..80 HU
+    (its air at -1000 HU would otherwise push 40 HU to near white)."""
+    cell = 96
+    tissue = np.zeros((40, 40, 40), np.float32)
+    for n, value in enumerate((0.2, 0.3, 0.4)):
+        tissue[8 + 8 * n:16 + 8 * n, 8:32, 8:32] = value
+    vol = Volume(tissue, np.eye(4))
+    ct = Volume(np.where(tissue > 0, (tissue - 0.2) * 400.0, -1000.0).astype(np.float32), np.eye(4),
+                {"units": "HU"})  # 0, 40 and 80 HU
+    path = write_montage(vol, {"synth_ct": ct}, tmp_path / "w.png", cell=cell)
+    im = np.asarray(Image.open(path).convert("L")).astype(float)
+    for row in range(2):
+        y0 = row * (CAPTION_H + cell) + CAPTION_H
+        centre = im[y0 + cell // 2 - 2:y0 + cell // 2 + 3, cell // 2 - 2:cell // 2 + 3]  # the axial view's middle
+        assert abs(centre.mean() - 127.5) < 20, (row, centre.mean())
+
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the liveness check are POSIX")
 def test_a_case_writer_killed_outright_leaves_a_partial_folder_the_next_one_removes(tmp_path):
     """SIGKILL gives no chance to clean up: the next writer of the same case removes what was left; the
