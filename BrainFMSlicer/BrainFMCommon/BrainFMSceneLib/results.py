@@ -12,7 +12,8 @@ Which output goes to which node (names ``"<input> <task>"``):
 =====================  ===========================================================
 
 Existing nodes passed in ``output_nodes`` are updated in place (they keep their identity);
-nodes created by a failed import are removed again, so the scene stays consistent.
+nodes created by a failed import are removed again, so the scene stays consistent. A new volume in
+Hounsfield units (``synth_ct``) is shown in the brain window (window 80, level 40 HU).
 
 >>> from BrainFMSceneLib.results import output_display_name
 >>> output_display_name("MRHead", "seg")
@@ -141,6 +142,20 @@ def _set_units(node: Any, units: Optional[str]) -> None:
         node.SetAttribute("BrainFM.Units", str(units))
 
 
+#: window and level (HU) of a new volume in Hounsfield units (a synthetic CT): the brain window, as
+#: Slicer's CT-Brain preset draws a head CT; the automatic window of an image whose air is -1000 HU
+#: shows the brain white
+CT_BRAIN_WINDOW_LEVEL = (80.0, 40.0)
+
+
+def _set_display(node: Any, units: Optional[str]) -> None:
+    """The grey scale a new node is shown in: the brain window for Hounsfield units, else Slicer's own."""
+    display = node.GetDisplayNode()
+    if units == "HU" and display is not None and hasattr(display, "SetWindowLevel"):
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(*CT_BRAIN_WINDOW_LEVEL)
+
+
 def own_label_table(scene: Any, case_dir: Path, summary: Mapping[str, Any], info: Mapping[str, Any]) -> Any:
     """The colour-table node of a segmentation of a model's own labels (a model fine-tuned for labels of
     the user's own: the case folder holds their names and colours, ``info["label_table"]``), one per
@@ -233,6 +248,8 @@ def import_results(scene: Any, out_dir: PathLike, input_node: Any, *, keys: Opti
             node = import_volume_file(scene, path, name=name, reference_node=input_node if on_input_grid else None,
                                       node=given.get(key), data=reader.get(key))
             _set_units(node, info.get("units"))
+            if given.get(key) is None:  # a node of the user's keeps its display settings
+                _set_display(node, info.get("units"))
             place_next_to(node, input_node)
             new_or_given(key, node)
         if "seg_volumes" in wanted:

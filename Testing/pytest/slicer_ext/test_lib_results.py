@@ -198,3 +198,25 @@ def test_a_segmentation_of_your_own_labels_keeps_their_names_and_colours(scene, 
     for value, seg in segments.items():
         assert (seg["name"], tuple(round(c, 3) for c in seg["color"])) == expected[value]
     assert res.segmentation.color_node.GetName().startswith("lesions labels")
+
+
+def test_a_synthetic_ct_is_shown_in_the_brain_window_and_a_users_node_keeps_its_own(scene, tmp_path, rng):
+    aff = GEOMETRY_CASES["ras"]
+    node, _ = _input_node(scene, aff)
+    case = tmp_path / "out" / "MRHead"
+    _write_case(case, aff, rng)
+    ct = np.where(blob_head(SHAPE).data > 0, 30.0, -1000.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, aff), str(case / "synth_ct.nii.gz"))
+    summary = json.loads((case / "summary.json").read_text())
+    summary["outputs"]["synth_ct"] = {"path": "synth_ct.nii.gz", "kind": "image", "units": "HU"}
+    (case / "summary.json").write_text(json.dumps(summary))
+    res = import_results(scene, tmp_path / "out", node, keys=["synth_ct", "synth_t1"])
+    display = res.nodes["synth_ct"].GetDisplayNode()
+    assert not display.GetAutoWindowLevel()
+    assert (display.GetWindow(), display.GetLevel()) == (80.0, 40.0)
+    assert res.nodes["synth_t1"].GetDisplayNode().GetAutoWindowLevel()  # not a CT: Slicer's own window
+    mine = add_volume(scene, np.zeros((2, 2, 2), np.float32), np.eye(4), "my CT")
+    mine.GetDisplayNode().AutoWindowLevelOff()
+    mine.GetDisplayNode().SetWindowLevel(2000.0, 300.0)  # a bone window the user chose
+    import_results(scene, case, node, keys=["synth_ct"], output_nodes={"synth_ct": mine})
+    assert (mine.GetDisplayNode().GetWindow(), mine.GetDisplayNode().GetLevel()) == (2000.0, 300.0)
