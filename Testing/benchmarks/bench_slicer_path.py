@@ -14,7 +14,7 @@ The model is a tiny random-weight native model (``ckpt_factory.random_net``), so
 segmentation is noise: before the import the benchmark replaces ``seg.nii.gz`` (and
 ``seg_volumes.csv``) with a realistic label map on the input grid - a SynthSeg training map from
 the shared data when present (labels outside the fs33 list set to 0), else a code-generated map
-with 32 structures. Overhead = total - engine time; the goal in the issue is < 5 s on 2 cores.
+with 32 structures. Overhead = total - engine time; the goal is < 5 s on 2 cores.
 
     .venv/bin/python Testing/benchmarks/bench_slicer_path.py [--size 256] [--tasks t1,seg,bias,reg]
         [--labels auto|synthseg|generated] [--json OUT.json] [--importtime] [--project-uncompressed]
