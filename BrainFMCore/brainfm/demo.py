@@ -24,11 +24,11 @@ from typing import Optional, Union
 import numpy as np
 
 from brainfm.errors import ModelNotAvailableError
+from brainfm.models.templates import ICBM_TEMPLATE_FILE as TEMPLATE_NAME
 from brainfm.volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 SLICE_MM = 5.0
 NOISE_FRACTION = 0.02
 BIAS_AMPLITUDE = 0.2
@@ -37,15 +37,16 @@ _MISSING = ("the demo scan is made from the ICBM 2009a template shipped with nil
 
 
 def template_path() -> Path:
-    """Path of the ICBM 2009a T1 template inside the installed ``nilearn`` package."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(_MISSING)
-    for root in spec.submodule_search_locations:
-        p = Path(root) / "datasets" / "data" / TEMPLATE_NAME
-        if p.is_file():
-            return p
-    raise ModelNotAvailableError(f"{TEMPLATE_NAME} not found in the nilearn package; {_MISSING}")
+    """Path of the ICBM 2009a T1 template inside the installed ``nilearn`` package
+    (:func:`brainfm.models.templates.icbm_template_path`); :class:`ModelNotAvailableError` without it."""
+    from brainfm.models.templates import icbm_template_path
+
+    p = icbm_template_path()
+    if p is None:
+        if importlib.util.find_spec("nilearn") is None:
+            raise ModelNotAvailableError(_MISSING)
+        raise ModelNotAvailableError(f"{TEMPLATE_NAME} not found in the nilearn package; {_MISSING}")
+    return p
 
 
 def _superior_axis(affine: np.ndarray) -> int:

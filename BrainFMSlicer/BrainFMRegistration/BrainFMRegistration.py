@@ -93,7 +93,8 @@ class BrainFMRegistrationLogic(BrainFMLogicBase):
             None creates one. Put the atlas volume under it to see the atlas on the subject.
         :param outputAtlasVolume: volume node for the atlas warped onto the input grid; None: not produced.
         :param outputResampledVolume: volume node for the input on the atlas grid; None: not produced.
-        :param atlasPath: atlas image file; None uses the model's atlas (``BRAINFM_ATLAS`` or the registry).
+        :param atlasPath: atlas image file; None uses the model's atlas (``BRAINFM_ATLAS`` or the registry;
+            when that cannot be downloaded, a fitted registration uses the MNI ICBM152 2009a template).
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         :param quality: ``"full"`` or ``"fast"`` (less GPU memory).
         :param model: ``"default"`` (the best available model), a name of the model store

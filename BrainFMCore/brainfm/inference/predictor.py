@@ -16,7 +16,9 @@
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -205,6 +207,29 @@ class Predictor:
         self._atlas_cache[key] = vol  # type: ignore[assignment]
         return vol
 
+    def _fallback_atlas(self, warnings: List[str]) -> Optional[Volume]:
+        """The template a fitted registration uses when the default atlas is not available: MNI ICBM152
+        2009a (:mod:`brainfm.models.templates`), with a warning that says so; None without nilearn."""
+        from brainfm.models.templates import ICBM_TEMPLATE_NAME, icbm_template_path
+
+        key = "\0fallback"
+        if key not in self._atlas_cache:
+            path = icbm_template_path()
+            vol = None
+            if path is not None:
+                try:
+                    vol = load_image(path)
+                    vol.meta["atlas_name"] = ICBM_TEMPLATE_NAME
+                except BrainFMError:
+                    vol = None
+            self._atlas_cache[key] = vol  # type: ignore[assignment]
+        vol = self._atlas_cache[key]
+        if vol is not None:
+            warnings.append(f"registration: fitted to the {ICBM_TEMPLATE_NAME} instead, so atlas coordinates "
+                            "and the warped atlas are in that template's space; give the atlas (--atlas PATH, or "
+                            "the environment variable BRAINFM_ATLAS) for the default atlas's space")
+        return vol
+
     @property
     def segments_anatomy(self) -> bool:
         """Whether this model segments the brain's anatomy in FreeSurfer's labels, which the fitted
@@ -379,6 +404,8 @@ class Predictor:
         reg_how, atlas_labels, no_atlas = None, None, False
         if "reg" in task_list:
             reg_how = self.registration_method(reg_method)
+            if reg_how == "fit" and atlas_vol is None and atlas is None and not os.environ.get("BRAINFM_ATLAS"):
+                atlas_vol = self._fallback_atlas(warnings)  # the default atlas could not be had
             no_atlas = reg_how == "fit" and atlas_vol is None
             if no_atlas:  # one warning that says what to do (the head's own warning would advise the fit)
                 warnings.append("registration: no atlas template to fit the map to, so the model's registration "
@@ -505,6 +532,7 @@ class Predictor:
             "heads": heads,
             "bias_method": BIAS_METHOD_NAMES[bias_how] if bias_how else None,
             "reg_method": REG_METHOD_NAMES[reg_how] if reg_how else None,
+            "atlas": _atlas_name(atlas_vol) if reg_how and atlas_vol is not None else None,
             "seg_method": SEG_METHOD_NAMES[seg_how] if seg_how else None,
             "synth_method": SYNTH_METHOD_NAMES[synth_how] if synth_how else None,
             "output_frame": output_frame,
@@ -624,9 +652,19 @@ def _grid_bytes(prep: Prepared, output_frame: str) -> float:
     return 0.0 if m.exact else float(min(13 * int(np.prod(prep.frame.input_shape)), GRID_CACHE_BYTES))
 
 
-def _is_existing_file(x: Any) -> bool:
-    from pathlib import Path
+def _atlas_name(atlas: Volume) -> str:
+    """How the outputs name the atlas a registration used: its name, or its file's name.
 
+    >>> _atlas_name(Volume(np.zeros((2, 2, 2), np.float32), np.eye(4), {"source_path": "/data/gca.mgz"}))
+    'gca.mgz'
+    """
+    meta = getattr(atlas, "meta", None) or {}
+    if meta.get("atlas_name"):
+        return str(meta["atlas_name"])
+    return Path(str(meta["source_path"])).name if meta.get("source_path") else "an atlas volume given in memory"
+
+
+def _is_existing_file(x: Any) -> bool:
     try:
         return Path(x).is_file()
     except TypeError:

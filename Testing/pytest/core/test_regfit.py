@@ -259,3 +259,68 @@ def test_without_an_atlas_the_head_is_used_and_one_warning_says_how_to_fit(tmp_p
     advice = [w for w in pred.metadata["warnings"] if w.startswith("registration: no atlas template")]
     assert len(advice) == 1 and "BRAINFM_ATLAS" in advice[0]
     assert not any("registration head is not reliable yet: labels carried" in w for w in pred.metadata["warnings"])
+
+
+def _unreachable_default_atlas(monkeypatch, tmp_path):
+    """No gca.mgz in the cache and no download: the default atlas cannot be had."""
+    from brainfm.errors import ModelNotAvailableError
+    from brainfm.models import registry
+
+    monkeypatch.setenv("BRAINFM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BRAINFM_ATLAS", raising=False)
+
+    def unreachable(spec=None, **_kw):
+        raise ModelNotAvailableError("gca.mgz could not be downloaded (offline)")
+
+    monkeypatch.setattr(registry, "resolve_atlas", unreachable)
+
+
+def test_without_the_default_atlas_the_fit_uses_the_icbm_template_and_says_so(tmp_path, monkeypatch):
+    from ckpt_factory import write_native
+
+    from brainfm.inference import Predictor
+    from brainfm.io import read_volume
+    from brainfm.models import load_model
+    from brainfm.models.templates import ICBM_TEMPLATE_NAME, icbm_template_path
+
+    template = icbm_template_path()
+    if template is None:
+        pytest.skip("nilearn (the demo and test extras) is not installed")
+    _unreachable_default_atlas(monkeypatch, tmp_path)
+    _net, weights, _ = write_native(tmp_path / "tiny", heads={"registration": 3, "segmentation": 33})
+    loaded = load_model(weights)
+    loaded.info.quality = {"level": "preview", "real_t1_dice17": 0.75, "reg_carried_dice17": 0.3}
+    predictor = Predictor(loaded, device="cpu")
+    icbm = read_volume(template)
+    # the template itself, cut to a small box (its own grid and world frame): the fitted map is close to identity
+    box = tuple(slice(n // 2 - 14, n // 2 + 14) for n in icbm.shape)
+    scan = Volume(np.ascontiguousarray(np.asarray(icbm.data, np.float32)[box]),
+                  icbm.affine @ np.array([[1, 0, 0, box[0].start], [0, 1, 0, box[1].start],
+                                          [0, 0, 1, box[2].start], [0, 0, 0, 1]], float))
+    pred = predictor.predict(scan, tasks=["reg"], reg_method="fit")
+    warnings = pred.metadata["warnings"]
+    assert pred.metadata["atlas"] == ICBM_TEMPLATE_NAME
+    assert any(w.startswith("registration: fitted to the MNI ICBM152 2009a") for w in warnings), warnings
+    assert not any(w.startswith("registration: no atlas template") for w in warnings)
+    assert pred.metadata["reg_method"] == "fitted to the model's segmentation"
+    warped = np.asarray(pred["atlas_warped"].data)  # the template's T1, carried onto the scan (a random net's map)
+    assert warped.shape == scan.shape and np.isfinite(warped).all()
+    assert 0 < warped.max() <= float(np.max(icbm.data)) + 1e-3
+    assert pred["subject_in_atlas"].shape == icbm.shape  # the scan on the template's grid
+
+
+def test_without_the_default_atlas_and_without_nilearn_the_head_is_used_with_advice(tmp_path, monkeypatch):
+    from ckpt_factory import write_native
+
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model, templates
+
+    _unreachable_default_atlas(monkeypatch, tmp_path)
+    monkeypatch.setattr(templates, "icbm_template_path", lambda: None)
+    _net, weights, _ = write_native(tmp_path / "tiny", heads={"registration": 3, "segmentation": 33})
+    loaded = load_model(weights)
+    loaded.info.quality = {"level": "preview", "real_t1_dice17": 0.75, "reg_carried_dice17": 0.3}
+    img = Volume(np.pad(np.full((12, 12, 12), 100.0, np.float32), 6), np.eye(4))
+    pred = Predictor(loaded, device="cpu").predict(img, tasks=["reg"])
+    assert pred.metadata["reg_method"] == "model head" and pred.metadata["atlas"] is None
+    assert any(w.startswith("registration: no atlas template") for w in pred.metadata["warnings"])
