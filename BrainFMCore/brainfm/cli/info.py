@@ -97,8 +97,14 @@ def _atlas_info(spec: Optional[str]) -> Dict[str, Any]:
     cached = registry.cache_dir() / "atlases" / entry["filename"]
     if cached.is_file():
         return {"available": True, "path": str(cached), "source": "cache"}
-    return {"available": False, "message": f"not downloaded yet; it is fetched from {entry.get('url')} on first "
-            "use of the reg task, or set BRAINFM_ATLAS / pass --atlas"}
+    from brainfm.models.templates import ICBM_TEMPLATE_NAME, icbm_template_path
+
+    failed = registry.last_download_failure(cached)
+    message = (f"not downloaded yet; it is fetched from {entry.get('url')} on first use of the reg task, or set "
+               "BRAINFM_ATLAS / pass --atlas" + (f" (the last download failed: {failed})" if failed else ""))
+    if icbm_template_path() is not None:
+        message += f"; until then a fitted registration uses the {ICBM_TEMPLATE_NAME}"
+    return {"available": False, "message": message}
 
 
 def collect(args: argparse.Namespace) -> Dict[str, Any]:

@@ -251,7 +251,52 @@ def _cached_or_download(entry: Dict[str, Any], folder: Path, hint: str) -> Path:
         raise ModelNotAvailableError(hint)
     if not expected:
         raise ModelNotAvailableError(f"registry entry {entry['id']!r} has a URL but no sha256; refusing to download")
+    marker = path.with_name(path.name + UNREACHABLE_SUFFIX)
+    last = last_download_failure(path)
+    if last is not None:
+        raise ModelNotAvailableError(f"{hint} (not tried again: {last}; the next try is made "
+                                     f"{RETRY_AFTER_S // 60} minutes after that one, or at once after deleting {marker})")
     try:
-        return download(entry["url"], path, sha256=expected)
+        got = download(entry["url"], path, sha256=expected)
     except ModelNotAvailableError as e:
+        _note_failure(marker, str(e))
         raise ModelNotAvailableError(f"{hint} ({e})") from e
+    marker.unlink(missing_ok=True)
+    return got
+
+
+#: after a failed download of a registry file, no new try for this many seconds: a network that drops the
+#: connection (rather than refusing it) makes every try wait for the timeout, in every new process
+RETRY_AFTER_S = 600
+#: the note of the last failed download, beside where the file would be
+UNREACHABLE_SUFFIX = ".unreachable"
+
+
+def last_download_failure(path: PathLike) -> Optional[str]:
+    """What the last failed download of the registry file meant for ``path`` said, and how long ago,
+    when it failed less than :data:`RETRY_AFTER_S` ago (no new try is made until then); else None.
+
+    >>> import tempfile
+    >>> last_download_failure(Path(tempfile.mkdtemp()) / "gca.mgz") is None
+    True
+    """
+    import time
+
+    marker = Path(path).with_name(Path(path).name + UNREACHABLE_SUFFIX)
+    try:
+        age = time.time() - marker.stat().st_mtime
+        if not 0 <= age < RETRY_AFTER_S:
+            return None
+        return f"{marker.read_text(encoding='utf-8').strip()} ({age / 60:.0f} min ago)"
+    except OSError:
+        return None
+
+
+def _note_failure(marker: Path, message: str) -> None:
+    """Remember a failed download (:func:`last_download_failure`); a cache that cannot be written is skipped."""
+    try:
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with atomic_output(marker, mode=0o600) as tmp:
+            Path(tmp).write_text(message[:2000], encoding="utf-8")
+    except OSError:
+        pass

@@ -247,6 +247,20 @@ def test_info_json(tmp_path, model, capsys):
     assert code == 0 and json.loads(stdout)["model"]["available"] is False
 
 
+def test_info_says_what_a_registration_uses_while_the_atlas_is_missing(tmp_path, model, capsys):
+    from brainfm.models import registry
+    from brainfm.models.templates import icbm_template_path
+
+    code, stdout, _ = _run(["info", "--json", "--model", str(model)], capsys)
+    atlas = json.loads(stdout)["atlas"]
+    assert code == 0 and atlas["available"] is False and "last download failed" not in atlas["message"]
+    assert ("MNI ICBM152 2009a" in atlas["message"]) == (icbm_template_path() is not None)
+    cached = tmp_path / "cache" / "atlases" / "gca.mgz"
+    registry._note_failure(cached.with_name(cached.name + registry.UNREACHABLE_SUFFIX), "cannot download: timed out")
+    code, stdout, _ = _run(["info", "--json", "--model", str(model)], capsys)
+    assert "the last download failed: cannot download: timed out (0 min ago)" in json.loads(stdout)["atlas"]["message"]
+
+
 def test_info_does_not_check_a_namesake_of_a_registered_file_against_it(tmp_path, model, capsys):
     """A model the user trained keeps the default name of the bundled file; it is not that file."""
     import shutil

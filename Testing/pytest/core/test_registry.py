@@ -138,3 +138,26 @@ def test_resolve_atlas_offline_message(home, tmp_path):
     msg = str(e.value)
     assert "gca.mgz" in msg and "BRAINFM_ATLAS" in msg and "--atlas" in msg
     assert not (home / "atlases" / "gca.mgz").exists()
+
+
+def test_a_failed_download_is_not_tried_again_for_a_while(home, tmp_path, monkeypatch):
+    # a network that drops connections makes each try wait for the timeout: one try per RETRY_AFTER_S
+    src = tmp_path / "gca_src.mgz"
+    reg = atlas_registry(src.as_uri(), "b" * 64)
+    calls = []
+    real = registry.download
+    monkeypatch.setattr(registry, "download", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with pytest.raises(ModelNotAvailableError, match="cannot download"):
+        registry.resolve_atlas(registry=reg)
+    marker = home / "atlases" / ("gca.mgz" + registry.UNREACHABLE_SUFFIX)
+    assert marker.is_file() and len(calls) == 1
+    with pytest.raises(ModelNotAvailableError, match="not tried again") as e:
+        registry.resolve_atlas(registry=reg)
+    assert len(calls) == 1 and "BRAINFM_ATLAS" in str(e.value) and str(marker) in str(e.value)
+    # once RETRY_AFTER_S has passed, a new try; when it succeeds, the note goes
+    src.write_bytes(b"atlas bytes")
+    reg = atlas_registry(src.as_uri(), registry.sha256_file(src))
+    old = marker.stat().st_mtime - registry.RETRY_AFTER_S - 1
+    os.utime(marker, (old, old))
+    assert registry.resolve_atlas(registry=reg).read_bytes() == b"atlas bytes"
+    assert len(calls) == 2 and not marker.exists()
