@@ -72,8 +72,20 @@ def _subsample(data: np.ndarray) -> np.ndarray:
     return data[::step, ::step, ::step]
 
 
+#: the axial slice lies at most this far (mm) below the top of the head: through the lateral ventricles and
+#: the basal ganglia, whatever the field of view holds below the brain (neck, shoulders)
+BELOW_TOP_MM = 70.0
+
+
 def _foreground_centre(vol: Volume) -> np.ndarray:
-    """World (RAS mm) centre of the bounding box of voxels above 10 % of the 99th percentile."""
+    """World (RAS mm) point the three views cut through: the centre of the bounding box of the voxels above
+    10 % of the 99th percentile, moved up (superior) to :data:`BELOW_TOP_MM` below their top when it lies
+    lower (a whole head with its neck would otherwise be cut through the eyes).
+
+    >>> x = np.zeros((10, 10, 200), np.float32); x[2:8, 2:8, 20:200] = 1.0    # 180 mm tall: neck and head
+    >>> [float(v) for v in _foreground_centre(Volume(x, np.eye(4)))]
+    [4.5, 4.5, 129.0]
+    """
     data = np.asarray(vol.data, np.float32)
     if data.ndim == 4:
         data = np.linalg.norm(data, axis=3)
@@ -81,11 +93,13 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     hi = np.percentile(_subsample(data), 99) if data.size else 0.0
     fg = data > (0.1 * hi if hi > 0 else data.min())
     if not fg.any():
-        idx = (np.asarray(vol.shape) - 1) / 2.0
-    else:
-        nz = np.nonzero(fg)
-        idx = np.array([(a.min() + a.max()) / 2.0 for a in nz])
-    return vol.world_of(idx)
+        return vol.world_of((np.asarray(vol.shape[:3]) - 1) / 2.0)
+    nz = np.nonzero(fg)
+    centre = vol.world_of(np.array([(a.min() + a.max()) / 2.0 for a in nz]))
+    row = np.asarray(vol.affine, np.float64)[2]  # world S of voxel (i, j, k): row . (i, j, k, 1)
+    top = float((row[0] * nz[0] + row[1] * nz[1] + row[2] * nz[2]).max() + row[3])
+    centre[2] = max(float(centre[2]), top - BELOW_TOP_MM)
+    return centre
 
 
 #: the grey scale of an image in Hounsfield units (a synthetic CT): the brain window, level 40, width 80
