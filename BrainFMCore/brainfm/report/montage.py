@@ -72,6 +72,8 @@ def _subsample(data: np.ndarray) -> np.ndarray:
     return data[::step, ::step, ::step]
 
 
+#: the share (%) of the foreground's voxels at each end of an axis left out of its extent (noise above the threshold)
+OUTLIER_PERCENT = 0.05
 #: the axial slice lies at most this far (mm) below the top of the head: through the lateral ventricles and
 #: the basal ganglia, whatever the field of view holds below the brain (neck, shoulders)
 BELOW_TOP_MM = 70.0
@@ -83,8 +85,11 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     lower (a whole head with its neck would otherwise be cut through the eyes).
 
     >>> x = np.zeros((10, 10, 200), np.float32); x[2:8, 2:8, 20:200] = 1.0    # 180 mm tall: neck and head
-    >>> [float(v) for v in _foreground_centre(Volume(x, np.eye(4)))]
-    [4.5, 4.5, 129.0]
+    >>> [round(float(v)) for v in _foreground_centre(Volume(x, np.eye(4)))]
+    [4, 4, 129]
+    >>> x[2:8, 2:8, 20:110] = 0.0; x[5, 5, 1] = 1.0      # a brain, and one noise voxel far below it
+    >>> [round(float(v)) for v in _foreground_centre(Volume(x, np.eye(4)))]
+    [4, 4, 154]
     """
     data = np.asarray(vol.data, np.float32)
     if data.ndim == 4:
@@ -95,9 +100,11 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     if not fg.any():
         return vol.world_of((np.asarray(vol.shape[:3]) - 1) / 2.0)
     nz = np.nonzero(fg)
-    centre = vol.world_of(np.array([(a.min() + a.max()) / 2.0 for a in nz]))
+    # extents without the outliers: a noise floor has a few voxels above the threshold anywhere in the view
+    lo_hi = [np.percentile(a, [OUTLIER_PERCENT, 100.0 - OUTLIER_PERCENT]) for a in nz]
+    centre = vol.world_of(np.array([(lo + hi) / 2.0 for lo, hi in lo_hi]))
     row = np.asarray(vol.affine, np.float64)[2]  # world S of voxel (i, j, k): row . (i, j, k, 1)
-    top = float((row[0] * nz[0] + row[1] * nz[1] + row[2] * nz[2]).max() + row[3])
+    top = float(np.percentile(row[0] * nz[0] + row[1] * nz[1] + row[2] * nz[2], 100.0 - OUTLIER_PERCENT) + row[3])
     centre[2] = max(float(centre[2]), top - BELOW_TOP_MM)
     return centre
 
