@@ -70,7 +70,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="default (the best available model), a name from `brainfm models list`, bundled, "
                         "a registry id, or a weights file path")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the weights (refuse others)")
-    p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache)")
+    p.add_argument("--atlas", default=None, help="registration atlas (path or id; default BRAINFM_ATLAS/cache/download; when none can be had, a fitted registration uses the MNI ICBM152 2009a template of the demo extra)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: fp16 on CUDA GPUs; bf16 on CPUs with native bfloat16 (AVX512-BF16/AMX) for models "
