@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -24,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from brainfm.errors import BrainFMError, InputError
+from brainfm.errors import BrainFMError, InputError, ModelNotAvailableError
 from brainfm.inference import device as devmod
 from brainfm.inference.forward import run_with_fallback
 from brainfm.geometry import GridMapper, resample_to_grid
@@ -136,6 +135,9 @@ class Predictor:
         self.task_heads: List[str] = served_heads(self.head_names, voxel_mm=self.voxel_mm)
         self.available_tasks: List[str] = available_tasks(self.task_heads)
         self._atlas_cache: Dict[str, Optional[Volume]] = {}
+        #: the default atlas could not be had (not in the cache, no download): a fitted registration then
+        #: uses the template of :meth:`_fallback_atlas` (an atlas the user named never is replaced)
+        self._default_atlas_unavailable = False
         self._atlas_labels_cache: Dict[str, Volume] = {}
 
     @classmethod
@@ -204,6 +206,7 @@ class Predictor:
                 raise
             warnings.append(f"atlas template not available ({exc})")
             vol = None
+            self._default_atlas_unavailable = isinstance(exc, ModelNotAvailableError)
         self._atlas_cache[key] = vol  # type: ignore[assignment]
         return vol
 
@@ -404,8 +407,8 @@ class Predictor:
         reg_how, atlas_labels, no_atlas = None, None, False
         if "reg" in task_list:
             reg_how = self.registration_method(reg_method)
-            if reg_how == "fit" and atlas_vol is None and atlas is None and not os.environ.get("BRAINFM_ATLAS"):
-                atlas_vol = self._fallback_atlas(warnings)  # the default atlas could not be had
+            if reg_how == "fit" and atlas_vol is None and self._default_atlas_unavailable:
+                atlas_vol = self._fallback_atlas(warnings)
             no_atlas = reg_how == "fit" and atlas_vol is None
             if no_atlas:  # one warning that says what to do (the head's own warning would advise the fit)
                 warnings.append("registration: no atlas template to fit the map to, so the model's registration "

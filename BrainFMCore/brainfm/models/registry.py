@@ -251,7 +251,7 @@ def _cached_or_download(entry: Dict[str, Any], folder: Path, hint: str) -> Path:
         raise ModelNotAvailableError(hint)
     if not expected:
         raise ModelNotAvailableError(f"registry entry {entry['id']!r} has a URL but no sha256; refusing to download")
-    marker = path.with_name(path.name + UNREACHABLE_SUFFIX)
+    marker = _failure_note(path)
     last = last_download_failure(path)
     if last is not None:
         raise ModelNotAvailableError(f"{hint} (not tried again: {last}; the next try is made "
@@ -282,7 +282,7 @@ def last_download_failure(path: PathLike) -> Optional[str]:
     """
     import time
 
-    marker = Path(path).with_name(Path(path).name + UNREACHABLE_SUFFIX)
+    marker = _failure_note(path)
     try:
         age = time.time() - marker.stat().st_mtime
         if not 0 <= age < RETRY_AFTER_S:
@@ -290,6 +290,11 @@ def last_download_failure(path: PathLike) -> Optional[str]:
         return f"{marker.read_text(encoding='utf-8').strip()} ({age / 60:.0f} min ago)"
     except OSError:
         return None
+
+
+def _failure_note(path: PathLike) -> Path:
+    """Where a failed download of ``path`` is noted: beside it, with :data:`UNREACHABLE_SUFFIX`."""
+    return Path(path).with_name(Path(path).name + UNREACHABLE_SUFFIX)
 
 
 def _note_failure(marker: Path, message: str) -> None:

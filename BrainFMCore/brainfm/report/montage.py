@@ -65,10 +65,15 @@ def _kind(key: str, vol: Volume) -> str:
 _SAMPLE = 1 << 21  #: at most this many voxels (a regular subsample) estimate percentiles
 
 
+def _sample_step(shape: Sequence[int]) -> int:
+    """The stride along every axis that leaves at most ~``_SAMPLE`` voxels of a grid of ``shape``."""
+    n = int(np.prod(shape[:3]))
+    return max(1, int(np.ceil((n / _SAMPLE) ** (1.0 / 3.0) - 1e-9)))
+
+
 def _subsample(data: np.ndarray) -> np.ndarray:
     """A strided view of ``data`` with at most ~``_SAMPLE`` voxels (for percentile estimates)."""
-    n = int(np.prod(data.shape[:3]))
-    step = max(1, int(np.ceil((n / _SAMPLE) ** (1.0 / 3.0) - 1e-9)))
+    step = _sample_step(data.shape)
     return data[::step, ::step, ::step]
 
 
@@ -99,9 +104,8 @@ def _foreground_centre(vol: Volume) -> np.ndarray:
     fg = data > (0.1 * hi if hi > 0 else data.min())
     if not fg.any():
         return vol.world_of((np.asarray(vol.shape[:3]) - 1) / 2.0)
-    n = int(np.prod(fg.shape[:3]))
-    step = max(1, int(np.ceil((n / _SAMPLE) ** (1.0 / 3.0) - 1e-9)))  # as _subsample: at most ~_SAMPLE voxels
-    nz = [a * step for a in np.nonzero(fg[::step, ::step, ::step])]
+    step = _sample_step(fg.shape)
+    nz = [a * step for a in np.nonzero(_subsample(fg))]
     # extents without the outliers: a noise floor has a few voxels above the threshold anywhere in the view
     lo_hi = [np.percentile(a, [OUTLIER_PERCENT, 100.0 - OUTLIER_PERCENT]) for a in nz]
     centre = vol.world_of(np.array([(lo + hi) / 2.0 for lo, hi in lo_hi]))
