@@ -179,7 +179,10 @@ def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
 
     Never for a lower quality level (a preview model is not replaced by a below-preview one); a higher
     level always; within a level, a higher mean of the real-T1 and held-out Dice (by more than 0.002),
-    so that a single real scan does not decide alone; on a tie, the higher real-T1 Dice. The held-out
+    so that a single real scan does not decide alone; on a tie, the better synthesis when both sides
+    measured it (``synth_ssim``, the mean SSIM of the stroke trio's four pairs, by more than 0.005: the
+    synthesis heads can improve while the segmentation stays where it was), else the higher real-T1
+    Dice. The held-out
     Dice is that of the model's own labels (``heldout_head_dice17``) when both sides have it: the
     renderings draw the deep grey nuclei and the ventral DC with one intensity, so the refinement to
     the scan's intensities can hand a whole structure to another one, and its held-out Dice swings
@@ -192,6 +195,9 @@ def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
     False
     >>> better({"real_t1_dice17": 0.81, "heldout_dice17": 0.82, "heldout_head_dice17": 0.76},
     ...        {"real_t1_dice17": 0.80, "heldout_dice17": 0.89, "heldout_head_dice17": 0.75})
+    True
+    >>> better({"real_t1_dice17": 0.820, "heldout_dice17": 0.85, "synth_ssim": 0.64},
+    ...        {"real_t1_dice17": 0.821, "heldout_dice17": 0.85, "synth_ssim": 0.60})
     True
     """
     from brainfm.models.quality import LEVELS, quality_level
@@ -207,6 +213,9 @@ def better(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
         return level_new > level_old
     if abs(mean(new) - mean(old)) > 0.002:
         return mean(new) > mean(old)
+    if new.get("synth_ssim") is not None and old.get("synth_ssim") is not None and \
+            abs(float(new["synth_ssim"]) - float(old["synth_ssim"])) > 0.005:
+        return float(new["synth_ssim"]) > float(old["synth_ssim"])
     return real(new) > real(old)
 
 

@@ -34,7 +34,8 @@ def _seg_dice(predictor: Any, image: Any, truth: np.ndarray, *, seg_method: str 
 
 
 def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *,
-                    heldout: bool = True, bias: bool = True, registration: bool = True, threads: Optional[int] = None) -> Dict[str, Any]:
+                    heldout: bool = True, bias: bool = True, registration: bool = True, synthesis: bool = True,
+                    threads: Optional[int] = None) -> Dict[str, Any]:
     """Dice of ``model`` (a path, registry id or :class:`~brainfm.inference.Predictor`) on the real
     T1 and, with ``heldout``, on the held-out label maps; plus its :func:`quality_level`. With
     ``bias`` and a bias-field head, also ``bias_applied_corr``: the mean correlation of its head's
@@ -44,10 +45,12 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
     :data:`~brainfm.models.quality.BIAS_USABLE_CORR` bias results carry a warning). With
     ``registration`` and a registration head, also ``reg_carried_dice17``: the merged-17 Dice of the
     held-out labels carried A -> atlas -> B through its head's coordinates
-    (:func:`brainfm.evaluation.registration.carried_dice`, ``reg_method="head"``).
+    (:func:`brainfm.evaluation.registration.carried_dice`, ``reg_method="head"``). With ``synthesis``
+    and T1, T2 and FLAIR heads, also ``synth_ssim``: the mean SSIM of the product's synthesis on the
+    stroke trio's four pairs (:func:`brainfm.evaluation.synthesis.mean_ssim`).
 
     Returns ``{"real_t1_dice17", "real_t1_dice_lr", "heldout_dice17", "heldout_head_dice17",
-    "labels_outside_head", ["bias_applied_corr", "reg_carried_dice17",] "level", "seconds"}``;
+    "labels_outside_head", ["bias_applied_corr", "reg_carried_dice17", "synth_ssim",] "level", "seconds"}``;
     ``heldout_head_dice17`` is the held-out Dice of the model's own labels (``seg_method="head"``),
     the others go through the product's default (refined labels for coarse models). Needs the development data under ``data_root``
     (InputError naming the missing file otherwise).
@@ -87,6 +90,12 @@ def measure_quality(model: Union[str, Path, Any], data_root: Union[str, Path], *
 
         out["reg_carried_dice17"] = round(float(carried_dice(predictor, Path(data_root), reg_method="head")
                                                 ["mean_merged17"]), 4)
+    if synthesis:
+        from brainfm.evaluation.synthesis import mean_ssim
+
+        ssim = mean_ssim(predictor, Path(data_root))
+        if ssim is not None:
+            out["synth_ssim"] = round(ssim, 4)
     out["level"] = quality_level(out["real_t1_dice17"])
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -70,6 +70,16 @@ def measure_baselines(data_root: Path) -> Dict[str, Dict[str, float]]:
             for s, t in PAIRS}
 
 
+def mean_ssim(predictor: Any, data_root: Path) -> Optional[float]:
+    """Mean SSIM (after the linear fit, in the brain) of the product's synthesis over the four pairs of
+    :data:`PAIRS`: the synthesis figure of :func:`brainfm.evaluation.quality.measure_quality`; None when
+    the model lacks a head of one of the target contrasts."""
+    if not all(has_task(predictor, TASK_OF[t]) for _, t in PAIRS):
+        return None
+    trio = load_trio(data_root)
+    return float(np.mean([score_synthesis(predictor, trio[s], trio[t], t)[0]["ssim"] for s, t in PAIRS]))
+
+
 def evaluate_synthesis(predictor: Any, data_root: Path, *, anchors: Optional[Dict[str, Any]] = None,
                        montage_path: Optional[Path] = None) -> Dict[str, Any]:
     """The synthesis row; pairs whose target head is missing are reported as n/a."""

@@ -25,7 +25,7 @@ from there with ``brainfm train`` (same step, learning-rate schedule, random str
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -37,13 +37,18 @@ from brainfm.training.config import TrainConfig
 PathLike = Union[str, Path]
 
 
-def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig) -> Path:
+def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig, *,
+                    init: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
     """Write ``<run_dir>/checkpoints/step_<N>/`` for ``cfg`` (a :class:`~brainfm.training.config.TrainConfig`)
     from the checkpoint folder ``checkpoint`` of step N; returns the new checkpoint folder.
 
     Raises :class:`CheckpointError` when ``cfg``'s model lacks a tensor of the checkpoint's model or
     shapes differ (growing only adds), when a file of the checkpoint fails its SHA-256, or when
     ``run_dir`` already has checkpoints (never overwritten). The source checkpoint is only read.
+
+    ``init``: starting values of some added tensors (weights and moving average), by state-dict name,
+    such as the hidden layers fitted by :func:`brainfm.training.head_fit.fit_hidden_layers`; the others
+    keep their initialisation. Naming a tensor the checkpoint already has is an error.
     """
     from brainfm.models import BrainFMNet, ModelConfig
     from brainfm.training.ema import build_ema
@@ -71,7 +76,13 @@ def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig) -
         raise CheckpointError(f"cannot grow {src} into the configured model (growing only adds tensors): "
                               + "; ".join(problems[:8] or ["the checkpoint's weights do not match its architecture"]))
     added = [k for k in own if k not in weights]
-    net.load_state_dict({**own, **weights}, strict=True)
+    init = dict(init or {})
+    wrong = [f"{k} is not a tensor the growing adds" for k in init if k not in added]
+    wrong += [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in init.items()
+              if k in added and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError("cannot start the grown model from the values given: " + "; ".join(wrong[:8]))
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in init.items()}, **weights}, strict=True)
 
     ema = None
     if cfg.optim.ema_decay > 0:
@@ -95,7 +106,7 @@ def grow_checkpoint(checkpoint: PathLike, run_dir: PathLike, cfg: TrainConfig) -
     if meta.get("rng"):
         restore_rng_state(meta["rng"], gen)
     extra = dict(meta.get("extra") or {})
-    extra["grown_from"] = {"step": int(meta["step"]), "added": added}
+    extra["grown_from"] = {"step": int(meta["step"]), "added": added, "fitted": sorted(init)}
     run = cfg.run
     return save_checkpoint(run_dir, model=net, optimizer=optimizer, scheduler=scheduler, step=int(meta["step"]),
                            config=cfg.to_dict(), architecture=architecture_of(cfg), generator=gen,

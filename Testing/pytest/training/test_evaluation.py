@@ -617,3 +617,25 @@ def test_quality_measures_the_registration_head_and_the_text_says_when_it_is_fit
                          "reg_carried_dice17": 0.39}) == ("preview (merged-17 Dice 0.750 on a real T1); bias field "
                                                           "fitted to the segmentation; registration fitted to the "
                                                           "segmentations")
+
+
+def test_quality_measures_the_synthesis_as_the_synthesis_row_does(data_root, tiny_model):
+    from brainfm.evaluation.quality import measure_quality
+    from brainfm.evaluation.synthesis import evaluate_synthesis, mean_ssim
+    from brainfm.inference import Predictor
+    from brainfm.models import load_model
+
+    p = Predictor(load_model(tiny_model), device="cpu")
+    q = measure_quality(p, data_root, heldout=False, bias=False, registration=False)
+    pairs = evaluate_synthesis(p, data_root)["metrics"]["pairs"]
+    assert q["synth_ssim"] == pytest.approx(np.mean([v["ssim"] for v in pairs.values()]), abs=1e-4)
+    assert "synth_ssim" not in measure_quality(p, data_root, heldout=False, bias=False, registration=False,
+                                               synthesis=False)
+    seg_only = Predictor(load_model(write_native_seg_only(tiny_model.parent)), device="cpu")
+    assert mean_ssim(seg_only, data_root) is None
+
+
+def write_native_seg_only(folder):
+    from ckpt_factory import write_native
+
+    return write_native(folder / "seg_only.safetensors", heads={"segmentation": 33})[1]
