@@ -12,7 +12,8 @@
 #
 # The run lives in runs/cpu (git-ignored): checkpoints every 10 minutes (run.ckpt_minutes), so a killed
 # job loses at most 10 minutes; `start` again resumes exactly. On a fresh machine with no runs/cpu, the
-# weights of the last bundled model are the starting point (runs/cpu/origin.json records them).
+# weights of the last bundled model are the starting point (runs/cpu/origin.json records them); hidden
+# layers that the configuration adds to their heads start fitted (Training/grow_model.py).
 # Prepared training data (.devdata/prepared) are made first when missing (Training/make_devdata.sh).
 # Environment: PYTHON (default .venv/bin/python), CONFIG (default Training/configs/cpu.yaml),
 # SHARED_DATA (default ../shared/data), THREADS (torch threads, default: all cores), RUN_DIR (default
@@ -60,9 +61,19 @@ PYEOF
     if ! ls "$5"/*.npz > /dev/null 2>&1; then
       PYTHON="$1" bash "$0"/Training/make_devdata.sh "$2" "$3"
     fi
+    init=()
+    if [ -n "${7:-}" ]; then  # a new run from a model: hidden layers it lacks start fitted, not at zero
+      init=(--init "$7")
+      grown="$6/init/grown.safetensors"
+      rc=0
+      [ -f "$grown" ] || OMP_NUM_THREADS="$3" "$1" "$0"/Training/grow_model.py --config "$4" --from "$7" \
+        --out "$grown" --set "data.prepared=$5" || rc=$?
+      if [ "$rc" = 0 ]; then init=(--init "$grown")
+      elif [ "$rc" != 3 ]; then echo "cpu_train: the added hidden layers could not be fitted; they start at zero"; fi
+    fi
     exec env OMP_NUM_THREADS="$3" "$1" -m brainfm train --config "$4" --prepared "$5" \
-      --out "$6" --device cpu --resume auto --progress machine "${@:7}"
-  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" ${init[@]+"${init[@]}"} >> "$RUN/train.out" 2>&1 &
+      --out "$6" --device cpu --resume auto --progress machine ${init[@]+"${init[@]}"}
+  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" ${init[@]+"${init[1]}"} >> "$RUN/train.out" 2>&1 &
   echo $! > "$PIDFILE"
   echo "cpu_train: started (pid $!, nice 19, log $RUN/train.out)"
 }

@@ -20,34 +20,6 @@ import sys
 from pathlib import Path
 
 
-def fit_heads(ckpt, cfg, heads, batches, iters):
-    """Fitted hidden layers of ``heads`` for the grown configuration ``cfg`` (empty without heads)."""
-    if not heads:
-        return {}
-    import time
-    from brainfm.training.data import source_from_config
-    from brainfm.training.head_fit import fit_hidden_layers, frozen_samples
-    from brainfm.training.restore import model_from_checkpoint
-
-    net, _, meta = model_from_checkpoint(ckpt)
-    hidden = dict(cfg.model.head_hidden or {})
-    missing = [h for h in heads if h not in hidden]
-    if missing:
-        raise SystemExit(f"grow_run: --fit-heads {missing}: the configuration adds no hidden layer to them "
-                         "(model.head_hidden)")
-    widths = {hidden[h] for h in heads}
-    if len(widths) != 1:
-        raise SystemExit(f"grow_run: --fit-heads needs one hidden width for all, got {sorted(widths)}")
-    source = source_from_config(cfg, "cpu")
-    t0 = time.time()
-    start = int(meta["step"]) + 1_000_000  # batches the run itself will not draw
-    feats, targets = frozen_samples(net, (source.batch(start + i) for i in range(batches)), heads=heads)
-    print(f"grow_run: features of {feats.shape[0]} samples in {time.time() - t0:.0f} s; fitting {heads}", flush=True)
-    fitted = fit_hidden_layers(net, feats, targets, hidden=widths.pop(), iters=iters)
-    print(f"grow_run: fitted in {time.time() - t0:.0f} s", flush=True)
-    return fitted
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="training configuration of the grown model (YAML)")
@@ -70,7 +42,14 @@ def main(argv=None) -> int:
         if ckpt is None:
             print(f"grow_run: no checkpoint in {src}", file=sys.stderr)
             return 2
-        init = fit_heads(ckpt, cfg, [h for h in a.fit_heads.split(",") if h], a.fit_batches, a.fit_iters)
+        heads = [h for h in a.fit_heads.split(",") if h]
+        init = {}
+        if heads:
+            from brainfm.training.head_fit import fit_for_config
+            from brainfm.training.restore import model_from_checkpoint
+
+            init = fit_for_config(model_from_checkpoint(ckpt)[0], cfg, heads, batches=a.fit_batches,
+                                  iters=a.fit_iters, log=lambda line: print(f"grow_run: {line}", flush=True))
         out = grow_checkpoint(ckpt, a.out, cfg, init=init)
     except BrainFMError as e:
         print(f"grow_run: {e}", file=sys.stderr)

@@ -22,11 +22,12 @@ everything together as before.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from brainfm.errors import InputError
 from brainfm.models.heads import PREFIX, ResidualHead
 from brainfm.progress import CancelToken, ProgressCallback, ensure_callback
 
@@ -104,3 +105,51 @@ def fit_hidden_layers(net: nn.Module, features: torch.Tensor, targets: Dict[str,
         for key, value in head.hidden.state_dict().items():
             out[f"head.{PREFIX}{name}.hidden.{key}"] = value.detach().clone()
     return out
+
+
+#: the first synthetic batch of a fit: seeds that a run itself does not draw
+FIRST_BATCH = 1_000_000_000
+
+
+def fit_for_config(net: nn.Module, cfg: Any, heads: Sequence[str], *, batches: int = 16, iters: int = ITERS,
+                   source: Any = None, first_batch: int = FIRST_BATCH,
+                   log: Any = None) -> Dict[str, torch.Tensor]:
+    """The hidden layers that the training configuration ``cfg`` (``model.head_hidden``) gives ``heads``,
+    fitted on ``net``'s frozen features of ``batches`` synthetic batches of ``cfg``'s training data
+    (``source``: a :class:`~brainfm.training.data.GeneratorSource`, by default the configuration's own).
+    :class:`~brainfm.errors.InputError` when ``cfg`` gives one of ``heads`` no hidden layer, or gives
+    them different widths. ``log``: a callable that takes a line of text."""
+    import time
+
+    hidden = dict(cfg.model.head_hidden or {})
+    missing = [h for h in heads if h not in hidden]
+    if missing:
+        raise InputError(f"heads {missing}: the configuration adds no hidden layer to them (model.head_hidden)")
+    widths = {int(hidden[h]) for h in heads}
+    if len(widths) != 1:
+        raise InputError(f"the heads to fit need one hidden width, got {sorted(widths)}")
+    if source is None:
+        from brainfm.training.data import source_from_config
+
+        source = source_from_config(cfg, "cpu")
+    say = log or (lambda line: None)
+    t0 = time.time()
+    feats, targets = frozen_samples(net, (source.batch(first_batch + i) for i in range(batches)), heads=heads)
+    say(f"features of {feats.shape[0]} samples in {time.time() - t0:.0f} s; fitting the hidden layers of {list(heads)}")
+    fitted = fit_hidden_layers(net, feats, targets, hidden=widths.pop(), iters=iters)
+    say(f"fitted in {time.time() - t0:.0f} s")
+    return fitted
+
+
+def added_heads(model_config: Any, cfg: Any) -> List[str]:
+    """Heads to which the training configuration ``cfg`` gives a hidden layer that the model of
+    ``model_config`` (a :class:`~brainfm.models.ModelConfig`) lacks.
+
+    >>> from types import SimpleNamespace
+    >>> from brainfm.models import ModelConfig
+    >>> cfg = SimpleNamespace(model=SimpleNamespace(head_hidden={"T1": 32, "CT": 32}))
+    >>> added_heads(ModelConfig(heads={"T1": 1, "CT": 1}, head_hidden={"T1": 32}), cfg)
+    ['CT']
+    """
+    own = dict(getattr(model_config, "head_hidden", None) or {})
+    return [h for h in (cfg.model.head_hidden or {}) if h not in own and h in model_config.heads]

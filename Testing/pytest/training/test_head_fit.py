@@ -101,7 +101,7 @@ def test_growing_refuses_values_for_kept_or_misshapen_tensors(run, tmp_path):
     assert not (tmp_path / "a" / "checkpoints").exists()  # nothing written
 
 
-def test_grow_script_refuses_to_fit_a_head_the_configuration_does_not_grow(run, tmp_path):
+def test_grow_script_refuses_to_fit_a_head_the_configuration_does_not_grow(run, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -112,6 +112,48 @@ def test_grow_script_refuses_to_fit_a_head_the_configuration_does_not_grow(run, 
     spec.loader.exec_module(mod)
     yaml = tmp_path / "cfg.yaml"
     yaml.write_text("model: {f_maps: 4, num_levels: 3, num_groups: 4, head_hidden: {segmentation: 6}}\n")
-    with pytest.raises(SystemExit, match=r"--fit-heads \['T1'\]: the configuration adds no hidden layer"):
-        mod.main(["--config", str(yaml), "--from", str(base / "old"), "--out", str(tmp_path / "g"), "--fit-heads", "T1"])
+    args = ["--config", str(yaml), "--from", str(base / "old"), "--out", str(tmp_path / "g"), "--fit-heads", "T1"]
+    assert mod.main(args) == 2
+    assert "heads ['T1']: the configuration adds no hidden layer to them" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "Training" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_model_grown_for_a_new_run_has_its_added_layers_fitted(tmp_path, monkeypatch):
+    """What `cpu_train.sh start` does on a machine without a run when the configuration gives heads a
+    hidden layer the model lacks: the model's tensors kept, the added layers fitted (not zero)."""
+    import brainfm.training.head_fit as head_fit
+    from brainfm.models import load_model
+    from ckpt_factory import write_native
+
+    cfg = tiny_config(tmp_path / "run", *COMMON)
+    _, weights, _ = write_native(tmp_path / "base.safetensors", heads=dict(cfg.model.heads))
+    source = tiny_source(cfg)
+    real_fit = head_fit.fit_for_config
+    monkeypatch.setattr(head_fit, "fit_for_config",
+                        lambda net, c, heads, **kw: real_fit(net, c, heads, **{**kw, "source": source, "iters": 20}))
+    mod = _script("grow_model.py")
+    yaml = tmp_path / "cfg.yaml"
+    yaml.write_text("model: {f_maps: 8, num_levels: 3, head_hidden: {FLAIR: 5, CT: 5}}\n")
+    out = tmp_path / "init" / "grown.safetensors"
+    assert mod.main(["--config", str(yaml), "--from", str(weights), "--out", str(out), "--fit-batches", "1"]) == 0
+    base, grown = load_model(weights).net, load_model(out).net
+    assert grown.config.head_hidden == {"FLAIR": 5, "CT": 5}
+    g = grown.state_dict()
+    assert all(torch.equal(v, g[k]) for k, v in base.state_dict().items())
+    for h in ("FLAIR", "CT"):
+        assert g[f"head.final_conv_{h}.hidden.2.weight"].abs().sum() > 0
+    # a model that has them already: nothing to add, nothing written
+    assert mod.main(["--config", str(yaml), "--from", str(out), "--out", str(tmp_path / "again.safetensors")]) == \
+        mod.NOTHING_TO_ADD
+    assert not (tmp_path / "again.safetensors").exists()
