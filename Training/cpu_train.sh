@@ -34,9 +34,9 @@ running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 cmd_start() {
   if running; then echo "cpu_train: already running (pid $(cat "$PIDFILE"))"; return 0; fi
   mkdir -p "$RUN"
-  local init=()
+  local init_model=""  # the model a new run starts from (none: a run that resumes)
   if [ ! -f "$RUN/checkpoints/latest" ] && [ -f "$BUNDLED" ]; then
-    init=(--init "$BUNDLED")
+    init_model="$BUNDLED"
     "$PY" - "$BUNDLED" "$RUN/origin.json" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -73,7 +73,7 @@ PYEOF
     fi
     exec env OMP_NUM_THREADS="$3" "$1" -m brainfm train --config "$4" --prepared "$5" \
       --out "$6" --device cpu --resume auto --progress machine ${init[@]+"${init[@]}"}
-  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" ${init[@]+"${init[1]}"} >> "$RUN/train.out" 2>&1 &
+  ' "$REPO" "$PY" "$SHARED" "$threads" "$CONFIG" "$PREP" "$RUN" "$init_model" >> "$RUN/train.out" 2>&1 &
   echo $! > "$PIDFILE"
   echo "cpu_train: started (pid $!, nice 19, log $RUN/train.out)"
 }
